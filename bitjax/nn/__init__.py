@@ -1,0 +1,4 @@
+"""Flax NNX layers built from the quantizers."""
+from bitjax.nn.bitdense import BitDense, Dense
+from bitjax.nn.norms import LayerNorm, RMSNorm, make_norm
+from bitjax.nn.params import param

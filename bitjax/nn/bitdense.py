@@ -1,0 +1,104 @@
+"""BitDense: BitLinear as a Flax NNX layer, and Dense, its full-precision twin.
+
+    y = Q_w(W) · Q_x(norm(x)) (+ b)
+
+norm → activation quantizer → matmul against the quantized weight. The
+quantizers return dequantized values (x̃ = codes/s, W̃ = codes·γ), so the
+rescale of BitNet eq. 8 / b1.58 is already inside the product and the layer
+agrees value for value with HF transformers' ``AutoBitLinear`` (online quant).
+The kernel is quantized once per call (once per step in training) and XLA
+fuses the elementwise quantizer ops around the matmul.
+
+Latent parameters are float32 (`param_dtype`); the matmul runs in `dtype`
+(e.g. bfloat16 on accelerators) with float32 accumulation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bitjax.nn.norms import make_norm
+from bitjax.nn.params import param
+from bitjax.quant.registry import QuantSpec
+from bitjax.quant.weights import sign
+
+default_kernel_init = nnx.initializers.normal(stddev=0.02)
+
+
+class BitDense(nnx.Module):
+    """A linear layer with quantized weights and activations.
+
+    Args:
+      in_features, out_features: kernel shape (in, out) (HF weight = kernelᵀ).
+      quant: a :class:`QuantSpec` (weight / act quantizer names, gradient rule).
+      norm: 'rms' | 'layer' | None — a norm on the input inside the layer
+        (BitNet v1's BitLinear; HF AutoBitLinear's `use_rms_norm`).
+      use_bias: add a bias (BitNet uses none).
+      dtype: compute dtype of the matmul (None → the input's dtype).
+      param_dtype: latent parameter dtype (float32).
+      axes: logical axis names of the kernel, e.g. ('embed', 'mlp').
+    Input (…, in) → output (…, out).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, quant: QuantSpec = QuantSpec(),
+                 norm: str | None = None, norm_eps: float | None = None, use_bias: bool = False,
+                 dtype=None, param_dtype=jnp.float32, axes=("embed", "mlp"),
+                 kernel_init=default_kernel_init, rngs: nnx.Rngs):
+        if not isinstance(quant, QuantSpec):
+            raise TypeError(f"quant must be a QuantSpec, got {type(quant).__name__}")
+        self.in_features, self.out_features = in_features, out_features
+        self.quant, self.dtype, self.axes = quant, dtype, tuple(axes)
+        kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
+        self.kernel = param(kernel, self.axes)
+        wq, _ = quant.weight_quantizer()
+        # Learned quantizer scales (FBI α/β, OneBit g/h), initialised from the kernel.
+        self.qparams = nnx.Dict({
+            name: param(value.astype(param_dtype),
+                        (self.axes[0] if wq.learned_axes[name] == "in" else self.axes[1],))
+            for name, value in (wq.init(kernel) if wq.init else {}).items()})
+        self.norm = make_norm(norm, in_features, eps=norm_eps, axis=self.axes[0])
+        self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
+
+    def quantized_kernel(self) -> jax.Array:
+        """W̃ (in, out) in the latent dtype, with the layer's gradient rule attached."""
+        learned = {k: v[...] for k, v in self.qparams.items()}
+        return self.quant.quantize_weight(self.kernel[...], **learned)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.quant.quantize_act(x.astype(dtype))
+        w = self.quantized_kernel().astype(dtype)
+        y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+    def integer_weights(self) -> dict[str, jax.Array]:
+        """Integer codes and the scales that reconstruct W̃, for packing and export.
+
+        ternary/binary/rtn: {'codes': int8 (in, out), 'scale': γ broadcastable}, W̃ = codes·scale.
+        fbi: {'codes': ±1, 'alpha', 'beta'}, W̃ = alpha·codes + beta.
+        onebit: {'codes': ±1, 'g', 'h'}, W̃ = g[:, None]·codes·h[None, :].
+        """
+        wq, kwargs = self.quant.weight_quantizer()
+        w = self.kernel[...]
+        if wq.codes is not None:
+            codes, scale = wq.codes(w, **kwargs)
+            return {"codes": codes, "scale": scale}
+        if wq.init is not None:
+            return {"codes": sign(w).astype(jnp.int8), **{k: v[...] for k, v in self.qparams.items()}}
+        raise ValueError(f"weight quantizer {self.quant.weight!r} has no integer form "
+                         f"(it is full precision or mixes precisions)")
+
+
+class Dense(BitDense):
+    """Full-precision BitDense (identity quantizers): the FP baseline, same interface and names."""
+
+    def __init__(self, in_features: int, out_features: int, *, quant: QuantSpec | None = None, **kwargs):
+        if quant is not None and not quant.is_fp:
+            raise ValueError(f"Dense is full precision; got quant={quant}. Use BitDense instead.")
+        super().__init__(in_features, out_features, quant=QuantSpec(), **kwargs)

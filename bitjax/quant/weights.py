@@ -1,0 +1,297 @@
+"""Weight quantizers: pure functions  W (…, in, out) → dequantized W̃ of W's shape/dtype.
+
+Conventions
+-----------
+* Kernels are Flax-style ``(…, in_features, out_features)``; the last axis is the
+  output channel ("column" in FBI-LLM / Bi-Mamba, "row" of PyTorch's (out, in)
+  weight). Leading axes (e.g. stacked layers) are independent matrices.
+* ``granularity`` picks what one scale covers: ``"tensor"`` (each matrix),
+  ``"channel"`` (each output channel, reduced over the input axis) or an int /
+  ``"group<N>"`` (N consecutive input features of one output channel).
+* Statistics are computed in float32 whatever the input dtype; the result is
+  cast back to W's dtype (as HF transformers' ``WeightQuant`` does).
+* Every function takes ``rule`` (see :mod:`bitjax.quant.ste`) for its gradient.
+* ``*_codes`` functions return the integer codes and scales that packing and
+  export use; the fake-quant function is always ``codes · scale`` of them, so
+  a formula lives in exactly one place.
+* sign(0) := +1 everywhere (documented choice; a zero weight must map to ±β).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from bitjax.quant.ste import straight_through
+
+EPS = 1e-5  # the clamp used by BitNet b1.58 / HF for mean|W| and max|x|
+
+
+# ----------------------------------------------------------------------------- helpers
+def parse_granularity(granularity) -> str | int:
+    """'tensor' | 'channel' | int group size (also accepts 'group128')."""
+    if isinstance(granularity, int) and not isinstance(granularity, bool) and granularity > 0:
+        return granularity
+    if granularity in ("tensor", "channel"):
+        return granularity
+    if isinstance(granularity, str) and granularity.startswith("group") and granularity[5:].isdigit():
+        return int(granularity[5:])
+    raise ValueError(f"granularity must be 'tensor', 'channel', a positive int or 'group<N>', "
+                     f"got {granularity!r}")
+
+
+def _grouped(w: jax.Array, granularity):
+    """Reshape W so one scale covers `axes`; returns (wg, axes, unreshape)."""
+    g = parse_granularity(granularity)
+    if w.ndim < 2:
+        raise ValueError(f"weight quantizers expect a (..., in, out) kernel, got shape {w.shape}")
+    if g == "tensor":
+        return w, (-2, -1), lambda y: y
+    if g == "channel":
+        return w, (-2,), lambda y: y
+    *lead, n_in, n_out = w.shape
+    if n_in % g:
+        raise ValueError(f"group size {g} does not divide the input dim {n_in} of a weight "
+                         f"of shape {w.shape}; pick a group size that divides it")
+    wg = w.reshape(*lead, n_in // g, g, n_out)
+    return wg, (-2,), lambda y: y.reshape(w.shape)
+
+
+def sign(x: jax.Array) -> jax.Array:
+    """sign with sign(0) = +1 (so binary codes are always ±1)."""
+    return jnp.where(x >= 0, 1, -1).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- BitNet b1.58
+def ternary_absmean_codes(w: jax.Array, granularity="tensor"):
+    """BitNet b1.58 codes (Ma et al., 2024, "The Era of 1-bit LLMs", eq. 1–3).
+
+    γ = max(mean|W|, ε);  codes = clip(round(W·(1/γ)), −1, 1) ∈ {−1, 0, 1}.
+
+    Computed exactly as HF transformers' ``WeightQuant``: float32, multiply by
+    the reciprocal 1/γ, round half to even, clamp. Returns (codes int8 of W's
+    shape, γ float32 broadcastable to W).
+    """
+    wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
+    inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(wg), axis=axes, keepdims=True), EPS)
+    codes = jnp.clip(jnp.round(wg * inv), -1, 1)
+    return back(codes).astype(jnp.int8), _scale_back(1.0 / inv, w, granularity)
+
+
+def ternary_absmean(w: jax.Array, granularity="tensor", rule: str = "identity") -> jax.Array:
+    """BitNet b1.58 ternary weights: W̃ = clip(round(W/γ), −1, 1)·γ, γ = max(mean|W|, 1e-5).
+
+    Equals HF transformers' ``WeightQuant.forward`` value for value (the
+    division by 1/γ mirrors its ``/ scale``), up to the float32 summation order
+    of mean|W| (XLA, torch and numpy each reduce in their own order: γ may
+    differ in the last ulp, the codes do not except at exact rounding ties). Gradient: `rule` on u = W/γ
+    (identity = the paper's STE). W̃ ∈ {−γ, 0, γ}.
+    """
+    wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
+    inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(wg), axis=axes, keepdims=True), EPS)
+    u = wg * inv
+    q = back(jnp.clip(jnp.round(u), -1, 1) / inv).astype(w.dtype)
+    return straight_through(w, q, back(u).astype(w.dtype), rule)
+
+
+def _scale_back(scale, w, granularity):
+    """Scale of a grouped stat, reshaped so that it broadcasts against W."""
+    g = parse_granularity(granularity)
+    if isinstance(g, int):  # (…, in/g, 1, out) → (…, in, out) by repetition
+        return jnp.repeat(scale, g, axis=-2).reshape(w.shape)
+    return scale
+
+
+# ----------------------------------------------------------------------------- BitNet (1-bit)
+def binary_mean_codes(w: jax.Array, granularity="tensor"):
+    """BitNet codes (Wang et al., 2023, "BitNet", eq. 1–3).
+
+    α = mean(W);  codes = sign(W − α) ∈ {−1, +1};  β = mean|W|.
+    Returns (codes int8, β float32 broadcastable to W).
+    """
+    wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
+    alpha = jnp.mean(wg, axis=axes, keepdims=True)
+    beta = jnp.mean(jnp.abs(wg), axis=axes, keepdims=True)
+    return back(sign(wg - alpha)).astype(jnp.int8), _scale_back(beta, w, granularity)
+
+
+def binary_mean(w: jax.Array, granularity="tensor", rule: str = "identity") -> jax.Array:
+    """BitNet 1-bit weights: W̃ = sign(W − α)·β, α = mean(W), β = mean|W| (BitNet eq. 1–3, 8).
+
+    The paper folds β into the output rescale (eq. 8); multiplying it into the
+    weight is the same product. sign(0) = +1. Gradient: `rule` on u = (W−α)/β.
+    """
+    wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
+    centered = wg - jnp.mean(wg, axis=axes, keepdims=True)
+    beta = jnp.mean(jnp.abs(wg), axis=axes, keepdims=True)
+    q = back(sign(centered) * beta).astype(w.dtype)
+    u = back(centered / jnp.maximum(beta, EPS)).astype(w.dtype)
+    return straight_through(w, q, u, rule)
+
+
+# ----------------------------------------------------------------------------- FBI-LLM / Bi-Mamba
+def fbi_init(w: jax.Array):
+    """Initial column scales for :func:`fbi_sign`: β_j = mean_i W_ij, α_j = mean_i |W_ij − β_j|.
+
+    The least-squares-style init of FBI-LLM (Ma et al., 2024, §3.1) and
+    Bi-Mamba (Tang et al., 2024, eq. 4); both then learn α, β. Shapes (…, out).
+    """
+    w = w.astype(jnp.float32)
+    beta = jnp.mean(w, axis=-2)
+    alpha = jnp.mean(jnp.abs(w - beta[..., None, :]), axis=-2)
+    return {"alpha": alpha, "beta": beta}
+
+
+def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, rule: str = "identity") -> jax.Array:
+    """FBI-LLM / Bi-Mamba binarization: W̃_{:,j} = α_j · sign(W_{:,j}) + β_j.
+
+    FBI-LLM (Ma et al., 2024, eq. 2–3); Bi-Mamba (Tang et al., 2024, eq. 3–4).
+    α, β: learnable, shape (…, out) (per output feature). sign has the STE
+    `rule` on u = W; α and β get exact gradients. Result in W's dtype.
+    """
+    s = straight_through(w, sign(w), w, rule)
+    return (alpha.astype(w.dtype)[..., None, :] * s + beta.astype(w.dtype)[..., None, :])
+
+
+# ----------------------------------------------------------------------------- OneBit
+def onebit_init(w: jax.Array):
+    """OneBit's SVID init (Xu et al., 2024, eq. 8–9): |W| ≈ a bᵀ (rank-1 SVD).
+
+    For a kernel (in, out): g = a·√σ₁ (input side, shape (in,)), h = b·√σ₁
+    (output side, (out,)), signs chosen so both are non-negative. 2-D only.
+    """
+    if w.ndim != 2:
+        raise ValueError(f"onebit_init expects a 2-D kernel, got shape {w.shape}")
+    u, s, vt = jnp.linalg.svd(jnp.abs(w.astype(jnp.float32)), full_matrices=False)
+    a, b = u[:, 0], vt[0]
+    flip = jnp.where(jnp.sum(a) < 0, -1.0, 1.0)  # |W| ≥ 0 so the top pair is one-signed
+    root = jnp.sqrt(s[0])
+    return {"g": flip * a * root, "h": flip * b * root}
+
+
+def onebit(w: jax.Array, g: jax.Array, h: jax.Array, rule: str = "identity") -> jax.Array:
+    """OneBit (Xu et al., 2024, eq. 6–7): W̃ = sign(W) ⊙ (g hᵀ).
+
+    In PyTorch form Y = [(X ⊙ gᵀ) W_±1ᵀ] ⊙ hᵀ with g on the input side (in,)
+    and h on the output side (out,); here W̃_io = g_i · sign(W_io) · h_o.
+    """
+    s = straight_through(w, sign(w), w, rule)
+    return g.astype(w.dtype)[:, None] * s * h.astype(w.dtype)[None, :]
+
+
+# ----------------------------------------------------------------------------- round-to-nearest
+def rtn_codes(w: jax.Array, bits: int, granularity="channel"):
+    """Symmetric k-bit round-to-nearest codes (the PTQ baseline of GPTQ, Frantar et al., 2023, §2).
+
+    s = max(max|W|, ε)/Qp with Qp = 2^(k−1) − 1 (per group);
+    codes = clip(round(W/s), −Qp−1, Qp). Returns (int8 codes, s broadcastable to W).
+    """
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ValueError(f"rtn supports 2..8 bits, got {bits}")
+    qp = 2 ** (bits - 1) - 1
+    wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
+    s = jnp.maximum(jnp.max(jnp.abs(wg), axis=axes, keepdims=True), EPS) / qp
+    codes = jnp.clip(jnp.round(wg / s), -qp - 1, qp)
+    return back(codes).astype(jnp.int8), _scale_back(s, w, granularity)
+
+
+def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identity") -> jax.Array:
+    """Symmetric k-bit RTN: W̃ = clip(round(W/s), −2^(k−1), 2^(k−1)−1)·s, s = max|W|/(2^(k−1)−1).
+
+    Per output channel (default) or group-wise along the input dim. With k=2
+    this is a ternary grid {−s, 0, s} with a max-based scale. Gradient: `rule`
+    on u = W/(s·Qp).
+    """
+    codes, s = rtn_codes(w, bits, granularity)
+    q = (codes.astype(jnp.float32) * s).astype(w.dtype)
+    qp = 2 ** (bits - 1) - 1
+    return straight_through(w, q, (w.astype(jnp.float32) / (s * qp)).astype(w.dtype), rule)
+
+
+# ----------------------------------------------------------------------------- PB-LLM
+def salient_mask(w: jax.Array, frac: float) -> jax.Array:
+    """True for the ⌈frac·n⌉ largest |W| of each matrix (magnitude saliency, PB-LLM §3.2)."""
+    if not 0.0 <= frac < 1.0:
+        raise ValueError(f"salient fraction must be in [0, 1), got {frac}")
+    a = jnp.abs(w.astype(jnp.float32))
+    n = a.shape[-2] * a.shape[-1]
+    k = int(math.ceil(frac * n))
+    if k == 0:
+        return jnp.zeros(w.shape, bool)
+    flat = a.reshape(*a.shape[:-2], n)
+    kth = jax.lax.top_k(flat, k)[0][..., -1:]
+    return a >= kth[..., None]
+
+
+def pb_llm(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
+           rule: str = "identity") -> jax.Array:
+    """PB-LLM partial binarization (Shang et al., 2023, §3.2–3.3, eq. 2).
+
+    Salient weights (top `salient_frac` by |W|) keep `salient_bits`-bit RTN
+    (per output channel); the rest are binarized per output channel with the
+    optimal scale α_j = mean_{i∉S} |W_ij| (eq. 2): W̃ = α·sign(W) there.
+    Gradient: `rule` on u = W/α over the binarized part, identity on the rest.
+    """
+    w32 = w.astype(jnp.float32)
+    mask = salient_mask(w32, salient_frac)
+    keep = (~mask).astype(jnp.float32)
+    alpha = jnp.sum(jnp.abs(w32) * keep, axis=-2, keepdims=True) / jnp.maximum(
+        jnp.sum(keep, axis=-2, keepdims=True), 1.0)
+    binary = sign(w32) * alpha
+    sal_codes, sal_scale = rtn_codes(w32 * mask, salient_bits, "channel")
+    q = jnp.where(mask, sal_codes * sal_scale, binary).astype(w.dtype)
+    u = jnp.where(mask, 0.0, w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
+    return straight_through(w, q, u, rule)
+
+
+# ----------------------------------------------------------------------------- BiLLM
+def _binarize_masked(w, mask):
+    """α·sign(W) on `mask` with α = per-output-channel mean|W| over the mask (0 elsewhere)."""
+    m = mask.astype(w.dtype)
+    alpha = jnp.sum(jnp.abs(w) * m, axis=-2, keepdims=True) / jnp.maximum(
+        jnp.sum(m, axis=-2, keepdims=True), 1.0)
+    return sign(w) * alpha * m
+
+
+def billm(w: jax.Array, hessian_diag: jax.Array | None = None, salient_frac: float = 0.1,
+          n_split: int = 40, rule: str = "identity") -> jax.Array:
+    """BiLLM (Huang et al., 2024), data-aware binarization without the GPTQ-style error feedback.
+
+    1. Salient input rows (structural, eq. 5): saliency_i = Σ_j W_ij² · H_ii
+       (H = diag of the layer-input Hessian 2XᵀX; ones when `hessian_diag` is None,
+       i.e. magnitude saliency). The top `salient_frac` rows get *residual*
+       binarization (eq. 6): B₁ = α₁ sign(W), B₂ = α₂ sign(W − B₁), W̃ = B₁ + B₂.
+    2. The other weights are split by a break-point p (eq. 7–8) into a
+       concentrated group |W| ≤ p and a sparse group |W| > p, each binarized with
+       its own per-channel α; p is searched over `n_split` points in (0, max|W|)
+       to minimise ‖W − W̃‖² (eq. 9).
+    Kernel (in, out), 2-D. Gradient: `rule` on u = W / max|W| (per channel).
+    """
+    if w.ndim != 2:
+        raise ValueError(f"billm expects a 2-D kernel, got shape {w.shape}")
+    w32 = w.astype(jnp.float32)
+    h = jnp.ones(w.shape[0], jnp.float32) if hessian_diag is None else hessian_diag.astype(jnp.float32)
+    sal = jnp.sum(w32 ** 2, axis=1) * h
+    k = int(math.ceil(salient_frac * w.shape[0]))
+    if k:
+        thresh = jax.lax.top_k(sal, k)[0][-1]
+        rows = (sal >= thresh)[:, None] & jnp.ones_like(w32, bool)
+    else:
+        rows = jnp.zeros(w.shape, bool)
+    b1 = _binarize_masked(w32, rows)
+    salient = b1 + _binarize_masked(w32 - b1, rows)
+
+    rest = ~rows
+    amax = jnp.max(jnp.abs(w32) * rest)
+    cands = amax * (jnp.arange(1, n_split + 1, dtype=jnp.float32) / (n_split + 1))
+
+    def approx(p):
+        inner = rest & (jnp.abs(w32) <= p)
+        return _binarize_masked(w32, inner) + _binarize_masked(w32, rest & ~inner)
+
+    errs = jax.vmap(lambda p: jnp.sum((approx(p) - w32 * rest) ** 2))(cands)
+    q = (salient + approx(cands[jnp.argmin(errs)])).astype(w.dtype)
+    u = (w32 / jnp.maximum(jnp.max(jnp.abs(w32), axis=0, keepdims=True), EPS)).astype(w.dtype)
+    return straight_through(w, q, u, rule)

@@ -1,0 +1,129 @@
+"""BitDense / Dense: forward = composed primitives = HF AutoBitLinear restated in numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bitjax.nn import BitDense, Dense, RMSNorm
+from bitjax.quant import QuantSpec, absmax_act, method_specs, ternary_absmean
+
+B158 = QuantSpec("ternary_absmean", "absmax8")
+
+
+def rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def np_autobitlinear(x, weight_out_in, rms_weight=None, eps=1e-6):
+    """HF transformers AutoBitLinear.forward (online quant), with the torch ops spelled in numpy."""
+    if rms_weight is not None:  # BitNetRMSNorm
+        x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * rms_weight
+    s = 127 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
+    x = np.clip(np.round(x * s), -128, 127) / s
+    ws = 1.0 / max(np.abs(weight_out_in).mean(), 1e-5)
+    w = np.clip(np.round(weight_out_in * ws), -1, 1) / ws
+    return x @ w.T
+
+
+def test_b158_matches_hf_autobitlinear():
+    layer = BitDense(32, 16, quant=B158, rngs=nnx.Rngs(0))
+    x = rand((2, 5, 32), 1)
+    got = np.asarray(layer(jnp.asarray(x)))
+    ref = np_autobitlinear(x, np.asarray(layer.kernel[...]).T)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_b158_with_rms_norm_matches_hf():
+    layer = BitDense(32, 16, quant=B158, norm="rms", rngs=nnx.Rngs(1))
+    layer.norm.scale[...] = jnp.asarray(rand((32,), 7) + 1)
+    x = rand((3, 32), 2)
+    ref = np_autobitlinear(x, np.asarray(layer.kernel[...]).T, np.asarray(layer.norm.scale[...]))
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_equals_composed_primitives():
+    layer = BitDense(16, 8, quant=QuantSpec("ternary_absmean", "absmax4", "clipped"), norm="rms",
+                     rngs=nnx.Rngs(2))
+    x = jnp.asarray(rand((4, 16), 3))
+    norm = RMSNorm(16)
+    expect = absmax_act(norm(x), 4) @ ternary_absmean(layer.kernel[...])
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(expect), rtol=1e-6, atol=1e-6)
+
+
+def test_dense_is_plain_matmul_and_rejects_quant():
+    layer = Dense(16, 8, use_bias=True, rngs=nnx.Rngs(3))
+    layer.bias[...] = jnp.arange(8.0)
+    x = jnp.asarray(rand((4, 16), 4))
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(x @ layer.kernel[...] + jnp.arange(8.0)),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="full precision"):
+        Dense(4, 4, quant=B158, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("weight", ["ternary_absmean", "binary_mean", "rtn4", "fbi", "onebit"])
+def test_integer_weights_reconstruct_quantized_kernel(weight):
+    layer = BitDense(16, 8, quant=QuantSpec(weight), rngs=nnx.Rngs(5))
+    iw = layer.integer_weights()
+    assert iw["codes"].dtype == jnp.int8
+    c = iw["codes"].astype(jnp.float32)
+    if weight == "fbi":
+        rec = iw["alpha"][None] * c + iw["beta"][None]
+    elif weight == "onebit":
+        rec = iw["g"][:, None] * c * iw["h"][None]
+    else:
+        rec = c * iw["scale"]
+    np.testing.assert_allclose(np.asarray(rec), np.asarray(layer.quantized_kernel()), rtol=1e-5, atol=1e-7)
+
+
+def test_params_carry_logical_axes_and_float32():
+    layer = BitDense(16, 8, quant=QuantSpec("fbi"), norm="layer", use_bias=True, axes=("mlp", "embed"),
+                     rngs=nnx.Rngs(0))
+    meta = {"/".join(map(str, p)): v.get_metadata()["out_sharding"]
+            for p, v in nnx.to_flat_state(nnx.state(layer, nnx.Param))}
+    assert meta == {"kernel": ("mlp", "embed"), "bias": ("embed",), "qparams/alpha": ("embed",),
+                    "qparams/beta": ("embed",), "norm/scale": ("mlp",), "norm/bias": ("mlp",)}
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(layer, nnx.Param)))
+
+
+def test_bf16_compute_keeps_float32_latents_and_grads():
+    layer = BitDense(32, 16, quant=B158, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    x = jnp.asarray(rand((2, 32), 6))
+    y = layer(x)
+    assert y.dtype == jnp.bfloat16
+    g = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32) ** 2))(layer)
+    assert g.kernel[...].dtype == jnp.float32 and bool(jnp.isfinite(g.kernel[...]).all())
+
+
+def test_learned_scales_train():
+    layer = BitDense(8, 4, quant=QuantSpec("fbi"), rngs=nnx.Rngs(0))
+    x = jnp.asarray(rand((3, 8), 7))
+    g = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+    assert float(jnp.abs(g.qparams["alpha"][...]).sum()) > 0
+    assert float(jnp.abs(g.qparams["beta"][...]).sum()) > 0
+
+
+def test_every_method_builds_runs_and_differentiates_under_jit():
+    x = jnp.asarray(rand((2, 3, 16), 8))
+    for method in ["fp", "bitnet", "b158", "a48", "fbi", "onebit", "pb_llm", "billm", "rtn2"]:
+        outer, inner, norm = method_specs(method)
+        for spec in (outer, inner):
+            layer = BitDense(16, 8, quant=spec, norm=norm, rngs=nnx.Rngs(0))
+            y = nnx.jit(lambda m, x: m(x))(layer, x)
+            g = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+            assert y.shape == (2, 3, 8) and all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(g))
+
+
+def test_quant_spec_validation_names_the_problem():
+    with pytest.raises(ValueError, match="unknown weight quantizer 'ternery'"):
+        QuantSpec("ternery")
+    with pytest.raises(ValueError, match="unknown activation quantizer 'absmax99x'"):
+        QuantSpec(act="absmax99x")
+    with pytest.raises(ValueError, match="unknown gradient rule"):
+        QuantSpec(grad="ste")
+    with pytest.raises(ValueError, match="has no option 'keep'"):
+        QuantSpec(act="absmax8", act_options=(("keep", 0.5),))
+    with pytest.raises(ValueError, match="unknown quantization method"):
+        method_specs("b159")
+    assert method_specs("a48")[1].act == "topk_absmax8"

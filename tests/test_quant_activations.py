@@ -1,0 +1,90 @@
+"""Activation quantizers vs numpy restatements (HF ActQuant, BitNet v1 eq. 4, a4.8 top-K)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bitjax.quant import activations as A
+
+EPS = 1e-5
+
+
+def rand(shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def np_absmax(x, bits):  # HF transformers ActQuant.forward for bits = 8
+    qp = 2 ** (bits - 1) - 1
+    s = np.float32(qp) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(EPS))
+    return np.clip(np.round(x * s), -qp - 1, qp) / s
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 5), st.integers(1, 40)), bits=st.sampled_from([2, 4, 8]),
+       scale=st.sampled_from([1e-8, 1e-2, 1.0, 100.0]), seed=st.integers(0, 9999))
+def test_absmax_matches_formula_exactly(shape, bits, scale, seed):
+    x = rand(shape, seed, scale)
+    qp = 2 ** (bits - 1) - 1
+    s = np.float32(qp) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(EPS))
+    codes, got_s = A.absmax_codes(jnp.asarray(x), bits)
+    # max is order-independent: scale and integer codes are bit-exact
+    np.testing.assert_array_equal(np.asarray(got_s), s)
+    np.testing.assert_array_equal(np.asarray(codes), np.clip(np.round(x * s), -qp - 1, qp))
+    # XLA turns "/ s" into "· (1/s)": the dequantized value may move by one ulp
+    np.testing.assert_allclose(np.asarray(A.absmax_act(jnp.asarray(x), bits)), np_absmax(x, bits), rtol=2.5e-7)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_absmax_codes_on_integer_grid(bits):
+    x = jnp.asarray(rand((6, 33), 1))
+    codes, s = A.absmax_codes(x, bits)
+    qp = 2 ** (bits - 1) - 1
+    assert int(codes.min()) >= -qp - 1 and int(codes.max()) <= qp
+    assert int(jnp.abs(codes).max()) == qp  # the absmax element maps to ±Qp
+    np.testing.assert_allclose(np.asarray(codes / s), np.asarray(A.absmax_act(x, bits)), rtol=1e-6)
+
+
+def test_absmax_is_per_token():
+    x = rand((2, 8), 2)
+    x[1] *= 1000.0
+    got = np.asarray(A.absmax_act(jnp.asarray(x)))
+    np.testing.assert_allclose(got[0], np_absmax(x[:1], 8)[0], rtol=2.5e-7)
+
+
+def test_absmax_bf16_in_bf16_out():
+    x = jnp.asarray(rand((3, 16), 3)).astype(jnp.bfloat16)
+    got = A.absmax_act(x)
+    assert got.dtype == jnp.bfloat16
+    ref = np_absmax(np.asarray(x.astype(jnp.float32)), 8)
+    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)),
+                                  np.asarray(jnp.asarray(ref).astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 1.0])
+def test_topk_absmax_matches_formula(keep):
+    x = rand((4, 20), 4)
+    k = int(np.ceil(keep * 20))
+    kth = -np.sort(-np.abs(x), axis=-1)[:, k - 1:k]
+    sparse = np.where(np.abs(x) >= kth, x, 0.0).astype(np.float32)
+    got = np.asarray(A.topk_absmax_act(jnp.asarray(x), keep, 8))
+    np.testing.assert_allclose(got, np_absmax(sparse, 8), rtol=2.5e-7)
+    assert ((got != 0).sum(-1) <= k).all()
+
+
+def test_topk_rejects_bad_keep():
+    with pytest.raises(ValueError, match="keep fraction"):
+        A.topk_absmax_act(jnp.ones((2, 4)), 0.0)
+
+
+def test_absmax_v1_matches_paper_equation():
+    x = rand((3, 17), 5)
+    qb = 128
+    gamma = np.maximum(np.abs(x).max(-1, keepdims=True), EPS)
+    ref = np.round(np.clip(x * (qb / gamma), -qb + EPS, qb - EPS)) * (gamma / qb)
+    np.testing.assert_allclose(np.asarray(A.absmax_v1_act(jnp.asarray(x), 8)), ref, rtol=1e-6)
+
+
+def test_bits_validated():
+    with pytest.raises(ValueError, match="activation bits"):
+        A.absmax_act(jnp.ones((2, 2)), 1)

@@ -1,0 +1,254 @@
+"""Weight quantizers vs plain numpy restatements of the papers' formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bitjax.quant import weights as W
+
+EPS = 1e-5
+shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
+scales = st.sampled_from([1e-7, 1e-3, 0.02, 1.0, 30.0])
+
+
+def rand(shape, seed=0, scale=1.0, dtype=np.float32):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+# ---- numpy restatements -------------------------------------------------------------------
+def np_ternary(w):  # HF transformers WeightQuant.forward, in numpy
+    w32 = w.astype(np.float32)
+    scale = np.float32(1.0) / np.maximum(np.abs(w32).mean(dtype=np.float32), np.float32(EPS))
+    return (np.clip(np.round(w32 * scale), -1, 1) / scale).astype(w.dtype)
+
+
+def np_sign(x):
+    return np.where(x >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def np_groups(w, granularity):
+    """list of (index, block) over which one scale is computed."""
+    n_in, n_out = w.shape
+    if granularity == "tensor":
+        return [(np.s_[:, :], w)]
+    if granularity == "channel":
+        return [(np.s_[:, j:j + 1], w[:, j:j + 1]) for j in range(n_out)]
+    g = granularity
+    return [(np.s_[i:i + g, j:j + 1], w[i:i + g, j:j + 1]) for i in range(0, n_in, g) for j in range(n_out)]
+
+
+def np_rtn(w, bits, granularity):
+    qp = 2 ** (bits - 1) - 1
+    out = np.zeros_like(w, dtype=np.float32)
+    for idx, blk in np_groups(w.astype(np.float32), granularity):
+        s = max(np.abs(blk).max(), EPS) / qp
+        out[idx] = np.clip(np.round(blk / s), -qp - 1, qp) * s
+    return out
+
+
+# ---- BitNet b1.58 -------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, scale=scales, seed=st.integers(0, 10_000))
+def test_ternary_absmean_matches_hf_formula(shape, scale, seed):
+    w = rand(shape, seed, scale)
+    got = np.asarray(W.ternary_absmean(jnp.asarray(w)))
+    ref = np_ternary(w)
+    # Codes agree exactly; γ = mean|W| may differ in the last ulp because XLA, numpy and
+    # torch each sum float32 in their own order.
+    np.testing.assert_array_equal(np.sign(got), np.sign(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
+
+
+def test_ternary_values_are_minus_gamma_zero_gamma():
+    w = rand((64, 48), 1)
+    q = np.asarray(W.ternary_absmean(jnp.asarray(w)))
+    gamma = np.float32(1) / (np.float32(1) / np.abs(w).mean())
+    assert set(np.unique(q)) <= {np.float32(-gamma), np.float32(0), np.float32(gamma)}
+    assert len(np.unique(q)) == 3  # all three levels are used on a Gaussian matrix
+
+
+def test_ternary_half_rounds_to_even_like_torch():
+    # W/γ = ±0.5 exactly must round to 0 (round half to even), ±1.5 to ±2 → clipped to ±1.
+    w = np.array([[0.5, -0.5, 1.5, -1.5]], np.float32)  # mean|W| = 1.0 exactly
+    np.testing.assert_array_equal(np.asarray(W.ternary_absmean(jnp.asarray(w))), [[0.0, -0.0, 1.0, -1.0]])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_ternary_low_precision_input_computed_in_float32(dtype):
+    w16 = jnp.asarray(rand((32, 16), 2)).astype(dtype)
+    got = W.ternary_absmean(w16)
+    assert got.dtype == dtype
+    ref = np_ternary(np.asarray(w16.astype(jnp.float32))).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)),
+                               np.asarray(jnp.asarray(ref).astype(dtype).astype(jnp.float32)), rtol=1e-2)
+    # rounding to the low-precision grid happens once, at the end: 3 distinct values
+    assert len(np.unique(np.asarray(got.astype(jnp.float32)))) == 3
+
+
+def test_ternary_all_zero_weight_uses_eps_clamp():
+    q = W.ternary_absmean(jnp.zeros((4, 4)))
+    np.testing.assert_array_equal(np.asarray(q), np.zeros((4, 4)))
+
+
+@pytest.mark.parametrize("granularity", ["channel", 4, "group8"])
+def test_ternary_granularity(granularity):
+    w = rand((16, 6), 3)
+    g = W.parse_granularity(granularity)
+    ref = np.zeros_like(w)
+    for idx, blk in np_groups(w, g):
+        inv = np.float32(1) / max(np.abs(blk).mean(dtype=np.float32), np.float32(EPS))
+        ref[idx] = np.clip(np.round(blk * inv), -1, 1) / inv
+    np.testing.assert_allclose(np.asarray(W.ternary_absmean(jnp.asarray(w), granularity)), ref, rtol=1e-6)
+
+
+def test_ternary_codes_reconstruct_and_are_int_grid():
+    w = jnp.asarray(rand((12, 10), 4))
+    codes, gamma = W.ternary_absmean_codes(w)
+    assert codes.dtype == jnp.int8 and set(np.unique(codes)) <= {-1, 0, 1}
+    np.testing.assert_allclose(np.asarray(codes * gamma), np.asarray(W.ternary_absmean(w)), rtol=1e-6)
+
+
+def test_group_size_must_divide():
+    with pytest.raises(ValueError, match="group size 5 does not divide the input dim 16"):
+        W.ternary_absmean(jnp.ones((16, 4)), 5)
+    with pytest.raises(ValueError, match="granularity"):
+        W.ternary_absmean(jnp.ones((16, 4)), "rows")
+
+
+def test_stacked_kernels_are_quantized_per_matrix():
+    w = rand((3, 8, 5), 5) * np.array([0.1, 1.0, 10.0], np.float32)[:, None, None]
+    got = np.asarray(W.ternary_absmean(jnp.asarray(w)))
+    for i in range(3):
+        np.testing.assert_allclose(got[i], np_ternary(w[i]), rtol=1e-6)
+
+
+# ---- BitNet (1-bit) -----------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, scale=scales, seed=st.integers(0, 10_000))
+def test_binary_mean_matches_formula(shape, scale, seed):
+    w = rand(shape, seed, scale) + np.float32(0.3 * scale)  # non-zero mean: centering matters
+    beta = np.abs(w).mean(dtype=np.float32)
+    ref = np_sign(w - w.mean(dtype=np.float32)) * beta
+    np.testing.assert_allclose(np.asarray(W.binary_mean(jnp.asarray(w))), ref, rtol=1e-6)
+
+
+def test_binary_values_are_plus_minus_beta_and_sign0_is_plus():
+    w = np.array([[1.0, -1.0], [3.0, -3.0]], np.float32)  # mean 0 → W−α has no zeros; add one:
+    w = np.array([[0.0, 2.0, -2.0]], np.float32)  # α = 0 → sign(0) = +1, β = 4/3
+    q = np.asarray(W.binary_mean(jnp.asarray(w)))
+    np.testing.assert_allclose(q, [[4 / 3, 4 / 3, -4 / 3]], rtol=1e-6)
+    codes, beta = W.binary_mean_codes(jnp.asarray(w))
+    np.testing.assert_array_equal(np.asarray(codes), [[1, 1, -1]])
+
+
+def test_binary_mean_channel():
+    w = rand((10, 4), 6) + 0.5
+    ref = np.zeros_like(w)
+    for j in range(4):
+        c = w[:, j]
+        ref[:, j] = np_sign(c - c.mean()) * np.abs(c).mean()
+    np.testing.assert_allclose(np.asarray(W.binary_mean(jnp.asarray(w), "channel")), ref, rtol=1e-6)
+
+
+# ---- FBI-LLM / Bi-Mamba -------------------------------------------------------------------
+def test_fbi_sign_and_init():
+    w = rand((9, 5), 7) + 0.2
+    p = W.fbi_init(jnp.asarray(w))
+    beta = w.mean(0)
+    alpha = np.abs(w - beta).mean(0)
+    np.testing.assert_allclose(np.asarray(p["beta"]), beta, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(p["alpha"]), alpha, rtol=1e-5)
+    a, b = rand((5,), 8), rand((5,), 9)
+    got = np.asarray(W.fbi_sign(jnp.asarray(w), jnp.asarray(a), jnp.asarray(b)))
+    np.testing.assert_allclose(got, a[None] * np_sign(w) + b[None], rtol=1e-6)
+
+
+def test_fbi_learned_scales_get_exact_gradients():
+    w, a, b, c = rand((7, 3), 1), rand((3,), 2), rand((3,), 3), rand((7, 3), 4)
+    loss = lambda w, a, b: jnp.sum(W.fbi_sign(w, a, b) * c)
+    gw, ga, gb = jax.grad(loss, argnums=(0, 1, 2))(*map(jnp.asarray, (w, a, b)))
+    np.testing.assert_allclose(np.asarray(ga), (c * np_sign(w)).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gb), c.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), c * a[None], rtol=1e-6)  # identity STE through sign
+
+
+# ---- OneBit --------------------------------------------------------------------------------
+def test_onebit_forward_and_svid_init():
+    w = rand((12, 8), 10)
+    p = W.onebit_init(jnp.asarray(w))
+    g, h = np.asarray(p["g"]), np.asarray(p["h"])
+    u, s, vt = np.linalg.svd(np.abs(w))
+    np.testing.assert_allclose(np.outer(g, h), s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-4, atol=1e-5)
+    assert (g > 0).all() and (h > 0).all()
+    got = np.asarray(W.onebit(jnp.asarray(w), jnp.asarray(g), jnp.asarray(h)))
+    np.testing.assert_allclose(got, g[:, None] * np_sign(w) * h[None, :], rtol=1e-6)
+
+
+# ---- RTN -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("granularity", ["channel", "tensor", 4])
+def test_rtn_matches_formula(bits, granularity):
+    w = rand((16, 6), bits)
+    got = np.asarray(W.rtn(jnp.asarray(w), bits, granularity))
+    np.testing.assert_allclose(got, np_rtn(w, bits, granularity), rtol=1e-6, atol=1e-7)
+    codes, s = W.rtn_codes(jnp.asarray(w), bits, granularity)
+    qp = 2 ** (bits - 1) - 1
+    assert int(codes.min()) >= -qp - 1 and int(codes.max()) <= qp
+    assert len(np.unique(np.asarray(codes))) <= 2 ** bits
+
+
+def test_rtn_rejects_bits():
+    with pytest.raises(ValueError, match="2..8 bits"):
+        W.rtn(jnp.ones((4, 4)), 1)
+
+
+# ---- PB-LLM ----------------------------------------------------------------------------------
+def test_pb_llm_matches_formula():
+    w = rand((20, 5), 11)
+    frac, bits = 0.1, 8
+    a = np.abs(w)
+    k = int(np.ceil(frac * w.size))
+    kth = np.sort(a.ravel())[::-1][k - 1]
+    mask = a >= kth
+    alpha = np.array([a[~mask[:, j], j].mean() for j in range(5)], np.float32)
+    sal = np_rtn(w * mask, bits, "channel")
+    ref = np.where(mask, sal, np_sign(w) * alpha[None])
+    got = np.asarray(W.pb_llm(jnp.asarray(w), frac, bits))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert mask.sum() == k  # continuous weights: exactly K salient entries
+    assert len(np.unique(got[~mask])) <= 10  # ±α per channel
+
+
+# ---- BiLLM -----------------------------------------------------------------------------------
+def np_billm(w, h, frac, n_split):
+    def binm(x, m):
+        alpha = np.array([np.abs(x[m[:, j], j]).mean() if m[:, j].any() else 0.0
+                          for j in range(x.shape[1])], np.float32)
+        return np_sign(x) * alpha[None] * m
+    sal = (w ** 2).sum(1) * h
+    k = int(np.ceil(frac * w.shape[0]))
+    rows = np.broadcast_to((sal >= np.sort(sal)[::-1][k - 1])[:, None], w.shape)
+    b1 = binm(w, rows)
+    salient = b1 + binm(w - b1, rows)
+    rest = ~rows
+    amax = np.abs(w[rest]).max()
+    best, best_err = None, np.inf
+    for i in range(1, n_split + 1):
+        p = amax * np.float32(i / (n_split + 1))
+        inner = rest & (np.abs(w) <= p)
+        approx = binm(w, inner) + binm(w, rest & ~inner)
+        err = ((approx - w * rest) ** 2).sum()
+        if err < best_err:
+            best, best_err = approx, err
+    return salient + best
+
+
+def test_billm_matches_formula_and_beats_plain_sign():
+    w = rand((24, 6), 12) * np.linspace(0.5, 3, 24, dtype=np.float32)[:, None]
+    h = np.abs(rand((24,), 13)) + 0.1
+    got = np.asarray(W.billm(jnp.asarray(w), jnp.asarray(h), 0.1, 20))
+    np.testing.assert_allclose(got, np_billm(w, h, 0.1, 20), rtol=1e-4, atol=1e-6)
+    plain = np_sign(w) * np.abs(w).mean(0)[None]
+    assert ((got - w) ** 2).sum() < ((plain - w) ** 2).sum()
