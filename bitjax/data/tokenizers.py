@@ -1,0 +1,209 @@
+"""Tokenizers: byte-level (default) and a locally trained SentencePiece.
+
+Both share one interface:
+
+  vocab_size, pad_id, bos_id, eos_id   ints
+  encode(text: str) -> int32[n]        no specials added
+  decode(ids) -> str                   specials dropped, bad UTF-8 replaced
+  token_bytes: int32[vocab_size]       UTF-8 bytes each id stands for
+  bytes_per_token(ids) -> float        for nats/token -> bits/byte
+  name: str                            identity, keys the token caches
+
+`token_bytes` makes bits-per-byte exact for any token stream:
+bits/byte = sum(nll) / ln(2) / sum(token_bytes[targets]).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+
+class Tokenizer:
+    """Common interface (see the module docstring)."""
+
+    name: str
+    vocab_size: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    token_bytes: np.ndarray  # int32[vocab_size]
+
+    def encode(self, text: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def bytes_per_token(self, ids) -> float:
+        """UTF-8 bytes per token of `ids` (specials count as tokens of 0 bytes).
+
+        Convert a mean loss over `ids` with bits/byte = nats / ln(2) / this.
+        """
+        ids = np.asarray(ids).reshape(-1)
+        return float(self.token_bytes[ids].sum()) / max(len(ids), 1)
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes 0..255 plus pad=256, bos=257, eos=258 (vocab_size 259)."""
+
+    name = "byte"
+    vocab_size = 259
+    pad_id, bos_id, eos_id = 256, 257, 258
+    token_bytes = np.array([1] * 256 + [0] * 3, np.int32)
+
+    def encode(self, text: str) -> np.ndarray:
+        """str -> int32[len(utf8 bytes)] (lone surrogates become '?')."""
+        data = text.encode("utf-8", errors="replace")
+        return np.frombuffer(data, np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids).reshape(-1)
+        return bytes(ids[(ids >= 0) & (ids < 256)].astype(np.uint8)).decode(
+            "utf-8", errors="replace")
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model with ids pad=0, unk=1, bos=2, eos=3.
+
+    Load an existing model with `SentencePieceTokenizer(path)`, or train one
+    with `train_sentencepiece`.
+    """
+
+    def __init__(self, model_path: str):
+        import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+        with open(model_path, "rb") as f:
+            proto = f.read()
+        self.model_path = model_path
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.vocab_size = self.sp.get_piece_size()
+        self.pad_id, self.bos_id, self.eos_id = (
+            self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id())
+        # Hash the vocabulary, not the file: the file also records training
+        # paths, so equal models trained in different places would differ.
+        vocab = [(self.sp.id_to_piece(i), self.sp.get_score(i))
+                 for i in range(self.vocab_size)]
+        digest = hashlib.sha256(repr(vocab).encode()).hexdigest()[:12]
+        self.name = f"spm{self.vocab_size}-{digest}"
+        self.token_bytes = np.array(
+            [self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
+
+    def _piece_bytes(self, i: int) -> int:
+        if self.sp.is_control(i) or self.sp.is_unknown(i):
+            return 0
+        if self.sp.is_byte(i):  # <0xNN> byte-fallback piece.
+            return 1
+        return len(self.sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.sp.encode(text), np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        # One C++ call, multi-threaded.
+        return [np.asarray(x, np.int32) for x in self.sp.encode(texts)]
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids).reshape(-1)
+        keep = (ids >= 0) & (ids < self.vocab_size)
+        keep &= (ids != self.pad_id) & (ids != self.bos_id) & (ids != self.eos_id)
+        return self.sp.decode(ids[keep].tolist())
+
+
+def train_sentencepiece(texts: Iterable[str], model_path: str,
+                        vocab_size: int, *, sample_bytes: int = 4_000_000,
+                        model_type: str = "unigram") -> SentencePieceTokenizer:
+    """Trains a lossless SentencePiece model on (a prefix of) `texts`.
+
+    Lossless for source code: identity normalization, no dummy prefix, runs of
+    spaces kept (and learnable as pieces), byte fallback for anything unseen
+    (e.g. '\\n', which never occurs inside a training line). So
+    `decode(encode(s)) == s` for any str `s`, and `token_bytes` sums exactly to
+    the UTF-8 size of the text.
+
+    Args:
+      texts: documents; lines are the training sentences. Pass them in a
+        deterministic order (a model is a pure function of them).
+      model_path: where to write the model (atomically).
+      vocab_size: upper bound; a small corpus may yield fewer pieces.
+      sample_bytes: stop reading `texts` after this many UTF-8 bytes.
+      model_type: 'unigram' or 'bpe'.
+    """
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+    if vocab_size < 300:
+        raise ValueError(
+            f"cfg.data.vocab_size={vocab_size} is too small for SentencePiece "
+            "with byte fallback (256 byte pieces + 4 specials + the corpus' "
+            "characters); use >= 300.")
+
+    def lines():
+        seen = 0
+        for text in texts:
+            for line in text.splitlines():
+                if line.strip():
+                    yield line
+                    seen += len(line.encode("utf-8", errors="replace"))
+            if seen >= sample_bytes:
+                return
+
+    spm.set_random_generator_seed(0)
+    model_dir = os.path.dirname(os.path.abspath(model_path))
+    os.makedirs(model_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
+        prefix = os.path.join(tmp, "spm")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(),
+            model_prefix=prefix,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,  # Small corpora: fewer pieces, not an error.
+            character_coverage=1.0,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            max_sentence_length=16384,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        os.replace(prefix + ".model", model_path)
+    logging.info("Trained SentencePiece model %s", model_path)
+    return SentencePieceTokenizer(model_path)
+
+
+def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None,
+                   model_path: str | None = None) -> Tokenizer:
+    """Builds the tokenizer named by `cfg.tokenizer`.
+
+    Args:
+      cfg: the data ConfigDict (`tokenizer`, `vocab_size`, `spm_sample_bytes`).
+      texts: for 'sentencepiece', a callable returning training documents;
+        only called when no model exists at `model_path` yet.
+      model_path: for 'sentencepiece', the model file, reused when present.
+    """
+    kind = cfg.tokenizer
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "sentencepiece":
+        if model_path is None:
+            raise ValueError("sentencepiece tokenizer needs a model_path.")
+        if os.path.exists(model_path):
+            return SentencePieceTokenizer(model_path)
+        if texts is None:
+            raise ValueError(f"No SentencePiece model at {model_path} and no "
+                             "texts to train one.")
+        return train_sentencepiece(
+            texts(), model_path, cfg.vocab_size,
+            sample_bytes=cfg.spm_sample_bytes)
+    raise ValueError(f"Unknown cfg.data.tokenizer {kind!r}; use 'byte' or "
+                     "'sentencepiece'.")
