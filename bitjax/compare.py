@@ -1,11 +1,52 @@
-"""The main job: train BitNet b1.58 and an FP baseline on the embedded corpus and compare.
+"""The main job: train an FP baseline and BitNet b1.58 (`tiny`) on the embedded corpus, then compare.
 
-Placeholder until the trainer lands (issue: the main job).
+    python -m bitjax.compare [--methods fp,b158] [--steps N] [--workdir workdirs/compare]
+
+Each method trains from configs/transformer.py with identical data, seed and schedule; the table
+shows final train loss, eval bits-per-byte, throughput, and step time relative to FP.
 """
 
+from __future__ import annotations
 
-def main():
-    print("bitjax is installed. The FP vs b1.58 training comparison is coming in the training issue.")
+import argparse
+import os
+import shutil
+
+from bitjax.train import trainer
+
+
+def _config(method: str, steps: int):
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
+    spec = importlib.util.spec_from_file_location("bitjax_configs_transformer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(f"quant={method},size=tiny,steps={steps}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="fp,b158", help="comma-separated quantization methods")
+    p.add_argument("--steps", type=int, default=0, help="steps per run (0 = the tiny preset's)")
+    p.add_argument("--workdir", default="workdirs/compare", help="runs go to WORKDIR/<method>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs found in WORKDIR/<method> instead of starting them afresh")
+    args = p.parse_args(argv)
+    results = {}
+    for method in args.methods.split(","):
+        wd = os.path.join(args.workdir, method)
+        if not args.resume and os.path.isdir(wd):  # the comparison's own scratch runs
+            shutil.rmtree(wd)
+        print(f"\n=== {method} → {wd}")
+        results[method] = trainer.train(_config(method, args.steps), wd)
+    base = results.get("fp", next(iter(results.values())))
+    print("\n| method | final train loss | eval loss (nats/token) | eval bits/byte | tokens/s | step time vs fp |")
+    print("|---|---|---|---|---|---|")
+    for method, r in results.items():
+        ratio = r["step_time_s"] / base["step_time_s"]
+        print(f"| {method} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | {r['eval_bpb']:.4f} | "
+              f"{r['tokens_per_s']:.0f} | {ratio:.2f}× |")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Train-step cost of each quantization method relative to FP, measured side by side in one run.
+
+    python benchmarks/step_time.py [--sizes tiny,cpu_m] [--methods fp,b158,bitnet,a48,fbi] [--reps 5]
+
+For each size, every method's jitted train step (forward + backward + AdamW, the trainer's own
+`Setup.train_step`) is compiled, warmed up, then timed in interleaved rounds (fp, b158, …, fp, b158, …)
+so drift in machine load hits all methods alike. Reports the median step time and the ratio to fp.
+Data: fixed pre-built batches from the embedded corpus (input pipeline excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bitjax import config as config_lib  # noqa: E402
+from bitjax.models import transformer  # noqa: E402
+from bitjax.train import trainer  # noqa: E402
+
+# Extra CPU-sized shapes beside the model presets (d_model, n_layers, n_heads, n_kv_heads, mlp_dim).
+EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
+
+
+def make_config(method, size, batch, seq_len):
+    c = config_lib.trainer_config()
+    c.total_steps, c.batch_size, c.seq_len = 1000, batch, seq_len
+    c.model = transformer.default_config()
+    c.model.update(transformer.SIZES.get(size) or EXTRA[size])
+    c.model.vocab_size = None
+    c.model.quant.method = method
+    c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+    return c
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="tiny,cpu_m")
+    p.add_argument("--methods", default="fp,b158,bitnet,a48,fbi")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--reps", type=int, default=5, help="interleaved rounds")
+    args = p.parse_args()
+    dev = jax.devices()[0]
+    print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
+          f" · {os.cpu_count()} cores · jax {jax.__version__} · batch {args.batch}×{args.seq_len}")
+    methods = args.methods.split(",")
+    for size in args.sizes.split(","):
+        setups, states, batches = {}, {}, {}
+        for m in methods:
+            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len), devices=jax.devices()[:1])
+            setups[m] = s
+            states[m] = s.init_fn(jax.random.key(0))
+            batches[m] = [s.train_batch(i) for i in range(args.steps)]
+            for b in batches[m][:2]:  # compile + warm up
+                states[m], out = s.train_step(states[m], b)
+            jax.block_until_ready(out)
+        times = {m: [] for m in methods}
+        for _ in range(args.reps):
+            for m in methods:
+                t0 = time.perf_counter()
+                for b in batches[m]:
+                    states[m], out = setups[m].train_step(states[m], b)
+                jax.block_until_ready(out)
+                times[m].append((time.perf_counter() - t0) / args.steps)
+        base = statistics.median(times["fp"]) if "fp" in times else None
+        n = setups[methods[0]].num_params
+        print(f"\n## size {size} ({n / 1e6:.2f}M params)\n\n| method | step time (ms, median of {args.reps}) | vs fp |\n|---|---|---|")
+        for m in methods:
+            t = statistics.median(times[m])
+            print(f"| {m} | {t * 1e3:.2f} | {t / base:.3f}× |" if base else f"| {m} | {t * 1e3:.2f} | – |")
+
+
+if __name__ == "__main__":
+    main()

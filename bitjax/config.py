@@ -1,0 +1,111 @@
+"""Config helpers: big_vision-style `get_config(arg)` parsing, trainer defaults, validation.
+
+A config file is `configs/<name>.py` with `get_config(arg)`; the command line is
+`--config configs/transformer.py:quant=b158,size=tiny --config.total_steps=500`.
+Everything here runs before any data is built or anything compiles, so a bad
+field fails in seconds with a message naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+from ml_collections import ConfigDict
+
+from bitjax.data import config as data_config
+from bitjax.train import mesh as mesh_lib
+from bitjax.train import optim
+
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+    """'quant=b158,size=tiny' → ConfigDict(quant='b158', size='tiny'); keys must be in `defaults`.
+
+    Values are Python literals when they parse as one (ints, floats, bools),
+    strings otherwise.
+    """
+    out = ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        out[key] = value
+    return out
+
+
+def trainer_config() -> ConfigDict:
+    """Defaults of everything the trainer reads; a model config is added under `model`.
+
+    total_steps, batch_size (global), seq_len, seed: the run. data: see
+    bitjax.data.config (its batch_size/seq_len/seed are taken from the
+    top-level fields). mesh: axis sizes {data, fsdp, tensor}, -1 = the rest.
+    axis_rules: logical axis → mesh axes. optim: bitjax.train.optim.
+    log_every / eval_every / checkpoint_every: in steps (0 disables eval/ckpt
+    except at the end). keep_checkpoints: how many to keep. nonfinite:
+    'skip' (drop the update, count it) or 'stop' (stop; the last good
+    checkpoint stays). max_skipped_steps: stop after this many skipped steps.
+    """
+    c = ConfigDict()
+    c.total_steps = 300
+    c.batch_size = 16
+    c.seq_len = 128
+    c.seed = 0
+    c.data = data_config.default_config()
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.axis_rules = mesh_lib.rules_to_config(mesh_lib.DEFAULT_RULES)
+    c.optim = optim.default_config()
+    c.log_every = 25
+    c.eval_every = 0
+    c.checkpoint_every = 0
+    c.keep_checkpoints = 3
+    c.nonfinite = "skip"
+    c.max_skipped_steps = 100
+    c.sample_tokens = 0  # >0: generate this many tokens from a prompt after training
+    return c
+
+
+def _need(ok: bool, field: str, value, fix: str):
+    if not ok:
+        raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
+
+
+def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
+    """Checks every trainer field (and the model's, via its own validator) before anything runs."""
+    for field in ("total_steps", "batch_size", "seq_len"):
+        v = config[field]
+        _need(isinstance(v, int) and v > 0, field, v, "must be a positive int")
+    _need(isinstance(config.seed, int) and config.seed >= 0, "seed", config.seed, "must be an int ≥ 0")
+    for field in ("log_every", "eval_every", "checkpoint_every"):
+        v = config[field]
+        _need(isinstance(v, int) and v >= 0, field, v, "must be an int ≥ 0 (0 = only at the end)")
+    _need(config.log_every > 0, "log_every", config.log_every, "must be ≥ 1")
+    _need(isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 1, "keep_checkpoints",
+          config.keep_checkpoints, "must be an int ≥ 1")
+    _need(config.nonfinite in NONFINITE_POLICIES, "nonfinite", config.nonfinite,
+          f"choose one of {NONFINITE_POLICIES}")
+    rules = mesh_lib.rules_from_config(config.axis_rules)
+    batch_axes = dict(rules).get("batch")
+    axes = () if batch_axes is None else ((batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes))
+    dp = 1
+    for a in axes:
+        dp *= mesh.shape[a]
+    _need(config.batch_size % dp == 0, "batch_size", config.batch_size,
+          f"must be divisible by the data-parallel size {dp} (mesh axes {axes} of "
+          f"{dict(mesh.shape)}); change config.batch_size or config.mesh")
+    _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
+          f"must be divisible by the number of processes ({process_count})")
+    optim.validate_config(config.optim, config.total_steps)
+    from bitjax import models  # the model validates its own fields
+    models.validate(config.model, seq_len=config.seq_len)
+
+
+def to_dict(config: ConfigDict) -> dict:
+    return config.to_dict() if isinstance(config, (ConfigDict, ml_collections.FrozenConfigDict)) else dict(config)

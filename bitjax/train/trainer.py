@@ -1,0 +1,361 @@
+"""The one trainer: sharded init, jitted step, eval, checkpoints, metrics.
+
+It knows nothing about model type or quantization: a model is any Flax NNX
+module registered in `bitjax.models` that maps int32 tokens [B, L] to logits
+[B, L, V]. Data batches are a pure function of (seed, step), so resuming needs
+only the step stored in the checkpoint.
+
+Sections: setup → state & shardings → steps → restore → loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from bitjax import config as config_lib
+from bitjax import models
+from bitjax.data import pipeline as data_lib
+from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import mesh as mesh_lib
+from bitjax.train import optim
+
+log = logging.getLogger("bitjax")
+VOCAB_MULTIPLE = 128
+
+
+# ============================================================================ metrics
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per log step) + TensorBoard events, process 0 only."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            except ImportError:  # TensorBoard events are optional
+                log.warning("tensorboardX not installed: no TensorBoard events")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+class Progress:
+    """Console progress: step, loss, tokens/s and ETA (a live bar on a terminal)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.start, self.enabled = total, start, enabled
+        self.tty = enabled and sys.stdout.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, msg: str, force_line: bool = False):
+        if not self.enabled:
+            return
+        done = step - self.start
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        eta_s = time.strftime("%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        frac = step / self.total
+        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+        line = f"[{bar}] {step}/{self.total} {msg} ETA {eta_s}"
+        if self.tty and not force_line:
+            print("\r" + line, end="", flush=True)
+        else:
+            print(("\r" if self.tty else "") + line, flush=True)
+
+
+# ============================================================================ state
+def _batch_leaf_shapes(config) -> dict[str, jax.ShapeDtypeStruct]:
+    b, l = config.batch_size, config.seq_len
+    return {"inputs": jax.ShapeDtypeStruct((b, l), jnp.int32),
+            "targets": jax.ShapeDtypeStruct((b, l), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((b, l), jnp.float32)}
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+    """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+class Setup:
+    """Everything derived from a config before the loop: mesh, data, model, optimizer, jitted fns."""
+
+    def __init__(self, config: ConfigDict, devices=None):
+        self.config = config
+        self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+        self.rules = mesh_lib.rules_from_config(config.axis_rules)
+        self.pi, self.pc = jax.process_index(), jax.process_count()
+        config_lib.validate(config, self.mesh, self.pc)
+
+        # ---- data (fails with a DataError on bad input, before any compile)
+        dcfg = ConfigDict(config.data.to_dict())
+        dcfg.batch_size, dcfg.seq_len, dcfg.seed = config.batch_size, config.seq_len, config.seed
+        self.train_data, self.eval_data, self.tokenizer = data_lib.get_datasets(dcfg)
+        mcfg = config.model
+        with mcfg.unlocked():
+            if mcfg.get("vocab_size") in (None, 0):
+                # padded to a multiple of 128 so the vocab axis shards evenly and matmuls tile well;
+                # the padding ids never occur as targets
+                mcfg.vocab_size = -(-self.tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        if mcfg.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                             f"{self.tokenizer.vocab_size}; set it to None to use the tokenizer's size")
+
+        # ---- model: abstract first, so shapes are checked against the mesh before compiling
+        model_cls = models.get_model(mcfg.name)
+        self.build = lambda key: model_cls(mcfg, rngs=nnx.Rngs(params=key))
+        abstract_model = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
+        self.graphdef, abstract_params = nnx.split(abstract_model)
+        mesh_lib.check_divisible(abstract_params, self.mesh, self.rules, hints=models.size_hints(mcfg.name))
+        self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps)
+
+        param_sh = nnx.to_pure_dict(mesh_lib.param_shardings(abstract_params, self.mesh, self.rules))
+        abstract_pure = nnx.to_pure_dict(abstract_params)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_pure)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, param_sh,
+                                       transform_non_params=lambda _: replicated)
+        self.state_sharding = {"step": replicated, "params": param_sh, "opt_state": opt_sh,
+                               "skipped": replicated}
+        self.abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_pure,
+                               "opt_state": abstract_opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)}
+        self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
+        self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_pure))
+        self._jit()
+
+    # ------------------------------------------------------------------------ steps
+    def _jit(self):
+        graphdef, tx, lr_fn = self.graphdef, self.tx, self.lr_fn
+        skip_nonfinite = self.config.nonfinite == "skip"
+
+        def init(key):
+            params = nnx.to_pure_dict(nnx.state(self.build(key)))
+            return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+                    "skipped": jnp.zeros((), jnp.int32)}
+
+        def loss_fn(params, batch):
+            model = nnx.merge(graphdef, params)
+            total, count = cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+            return total / jnp.maximum(count, 1.0)
+
+        def train_step(state, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+            grad_norm = optax.global_norm(grads)
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            if skip_nonfinite:  # drop the whole update (params and moments) on a bad step
+                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+                params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+            new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                   "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
+            return new, {"train_loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
+                         "finite": finite}
+
+        def eval_step(params, batch):
+            model = nnx.merge(graphdef, params)
+            return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+
+        repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
+        self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=(self.state_sharding, repl), donate_argnums=0)
+        self.eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding),
+                                 out_shardings=repl)
+
+    # ------------------------------------------------------------------------ helpers
+    def global_batch(self, np_batch) -> dict[str, jax.Array]:
+        return mesh_lib.shard_batch(np_batch, self.mesh, self.rules)
+
+    def train_batch(self, step: int):
+        return self.global_batch(self.train_data.batch(step, self.pi, self.pc))
+
+    def evaluate(self, params) -> dict[str, float]:
+        total, count = 0.0, 0.0
+        for b in self.eval_data.batches(self.pi, self.pc):
+            t, c = self.eval_step(params, self.global_batch(b))
+            total, count = total + float(t), count + float(c)
+        loss = total / max(count, 1.0)
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)),
+                "eval_bpb": self.eval_data.bits_per_byte(loss)}
+
+    def model(self, params):
+        """A concrete NNX model holding `params` (for sampling and export)."""
+        return nnx.merge(self.graphdef, params)
+
+
+# ============================================================================ restore
+def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str) -> None:
+    """Refuse to resume a workdir written by a different model/data/seed: nothing is overwritten."""
+    saved = meta.get("config", {})
+    for key in ("model", "seq_len", "batch_size", "seed"):
+        mine = json.loads(json.dumps(config_lib.to_dict(config)[key] if key == "model" else config[key]))
+        if key in saved and saved[key] != mine:
+            raise ValueError(
+                f"{workdir} holds checkpoints of a run with a different config.{key} "
+                f"(saved {saved[key]!r}, now {mine!r}). Resuming would mix incompatible runs: use a new "
+                f"--workdir, or restore the original config.{key}. Nothing was changed on disk.")
+
+
+def _last_logged(workdir: str) -> dict:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [l for l in f.read().splitlines() if l.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+class _Preemption:
+    """SIGTERM/SIGINT → finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        del frame
+        log.warning("received signal %d: checkpointing after this step and stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ============================================================================ loop
+def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final metrics.
+
+    devices: the devices of the mesh (default: all). stop_after: leave (with a checkpoint) after this
+    many steps of this invocation, as a preemption would; the run can be resumed later.
+    """
+    setup = Setup(config, devices)  # validates everything before touching the workdir
+    os.makedirs(workdir, exist_ok=True)
+    lead = setup.pi == 0
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                 save_every=max(config.checkpoint_every, 1))
+    meta = {"config": config_lib.to_dict(config)}
+    restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
+    if ckpt.latest_step() is not None:
+        _check_resume_compatible(config, ckpt.restore_metadata(), workdir)
+        step0, state = ckpt.restore_latest(restore_target)
+        if lead:
+            print(f"resumed from {workdir} at step {step0}")
+    else:
+        state = setup.init_fn(jax.random.key(config.seed))
+    start = int(state["step"])
+    if lead:
+        print(f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
+              f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens")
+
+    if start >= config.total_steps:  # already finished: report, do not train further
+        last = _last_logged(workdir)
+        last.update(setup.evaluate(state["params"]))
+        last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
+        if lead:
+            print(f"{workdir} already holds a finished run ({start} steps); evaluated it again")
+        ckpt.close()
+        return last
+
+    writer = MetricsWriter(workdir, lead)
+    progress = Progress(config.total_steps, start, lead)
+    tokens_per_step = config.batch_size * config.seq_len
+    last: dict[str, Any] = {}
+    pending, t_log, steps_since = None, time.perf_counter(), 0
+    step_times = []
+    with _Preemption() as preempt:
+        for step in range(start, config.total_steps):
+            state, m = setup.train_step(state, setup.train_batch(step))
+            done = step + 1
+            steps_since += 1
+            is_last = done == config.total_steps
+            log_now = (done % config.log_every == 0 or is_last or preempt.requested
+                       or (stop_after is not None and done - start >= stop_after))
+            if config.nonfinite == "stop" and not bool(m["finite"]):
+                ckpt.wait()
+                raise FloatingPointError(
+                    f"non-finite loss or gradient at step {done}; stopped (config.nonfinite='stop'). The "
+                    f"last good checkpoint in {workdir} is intact (step {ckpt.latest_step()}).")
+            if log_now:
+                m = jax.device_get(m)
+                dt = time.perf_counter() - t_log
+                last = {"train_loss": float(m["train_loss"]), "lr": float(m["lr"]),
+                        "grad_norm": float(m["grad_norm"]),
+                        "tokens_per_s": steps_since * tokens_per_step / dt,
+                        "skipped_steps": int(state["skipped"])}
+                if step > start:  # the first step includes compilation
+                    step_times.append(dt / steps_since)
+                t_log, steps_since = time.perf_counter(), 0
+                if last["skipped_steps"] > config.max_skipped_steps:
+                    ckpt.wait()
+                    raise FloatingPointError(
+                        f"{last['skipped_steps']} steps skipped for non-finite values (more than "
+                        f"config.max_skipped_steps={config.max_skipped_steps}); stopping.")
+            if (config.eval_every and done % config.eval_every == 0) or is_last:
+                last.update(setup.evaluate(state["params"]))
+            if log_now:
+                writer.write(done, last)
+                msg = f"loss {last['train_loss']:.4f}"
+                if "eval_bpb" in last and ((config.eval_every and done % config.eval_every == 0) or is_last):
+                    msg += f" eval_bpb {last['eval_bpb']:.4f}"
+                progress.update(done, f"{msg} | {last['tokens_per_s'] / 1e3:.1f}k tok/s",
+                                force_line=True)
+            if stop_after is not None and done - start >= stop_after:
+                preempt.requested = True
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last \
+                    or preempt.requested:
+                ckpt.save(done, state, meta, force=True)
+            if preempt.requested:
+                break
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    last["step"] = int(state["step"])
+    last["step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
+    if config.sample_tokens and lead:
+        from bitjax.eval import sample
+        prompt = setup.tokenizer.encode("def ")[None, :]
+        out = sample.generate(setup.model(state["params"]), jnp.asarray(prompt, jnp.int32),
+                              config.sample_tokens, rng=jax.random.key(0), temperature=0.8, top_k=40)
+        last["sample"] = setup.tokenizer.decode(np.asarray(out[0]))
+        print("sample:", last["sample"])
+    return last

@@ -1,0 +1,48 @@
+"""BitNet-family transformer LM.
+
+    python -m bitjax.main --config configs/transformer.py:quant=b158,size=tiny --workdir /tmp/run
+
+Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | … (bitjax.quant.METHODS),
+size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = total steps (0 = size default).
+"""
+
+from bitjax import config as config_lib
+from bitjax.models import transformer
+
+# Per size: (total_steps, batch_size, seq_len, lr, warmup)
+RUN = {
+    "tiny": (300, 16, 128, 3e-3, 30),
+    "small": (20_000, 256, 1024, 1.5e-3, 750),
+    "1b": (50_000, 512, 2048, 1.2e-3, 1000),
+    "3b": (100_000, 1024, 2048, 1.5e-3, 2000),
+    "7b": (100_000, 1024, 2048, 1e-3, 2000),
+}
+
+
+def get_config(arg=None):
+    arg = config_lib.parse_arg(arg, quant="b158", size="tiny", steps=0)
+    if arg.size not in RUN:
+        raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(RUN)}")
+    config = config_lib.trainer_config()
+    steps, config.batch_size, config.seq_len, lr, warmup = RUN[arg.size]
+    config.total_steps = arg.steps or steps
+    config.optim.lr, config.optim.warmup_steps = lr, warmup
+    config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size != "tiny" else "cosine"
+    config.model = transformer.default_config()
+    for k, v in transformer.SIZES[arg.size].items():
+        config.model[k] = v
+    config.model.vocab_size = None  # None → the tokenizer's vocabulary size
+    config.model.quant.method = arg.quant
+    if arg.size == "tiny":
+        config.eval_every = 100
+        config.data.eval_batches = 16
+    else:
+        config.eval_every, config.checkpoint_every, config.log_every = 1000, 1000, 50
+        config.model.dtype = "bfloat16"
+    return config
+
+
+def get_sweep(add):
+    """The ablation over quantization methods at tiny size (one run per `add` call)."""
+    for quant in ("fp", "bitnet", "b158", "a48", "fbi"):
+        add(**{"config.model.quant.method": quant})
