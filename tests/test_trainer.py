@@ -22,7 +22,7 @@ def tiny_config(method="b158", steps=30, data_dir=None, **over):
     c.total_steps, c.batch_size, c.seq_len = steps, 8, 32
     c.log_every, c.eval_every = 1, 0
     c.optim.lr, c.optim.warmup_steps = 3e-3, 5
-    c.data.name, c.data.paths, c.data.data_dir = "text_files", FILES, data_dir
+    c.data.name, c.data.paths, c.data.data_dir = "text_files", tuple(FILES), data_dir
     c.data.eval_batches = 2
     c.model = transformer.default_config()
     c.model.update(dict(vocab_size=None, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64))

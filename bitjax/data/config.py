@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.name = "python_stdlib"
-    c.paths = []
+    c.paths = ()  # a tuple: `--config.data.paths=a.txt --config.data.paths=b/*.md` on the command line
     c.text_key = "text"
     c.data_dir = config_dict.placeholder(str)
     c.train_split = "train"

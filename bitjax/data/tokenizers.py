@@ -103,11 +103,21 @@ class SentencePieceTokenizer(Tokenizer):
         return len(self.sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.sp.encode(text), np.int32)
+        if "\u2581" not in text:
+            return np.asarray(self.sp.encode(text), np.int32)
+        # A literal U+2581 is SentencePiece's whitespace meta-symbol and would decode as a
+        # space; emit its UTF-8 byte-fallback pieces instead so every text round-trips.
+        meta = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode()]
+        ids: list[int] = []
+        for i, part in enumerate(text.split("\u2581")):
+            ids += (meta if i else []) + (self.sp.encode(part) if part else [])
+        return np.asarray(ids, np.int32)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        # One C++ call, multi-threaded.
-        return [np.asarray(x, np.int32) for x in self.sp.encode(texts)]
+        # One C++ call, multi-threaded, for the texts without a literal U+2581.
+        plain = [t for t in texts if "\u2581" not in t]
+        fast = iter(self.sp.encode(plain))
+        return [np.asarray(next(fast), np.int32) if "\u2581" not in t else self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids).reshape(-1)

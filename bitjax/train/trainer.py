@@ -107,6 +107,16 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     return jnp.sum(nll * mask), jnp.sum(mask)
 
 
+def _get_datasets_once(dcfg, pi: int, pc: int):
+    """Process 0 builds/tokenizes the corpus first; the others then read its caches (no build race)."""
+    if pc == 1:
+        return data_lib.get_datasets(dcfg)
+    from jax.experimental import multihost_utils
+    out = data_lib.get_datasets(dcfg) if pi == 0 else None
+    multihost_utils.sync_global_devices("bitjax_data_ready")
+    return out if pi == 0 else data_lib.get_datasets(dcfg)
+
+
 class Setup:
     """Everything derived from a config before the loop: mesh, data, model, optimizer, jitted fns."""
 
@@ -120,7 +130,7 @@ class Setup:
         # ---- data (fails with a DataError on bad input, before any compile)
         dcfg = ConfigDict(config.data.to_dict())
         dcfg.batch_size, dcfg.seq_len, dcfg.seed = config.batch_size, config.seq_len, config.seed
-        self.train_data, self.eval_data, self.tokenizer = data_lib.get_datasets(dcfg)
+        self.train_data, self.eval_data, self.tokenizer = _get_datasets_once(dcfg, self.pi, self.pc)
         mcfg = config.model
         with mcfg.unlocked():
             if mcfg.get("vocab_size") in (None, 0):
@@ -300,7 +310,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     progress = Progress(config.total_steps, start, lead)
     tokens_per_step = config.batch_size * config.seq_len
     last: dict[str, Any] = {}
-    pending, t_log, steps_since = None, time.perf_counter(), 0
+    t_log, steps_since, first_interval = time.perf_counter(), 0, True
     step_times = []
     with _Preemption() as preempt:
         for step in range(start, config.total_steps):
@@ -322,9 +332,9 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                         "grad_norm": float(m["grad_norm"]),
                         "tokens_per_s": steps_since * tokens_per_step / dt,
                         "skipped_steps": int(state["skipped"])}
-                if step > start:  # the first step includes compilation
+                if not first_interval:  # the first interval includes compilation
                     step_times.append(dt / steps_since)
-                t_log, steps_since = time.perf_counter(), 0
+                t_log, steps_since, first_interval = time.perf_counter(), 0, False
                 if last["skipped_steps"] > config.max_skipped_steps:
                     ckpt.wait()
                     raise FloatingPointError(
@@ -332,6 +342,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                         f"config.max_skipped_steps={config.max_skipped_steps}); stopping.")
             if (config.eval_every and done % config.eval_every == 0) or is_last:
                 last.update(setup.evaluate(state["params"]))
+                t_log = time.perf_counter()  # throughput counts training steps only
             if log_now:
                 writer.write(done, last)
                 msg = f"loss {last['train_loss']:.4f}"
@@ -344,6 +355,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last \
                     or preempt.requested:
                 ckpt.save(done, state, meta, force=True)
+                t_log = time.perf_counter()
             if preempt.requested:
                 break
     ckpt.wait()
