@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bitjax.quant.select import kth_largest
 from bitjax.quant.ste import straight_through
 
 EPS = 1e-5
@@ -63,8 +64,7 @@ def topk_mask(x: jax.Array, keep: float) -> jax.Array:
     a = jnp.abs(x.astype(jnp.float32))
     if k == d:
         return jnp.ones(x.shape, bool)
-    kth = jax.lax.top_k(a, k)[0][..., -1:]
-    return a >= kth
+    return a >= kth_largest(a, k)
 
 
 def topk_absmax_act(x: jax.Array, keep: float = 0.5, bits: int = 8, rule: str = "identity") -> jax.Array:

@@ -24,6 +24,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bitjax.quant.select import kth_largest
 from bitjax.quant.ste import straight_through
 
 EPS = 1e-5  # the clamp used by BitNet b1.58 / HF for mean|W| and max|x|
@@ -220,8 +221,7 @@ def salient_mask(w: jax.Array, frac: float) -> jax.Array:
     k = int(math.ceil(frac * n))
     if k == 0:
         return jnp.zeros(w.shape, bool)
-    flat = a.reshape(*a.shape[:-2], n)
-    kth = jax.lax.top_k(flat, k)[0][..., -1:]
+    kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
     return a >= kth[..., None]
 
 
@@ -276,8 +276,7 @@ def billm(w: jax.Array, hessian_diag: jax.Array | None = None, salient_frac: flo
     sal = jnp.sum(w32 ** 2, axis=1) * h
     k = int(math.ceil(salient_frac * w.shape[0]))
     if k:
-        thresh = jax.lax.top_k(sal, k)[0][-1]
-        rows = (sal >= thresh)[:, None] & jnp.ones_like(w32, bool)
+        rows = (sal >= kth_largest(sal, k)[0])[:, None] & jnp.ones_like(w32, bool)
     else:
         rows = jnp.zeros(w.shape, bool)
     b1 = _binarize_masked(w32, rows)

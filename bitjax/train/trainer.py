@@ -180,7 +180,7 @@ class Setup:
 
         def train_step(state, batch):
             loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,0 +1,77 @@
+"""Bad input of every class fails early, with a message naming the field and the fix."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bitjax import config as config_lib
+from bitjax.train import trainer
+from test_trainer import data_dir, losses, tiny_config  # noqa: F401  (fixture reuse)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"model.quant.weight": "ternery"}, r"config.model.quant.weight.*ternery"),
+    ({"model.quant.act": "absmax99x"}, r"config.model.quant.act.*absmax99x"),
+    ({"model.quant.grad": "ste"}, r"config.model.quant.grad.*ste"),
+    ({"model.activation": "gelu2"}, r"config.model.activation"),
+    ({"model.n_heads": 6}, r"config.model.n_heads|config.model.n_kv_heads"),
+    ({"optim.schedule": "cosin"}, r"config.optim.schedule"),
+    ({"mesh.tensor": 3}, r"config.mesh"),
+    ({"log_every": 0}, r"config.log_every"),
+])
+def test_more_bad_fields_name_themselves(override, message, data_dir):
+    with pytest.raises(ValueError, match=message):
+        trainer.Setup(tiny_config("b158", data_dir=data_dir, **override))
+
+
+def test_bad_data_path_is_reported_before_training(data_dir, tmp_path):
+    cfg = tiny_config("fp", data_dir=data_dir)
+    cfg.data.paths = (str(tmp_path / "missing" / "*.txt"),)
+    with pytest.raises(ValueError, match=r"missing"):
+        trainer.train(cfg, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()  # nothing created for a run that cannot start
+
+
+def test_nonfinite_skip_counts_and_stops_after_the_limit(data_dir, tmp_path):
+    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
+                                                            "max_skipped_steps": 3})
+    with pytest.raises(FloatingPointError, match=r"steps skipped for non-finite values"):
+        trainer.train(cfg, str(tmp_path))
+
+
+def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
+                                                            "nonfinite": "stop", "checkpoint_every": 1})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+.*intact"):
+        trainer.train(cfg, str(tmp_path))
+    assert [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+def test_skip_policy_keeps_params_finite(data_dir, tmp_path):
+    import jax
+    import numpy as np
+    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0})
+    setup = trainer.Setup(cfg)
+    state = setup.init_fn(jax.random.key(0))
+    for step in range(4):
+        state, m = setup.train_step(state, setup.train_batch(step))
+    assert int(state["skipped"]) >= 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_unknown_override_key_is_rejected_by_the_cli(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bitjax.main", "--config", "configs/transformer.py:quant=b158",
+                        "--config.modle.d_model=64", f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0 and "modle" in p.stderr
+
+
+def test_config_argument_parsing():
+    a = config_lib.parse_arg("quant=a48,size=tiny,steps=12", quant="b158", size="tiny", steps=0)
+    assert (a.quant, a.size, a.steps) == ("a48", "tiny", 12)
+    with pytest.raises(ValueError, match=r"unknown config argument 'qaunt'"):
+        config_lib.parse_arg("qaunt=fp", quant="b158")
