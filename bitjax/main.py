@@ -16,12 +16,17 @@ from bitjax.train import distributed
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/transformer.py:quant=b158",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard events go.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+_AUTO = flags.DEFINE_bool("distributed", False, "Let JAX detect the cluster (TPU pod slice, SLURM, MPI).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
-    distributed.initialize()  # no-op for a single process; see bitjax/train/distributed.py
+    # a no-op for a single process; see bitjax/train/distributed.py
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
     from bitjax.train import trainer  # after distributed init: it touches devices
     metrics = trainer.train(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({k: v for k, v in metrics.items() if k != "sample"}, indent=1))

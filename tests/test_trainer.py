@@ -58,6 +58,10 @@ def test_a_few_dozen_steps_reduce_the_loss(method, data_dir, tmp_path):
     assert len(ls) == 40
     assert np.mean(ls[-5:]) < np.mean(ls[:5]) - 0.5, ls
     assert np.isfinite(out["eval_bpb"]) and out["eval_bpb"] < 8.0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))  # TensorBoard
+    with open(tmp_path / "metrics.jsonl") as f:
+        final = json.loads(f.read().splitlines()[-1])
+    assert final["step"] == 40 and {"eval_loss", "eval_bpb", "eval_ppl", "tokens_per_s", "lr"} <= set(final)
 
 
 def test_sharded_loss_equals_single_device_loss(data_dir):

@@ -75,3 +75,14 @@ def test_config_argument_parsing():
     assert (a.quant, a.size, a.steps) == ("a48", "tiny", 12)
     with pytest.raises(ValueError, match=r"unknown config argument 'qaunt'"):
         config_lib.parse_arg("qaunt=fp", quant="b158")
+
+
+def test_distributed_settings_must_be_complete(monkeypatch):
+    from bitjax.train import distributed
+    for var in ("BITJAX_COORDINATOR", "BITJAX_NUM_PROCESSES", "BITJAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="number of processes"):
+        distributed.initialize("localhost:1234")
+    with pytest.raises(ValueError, match=r"process id 2 is not in \[0, 2\)"):
+        distributed.initialize("localhost:1234", 2, 2)
+    distributed.initialize()  # nothing set: single process, a no-op

@@ -30,6 +30,7 @@ from bitjax import config as config_lib
 from bitjax import models
 from bitjax.data import pipeline as data_lib
 from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import distributed
 from bitjax.train import mesh as mesh_lib
 from bitjax.train import optim
 
@@ -318,7 +319,8 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             done = step + 1
             steps_since += 1
             is_last = done == config.total_steps
-            log_now = (done % config.log_every == 0 or is_last or preempt.requested
+            log_now = (done % config.log_every == 0 or is_last
+                       or (setup.pc == 1 and preempt.requested)
                        or (stop_after is not None and done - start >= stop_after))
             if config.nonfinite == "stop" and not bool(m["finite"]):
                 ckpt.wait()
@@ -352,11 +354,15 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                                 force_line=True)
             if stop_after is not None and done - start >= stop_after:
                 preempt.requested = True
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last \
-                    or preempt.requested:
+            if setup.pc == 1:
+                stop = preempt.requested
+            else:  # processes get SIGTERM at different steps: all stop at the next log step after any
+                # did, or the others would wait forever in the following step's collectives
+                stop = log_now and distributed.any_process(preempt.requested)
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last or stop:
                 ckpt.save(done, state, meta, force=True)
                 t_log = time.perf_counter()
-            if preempt.requested:
+            if stop:
                 break
     ckpt.wait()
     ckpt.close()
