@@ -432,7 +432,7 @@ def test_error_corpus_smaller_than_one_sequence(tmp_path):
     f = tmp_path / "tiny.txt"
     f.write_text("short text\nand more\n")
     msg = _error(tmp_path, paths=[str(f)], seq_len=64)
-    assert "seq_len + 1 = 65" in msg and "cfg.data.seq_len" in msg
+    assert "seq_len + 1 = 65" in msg and "config.seq_len" in msg
 
 
 def test_error_unknown_dataset_name(tmp_path):

@@ -143,5 +143,5 @@ class TextFiles(_DocsBuilder):
         if not splits["validation"]:
             raise text_lib.DataError(
                 "text_files: the corpus is too small to hold out a validation "
-                "split; add more text to cfg.data.paths.")
+                "split; add more text to config.data.paths.")
         return {k: self._generate_examples(v) for k, v in splits.items()}

@@ -55,7 +55,7 @@ def host_slice(global_batch_size: int, process_index: int = 0,
                          f"[0, process_count={process_count}).")
     if global_batch_size % process_count:
         raise ValueError(
-            f"cfg.data.batch_size={global_batch_size} (the global batch) is not "
+            f"config.batch_size={global_batch_size} (the global batch) is not "
             f"divisible by process_count={process_count}; use a multiple of it.")
     per_host = global_batch_size // process_count
     return slice(process_index * per_host, (process_index + 1) * per_host)
@@ -186,7 +186,7 @@ class EvalData:
         self.num_batches = available if num_batches < 0 else min(num_batches,
                                                                  available)
         if available < num_batches:
-            logging.warning("cfg.data.eval_batches=%d but the validation split "
+            logging.warning("config.data.eval_batches=%d but the validation split "
                             "only fills %d batches; using %d.", num_batches,
                             available, available)
         # The evaluated targets are tokens[1 : 1 + n]; count their bytes.
@@ -269,7 +269,7 @@ def _as_text(example, key: str, identity: str) -> str:
     if key not in example:
         raise DataError(
             f"{identity}: examples have no feature {key!r} (features: "
-            f"{sorted(example)}); set cfg.data.text_key to the text feature.")
+            f"{sorted(example)}); set config.data.text_key to the text feature.")
     value = example[key]
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
@@ -278,7 +278,7 @@ def _as_text(example, key: str, identity: str) -> str:
     if isinstance(value, str):
         return value
     raise DataError(f"{identity}: feature {key!r} is not text (got "
-                    f"{type(value).__name__}); set cfg.data.text_key to a "
+                    f"{type(value).__name__}); set config.data.text_key to a "
                     "tfds.features.Text feature.")
 
 
@@ -313,11 +313,11 @@ def load_corpus(cfg, data_dir: str) -> Corpus:
                           else "validation")
         if known and eval_split not in known:
             raise DataError(f"{name}: no split {eval_split!r} (splits: "
-                            f"{sorted(known)}); set cfg.data.eval_split.")
+                            f"{sorted(known)}); set config.data.eval_split.")
         sources = {"train": train, "eval": open_split(eval_split)}
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(
-            f"cfg.data.name={name!r} is neither 'python_stdlib', 'text_files' "
+            f"config.data.name={name!r} is neither 'python_stdlib', 'text_files' "
             "nor a registered tfds dataset name.") from None
     except (AssertionError, KeyError, NotImplementedError,
             FileNotFoundError) as e:
@@ -325,8 +325,8 @@ def load_corpus(cfg, data_dir: str) -> Corpus:
             f"tfds dataset {name!r} split {train_split!r} could not be read from "
             f"{data_dir} as array_record ({type(e).__name__}: {e}). Prepare it "
             "there with file_format='array_record' (or set "
-            "cfg.data.download=True), point cfg.data.data_dir at a prepared copy, "
-            "or fix cfg.data.train_split.") from e
+            "config.data.download=True), point config.data.data_dir at a prepared copy, "
+            "or fix config.data.train_split.") from e
     return Corpus(train.dataset_info.full_name, sources,
                   {"train": train_split, "eval": eval_split},
                   "text" if local else cfg.text_key)
@@ -403,7 +403,7 @@ def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
     """
     cfg = config_lib.complete(cfg)
     if cfg.seq_len < 1 or cfg.batch_size < 1 or cfg.seed < 0:
-        raise ValueError("cfg.data.seq_len and batch_size must be >= 1 and seed "
+        raise ValueError("config.seq_len and batch_size must be >= 1 and seed "
                          f">= 0 (got {cfg.seq_len}, {cfg.batch_size}, {cfg.seed}).")
     data_dir = config_lib.resolve_data_dir(cfg)
     corpus = load_corpus(cfg, data_dir)
@@ -421,11 +421,11 @@ def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
         raise DataError(
             f"{corpus.identity}: the train split has {len(train_tokens)} tokens "
             f"but one sequence needs seq_len + 1 = {need}; lower "
-            "cfg.data.seq_len or add text.")
+            "config.seq_len or add text.")
     if len(eval_tokens) < 2:
         raise DataError(
             f"{corpus.identity}: the {corpus.split_names['eval']!r} split is "
-            "empty; add text or choose another cfg.data.eval_split.")
+            "empty; add text or choose another config.data.eval_split.")
     train = TrainData(train_tokens, seq_len=cfg.seq_len,
                       batch_size=cfg.batch_size, seed=cfg.seed,
                       pad_id=tokenizer.pad_id)

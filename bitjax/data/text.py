@@ -43,7 +43,7 @@ def resolve_paths(patterns: Sequence[str] | str) -> list[str]:
     patterns = [str(p) for p in patterns]
     if not patterns:
         raise DataError(
-            "text_files: no input files; set cfg.data.paths to a list of text "
+            "text_files: no input files; set config.data.paths to a list of text "
             "files or globs, e.g. ['corpus/*.txt']."
         )
     files = set()
@@ -59,7 +59,7 @@ def resolve_paths(patterns: Sequence[str] | str) -> list[str]:
         if not matches:
             raise DataError(
                 f"text_files: {pattern!r} matches no file (cwd={os.getcwd()!r}); fix "
-                "the path/glob in cfg.data.paths."
+                "the path/glob in config.data.paths."
             )
         files.update(os.path.realpath(m) for m in matches)
     return sorted(files)
@@ -92,7 +92,7 @@ def read_text(path: str) -> str:
     if nul >= 0:
         raise DataError(
             f"{path}: not a text file (NUL byte at offset {nul}); remove it from "
-            "cfg.data.paths or narrow the glob to text files."
+            "config.data.paths or narrow the glob to text files."
         )
     try:
         return raw.decode("utf-8")
@@ -104,7 +104,7 @@ def read_text(path: str) -> str:
     if bad > _MAX_INVALID_UTF8_FRACTION * len(raw):
         raise DataError(
             f"{path}: not UTF-8 text ({bad} of {len(raw)} bytes are invalid "
-            "UTF-8); convert it to UTF-8 or remove it from cfg.data.paths."
+            "UTF-8); convert it to UTF-8 or remove it from config.data.paths."
         )
     warnings.warn(f"{path}: replaced {bad} invalid UTF-8 byte(s) with U+FFFD.")
     return text
@@ -176,7 +176,7 @@ def check_not_empty(docs: Iterable[Doc], what: str) -> None:
     if not any(text.strip() for _, text in docs):
         raise DataError(
             f"{what}: the corpus is empty ({len(docs)} document(s), no text); "
-            "point cfg.data.paths / cfg.data.name at non-empty text."
+            "point config.data.paths / config.data.name at non-empty text."
         )
 
 

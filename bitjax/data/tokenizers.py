@@ -149,7 +149,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
 
     if vocab_size < 300:
         raise ValueError(
-            f"cfg.data.vocab_size={vocab_size} is too small for SentencePiece "
+            f"config.data.vocab_size={vocab_size} is too small for SentencePiece "
             "with byte fallback (256 byte pieces + 4 specials + the corpus' "
             "characters); use >= 300.")
 
@@ -215,5 +215,5 @@ def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None,
         return train_sentencepiece(
             texts(), model_path, cfg.vocab_size,
             sample_bytes=cfg.spm_sample_bytes)
-    raise ValueError(f"Unknown cfg.data.tokenizer {kind!r}; use 'byte' or "
+    raise ValueError(f"Unknown config.data.tokenizer {kind!r}; use 'byte' or "
                      "'sentencepiece'.")
