@@ -20,7 +20,7 @@ def np_autobitlinear(x, weight_out_in, rms_weight=None, eps=1e-6):
     """HF transformers AutoBitLinear.forward (online quant), with the torch ops spelled in numpy."""
     if rms_weight is not None:  # BitNetRMSNorm
         x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * rms_weight
-    s = 127 / np.maximum(np.abs(x).max(-1, keepdims=True), 1e-5)
+    s = np.float32(127) * (np.float32(1) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5)))
     x = np.clip(np.round(x * s), -128, 127) / s
     ws = 1.0 / max(np.abs(weight_out_in).mean(), 1e-5)
     w = np.clip(np.round(weight_out_in * ws), -1, 1) / ws
