@@ -45,8 +45,8 @@ def trainer_config() -> ConfigDict:
     """Defaults of everything the trainer reads; a model config is added under `model`.
 
     total_steps, batch_size (global), seq_len, seed: the run. data: see
-    bitjax.data.config (its batch_size/seq_len/seed are taken from the
-    top-level fields). mesh: axis sizes {data, fsdp, tensor}, -1 = the rest.
+    bitjax.data.config (less batch_size/seq_len/seed, which are the top-level
+    fields above). mesh: axis sizes {data, fsdp, tensor}, -1 = the rest.
     axis_rules: logical axis → mesh axes. optim: bitjax.train.optim.
     log_every / eval_every / checkpoint_every: in steps (0 disables eval/ckpt
     except at the end). keep_checkpoints: how many to keep. nonfinite:
@@ -59,6 +59,8 @@ def trainer_config() -> ConfigDict:
     c.seq_len = 128
     c.seed = 0
     c.data = data_config.default_config()
+    for key in ("batch_size", "seq_len", "seed"):  # one place for each: the top-level fields
+        del c.data[key]
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.axis_rules = mesh_lib.rules_to_config(mesh_lib.DEFAULT_RULES)
     c.optim = optim.default_config()
@@ -68,7 +70,6 @@ def trainer_config() -> ConfigDict:
     c.keep_checkpoints = 3
     c.nonfinite = "skip"
     c.max_skipped_steps = 100
-    c.sample_tokens = 0  # >0: generate this many tokens from a prompt after training
     return c
 
 

@@ -41,8 +41,3 @@ def get_config(arg=None):
         config.model.dtype = "bfloat16"
     return config
 
-
-def get_sweep(add):
-    """The ablation over quantization methods at tiny size (one run per `add` call)."""
-    for quant in ("fp", "bitnet", "b158", "a48", "fbi"):
-        add(**{"config.model.quant.method": quant})

@@ -56,10 +56,6 @@ def final_params(workdir):
     return step, jax.tree.leaves(tree["params"])
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
 
 def run(args, **kw):
     p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)

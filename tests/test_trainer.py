@@ -36,10 +36,6 @@ def tiny_config(method="b158", steps=30, data_dir=None, **over):
     return c
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
 
 def losses(workdir):
     by_step = {}

@@ -8,7 +8,7 @@ import pytest
 
 from bitjax import config as config_lib
 from bitjax.train import trainer
-from test_trainer import data_dir, losses, tiny_config  # noqa: F401  (fixture reuse)
+from test_trainer import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -94,13 +94,6 @@ class Progress:
 
 
 # ============================================================================ state
-def _batch_leaf_shapes(config) -> dict[str, jax.ShapeDtypeStruct]:
-    b, l = config.batch_size, config.seq_len
-    return {"inputs": jax.ShapeDtypeStruct((b, l), jnp.int32),
-            "targets": jax.ShapeDtypeStruct((b, l), jnp.int32),
-            "mask": jax.ShapeDtypeStruct((b, l), jnp.float32)}
-
-
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -129,8 +122,8 @@ class Setup:
         config_lib.validate(config, self.mesh, self.pc)
 
         # ---- data (fails with a DataError on bad input, before any compile)
-        dcfg = ConfigDict(config.data.to_dict())
-        dcfg.batch_size, dcfg.seq_len, dcfg.seed = config.batch_size, config.seq_len, config.seed
+        dcfg = ConfigDict({**config.data.to_dict(), "batch_size": config.batch_size,
+                           "seq_len": config.seq_len, "seed": config.seed})
         self.train_data, self.eval_data, self.tokenizer = _get_datasets_once(dcfg, self.pi, self.pc)
         mcfg = config.model
         with mcfg.unlocked():
@@ -369,11 +362,4 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     writer.close()
     last["step"] = int(state["step"])
     last["step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
-    if config.sample_tokens and lead:
-        from bitjax.eval import sample
-        prompt = setup.tokenizer.encode("def ")[None, :]
-        out = sample.generate(setup.model(state["params"]), jnp.asarray(prompt, jnp.int32),
-                              config.sample_tokens, rng=jax.random.key(0), temperature=0.8, top_k=40)
-        last["sample"] = setup.tokenizer.decode(np.asarray(out[0]))
-        print("sample:", last["sample"])
     return last
