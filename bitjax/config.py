@@ -8,12 +8,11 @@ field fails in seconds with a message naming it.
 
 from __future__ import annotations
 
-import ast
-
 import ml_collections
 from ml_collections import ConfigDict
 
 from bitjax.data import config as data_config
+from bitjax.quant.registry import parse_options
 from bitjax.train import mesh as mesh_lib
 from bitjax.train import optim
 
@@ -27,16 +26,9 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
     strings otherwise.
     """
     out = ConfigDict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+    for key, value in parse_options(arg):
         if key not in defaults:
             raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
         out[key] = value
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bitjax.train import distributed
@@ -25,6 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO: keep the console readable
+        logging.set_verbosity(logging.WARNING)
     # a no-op for a single process; see bitjax/train/distributed.py
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
     from bitjax.train import trainer  # after distributed init: it touches devices

@@ -280,8 +280,7 @@ def test_validate_config_unknown_field_and_option():
     with pytest.raises(ValueError, match=r"config\.model: unknown field\(s\) \['n_expert'\]"):
         T.validate_config(c)
     c = config(quant_method="b158")
-    with c.quant.unlocked():
-        c.quant.act_options = [["keep", 0.5]]  # absmax8 has no 'keep'
+    c.quant.act_options = "keep=0.5"  # absmax8 has no 'keep'
     with pytest.raises(ValueError, match=r"config\.model\.quant .* is invalid: .*no option 'keep'"):
         T.validate_config(c)
 

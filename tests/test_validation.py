@@ -86,3 +86,28 @@ def test_distributed_settings_must_be_complete(monkeypatch):
     with pytest.raises(ValueError, match=r"process id 2 is not in \[0, 2\)"):
         distributed.initialize("localhost:1234", 2, 2)
     distributed.initialize()  # nothing set: single process, a no-op
+
+
+def test_cli_overrides_reach_optional_and_option_fields(monkeypatch):
+    """Fields whose default is None (head_dim, quant.act, …) and quantizer options are settable by flag."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from bitjax.models import transformer
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    argv = ["prog", f"--config={ROOT}/configs/transformer.py:quant=b158", "--config.model.head_dim=16",
+            "--config.model.vocab_size=512", "--config.model.quant.act=absmax4",
+            "--config.model.quant.weight=rtn4", "--config.model.quant.weight_options=granularity=group8",
+            "--config.model.quant.act_inner_options=keep=0.25", "--config.model.quant.act_inner=topk_absmax8"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    fv(argv)
+    c = fv.config
+    assert (c.model.head_dim, c.model.vocab_size) == (16, 512)
+    outer, inner, _ = transformer.quant_specs(c.model)
+    assert (outer.weight, outer.act, outer.weight_options) == ("rtn4", "absmax4", (("granularity", "group8"),))
+    assert (inner.act, inner.act_options) == ("topk_absmax8", (("keep", 0.25),))
+    transformer.validate_config(c.model)
+    c.model.quant.act_options = "keep"
+    with pytest.raises(ValueError, match=r"config\.model\.quant .*'keep' is not key=value"):
+        transformer.validate_config(c.model)

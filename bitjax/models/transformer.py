@@ -27,13 +27,14 @@ import numbers
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, FieldReference
+from ml_collections.config_dict import placeholder
 
 from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param
 from bitjax.quant.registry import METHODS, QuantSpec, check_rule, get_act_quantizer, \
-    get_weight_quantizer, method_specs
+    get_weight_quantizer, method_specs, parse_options
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,  # SwiGLU (Llama): silu(gate) · up
@@ -66,19 +67,21 @@ def default_config() -> ConfigDict:
     quant.method: a bitjax.quant.METHODS name ('fp', 'bitnet', 'b158', 'a48', 'fbi', …).
     quant.grad: gradient rule ('identity' | 'clipped' | 'approx_sign').
     quant.weight / act / act_inner / norm: override the method's choice (None = the method's).
-      Option overrides (weight_options, act_options, act_inner_options: [[key, value], …])
-      may be added to quant as well.
+    quant.weight_options / act_options / act_inner_options: quantizer options as
+      'key=value,…' (e.g. 'granularity=channel', 'keep=0.25'); '' = the method's.
     quant_embeddings: quantize the embedding table with the outer weight quantizer.
     quant_lm_head: lm_head is a BitDense with the outer spec (else full precision).
     dtype: compute dtype 'float32' | 'bfloat16' (parameters stay float32).
     remat: rematerialise each layer in the backward pass (nnx.remat) to save memory.
     """
+    # Fields that may be None are typed, so `--config.model.head_dim=64` etc. work on the CLI.
     return ConfigDict(dict(
-        name="transformer", vocab_size=259, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
-        head_dim=None, mlp_dim=384, activation="silu", rope_theta=10000.0, norm_eps=1e-5,
-        sub_norm=False, tie_embeddings=False,
-        quant=ConfigDict(dict(method="fp", grad="identity", weight=None, act=None, act_inner=None,
-                              norm=None)),
+        name="transformer", vocab_size=FieldReference(259, field_type=int), d_model=128, n_layers=4,
+        n_heads=4, n_kv_heads=2, head_dim=placeholder(int), mlp_dim=384, activation="silu",
+        rope_theta=10000.0, norm_eps=1e-5, sub_norm=False, tie_embeddings=False,
+        quant=ConfigDict(dict(method="fp", grad="identity", weight=placeholder(str), act=placeholder(str),
+                              act_inner=placeholder(str), norm=placeholder(str), weight_options="",
+                              act_options="", act_inner_options="")),
         quant_embeddings=False, quant_lm_head=False, dtype="float32", remat=False))
 
 
@@ -109,12 +112,12 @@ def _is_pos_int(v) -> bool:
 
 
 def quant_overrides(qcfg) -> dict:
-    """The override kwargs of `method_specs` from config.model.quant (lists → hashable tuples)."""
+    """The override kwargs of `method_specs` from config.model.quant ('k=v,…' options → tuples)."""
     out = {}
     for k in QUANT_OVERRIDES:
         v = qcfg.get(k)
-        if v is not None and k.endswith("_options"):
-            v = tuple(tuple(kv) for kv in v)
+        if k.endswith("_options"):
+            v = parse_options(v) or None
         out[k] = v
     return out
 

@@ -19,6 +19,7 @@ Methods (:data:`METHODS`) bundle these into the named recipes: ``fp``,
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from typing import Any, Callable, Mapping
@@ -85,6 +86,25 @@ def get_act_quantizer(name: str) -> tuple[Callable[..., jax.Array] | None, dict,
             return fn, {"bits": int(m[1])}, options
     raise ValueError(f"unknown activation quantizer {name!r}; choose one of {ACT_NAMES} "
                      f"(b = bits in 2..16)")
+
+
+def parse_options(text: str | None) -> tuple[tuple[str, Any], ...]:
+    """'granularity=channel,keep=0.5' → (('granularity', 'channel'), ('keep', 0.5)); '' or None → ().
+
+    Values are Python literals when they parse as one (ints, floats, bools), strings otherwise:
+    the form quantizer options take on the command line and in `get_config(arg)` strings.
+    """
+    out = []
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"option {item!r} is not key=value (in {text!r})")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        out.append((key.strip(), value))
+    return tuple(out)
 
 
 def check_rule(rule: str) -> str:
