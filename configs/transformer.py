@@ -33,6 +33,8 @@ def get_config(arg=None):
         config.model[k] = v
     config.model.vocab_size = None  # None → the tokenizer's vocabulary size
     config.model.quant.method = arg.quant
+    if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
+        config.model.activation = "relu2"
     if arg.size == "tiny":
         config.eval_every = 100
         config.data.eval_batches = 16
