@@ -72,6 +72,11 @@ def _need(ok: bool, field: str, value, fix: str):
 
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
+    known = set(trainer_config().keys()) | {"model"}
+    unknown, missing = sorted(set(config.keys()) - known), sorted(known - set(config.keys()))
+    if unknown or missing:
+        raise ValueError(f"config: unknown field(s) {unknown}, missing field(s) {missing} (a typo in the "
+                         f"config file?); start from bitjax.config.trainer_config()")
     for field in ("total_steps", "batch_size", "seq_len"):
         v = config[field]
         _need(isinstance(v, int) and v > 0, field, v, "must be a positive int")

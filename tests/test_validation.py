@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ({"optim.schedule": "cosin"}, r"config.optim.schedule"),
     ({"mesh.tensor": 3}, r"config.mesh"),
     ({"log_every": 0}, r"config.log_every"),
+    ({"eval_evry": 5}, r"config: unknown field\(s\) \['eval_evry'\]"),
+    ({"data.tokeniser": "byte"}, r"config\.data: unknown field\(s\) \['tokeniser'\]"),
 ])
 def test_more_bad_fields_name_themselves(override, message, data_dir):
     with pytest.raises(ValueError, match=message):

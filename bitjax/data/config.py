@@ -76,7 +76,7 @@ def complete(cfg) -> ml_collections.ConfigDict:
     full = default_config().to_dict()
     unknown = sorted(set(given) - set(full))
     if unknown:
-        raise ValueError(f"Unknown data config field(s) {unknown}; known: "
+        raise ValueError(f"config.data: unknown field(s) {unknown}; known: "
                          f"{sorted(full)}.")
     full.update(given)
     paths = full["paths"] or []
