@@ -152,3 +152,13 @@ def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
              for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))}
     lowered = setup.train_step.lower(abstract, batch)
     assert "bf16" in lowered.as_text()  # the preset computes in bfloat16
+
+
+def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
+    cfg = tiny_config("fp", steps=6, data_dir=data_dir, log_every=4, eval_every=3)
+    trainer.train(cfg, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [3, 4, 6]
+    assert [r["step"] for r in rows if "eval_bpb" in r] == [3, 6]
+    assert all(np.isfinite(r["train_loss"]) for r in rows)

@@ -312,7 +312,8 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             done = step + 1
             steps_since += 1
             is_last = done == config.total_steps
-            log_now = (done % config.log_every == 0 or is_last
+            eval_now = bool(config.eval_every and done % config.eval_every == 0) or is_last
+            log_now = (done % config.log_every == 0 or eval_now  # an eval is always written with its step
                        or (setup.pc == 1 and preempt.requested)
                        or (stop_after is not None and done - start >= stop_after))
             if config.nonfinite == "stop" and not bool(m["finite"]):
@@ -335,13 +336,13 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                     raise FloatingPointError(
                         f"{last['skipped_steps']} steps skipped for non-finite values (more than "
                         f"config.max_skipped_steps={config.max_skipped_steps}); stopping.")
-            if (config.eval_every and done % config.eval_every == 0) or is_last:
+            if eval_now:
                 last.update(setup.evaluate(state["params"]))
                 t_log = time.perf_counter()  # throughput counts training steps only
             if log_now:
                 writer.write(done, last)
                 msg = f"loss {last['train_loss']:.4f}"
-                if "eval_bpb" in last and ((config.eval_every and done % config.eval_every == 0) or is_last):
+                if eval_now:
                     msg += f" eval_bpb {last['eval_bpb']:.4f}"
                 progress.update(done, f"{msg} | {last['tokens_per_s'] / 1e3:.1f}k tok/s",
                                 force_line=True)
