@@ -2,8 +2,9 @@
 
     python -m bitjax.compare [--methods fp,b158] [--steps N] [--workdir workdirs/compare]
 
-Each method trains from configs/transformer.py with identical data, seed and schedule; the table
-shows final train loss, eval loss and bits-per-byte on the held-out files, and training throughput.
+Each method trains from configs/transformer.py with identical data, seed and schedule shape, at its own
+peak LR (b1.58 wants a higher one than FP, see experiments/compare_tiny); the table shows final train
+loss, eval loss and bits-per-byte on the held-out files, and training throughput.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def main(argv=None):
         if not args.resume and os.path.isdir(wd):  # the comparison's own scratch runs
             shutil.rmtree(wd)
         print(f"\n=== {method} → {wd}")
-        results[method] = trainer.train(_config(method, args.steps), wd)
-    print("\n| method | final train loss | eval loss (nats/token) | eval bits/byte | tokens/s |")
-    print("|---|---|---|---|---|")
+        config = _config(method, args.steps)
+        results[method] = {**trainer.train(config, wd), "peak_lr": config.optim.lr}
+    print("\n| method | peak lr | final train loss | eval loss (nats/token) | eval bits/byte | tokens/s |")
+    print("|---|---|---|---|---|---|")
     for method, r in results.items():
-        print(f"| {method} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | {r['eval_bpb']:.4f} | "
-              f"{r['tokens_per_s']:.0f} |")
+        print(f"| {method} | {r['peak_lr']:g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
+              f"{r['eval_bpb']:.4f} | {r['tokens_per_s']:.0f} |")
     print("\n(Step-time ratios measured side by side: python benchmarks/step_time.py → benchmarks/RESULTS.md)")
     return results
 
