@@ -162,3 +162,20 @@ def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
     assert [r["step"] for r in rows] == [3, 4, 6]
     assert [r["step"] for r in rows if "eval_bpb" in r] == [3, 6]
     assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_and_the_run_stays_exact(data_dir, tmp_path, caplog):
+    """A run whose newest checkpoint is damaged resumes from the one before and still matches exactly."""
+    import logging
+    cfg = tiny_config("b158", steps=12, data_dir=data_dir, checkpoint_every=4)
+    trainer.train(cfg, str(tmp_path / "ref"))
+    wd = tmp_path / "cut"
+    trainer.train(cfg, str(wd), stop_after=10)  # checkpoints at 4, 8 and 10 (the preemption)
+    manifest = wd / "checkpoints" / "10" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(bytes(b ^ 0xFF for b in manifest.read_bytes()))
+    with caplog.at_level(logging.WARNING):
+        trainer.train(cfg, str(wd))
+    assert "could not be restored" in caplog.text and "step 10" in caplog.text
+    assert losses(str(wd)) == losses(str(tmp_path / "ref"))  # steps 9–10 re-run to the same values
+    assert (wd / "checkpoints" / "10.corrupt").is_dir()  # set aside, not deleted

@@ -8,11 +8,11 @@ is never listed as a step.
 
 Deletion policy: only orbax's own ``max_to_keep`` policy deletes checkpoints,
 and orbax's tmp-dir cleanup is left off. The one thing this module does to the
-directory itself: when a restore had to skip damaged steps and the trainer then
-saves one of those steps again (or an earlier one), the damaged step
-directories are *renamed* (``<step>`` → ``<step>.corrupt``) so that orbax sees
-the step as free; otherwise orbax would silently skip every save up to the
-damaged step. Nothing is removed.
+directory itself: when a restore had to skip damaged steps (and an older step
+restored), the damaged step directories are *renamed* (``<step>`` →
+``<step>.corrupt``): the next resume does not trip over them again, and orbax
+sees those steps as free (it would otherwise silently skip every save up to
+the damaged step). Nothing is removed.
 """
 from __future__ import annotations
 
@@ -78,7 +78,6 @@ class Checkpointer:
         if not isinstance(save_every, int) or save_every < 1:
             raise ValueError(f'save_every = {save_every!r}: must be an int >= 1.')
         self.directory = os.path.abspath(os.fspath(directory))  # orbax wants absolute paths
-        self._bad: set[int] = set()  # damaged steps skipped by restore_latest
         policies = ocp.checkpoint_managers
         self._mngr = ocp.CheckpointManager(
             self.directory,
@@ -125,17 +124,13 @@ class Checkpointer:
         ``force``) or not newer than the latest checkpoint.
         """
         meta = _jsonable(metadata)
-        self._move_aside_bad_steps(step)
         return self._mngr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=force)
 
-    def _move_aside_bad_steps(self, step: int) -> None:
-        bad = sorted(s for s in self._bad if s >= step)
-        if not bad:
-            return
-        self.wait()
+    def _move_aside(self, bad: list[int]) -> None:
+        """Renames the damaged step directories ``bad`` to ``<step>.corrupt`` (process 0 does it)."""
         if jax.process_index() == 0:
             for s in bad:
                 src = os.path.join(self.directory, str(s))
@@ -147,8 +142,7 @@ class Checkpointer:
                     logger.warning('Renamed damaged checkpoint %s to %s so step %d can be saved again '
                                    '(nothing was deleted).', src, dst, s)
         if jax.process_count() > 1:
-            ocp.multihost.sync_global_processes(f'bitjax_ckpt_move_aside_{step}_{bad[-1]}')
-        self._bad.difference_update(bad)
+            ocp.multihost.sync_global_processes(f'bitjax_ckpt_move_aside_{bad[0]}_{bad[-1]}')
         self._mngr.reload()
 
     # -- restore ------------------------------------------------------------------------
@@ -183,7 +177,8 @@ class Checkpointer:
         logged as a warning and the next older step is tried. The skipped steps
         are only considered damaged once an older one restores with the same
         target (so an incompatible ``abstract_state`` raises the newest step's
-        error instead of marking everything bad).
+        error instead of marking everything bad); they are then renamed
+        ``<step>.corrupt``.
         """
         self.wait()
         self._mngr.reload()
@@ -200,7 +195,7 @@ class Checkpointer:
             if failed:
                 logger.warning('Restored checkpoint step %d instead of the damaged newer step(s) %s.',
                                step, [s for s, _ in failed])
-                self._bad.update(s for s, _ in failed)
+                self._move_aside(sorted(s for s, _ in failed))
             return step, state
         if failed:
             raise RuntimeError(
