@@ -165,6 +165,8 @@ def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+# orbax's failed read of the damaged step leaves an asyncio callback behind; harmless here
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_latest_checkpoint_falls_back_and_the_run_stays_exact(data_dir, tmp_path, caplog):
     """A run whose newest checkpoint is damaged resumes from the one before and still matches exactly."""
     import logging
