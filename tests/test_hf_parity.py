@@ -78,3 +78,18 @@ def test_quantization_is_what_hf_measures():
     fp, _ = model_pair("fp", activation="relu2", sub_norm=True, tie_embeddings=True)
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 256, (2, 48)), jnp.int32)
     assert np.abs(np.asarray(ours(tokens)) - np.asarray(fp(tokens))).max() > 1e-2
+
+
+def test_methods_hf_does_not_run_are_refused():
+    from bitjax.export.hf import hf_quantized
+    for method in ("bitnet", "a48", "fbi"):
+        with pytest.raises(ValueError, match="HF's BitNet runs b1.58 only"):
+            model_pair(method)
+    cfg = T.default_config()
+    cfg.quant.method = "b158"
+    assert hf_quantized(cfg) is True
+    cfg.quant.grad = "clipped"  # the gradient rule does not change the forward
+    assert hf_quantized(cfg) is True
+    cfg.quant.weight_options = "granularity=channel"
+    with pytest.raises(ValueError, match="no HF transformers equivalent"):
+        hf_quantized(cfg)

@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from bitjax.models.transformer import hf_param_names
-
-_HF_ACT = {"silu": "silu", "relu2": "relu2"}
+from bitjax.models.transformer import hf_param_names, quant_specs
+from bitjax.quant.registry import QuantSpec
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
@@ -37,28 +36,47 @@ def hf_config(cfg) -> tuple[str, dict]:
     BitNetForCausalLM always has attn_sub_norm/ffn_sub_norm and Llama never does, so `sub_norm`
     decides. Quantization (BitNetQuantConfig) is not part of this dict.
     """
-    if cfg.activation not in _HF_ACT:
-        raise ValueError(f"config.model.activation={cfg.activation!r} has no HF equivalent")
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.sub_norm and head_dim * cfg.n_heads != cfg.d_model:
         raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs "
                          "n_heads · head_dim == d_model")
     kwargs = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
                   num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                  num_key_value_heads=cfg.n_kv_heads, head_dim=head_dim, hidden_act=_HF_ACT[cfg.activation],
+                  num_key_value_heads=cfg.n_kv_heads, head_dim=head_dim, hidden_act=cfg.activation,
                   rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
                   rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
                   attention_bias=False)
     return ("BitNetForCausalLM" if cfg.sub_norm else "LlamaForCausalLM"), kwargs
 
 
+def hf_quantized(cfg) -> bool:
+    """Whether config.model is b1.58 as HF runs it (True), full precision (False), or neither (error).
+
+    HF's BitNet quantizes every projection with per-tensor ternary absmean weights and per-token int8
+    absmax activations, no in-layer norm, embeddings and lm_head full precision: b1.58 exactly.
+    """
+    outer, inner, norm = quant_specs(cfg)
+    plain = lambda spec: QuantSpec(spec.weight, spec.act, "identity", spec.weight_options, spec.act_options)
+    if outer.is_fp and inner.is_fp and norm in (None, "none"):
+        return False
+    b158 = QuantSpec("ternary_absmean", "absmax8")
+    if (plain(outer) == plain(inner) == b158 and norm in (None, "none")
+            and not cfg.quant_embeddings and not cfg.quant_lm_head):
+        return True
+    raise ValueError(f"config.model.quant (method {cfg.quant.method!r}: {outer}, {inner}, norm {norm!r}) has no "
+                     "HF transformers equivalent: HF's BitNet runs b1.58 only (quant.method='b158' with no "
+                     "overrides, quant_embeddings=False, quant_lm_head=False), or use 'fp'")
+
+
 def to_hf_model(model, cfg):
     """An HF transformers model (torch, float32, eval) holding `model`'s weights; needs torch + transformers.
 
-    `fp` → LlamaForCausalLM (or BitNetForCausalLM with plain Linear when sub_norm); any other method →
+    `fp` → LlamaForCausalLM (or BitNetForCausalLM with plain Linear when sub_norm); `b158` →
     BitNetForCausalLM whose projections are HF's AutoBitLinear in online mode (ternary WeightQuant and
-    int8 ActQuant of the latent weights every call), lm_head full precision: b1.58 as HF runs it.
+    int8 ActQuant of the latent weights every call), lm_head full precision: b1.58 as HF runs it. Other
+    methods have no HF twin (ValueError, see :func:`hf_quantized`).
     """
+    quantized = hf_quantized(cfg)
     import torch
     import transformers
     from transformers.integrations.bitnet import replace_with_bitnet_linear
@@ -68,7 +86,7 @@ def to_hf_model(model, cfg):
     conf = getattr(transformers, arch.replace("ForCausalLM", "Config"))(bos_token_id=0, eos_token_id=1, **kwargs)
     conf._attn_implementation = "eager"
     hf = getattr(transformers, arch)(conf)
-    if cfg.quant.method != "fp":
+    if quantized:
         replace_with_bitnet_linear(hf, modules_to_not_convert=["lm_head"], quantization_config=BitNetQuantConfig(
             linear_class="autobitlinear", quantization_mode="online"))
     state = {k: torch.tensor(v) for k, v in hf_state_dict(model).items()}

@@ -15,7 +15,7 @@ The grid is bitjax's symmetric round-to-nearest (:func:`bitjax.quant.weights.rtn
 `rtn<k>` then differ only by the error feedback. Scales are per output channel from the (dead-zeroed)
 W, or, with `group_size`, computed from the partially updated rows when each group starts (as the
 reference implementation does). `act_order` quantizes inputs in order of decreasing diag H (the
-reference's "desc_act"). The lazy block updates of §4 are an exact reordering of this loop and are left
+reference's "desc_act"; groups are then consecutive in that order, as without its static_groups). The lazy block updates of §4 are an exact reordering of this loop and are left
 to XLA.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bitjax.quant.weights import EPS
+from bitjax.quant.weights import rtn_grid, rtn_round, rtn_scale
 
 
 def hessian(x: jax.Array) -> jax.Array:
@@ -43,13 +43,11 @@ def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None
     """
     if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(f"gptq expects w (in, out) and h (in, in); got {w.shape} and {h.shape}")
-    if bits not in range(2, 9):
-        raise ValueError(f"gptq supports 2..8 bits, got {bits}")
+    qp = rtn_grid(bits)
     n_in, _ = w.shape
     g = n_in if group_size is None else int(group_size)
     if g < 1 or n_in % g:
         raise ValueError(f"group_size {group_size} must divide the input dim {n_in}")
-    qp = 2 ** (bits - 1) - 1
     w = w.astype(jnp.float32)
     h = h.astype(jnp.float32)
 
@@ -62,7 +60,7 @@ def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None
     u = jnp.linalg.cholesky(jnp.linalg.inv(h)).T  # upper: H⁻¹ = UᵀU
 
     def scale_of(rows):  # per output channel over `rows`, as rtn_codes
-        return jnp.maximum(jnp.max(jnp.abs(rows), axis=0), EPS) / qp
+        return rtn_scale(rows, qp, 0)[0]
 
     per_channel = scale_of(w)
 
@@ -72,7 +70,7 @@ def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None
             group = jax.lax.dynamic_slice_in_dim(w, (i // g) * g, g, axis=0)
             s = jnp.where(i % g == 0, scale_of(group), s)
         row = w[i]
-        c = jnp.clip(jnp.round(row / s), -qp - 1, qp)
+        c = rtn_round(row, s, qp)
         err = (row - c * s) / u[i, i]
         w = w - u[i][:, None] * err[None, :]  # u[i, j] = 0 for j < i: only later rows change
         return w, codes.at[i].set(c), scales.at[i].set(s), s

@@ -183,19 +183,33 @@ def onebit(w: jax.Array, g: jax.Array, h: jax.Array, rule: str = "identity") -> 
 
 
 # ----------------------------------------------------------------------------- round-to-nearest
+def rtn_grid(bits: int) -> int:
+    """Qp = 2^(k−1) − 1 of the symmetric k-bit grid [−Qp−1, Qp] (k = 2..8)."""
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ValueError(f"rtn supports 2..8 bits, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def rtn_scale(w32: jax.Array, qp: int, axis) -> jax.Array:
+    """s = max(max|W|, ε)/Qp over `axis` (kept as size 1)."""
+    return jnp.maximum(jnp.max(jnp.abs(w32), axis=axis, keepdims=True), EPS) / qp
+
+
+def rtn_round(w32: jax.Array, s: jax.Array, qp: int) -> jax.Array:
+    """codes = clip(round(W/s), −Qp−1, Qp), as float."""
+    return jnp.clip(jnp.round(w32 / s), -qp - 1, qp)
+
+
 def rtn_codes(w: jax.Array, bits: int, granularity="channel"):
     """Symmetric k-bit round-to-nearest codes (the PTQ baseline of GPTQ, Frantar et al., 2023, §2).
 
     s = max(max|W|, ε)/Qp with Qp = 2^(k−1) − 1 (per group);
     codes = clip(round(W/s), −Qp−1, Qp). Returns (int8 codes, s broadcastable to W).
     """
-    if bits not in (2, 3, 4, 5, 6, 7, 8):
-        raise ValueError(f"rtn supports 2..8 bits, got {bits}")
-    qp = 2 ** (bits - 1) - 1
+    qp = rtn_grid(bits)
     wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
-    s = jnp.maximum(jnp.max(jnp.abs(wg), axis=axes, keepdims=True), EPS) / qp
-    codes = jnp.clip(jnp.round(wg / s), -qp - 1, qp)
-    return back(codes).astype(jnp.int8), _scale_back(s, w, granularity)
+    s = rtn_scale(wg, qp, axes)
+    return back(rtn_round(wg, s, qp)).astype(jnp.int8), _scale_back(s, w, granularity)
 
 
 def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identity") -> jax.Array:
