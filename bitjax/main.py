@@ -31,7 +31,7 @@ def main(argv):
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
     from bitjax.train import trainer  # after distributed init: it touches devices
     metrics = trainer.train(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "sample"}, indent=1))
+    print(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":

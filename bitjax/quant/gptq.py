@@ -15,8 +15,8 @@ The grid is bitjax's symmetric round-to-nearest (:func:`bitjax.quant.weights.rtn
 `rtn<k>` then differ only by the error feedback. Scales are per output channel from the (dead-zeroed)
 W, or, with `group_size`, computed from the partially updated rows when each group starts (as the
 reference implementation does). `act_order` quantizes inputs in order of decreasing diag H (the
-reference's "desc_act"; groups are then consecutive in that order, as without its static_groups). The lazy block updates of §4 are an exact reordering of this loop and are left
-to XLA.
+reference's "desc_act"; groups are then consecutive in that order, as without its static_groups).
+The lazy block updates of §4 are an exact reordering of this loop and are left to XLA.
 """
 
 from __future__ import annotations

@@ -108,9 +108,6 @@ def validate_config(opt_cfg, total_steps: int, name: str = 'config.optim') -> Co
     return cfg
 
 
-_checked = validate_config  # older private name, kept for callers
-
-
 def make_schedules(opt_cfg, total_steps: int, *, name: str = 'config.optim'
                    ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
     """``(lr_fn, wd_fn)``: step → learning rate and step → weight-decay rate (module docstring)."""
