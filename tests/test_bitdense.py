@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from bitjax.nn import BitDense, Dense, RMSNorm
-from bitjax.quant import QuantSpec, absmax_act, method_specs, ternary_absmean
+from bitjax.quant import METHODS, QuantSpec, absmax_act, recipe, ternary_absmean
 
 B158 = QuantSpec("ternary_absmean", "absmax8")
 
@@ -36,7 +36,7 @@ def test_b158_matches_hf_autobitlinear():
 
 
 def test_b158_with_rms_norm_matches_hf():
-    layer = BitDense(32, 16, quant=B158, norm="rms", rngs=nnx.Rngs(1))
+    layer = BitDense(32, 16, quant=QuantSpec("ternary_absmean", "absmax8", norm="rms"), rngs=nnx.Rngs(1))
     layer.norm.scale[...] = jnp.asarray(rand((32,), 7) + 1)
     x = rand((3, 32), 2)
     ref = np_autobitlinear(x, np.asarray(layer.kernel[...]).T, np.asarray(layer.norm.scale[...]))
@@ -44,7 +44,7 @@ def test_b158_with_rms_norm_matches_hf():
 
 
 def test_forward_equals_composed_primitives():
-    layer = BitDense(16, 8, quant=QuantSpec("ternary_absmean", "absmax4", "clipped"), norm="rms",
+    layer = BitDense(16, 8, quant=QuantSpec("ternary_absmean", "absmax4", "clipped", norm="rms"),
                      rngs=nnx.Rngs(2))
     x = jnp.asarray(rand((4, 16), 3))
     norm = RMSNorm(16)
@@ -69,7 +69,7 @@ def test_integer_weights_reconstruct_quantized_kernel(weight):
     assert iw["codes"].dtype == jnp.int8
     c = iw["codes"].astype(jnp.float32)
     if weight == "fbi":
-        rec = iw["alpha"][None] * c + iw["beta"][None]
+        rec = iw["alpha"][:, None] * c + iw["beta"][:, None]
     elif weight == "onebit":
         rec = iw["g"][:, None] * c * iw["h"][None]
     else:
@@ -78,12 +78,15 @@ def test_integer_weights_reconstruct_quantized_kernel(weight):
 
 
 def test_params_carry_logical_axes_and_float32():
-    layer = BitDense(16, 8, quant=QuantSpec("fbi"), norm="layer", use_bias=True, axes=("mlp", "embed"),
+    layer = BitDense(16, 8, quant=QuantSpec("fbi", norm="rms"), use_bias=True, axes=("mlp", "embed"),
                      rngs=nnx.Rngs(0))
     meta = {"/".join(map(str, p)): v.get_metadata()["out_sharding"]
             for p, v in nnx.to_flat_state(nnx.state(layer, nnx.Param))}
-    assert meta == {"kernel": ("mlp", "embed"), "bias": ("embed",), "qparams/alpha": ("embed",),
-                    "qparams/beta": ("embed",), "norm/scale": ("mlp",), "norm/bias": ("mlp",)}
+    assert meta == {"kernel": ("mlp", "embed"), "bias": ("embed",), "qparams/alpha": ("mlp",),
+                    "qparams/beta": ("mlp",), "norm/scale": ("mlp",)}
+    out = BitDense(16, 8, quant=QuantSpec("fbi", weight_options=(("axis", "out"),)), axes=("mlp", "embed"),
+                   rngs=nnx.Rngs(0))
+    assert out.qparams["alpha"].get_metadata()["out_sharding"] == ("embed",)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(layer, nnx.Param)))
 
 
@@ -106,13 +109,26 @@ def test_learned_scales_train():
 
 def test_every_method_builds_runs_and_differentiates_under_jit():
     x = jnp.asarray(rand((2, 3, 16), 8))
-    for method in ["fp", "bitnet", "b158", "a48", "fbi", "onebit", "pb_llm", "billm", "rtn2"]:
-        outer, inner, norm = method_specs(method)
-        for spec in (outer, inner):
-            layer = BitDense(16, 8, quant=spec, norm=norm, rngs=nnx.Rngs(0))
+    roles = ("q_proj", "o_proj", "down_proj", "in_proj")
+    for method in METHODS:
+        for spec in {recipe(method).spec(role) for role in roles}:
+            layer = BitDense(16, 8, quant=spec, rngs=nnx.Rngs(0))
             y = nnx.jit(lambda m, x: m(x))(layer, x)
             g = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
             assert y.shape == (2, 3, 8) and all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(g))
+
+
+def test_bitnet_v1_layer_normalises_without_affine_params():
+    layer = BitDense(16, 8, quant=recipe("bitnet").spec("q_proj"), rngs=nnx.Rngs(0))
+    assert [p for p, _ in nnx.to_flat_state(nnx.state(layer, nnx.Param))] == [("kernel",)]
+    x = rand((3, 16), 9) * 5 + 2
+    xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    qb = 128
+    gamma = np.abs(xn).max(-1, keepdims=True)
+    xq = np.clip(np.round(xn * qb / gamma), -qb, qb - 1) * gamma / qb
+    w = np.asarray(layer.kernel[...])
+    wq = np.where(w - w.mean() >= 0, 1.0, -1.0) * np.abs(w).mean()
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), xq @ wq, rtol=1e-4, atol=1e-5)
 
 
 def test_quant_spec_validation_names_the_problem():
@@ -124,6 +140,5 @@ def test_quant_spec_validation_names_the_problem():
         QuantSpec(grad="ste")
     with pytest.raises(ValueError, match="has no option 'keep'"):
         QuantSpec(act="absmax8", act_options=(("keep", 0.5),))
-    with pytest.raises(ValueError, match="unknown quantization method"):
-        method_specs("b159")
-    assert method_specs("a48")[1].act == "topk_absmax8"
+    with pytest.raises(ValueError, match="unknown in-layer norm"):
+        QuantSpec(norm="batch")

@@ -90,6 +90,7 @@ def test_methods_hf_does_not_run_are_refused():
     assert hf_quantized(cfg) is True
     cfg.quant.grad = "clipped"  # the gradient rule does not change the forward
     assert hf_quantized(cfg) is True
-    cfg.quant.weight_options = "granularity=channel"
-    with pytest.raises(ValueError, match="no HF transformers equivalent"):
-        hf_quantized(cfg)
+    for rules in ("*_proj: weight.granularity=channel", "o_proj: act=absmax4", "lm_head: weight=ternary_absmean"):
+        cfg.quant.rules = rules
+        with pytest.raises(ValueError, match="no HF transformers equivalent"):
+            hf_quantized(cfg)

@@ -84,12 +84,41 @@ def test_topk_rejects_bad_keep():
         A.topk_absmax_act(jnp.ones((2, 4)), 0.0)
 
 
-def test_absmax_v1_matches_paper_equation():
-    x = rand((3, 17), 5)
-    qb = 128
-    gamma = np.maximum(np.abs(x).max(-1, keepdims=True), EPS)
-    ref = np.round(np.clip(x * (qb / gamma), -qb + EPS, qb - EPS)) * (gamma / qb)
-    np.testing.assert_allclose(np.asarray(A.absmax_v1_act(jnp.asarray(x), 8)), ref, rtol=1e-6)
+def np_absmax_v1(x, bits, axis=-1):  # BitNet v1 eq. 4 on the b-bit range [−Qb, Qb − 1]
+    qb = 2 ** (bits - 1)
+    gamma = np.maximum(np.abs(x).max(axis, keepdims=True), EPS)
+    return np.clip(np.round(x * (qb / gamma)), -qb, qb - 1) * (gamma / qb)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_absmax_v1_matches_paper_equation_with_2_to_the_b_levels(bits):
+    x = rand((64, 17), 5)
+    got = np.asarray(A.absmax_v1_act(jnp.asarray(x), bits))
+    np.testing.assert_allclose(got, np_absmax_v1(x, bits), rtol=1e-6)
+    gamma = np.abs(x).max(-1, keepdims=True)
+    codes = np.round(got * 2 ** (bits - 1) / gamma)
+    assert codes.min() >= -2 ** (bits - 1) and codes.max() <= 2 ** (bits - 1) - 1  # b bits, not b + 1
+    tensor = np.asarray(A.absmax_v1_act(jnp.asarray(x), bits, "tensor"))
+    np.testing.assert_allclose(tensor, np_absmax_v1(x, bits, axis=None), rtol=1e-6)
+
+
+def np_absmean(x, bits):  # a4.8 eq. 2: β/√Qp · RoundClip(√Qp·x/(β+ε), −Qp−1, Qp), β = mean|x| per token
+    qp = 2 ** (bits - 1) - 1
+    beta = np.abs(x).mean(-1, keepdims=True)
+    return beta / np.sqrt(qp) * np.clip(np.round(np.sqrt(qp) * x / (beta + EPS)), -qp - 1, qp)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_absmean_matches_a48_equation(bits):
+    x = rand((8, 64), 6) * np.array([[0.01], [1], [100], [1], [1], [1], [1], [1]], np.float32)
+    x[3, 5] = 40.0  # an outlier: clipped at Qp
+    got = np.asarray(A.absmean_act(jnp.asarray(x), bits))
+    np.testing.assert_allclose(got, np_absmean(x, bits), rtol=1e-5, atol=1e-7)
+    codes, beta = A.absmean_codes(jnp.asarray(x), bits)
+    qp = 2 ** (bits - 1) - 1
+    assert int(codes.min()) >= -qp - 1 and int(codes.max()) <= qp and int(codes[3, 5]) == qp
+    np.testing.assert_allclose(np.asarray(codes * beta / np.sqrt(qp)), got, rtol=1e-5, atol=1e-7)
+    assert len(np.unique(got[1])) <= 2 ** bits
 
 
 def test_bits_validated():

@@ -64,15 +64,24 @@ def test_absmax_gradient_rule(rule):
 
 def test_rtn_clipped_gradient_and_fbi_sign_clipped():
     w, c = rand((8, 4), 7) * 3, rand((8, 4), 8)
-    g = jax.grad(lambda w: jnp.sum(W.fbi_sign(w, jnp.ones(4), jnp.zeros(4), rule="clipped") * c))(jnp.asarray(w))
+    g = jax.grad(lambda w: jnp.sum(W.fbi_sign(w, jnp.ones(8), jnp.zeros(8), rule="clipped") * c))(jnp.asarray(w))
     np.testing.assert_allclose(np.asarray(g), c * (np.abs(w) <= 1), rtol=1e-6)
 
 
-def test_topk_gradient_flows_through_kept_entries_only():
+def test_topk_gradient_bypasses_quantizer_and_mask():
+    """a4.8 §2.2: the STE passes the upstream gradient to every entry, dropped ones included."""
     x, c = rand((2, 10), 9), rand((2, 10), 10)
     g = np.asarray(jax.grad(lambda x: jnp.sum(A.topk_absmax_act(x, 0.3) * c))(jnp.asarray(x)))
-    kept = np.asarray(A.topk_mask(jnp.asarray(x), 0.3))
-    np.testing.assert_allclose(g, c * kept, rtol=1e-6)
+    assert (~np.asarray(A.topk_mask(jnp.asarray(x), 0.3))).any()  # some entries were dropped
+    np.testing.assert_array_equal(g, c)
+
+
+def test_absmean_clipped_gradient_masks_outside_the_int4_range():
+    x, c = rand((3, 16), 11) ** 3, rand((3, 16), 12)  # heavy tails: some |√7·x/β| > 7
+    g = np.asarray(jax.grad(lambda x: jnp.sum(A.absmean_act(x, 4, "clipped") * c))(jnp.asarray(x)))
+    u = np.sqrt(7) * x / (np.abs(x).mean(-1, keepdims=True) + 1e-5) / 7
+    assert (np.abs(u) > 1).any() and (np.abs(u) <= 1).any()
+    np.testing.assert_allclose(g, c * (np.abs(u) <= 1), rtol=1e-6)
 
 
 def test_straight_through_validates():

@@ -153,25 +153,41 @@ def test_binary_mean_channel():
 
 
 # ---- FBI-LLM / Bi-Mamba -------------------------------------------------------------------
-def test_fbi_sign_and_init():
-    w = rand((9, 5), 7) + 0.2
+def test_fbi_sign_and_init_per_input_feature():
+    """Reference BinaryLinearWscales 'column': torch weight (out, in), wscale/wbias (1, in)."""
+    w = rand((9, 5), 7) + 0.2  # Flax kernel (in=9, out=5)
+    wt = w.T                   # torch's (out, in) weight
+    beta = wt.mean(0, keepdims=True)                    # (1, in): mean over outputs
+    alpha = np.abs(wt - beta).mean(0, keepdims=True)    # (1, in)
     p = W.fbi_init(jnp.asarray(w))
-    beta = w.mean(0)
-    alpha = np.abs(w - beta).mean(0)
-    np.testing.assert_allclose(np.asarray(p["beta"]), beta, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(p["alpha"]), alpha, rtol=1e-5)
-    a, b = rand((5,), 8), rand((5,), 9)
+    assert p["alpha"].shape == p["beta"].shape == (9,)
+    np.testing.assert_allclose(np.asarray(p["beta"]), beta[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(p["alpha"]), alpha[0], rtol=1e-5)
+    a, b = rand((9,), 8), rand((9,), 9)
     got = np.asarray(W.fbi_sign(jnp.asarray(w), jnp.asarray(a), jnp.asarray(b)))
+    ref_torch = a[None, :] * np_sign(wt) + b[None, :]   # (out, in), scales broadcast over rows
+    np.testing.assert_allclose(got, ref_torch.T, rtol=1e-6)
+
+
+def test_fbi_axis_out_variant():
+    w = rand((9, 5), 7)
+    p = W.fbi_init(jnp.asarray(w), "out")
+    np.testing.assert_allclose(np.asarray(p["beta"]), w.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(p["alpha"]), np.abs(w - w.mean(0)).mean(0), rtol=1e-5)
+    a, b = rand((5,), 8), rand((5,), 9)
+    got = np.asarray(W.fbi_sign(jnp.asarray(w), jnp.asarray(a), jnp.asarray(b), "out"))
     np.testing.assert_allclose(got, a[None] * np_sign(w) + b[None], rtol=1e-6)
+    with pytest.raises(ValueError, match="fbi axis"):
+        W.fbi_init(jnp.asarray(w), "row")
 
 
 def test_fbi_learned_scales_get_exact_gradients():
-    w, a, b, c = rand((7, 3), 1), rand((3,), 2), rand((3,), 3), rand((7, 3), 4)
+    w, a, b, c = rand((7, 3), 1), rand((7,), 2), rand((7,), 3), rand((7, 3), 4)
     loss = lambda w, a, b: jnp.sum(W.fbi_sign(w, a, b) * c)
     gw, ga, gb = jax.grad(loss, argnums=(0, 1, 2))(*map(jnp.asarray, (w, a, b)))
-    np.testing.assert_allclose(np.asarray(ga), (c * np_sign(w)).sum(0), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(gb), c.sum(0), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(gw), c * a[None], rtol=1e-6)  # identity STE through sign
+    np.testing.assert_allclose(np.asarray(ga), (c * np_sign(w)).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gb), c.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), c * a[:, None], rtol=1e-6)  # identity STE through sign
 
 
 # ---- OneBit --------------------------------------------------------------------------------

@@ -91,6 +91,33 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
     assert losses(str(tmp_path / "a")) == losses(str(tmp_path / "b"))  # bitwise
 
 
+@pytest.mark.slow
+def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, capsys):
+    """a4.8 trains W1.58A8 first, then its hybrid scheme; a run cut across the switch resumes bitwise."""
+    over = {"model.quant.stage2_frac": 0.5, "model.activation": "relu2", "checkpoint_every": 4}
+    cfg = tiny_config("a48", steps=10, data_dir=data_dir, **over)
+    setup = trainer.Setup(cfg)
+    assert [(s, c.quant.method) for s, c in setup.stages] == [(0, "b158"), (5, "a48")]
+    assert [setup.stage_at(t) for t in range(10)] == [0] * 5 + [1] * 5
+    state = setup.init_fn(jax.random.key(0))
+    batch = setup.train_batch(0)
+    l0 = float(setup.train_steps[0](state, batch)[1]["train_loss"])
+    state = setup.init_fn(jax.random.key(0))
+    l1 = float(setup.train_steps[1](state, batch)[1]["train_loss"])
+    assert l0 != l1  # the stages really quantize differently
+    trainer.train(cfg, str(tmp_path / "a"))
+    printed = capsys.readouterr().out
+    assert "quantization from step 0: method b158" in printed and "quantization from step 5: method a48" in printed
+    assert "o_proj: weight=ternary_absmean, act=topk_absmax8, act.keep=0.5" in printed
+    trainer.train(cfg, str(tmp_path / "b"), stop_after=3)   # preempted in stage 1
+    trainer.train(cfg, str(tmp_path / "b"), stop_after=4)   # … and again in stage 2 (step 7)
+    trainer.train(cfg, str(tmp_path / "b"))
+    assert losses(str(tmp_path / "a")) == losses(str(tmp_path / "b"))  # bitwise
+    from bitjax.train import checkpoint as ckpt_lib
+    meta = ckpt_lib.Checkpointer(str(tmp_path / "b" / "checkpoints")).restore_metadata()
+    assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
+
+
 def test_resume_with_a_different_model_is_refused(data_dir, tmp_path):
     trainer.train(tiny_config("fp", steps=6, data_dir=data_dir), str(tmp_path), stop_after=2)
     before = sorted(os.listdir(tmp_path / "checkpoints"))

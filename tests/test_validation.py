@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"model.quant.weight": "ternery"}, r"config.model.quant.weight.*ternery"),
-    ({"model.quant.act": "absmax99x"}, r"config.model.quant.act.*absmax99x"),
+    ({"model.quant.rules": "*_proj: weight=ternery"}, r"config.model.quant.*ternery"),
+    ({"model.quant.rules": "*_proj: act=absmax99x"}, r"config.model.quant.*absmax99x"),
     ({"model.quant.grad": "ste"}, r"config.model.quant.grad.*ste"),
     ({"model.activation": "gelu2"}, r"config.model.activation"),
     ({"model.n_heads": 6}, r"config.model.n_heads|config.model.n_kv_heads"),
@@ -90,26 +90,27 @@ def test_distributed_settings_must_be_complete(monkeypatch):
     distributed.initialize()  # nothing set: single process, a no-op
 
 
-def test_cli_overrides_reach_optional_and_option_fields(monkeypatch):
-    """Fields whose default is None (head_dim, quant.act, …) and quantizer options are settable by flag."""
+def test_cli_overrides_reach_optional_and_recipe_fields(monkeypatch):
+    """Fields whose default is None (head_dim, quant.stage2_frac) and recipe rules are settable by flag."""
     from absl import flags
     from ml_collections import config_flags
 
     from bitjax.models import transformer
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
-    argv = ["prog", f"--config={ROOT}/configs/transformer.py:quant=b158", "--config.model.head_dim=16",
-            "--config.model.vocab_size=512", "--config.model.quant.act=absmax4",
-            "--config.model.quant.weight=rtn4", "--config.model.quant.weight_options=granularity=group8",
-            "--config.model.quant.act_inner_options=keep=0.25", "--config.model.quant.act_inner=topk_absmax8"]
+    argv = ["prog", f"--config={ROOT}/configs/transformer.py:quant=a48", "--config.model.head_dim=16",
+            "--config.model.vocab_size=512", "--config.model.quant.stage2_frac=0.5",
+            "--config.model.quant.rules=*_proj: weight=rtn4, weight.granularity=group8; o_proj: act.keep=0.25"]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
     fv(argv)
     c = fv.config
-    assert (c.model.head_dim, c.model.vocab_size) == (16, 512)
-    outer, inner, _ = transformer.quant_specs(c.model)
-    assert (outer.weight, outer.act, outer.weight_options) == ("rtn4", "absmax4", (("granularity", "group8"),))
-    assert (inner.act, inner.act_options) == ("topk_absmax8", (("keep", 0.25),))
+    assert (c.model.head_dim, c.model.vocab_size, c.model.quant.stage2_frac) == (16, 512, 0.5)
+    table = transformer.quant_table(c.model)
+    assert (table["q_proj"].weight, table["q_proj"].act, table["q_proj"].weight_options) == \
+        ("rtn4", "absmean4", (("granularity", "group8"),))
+    assert (table["o_proj"].act, table["o_proj"].act_options) == ("topk_absmax8", (("keep", 0.25),))
+    assert [s for s, _ in transformer.stage_configs(c.model, 10)] == [0, 5]
     transformer.validate_config(c.model)
-    c.model.quant.act_options = "keep"
-    with pytest.raises(ValueError, match=r"config\.model\.quant .*'keep' is not key=value"):
+    c.model.quant.rules = "o_proj: act.keep"
+    with pytest.raises(ValueError, match=r"config\.model\.quant\.rules=.*'keep' is not key=value"):
         transformer.validate_config(c.model)

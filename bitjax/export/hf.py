@@ -11,10 +11,12 @@ export builds on this.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from flax import nnx
 
-from bitjax.models.transformer import hf_param_names, quant_specs
+from bitjax.models.transformer import ROLES, hf_param_names, quant_table
 from bitjax.quant.registry import QuantSpec
 
 
@@ -54,18 +56,19 @@ def hf_quantized(cfg) -> bool:
 
     HF's BitNet quantizes every projection with per-tensor ternary absmean weights and per-token int8
     absmax activations, no in-layer norm, embeddings and lm_head full precision: b1.58 exactly.
+    The gradient rule does not change the forward, so it is ignored here.
     """
-    outer, inner, norm = quant_specs(cfg)
-    plain = lambda spec: QuantSpec(spec.weight, spec.act, "identity", spec.weight_options, spec.act_options)
-    if outer.is_fp and inner.is_fp and norm in (None, "none"):
+    plain = lambda spec: dataclasses.replace(spec, grad="identity")
+    table = {role: plain(spec) for role, spec in quant_table(cfg).items()}
+    if all(spec.is_fp for spec in table.values()):
         return False
     b158 = QuantSpec("ternary_absmean", "absmax8")
-    if (plain(outer) == plain(inner) == b158 and norm in (None, "none")
-            and not cfg.quant_embeddings and not cfg.quant_lm_head):
+    if all(table[r] == (QuantSpec() if r in ("embed", "lm_head") else b158) for r in ROLES):
         return True
-    raise ValueError(f"config.model.quant (method {cfg.quant.method!r}: {outer}, {inner}, norm {norm!r}) has no "
-                     "HF transformers equivalent: HF's BitNet runs b1.58 only (quant.method='b158' with no "
-                     "overrides, quant_embeddings=False, quant_lm_head=False), or use 'fp'")
+    recipe = "; ".join(f"{r}: {s}" for r, s in table.items())
+    raise ValueError(f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r} → {recipe}) has "
+                     "no HF transformers equivalent: HF's BitNet runs b1.58 only (quant.method='b158' with no "
+                     "rules), or use 'fp'")
 
 
 def to_hf_model(model, cfg):

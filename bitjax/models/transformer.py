@@ -5,11 +5,11 @@
                 h = h + down_proj(sub_norm_f(act(gate_proj(u)) · up_proj(u)))   u = rms(h)
     logits = lm_head(rms(h))  (or  rms(h) · embedᵀ  when tied)     float32 [B, L, V]
 
-Every projection is a :class:`~bitjax.nn.BitDense` configured from
-``method_specs(config.quant.method, ...)``: q/k/v/gate/up get the *outer* spec,
-o_proj/down_proj (whose inputs are intermediate states) the *inner* one. With
-``sub_norm`` (BitNet's attn_sub_norm / ffn_sub_norm) an RMSNorm normalises those
-intermediate states before they are quantized. Attribute names equal HF
+Every projection is a :class:`~bitjax.nn.BitDense` whose spec is the quantization
+recipe's (bitjax.quant.recipes) for its role: ``q_proj k_proj v_proj o_proj gate_proj
+up_proj down_proj``, plus ``embed`` and ``lm_head`` (full precision unless a rule names
+them). With ``sub_norm`` (BitNet's attn_sub_norm / ffn_sub_norm) an RMSNorm normalises
+the intermediate states (o_proj / down_proj inputs) before they are quantized. Attribute names equal HF
 transformers' Llama/BitNet module names; :func:`hf_param_names` gives the map.
 
 RoPE is HF Llama's rotate_half convention, in float32 from integer positions.
@@ -22,6 +22,7 @@ serves bitjax.eval.sample.
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import jax
@@ -33,15 +34,16 @@ from ml_collections.config_dict import placeholder
 from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param
-from bitjax.quant.registry import METHODS, QuantSpec, check_rule, get_act_quantizer, \
-    get_weight_quantizer, method_specs, parse_options
+from bitjax.quant import recipes
+from bitjax.quant.registry import QuantSpec, check_rule
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,  # SwiGLU (Llama): silu(gate) · up
     "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # BitNet b1.58 2B4T: relu(gate)² · up
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-QUANT_OVERRIDES = ("weight", "act", "act_inner", "norm", "weight_options", "act_options", "act_inner_options")
+# The layer roles a quantization recipe can name (bitjax.quant.recipes).
+ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed", "lm_head")
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
 SIZE_HINTS = {"embed": "config.model.d_model", "heads": "config.model.n_heads (× head_dim)",
@@ -66,11 +68,10 @@ def default_config() -> ConfigDict:
     tie_embeddings: logits = h · embeddingᵀ (no lm_head).
     quant.method: a bitjax.quant.METHODS name ('fp', 'bitnet', 'b158', 'a48', 'fbi', …).
     quant.grad: gradient rule ('identity' | 'clipped' | 'approx_sign').
-    quant.weight / act / act_inner / norm: override the method's choice (None = the method's).
-    quant.weight_options / act_options / act_inner_options: quantizer options as
-      'key=value,…' (e.g. 'granularity=channel', 'keep=0.25'); '' = the method's.
-    quant_embeddings: quantize the embedding table with the outer weight quantizer.
-    quant_lm_head: lm_head is a BitDense with the outer spec (else full precision).
+    quant.rules: extra recipe rules applied after the method's, 'PATTERN: key=value, …; …' over
+      the roles in ROLES (e.g. 'o_proj: act.keep=0.25; embed|lm_head: weight=ternary_absmean').
+    quant.stage1: method trained first ('' = the method's own: a48 → b158; 'none' = no first stage).
+    quant.stage2_frac: fraction of total_steps where the method itself takes over (None = the method's).
     dtype: compute dtype 'float32' | 'bfloat16' (parameters stay float32).
     remat: rematerialise each layer in the backward pass (nnx.remat) to save memory.
     """
@@ -79,10 +80,9 @@ def default_config() -> ConfigDict:
         name="transformer", vocab_size=FieldReference(259, field_type=int), d_model=128, n_layers=4,
         n_heads=4, n_kv_heads=2, head_dim=placeholder(int), mlp_dim=384, activation="silu",
         rope_theta=10000.0, norm_eps=1e-5, sub_norm=False, tie_embeddings=False,
-        quant=ConfigDict(dict(method="fp", grad="identity", weight=placeholder(str), act=placeholder(str),
-                              act_inner=placeholder(str), norm=placeholder(str), weight_options="",
-                              act_options="", act_inner_options="")),
-        quant_embeddings=False, quant_lm_head=False, dtype="float32", remat=False))
+        quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="",
+                              stage2_frac=placeholder(float))),
+        dtype="float32", remat=False))
 
 
 _2B4T = dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, head_dim=None, mlp_dim=6912,
@@ -111,20 +111,28 @@ def _is_pos_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
 
 
-def quant_overrides(qcfg) -> dict:
-    """The override kwargs of `method_specs` from config.model.quant ('k=v,…' options → tuples)."""
-    out = {}
-    for k in QUANT_OVERRIDES:
-        v = qcfg.get(k)
-        if k.endswith("_options"):
-            v = parse_options(v) or None
-        out[k] = v
+def stage_configs(cfg, total_steps: int = 1) -> list[tuple[int, ConfigDict]]:
+    """[(first step, model config)] of a run: the quantization stages of config.model.quant.
+
+    One entry unless the method has a first stage (a48 trains b158 first): then the first
+    stage's config runs `quant.stage1` (without `quant.rules`, which belong to the method) and the
+    second the method itself. Each returned config has a single stage (stage1='none').
+    """
+    q = cfg.quant
+    stages = recipes.plan(q.method, q.stage1, q.stage2_frac, total_steps)
+    out = []
+    for i, (start, method) in enumerate(stages):
+        c = copy.deepcopy(cfg)
+        c.quant.method, c.quant.stage1 = method, "none"
+        c.quant.rules = q.rules if i == len(stages) - 1 else ""
+        out.append((start, c))
     return out
 
 
-def quant_specs(cfg) -> tuple[QuantSpec, QuantSpec, str | None]:
-    """(outer, inner, in-layer norm) of cfg.quant, via bitjax.quant.method_specs."""
-    return method_specs(cfg.quant.method, cfg.quant.grad, **quant_overrides(cfg.quant))
+def quant_table(cfg) -> dict[str, QuantSpec]:
+    """{role: QuantSpec} of config.model.quant's method (its final stage), as its layers get them."""
+    q = cfg.quant
+    return recipes.recipe(q.method, q.rules, q.grad).table(ROLES)
 
 
 def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
@@ -163,33 +171,32 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     for f in ("rope_theta", "norm_eps"):
         need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
              "must be a positive number")
-    for f in ("sub_norm", "tie_embeddings", "quant_embeddings", "quant_lm_head", "remat"):
+    for f in ("sub_norm", "tie_embeddings", "remat"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
-    # quantization: name the field whose value the registry rejects
+    # quantization: name the field whose value the registry or a recipe rejects
     q = cfg.quant
-    extra = set(q.keys()) - {"method", "grad", *QUANT_OVERRIDES}
+    extra = set(q.keys()) - set(default_config().quant.keys())
     if extra:
         raise ValueError(f"{name}.quant: unknown field(s) {sorted(extra)}; known: "
-                         f"method, grad, {', '.join(QUANT_OVERRIDES)}")
-    need(q.method in METHODS, "quant.method", f"choose one of {tuple(METHODS)}")
-    checks = {"grad": check_rule, "weight": get_weight_quantizer, "act": get_act_quantizer,
-              "act_inner": get_act_quantizer}
-    for field, check in checks.items():
-        if q.get(field) is not None:
-            try:
-                check(q[field])
-            except ValueError as e:
-                raise ValueError(f"{name}.quant.{field}={q[field]!r} is invalid: {e}") from None
-    need(q.get("norm") in (None, "none", "rms", "layer"), "quant.norm",
-         "choose 'rms', 'layer', 'none' or None (= the method's)")
-    try:  # option/quantizer combinations (e.g. an option the quantizer lacks)
-        quant_specs(cfg)
+                         f"{', '.join(default_config().quant.keys())}")
+    need(q.method in recipes.METHODS, "quant.method", f"choose one of {tuple(recipes.METHODS)}")
+    need(q.stage1 in ("", "none") or q.stage1 in recipes.METHODS, "quant.stage1",
+         f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}")
+    need(q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
+         "quant.stage2_frac", "must be in [0, 1] or None (= the method's)")
+    for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
+        try:
+            check(q[field])
+        except ValueError as e:
+            raise ValueError(f"{name}.quant.{field}={q[field]!r} is invalid: {e}") from None
+    try:  # every stage's recipe resolves for every role (bad options, rules matching no role, …)
+        for _, c in stage_configs(cfg):
+            quant_table(c)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{name}.quant ({q.to_dict() if hasattr(q, 'to_dict') else dict(q)}) "
-                         f"is invalid: {e}") from None
+        raise ValueError(f"{name}.quant (method={q.method!r}, rules={q.rules!r}) is invalid: {e}") from None
 
 
 # ============================================================================ RoPE
@@ -219,10 +226,10 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 class Embed(nnx.Module):
     """Token embedding, param `embedding` (vocab, d_model), logical axes ('vocab', 'embed').
 
-    quant (quant_embeddings): lookups read W̃ = quant.quantize_weight(E), E taken as a
-    (vocab=in, embed=out) kernel. head_quant (tied head with quant_lm_head): :meth:`attend`
-    quantizes its input with head_quant's act quantizer and uses W̃ too. Learned quantizer
-    params (e.g. FBI α, β) live in `qparams`, shared by both uses.
+    quant (the recipe's 'embed' role, when not fp): lookups read W̃ = quant.quantize_weight(E), E
+    taken as a (vocab=in, embed=out) kernel. head_quant (the 'lm_head' role of a tied head):
+    :meth:`attend` quantizes its input with head_quant's act quantizer and reads head_quant's W̃.
+    Learned quantizer params (e.g. FBI α, β) live in `qparams`, shared by both uses.
     """
 
     def __init__(self, vocab: int, d_model: int, *, quant: QuantSpec | None = None,
@@ -231,10 +238,9 @@ class Embed(nnx.Module):
         table = default_kernel_init(rngs.params(), (vocab, d_model), jnp.float32)  # HF: N(0, 0.02)
         self.embedding = param(table, ("vocab", "embed"))
         spec = quant or head_quant
-        wq = spec.weight_quantizer()[0] if spec is not None else None
         self.qparams = nnx.Dict({
-            k: param(v, ("vocab" if wq.learned_axes[k] == "in" else "embed",))
-            for k, v in (wq.init(table) if wq is not None and wq.init else {}).items()})
+            k: param(v, ("vocab" if side == "in" else "embed",))
+            for k, (v, side) in (spec.init_learned(table) if spec is not None else {}).items()})
 
     def table(self, spec: QuantSpec | None) -> jax.Array:
         """E (spec None) or W̃ = spec.quantize_weight(E) (vocab, d_model), float32."""
@@ -254,22 +260,21 @@ class Embed(nnx.Module):
                           preferred_element_type=jnp.float32)
 
 
-def _dense(cfg, din, dout, quant, norm, axes, dtype, rngs):
-    return BitDense(din, dout, quant=quant, norm=norm, norm_eps=cfg.norm_eps, axes=axes, dtype=dtype,
-                    rngs=rngs)
+def _dense(cfg, din, dout, specs, role, axes, dtype, rngs):
+    return BitDense(din, dout, quant=specs[role], norm_eps=cfg.norm_eps, axes=axes, dtype=dtype, rngs=rngs)
 
 
 class Attention(nnx.Module):
     """Causal GQA self-attention with RoPE; BitNet attn_sub_norm before o_proj when sub_norm."""
 
-    def __init__(self, cfg, outer, inner, in_norm, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, specs, dtype, *, rngs: nnx.Rngs):
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
         self.head_dim = hd = cfg.head_dim or cfg.d_model // cfg.n_heads
         d, qd, kvd = cfg.d_model, cfg.n_heads * hd, cfg.n_kv_heads * hd
-        self.q_proj = _dense(cfg, d, qd, outer, in_norm, ("embed", "heads"), dtype, rngs)
-        self.k_proj = _dense(cfg, d, kvd, outer, in_norm, ("embed", "kv_heads"), dtype, rngs)
-        self.v_proj = _dense(cfg, d, kvd, outer, in_norm, ("embed", "kv_heads"), dtype, rngs)
-        self.o_proj = _dense(cfg, qd, d, inner, in_norm, ("heads", "embed"), dtype, rngs)
+        self.q_proj = _dense(cfg, d, qd, specs, "q_proj", ("embed", "heads"), dtype, rngs)
+        self.k_proj = _dense(cfg, d, kvd, specs, "k_proj", ("embed", "kv_heads"), dtype, rngs)
+        self.v_proj = _dense(cfg, d, kvd, specs, "v_proj", ("embed", "kv_heads"), dtype, rngs)
+        self.o_proj = _dense(cfg, qd, d, specs, "o_proj", ("heads", "embed"), dtype, rngs)
         self.attn_sub_norm = RMSNorm(qd, eps=cfg.norm_eps, axis="heads") if cfg.sub_norm else None
 
     def __call__(self, x, cos, sin, cache=None, index=None):
@@ -303,12 +308,12 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """down_proj(ffn_sub_norm(act(gate_proj(x)) · up_proj(x))); act 'silu' (SwiGLU) or 'relu2'."""
 
-    def __init__(self, cfg, outer, inner, in_norm, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, specs, dtype, *, rngs: nnx.Rngs):
         self.activation = cfg.activation
         d, f = cfg.d_model, cfg.mlp_dim
-        self.gate_proj = _dense(cfg, d, f, outer, in_norm, ("embed", "mlp"), dtype, rngs)
-        self.up_proj = _dense(cfg, d, f, outer, in_norm, ("embed", "mlp"), dtype, rngs)
-        self.down_proj = _dense(cfg, f, d, inner, in_norm, ("mlp", "embed"), dtype, rngs)
+        self.gate_proj = _dense(cfg, d, f, specs, "gate_proj", ("embed", "mlp"), dtype, rngs)
+        self.up_proj = _dense(cfg, d, f, specs, "up_proj", ("embed", "mlp"), dtype, rngs)
+        self.down_proj = _dense(cfg, f, d, specs, "down_proj", ("mlp", "embed"), dtype, rngs)
         self.ffn_sub_norm = RMSNorm(f, eps=cfg.norm_eps, axis="mlp") if cfg.sub_norm else None
 
     def __call__(self, x):
@@ -321,11 +326,11 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm block: h += attn(input_layernorm(h)); h += mlp(post_attention_layernorm(h))."""
 
-    def __init__(self, cfg, outer, inner, in_norm, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, specs, dtype, *, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.self_attn = Attention(cfg, outer, inner, in_norm, dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, specs, dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg, outer, inner, in_norm, dtype, rngs=rngs)
+        self.mlp = MLP(cfg, specs, dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, cache=None, index=None):
         a, cache = self.self_attn(self.input_layernorm(x), cos, sin, cache, index)
@@ -348,21 +353,18 @@ class Transformer(nnx.Module):
         if cfg.vocab_size is None:
             raise ValueError("config.model.vocab_size=None is invalid here: set it (the trainer fills "
                              "it from the tokenizer)")
-        outer, inner, in_norm = quant_specs(cfg)
+        specs = quant_table(cfg)
         self.dtype = dtype = DTYPES[cfg.dtype]
         self.head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
         self.n_kv_heads, self.rope_theta, self.remat = cfg.n_kv_heads, float(cfg.rope_theta), cfg.remat
-        head_quant = outer if cfg.quant_lm_head else None
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.d_model, quant=outer if cfg.quant_embeddings else None,
-                                  head_quant=head_quant if cfg.tie_embeddings else None, dtype=dtype,
+        quantized = lambda role: None if specs[role].is_fp else specs[role]
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
+                                  head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
                                   rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, outer, inner, in_norm, dtype, rngs=rngs)
-                                for _ in range(cfg.n_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, specs, dtype, rngs=rngs) for _ in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        # Untied head: a BitDense (outer spec + in-layer norm) when quant_lm_head, else FP.
         self.lm_head = None if cfg.tie_embeddings else _dense(
-            cfg, cfg.d_model, cfg.vocab_size, head_quant or QuantSpec(), in_norm if head_quant else None,
-            ("embed", "vocab"), dtype, rngs)
+            cfg, cfg.d_model, cfg.vocab_size, specs, "lm_head", ("embed", "vocab"), dtype, rngs)
 
     def _forward(self, tokens, positions, caches=None, index=None):
         x = self.embed_tokens(tokens)

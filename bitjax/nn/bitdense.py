@@ -32,9 +32,10 @@ class BitDense(nnx.Module):
 
     Args:
       in_features, out_features: kernel shape (in, out) (HF weight = kernelᵀ).
-      quant: a :class:`QuantSpec` (weight / act quantizer names, gradient rule).
-      norm: 'rms' | 'layer' | None — a norm on the input inside the layer
-        (BitNet v1's BitLinear; HF AutoBitLinear's `use_rms_norm`).
+      quant: a :class:`QuantSpec` (weight / act quantizer names, gradient rule, and the in-layer
+        norm on the input: 'rms' = HF AutoBitLinear's `use_rms_norm`, 'layer' = BitNet v1's
+        BitLinear LayerNorm without affine parameters).
+      norm_eps: eps of that norm (None → 1e-6 for 'rms', 1e-5 for 'layer').
       use_bias: add a bias (BitNet uses none).
       dtype: compute dtype of the matmul (None → the input's dtype).
       param_dtype: latent parameter dtype (float32).
@@ -43,7 +44,7 @@ class BitDense(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, quant: QuantSpec = QuantSpec(),
-                 norm: str | None = None, norm_eps: float | None = None, use_bias: bool = False,
+                 norm_eps: float | None = None, use_bias: bool = False,
                  dtype=None, param_dtype=jnp.float32, axes=("embed", "mlp"),
                  kernel_init=default_kernel_init, rngs: nnx.Rngs):
         if not isinstance(quant, QuantSpec):
@@ -52,13 +53,11 @@ class BitDense(nnx.Module):
         self.quant, self.dtype, self.axes = quant, dtype, tuple(axes)
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
         self.kernel = param(kernel, self.axes)
-        wq, _ = quant.weight_quantizer()
         # Learned quantizer scales (FBI α/β, OneBit g/h), initialised from the kernel.
         self.qparams = nnx.Dict({
-            name: param(value.astype(param_dtype),
-                        (self.axes[0] if wq.learned_axes[name] == "in" else self.axes[1],))
-            for name, value in (wq.init(kernel) if wq.init else {}).items()})
-        self.norm = make_norm(norm, in_features, eps=norm_eps, axis=self.axes[0])
+            name: param(value.astype(param_dtype), (self.axes[0] if side == "in" else self.axes[1],))
+            for name, (value, side) in quant.init_learned(kernel).items()})
+        self.norm = make_norm(quant.norm, in_features, eps=norm_eps, axis=self.axes[0], affine=False)
         self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
 
     def quantized_kernel(self) -> jax.Array:
@@ -81,7 +80,7 @@ class BitDense(nnx.Module):
         """Integer codes and the scales that reconstruct W̃, for packing and export.
 
         ternary/binary/rtn: {'codes': int8 (in, out), 'scale': γ broadcastable}, W̃ = codes·scale.
-        fbi: {'codes': ±1, 'alpha', 'beta'}, W̃ = alpha·codes + beta.
+        fbi: {'codes': ±1, 'alpha', 'beta'}, W̃ = alpha[:, None]·codes + beta[:, None] (axis='in').
         onebit: {'codes': ±1, 'g', 'h'}, W̃ = g[:, None]·codes·h[None, :].
         """
         wq, kwargs = self.quant.weight_quantizer()

@@ -88,29 +88,74 @@ def topk_mask(x: jax.Array, keep: float) -> jax.Array:
 
 
 def topk_absmax_act(x: jax.Array, keep: float = 0.5, bits: int = 8, rule: str = "identity") -> jax.Array:
-    """BitNet a4.8 sparsified intermediate states (Wang et al., 2024, eq. 3): Q_INT8(TopK(x)).
+    """BitNet a4.8 sparsified intermediate states (Wang, Ma, Wei 2024, arXiv 2411.04965, §2.1): Q_INT8(TopK(x)).
 
-    Keep the K = ⌈keep·d⌉ largest |x| per token, zero the rest, then per-token
-    absmax `bits`-bit quantization of what is kept. Gradient: through the kept
-    entries only (d TopK(x)/dx = mask), with `rule` for the rounding.
+    Keep the K = ⌈keep·d⌉ largest |x| per token (K = 50% in the paper), zero the rest, then per-token
+    absmax `bits`-bit quantization (eq. 1) of what is kept. Gradient (§2.2): the STE bypasses both
+    the quantizer AND the top-K mask, so every entry, kept or dropped, receives the upstream
+    gradient (`identity`); other rules act on u = x·s/Qp with s the kept entries' absmax scale.
     """
+    qp = 2 ** (_check_bits(bits) - 1) - 1
     mask = topk_mask(x, keep)
-    sparse = jnp.where(mask, x, jnp.zeros_like(x))
-    return absmax_act(sparse, bits, rule)
+    x32 = x.astype(jnp.float32)
+    sparse = jnp.where(mask, x32, 0.0)
+    s = absmax_scale(sparse, qp)  # the absmax of the kept entries is that of x
+    xs = sparse * s
+    q = jnp.where(mask, exact_div(jnp.clip(jnp.round(xs), -qp - 1, qp), s), 0.0).astype(x.dtype)
+    return straight_through(x, q, jnp.clip(x32 * s / qp, -1, 1).astype(x.dtype), rule)
 
 
-def absmax_v1_act(x: jax.Array, bits: int = 8, rule: str = "identity") -> jax.Array:
-    """BitNet (v1) activation quantization (Wang et al., 2023, eq. 4–5).
+def absmean_codes(x: jax.Array, bits: int = 4):
+    """BitNet a4.8 INT4 absmean codes (Wang, Ma, Wei 2024, arXiv 2411.04965, eq. 2), per token.
 
-    γ = max(‖x‖∞, ε) per token, Qb = 2^(b−1);
-    x̃ = round(Clip(x·Qb/γ, −Qb + ε, Qb − ε)) · γ/Qb.
-    Note the v1 range uses Qb (not Qb − 1), so the extreme value rounds to ±Qb:
-    2^b + 1 levels, exactly as the equation is written (b1.58 later moved to
-    [−Qb, Qb − 1]; use :func:`absmax_act` for that). BitNet v1 applies it after
-    a LayerNorm (the layer's ``norm='layer'``). Gradient: `rule` on u = x/γ.
+    β = mean|x|;  codes = RoundClip(√Qp · x/(β + ε), −Qp − 1, Qp),  Qp = 2^(b−1) − 1 (√7 for b = 4).
+    Returns (codes int32 (…, d), β float32 (…, 1)); x̃ = codes · β/√Qp.
+    """
+    qp = 2 ** (_check_bits(bits) - 1) - 1
+    x32 = x.astype(jnp.float32)
+    beta = jnp.mean(jnp.abs(x32), axis=-1, keepdims=True)
+    codes = jnp.clip(jnp.round(math.sqrt(qp) * x32 / (beta + EPS)), -qp - 1, qp)
+    return codes.astype(jnp.int32), beta
+
+
+def absmean_act(x: jax.Array, bits: int = 4, rule: str = "identity") -> jax.Array:
+    """BitNet a4.8 absmean activation quantization (arXiv 2411.04965, eq. 2), per token.
+
+    Q(x) = β/√Qp · RoundClip(√Qp · x/(β + ε), −Qp − 1, Qp), β = mean|x|, Qp = 2^(b−1) − 1.
+    For b = 4 this is the paper's Q_INT4 (β/√7 · RoundClip(√7·x/(β+ε), −8, 7)), used on the inputs
+    of q/k/v and gate/up, whose distributions are Gaussian-like; other b extend it with the same
+    √Qp form (our generalisation, not in the paper). Gradient: `rule` on u = √Qp·x/((β+ε)·Qp),
+    |u| ≤ 1 on the representable range.
+    """
+    qp = 2 ** (_check_bits(bits) - 1) - 1
+    x32 = x.astype(jnp.float32)
+    beta = jnp.mean(jnp.abs(x32), axis=-1, keepdims=True)
+    xs = math.sqrt(qp) * x32 / (beta + EPS)
+    q = (jnp.clip(jnp.round(xs), -qp - 1, qp) * (beta / math.sqrt(qp))).astype(x.dtype)
+    return straight_through(x, q, (xs / qp).astype(x.dtype), rule)
+
+
+def absmax_v1_act(x: jax.Array, bits: int = 8, granularity: str = "token", rule: str = "identity") -> jax.Array:
+    """BitNet (v1) activation quantization (Wang et al., 2023, arXiv 2310.11453, eq. 4–5).
+
+    γ = max(‖x‖∞, ε), Qb = 2^(b−1);  x̃ = RoundClip(x·Qb/γ, −Qb, Qb − 1) · γ/Qb.
+
+    Two readings of the paper, written down:
+    * Range. Eq. 4 clips to [−Qb + ε, Qb − ε] to stay inside b bits; rounding Qb − ε would give Qb,
+      i.e. 2^b + 1 levels (b + 1 bits). We keep the b-bit two's-complement range [−Qb, Qb − 1]
+      (256 levels for b = 8): the absmax element of a positive maximum maps to Qb − 1.
+    * Granularity. The paper's γ is the absmax of "the input matrix" during training; b1.58 and every
+      later BitNet use one γ per token, which also keeps a token's output independent of the other
+      rows of the batch (so cached decoding equals the full forward). Default 'token'; 'tensor'
+      gives the per-matrix reading (batch-dependent).
+    BitNet v1 applies it after a LayerNorm without affine parameters (BitDense norm='layer').
+    Gradient: `rule` on u = x/γ.
     """
     qb = 2 ** (_check_bits(bits) - 1)
+    if granularity not in ("token", "tensor"):
+        raise ValueError(f"absmax_v1 granularity must be 'token' or 'tensor', got {granularity!r}")
     x32 = x.astype(jnp.float32)
-    gamma = jnp.maximum(jnp.max(jnp.abs(x32), axis=-1, keepdims=True), EPS)
-    q = jnp.round(jnp.clip(x32 * (qb / gamma), -qb + EPS, qb - EPS)) * (gamma / qb)
+    axes = -1 if granularity == "token" else tuple(range(x.ndim))
+    gamma = jnp.maximum(jnp.max(jnp.abs(x32), axis=axes, keepdims=True), EPS)
+    q = jnp.clip(jnp.round(x32 * (qb / gamma)), -qb, qb - 1) * (gamma / qb)
     return straight_through(x, q.astype(x.dtype), (x32 / gamma).astype(x.dtype), rule)

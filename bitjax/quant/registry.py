@@ -5,16 +5,16 @@ activation quantizer and a gradient rule, each chosen by name, plus options.
 
 Names (the same in configs, code and docs)
 ------------------------------------------
-weight: ``none`` | ``ternary_absmean`` | ``binary_mean`` | ``fbi`` | ``onebit`` |
-        ``pb_llm`` | ``billm`` | ``rtn<k>`` (k = 2..8, e.g. ``rtn4``)
-act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``, ``absmax4``) |
+weight: ``none`` | ``ternary_absmean`` | ``binary_mean`` | ``fbi`` (option ``axis``) |
+        ``onebit`` | ``pb_llm`` | ``rtn<k>`` (k = 2..8, e.g. ``rtn4``; options ``granularity``, ``sym``)
+act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``) | ``absmean<b>`` (a4.8's INT4, ``absmean4``) |
         ``topk_absmax<b>`` (a4.8's Q_INT8(TopK(x)), option ``keep``) |
-        ``absmax_v1_<b>`` (BitNet v1's [−Qb+ε, Qb−ε] range)
+        ``absmax_v1_<b>`` (BitNet v1, option ``granularity``)
 grad:   ``identity`` | ``clipped`` | ``approx_sign``
+norm:   ``none`` | ``rms`` (HF AutoBitLinear's affine RMSNorm) | ``layer`` (BitNet v1's LayerNorm
+        without affine parameters), applied to the layer's input inside BitDense.
 
-Methods (:data:`METHODS`) bundle these into the named recipes: ``fp``,
-``bitnet``, ``b158``, ``a48``, ``fbi``, ``bimamba``, ``onebit``, ``pb_llm``,
-``billm``, ``rtn<k>``.
+Which layer gets which spec is a recipe (:mod:`bitjax.quant.recipes`, with the named methods).
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from bitjax.quant.ste import GRADIENT_RULES
 
 @dataclasses.dataclass(frozen=True)
 class WeightQuantizer:
-    """fn(w, **learned, rule=, **options) → W̃; init(w) → learned params (or None)."""
+    """fn(w, **learned, rule=, **options) → W̃; init(w, **options) → learned params (or None).
+
+    learned_axes(**options) says which kernel axis each learned vector runs along ('in' | 'out').
+    """
     fn: Callable[..., jax.Array]
-    init: Callable[[jax.Array], dict] | None = None
+    init: Callable[..., dict] | None = None
     options: tuple[str, ...] = ()
-    # Which kernel axis each learned vector runs along: 'in' or 'out'.
-    learned_axes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    learned_axes: Callable[..., Mapping[str, str]] = lambda **_: {}
     codes: Callable[..., tuple] | None = None
 
 
@@ -53,15 +55,16 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
                                        codes=W.ternary_absmean_codes),
     "binary_mean": WeightQuantizer(W.binary_mean, options=("granularity",),
                                    codes=W.binary_mean_codes),
-    "fbi": WeightQuantizer(W.fbi_sign, init=W.fbi_init,
-                           learned_axes={"alpha": "out", "beta": "out"}),
-    "onebit": WeightQuantizer(W.onebit, init=W.onebit_init, learned_axes={"g": "in", "h": "out"}),
+    "fbi": WeightQuantizer(W.fbi_sign, init=lambda w, axis="in", **_: W.fbi_init(w, axis),
+                           options=("axis",), learned_axes=lambda axis="in", **_: {"alpha": axis, "beta": axis}),
+    "onebit": WeightQuantizer(W.onebit, init=lambda w, **_: W.onebit_init(w),
+                              learned_axes=lambda **_: {"g": "in", "h": "out"}),
     "pb_llm": WeightQuantizer(W.pb_llm, options=("salient_frac", "salient_bits")),
-    "billm": WeightQuantizer(W.billm, options=("salient_frac", "n_split")),
 }
 
 WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
-ACT_NAMES = ("none", "absmax<b>", "topk_absmax<b>", "absmax_v1_<b>")
+ACT_NAMES = ("none", "absmax<b>", "absmean<b>", "topk_absmax<b>", "absmax_v1_<b>")
+NORMS = ("none", "rms", "layer")
 
 
 def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
@@ -70,7 +73,7 @@ def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
         return _WEIGHTS[name], {}
     m = re.fullmatch(r"rtn([2-8])", name or "")
     if m:
-        return WeightQuantizer(W.rtn, options=("granularity",), codes=W.rtn_codes), {"bits": int(m[1])}
+        return WeightQuantizer(W.rtn, options=("granularity", "sym"), codes=W.rtn_codes), {"bits": int(m[1])}
     raise ValueError(f"unknown weight quantizer {name!r}; choose one of {WEIGHT_NAMES}")
 
 
@@ -79,8 +82,9 @@ def get_act_quantizer(name: str) -> tuple[Callable[..., jax.Array] | None, dict,
     if name == "none":
         return None, {}, ()
     for pattern, fn, options in ((r"absmax(\d+)", A.absmax_act, ()),
+                                 (r"absmean(\d+)", A.absmean_act, ()),
                                  (r"topk_absmax(\d+)", A.topk_absmax_act, ("keep",)),
-                                 (r"absmax_v1_(\d+)", A.absmax_v1_act, ())):
+                                 (r"absmax_v1_(\d+)", A.absmax_v1_act, ("granularity",))):
         m = re.fullmatch(pattern, name or "")
         if m and 2 <= int(m[1]) <= 16:
             return fn, {"bits": int(m[1])}, options
@@ -115,7 +119,7 @@ def check_rule(rule: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-    """What one BitDense does: weight quantizer, activation quantizer, gradient rule.
+    """What one BitDense does: in-layer norm → activation quantizer → matmul with the quantized weight.
 
     `weight_options` / `act_options` are (key, value) tuples (hashable, so a spec
     can be static under jit), e.g. (("granularity", "channel"),) or (("keep", 0.5),).
@@ -125,11 +129,14 @@ class QuantSpec:
     grad: str = "identity"
     weight_options: tuple[tuple[str, Any], ...] = ()
     act_options: tuple[tuple[str, Any], ...] = ()
+    norm: str = "none"
 
     def __post_init__(self):  # validate eagerly: a typo fails at config time, not at compile
         wq, _ = get_weight_quantizer(self.weight)
         _, _, act_opts = get_act_quantizer(self.act)
         check_rule(self.grad)
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown in-layer norm {self.norm!r}; choose one of {NORMS}")
         for key, _ in self.weight_options:
             if key not in wq.options:
                 raise ValueError(f"weight quantizer {self.weight!r} has no option {key!r}; "
@@ -141,11 +148,30 @@ class QuantSpec:
 
     @property
     def is_fp(self) -> bool:
-        return self.weight == "none" and self.act == "none"
+        return self.weight == "none" and self.act == "none" and self.norm == "none"
+
+    def __str__(self) -> str:
+        """'weight=ternary_absmean, act=absmax8' (non-default fields, the recipe syntax)."""
+        if self.is_fp:
+            return "fp"
+        parts = [f"weight={self.weight}", *(f"weight.{k}={v}" for k, v in self.weight_options),
+                 f"act={self.act}", *(f"act.{k}={v}" for k, v in self.act_options)]
+        parts += [f"norm={self.norm}"] if self.norm != "none" else []
+        parts += [f"grad={self.grad}"] if self.grad != "identity" else []
+        return ", ".join(parts)
 
     def weight_quantizer(self) -> tuple[WeightQuantizer, dict]:
         wq, fixed = get_weight_quantizer(self.weight)
         return wq, {**fixed, **dict(self.weight_options)}
+
+    def init_learned(self, w: jax.Array) -> dict[str, tuple[jax.Array, str]]:
+        """Learned quantizer params initialised from kernel w: {name: (value, 'in' | 'out' axis)}."""
+        wq = get_weight_quantizer(self.weight)[0]
+        if wq.init is None:
+            return {}
+        opts = dict(self.weight_options)
+        axes = wq.learned_axes(**opts)
+        return {k: (v, axes[k]) for k, v in wq.init(w, **opts).items()}
 
     def quantize_weight(self, w: jax.Array, **learned) -> jax.Array:
         wq, kwargs = self.weight_quantizer()
@@ -156,40 +182,3 @@ class QuantSpec:
         if fn is None:
             return x
         return fn(x, rule=self.grad, **fixed, **dict(self.act_options))
-
-
-# Named recipes. `act` quantizes the inputs of attention/FFN projections (q/k/v,
-# gate/up); `act_inner` the intermediate states (o_proj and down_proj inputs).
-METHODS: dict[str, dict[str, Any]] = {
-    "fp": dict(weight="none", act="none", act_inner="none"),
-    # BitNet (Wang et al., 2023): LayerNorm inside BitLinear, v1 absmax range.
-    "bitnet": dict(weight="binary_mean", act="absmax_v1_8", act_inner="absmax_v1_8", norm="layer"),
-    # BitNet b1.58 (Ma et al., 2024): ternary absmean weights, per-token int8 absmax.
-    "b158": dict(weight="ternary_absmean", act="absmax8", act_inner="absmax8"),
-    # BitNet a4.8 (Wang et al., 2024): int4 inputs, top-K sparsified int8 intermediates.
-    "a48": dict(weight="ternary_absmean", act="absmax4", act_inner="topk_absmax8",
-                act_inner_options=(("keep", 0.5),)),
-    # FBI-LLM (Ma et al., 2024) / Bi-Mamba (Tang et al., 2024): learnable column α, β; FP acts.
-    "fbi": dict(weight="fbi", act="none", act_inner="none"),
-    "bimamba": dict(weight="fbi", act="none", act_inner="none"),
-    "onebit": dict(weight="onebit", act="none", act_inner="none"),
-    "pb_llm": dict(weight="pb_llm", act="none", act_inner="none"),
-    "billm": dict(weight="billm", act="none", act_inner="none"),
-    **{f"rtn{k}": dict(weight=f"rtn{k}", act="none", act_inner="none") for k in (2, 3, 4, 8)},
-}
-
-
-def method_specs(method: str, grad: str = "identity", **overrides) -> tuple[QuantSpec, QuantSpec, str | None]:
-    """(spec for input projections, spec for intermediate projections, in-layer norm) of a method.
-
-    `overrides` may replace weight/act/act_inner/norm and their options, so any
-    registry combination can be built from a named starting point.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}; choose one of {tuple(METHODS)}")
-    m = {**METHODS[method], **{k: v for k, v in overrides.items() if v is not None}}
-    outer = QuantSpec(m["weight"], m["act"], grad, tuple(m.get("weight_options", ())),
-                      tuple(m.get("act_options", ())))
-    inner = QuantSpec(m["weight"], m["act_inner"], grad, tuple(m.get("weight_options", ())),
-                      tuple(m.get("act_inner_options", ())))
-    return outer, inner, m.get("norm")

@@ -133,27 +133,43 @@ def binary_mean(w: jax.Array, granularity="tensor", rule: str = "identity") -> j
 
 
 # ----------------------------------------------------------------------------- FBI-LLM / Bi-Mamba
-def fbi_init(w: jax.Array):
-    """Initial column scales for :func:`fbi_sign`: β_j = mean_i W_ij, α_j = mean_i |W_ij − β_j|.
+def _fbi_axis(axis: str) -> int:
+    """The kernel axis α, β run along → the axis their statistics reduce over."""
+    if axis not in ("in", "out"):
+        raise ValueError(f"fbi axis must be 'in' (per input feature, the papers') or 'out', got {axis!r}")
+    return -1 if axis == "in" else -2
 
-    The least-squares-style init of FBI-LLM (Ma et al., 2024, §3.1) and
-    Bi-Mamba (Tang et al., 2024, eq. 4); both then learn α, β. Shapes (…, out).
+
+def fbi_init(w: jax.Array, axis: str = "in"):
+    """Initial scales for :func:`fbi_sign` from the latent kernel w (…, in, out).
+
+    axis='in' (FBI-LLM / Bi-Mamba): one α, β per input feature i, i.e. per column of torch's
+    (out, in) weight (reference ``BinaryLinearWscales(..., 'column')``: wscale/wbias of shape
+    (1, in)):  β_i = mean_o W_io,  α_i = mean_o |W_io − β_i|  (Bi-Mamba eq. 4; FBI-LLM §3.1).
+    axis='out': the same per output feature (reductions over inputs), our named variant.
+    Shapes (…, in) or (…, out), float32.
     """
+    red = _fbi_axis(axis)
     w = w.astype(jnp.float32)
-    beta = jnp.mean(w, axis=-2)
-    alpha = jnp.mean(jnp.abs(w - beta[..., None, :]), axis=-2)
-    return {"alpha": alpha, "beta": beta}
+    beta = jnp.mean(w, axis=red, keepdims=True)
+    alpha = jnp.mean(jnp.abs(w - beta), axis=red, keepdims=True)
+    return {"alpha": jnp.squeeze(alpha, red), "beta": jnp.squeeze(beta, red)}
 
 
-def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, rule: str = "identity") -> jax.Array:
-    """FBI-LLM / Bi-Mamba binarization: W̃_{:,j} = α_j · sign(W_{:,j}) + β_j.
+def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
+             rule: str = "identity") -> jax.Array:
+    """FBI-LLM / Bi-Mamba binarization: W̃ = α ⊙ sign(W) + β (no mean subtraction inside sign).
 
-    FBI-LLM (Ma et al., 2024, eq. 2–3); Bi-Mamba (Tang et al., 2024, eq. 3–4).
-    α, β: learnable, shape (…, out) (per output feature). sign has the STE
-    `rule` on u = W; α and β get exact gradients. Result in W's dtype.
+    FBI-LLM (Ma et al., 2024, arXiv 2407.07093, eq. 2–3); Bi-Mamba (Tang et al., 2024,
+    arXiv 2411.11843, eq. 3–4). axis='in': W̃_io = α_i·sign(W_io) + β_i with α, β of shape (…, in)
+    (the papers' per-column scales of torch's (out, in) weight); axis='out': α, β (…, out).
+    sign(0) = +1 and has the STE `rule` on u = W; α and β are learnable and get exact gradients.
+    Result in W's dtype.
     """
+    expand = (lambda v: v.astype(w.dtype)[..., :, None]) if _fbi_axis(axis) == -1 else \
+        (lambda v: v.astype(w.dtype)[..., None, :])
     s = straight_through(w, sign(w), w, rule)
-    return (alpha.astype(w.dtype)[..., None, :] * s + beta.astype(w.dtype)[..., None, :])
+    return expand(alpha) * s + expand(beta)
 
 
 # ----------------------------------------------------------------------------- OneBit

@@ -135,11 +135,25 @@ class Setup:
             raise ValueError(f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}; set it to None to use the tokenizer's size")
 
-        # ---- model: abstract first, so shapes are checked against the mesh before compiling
+        # ---- model: abstract first, so shapes are checked against the mesh before compiling.
+        # A method trained in stages (a48 after b158) has one model config per stage, all sharing
+        # one parameter tree; the stage is a function of the step alone, so resume is exact.
         model_cls = models.get_model(mcfg.name)
-        self.build = lambda key: model_cls(mcfg, rngs=nnx.Rngs(params=key))
-        abstract_model = nnx.eval_shape(lambda: self.build(jax.random.key(0)))
-        self.graphdef, abstract_params = nnx.split(abstract_model)
+        self.stages = models.stage_configs(mcfg, config.total_steps)
+        builds = [lambda key, c=c: model_cls(c, rngs=nnx.Rngs(params=key)) for _, c in self.stages]
+        self.build = builds[-1]
+        splits = [nnx.split(nnx.eval_shape(lambda b=b: b(jax.random.key(0)))) for b in builds]
+        self.graphdefs = [graphdef for graphdef, _ in splits]
+        abstract_params = splits[-1][1]
+        shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+        for (start, c), (_, other) in zip(self.stages, splits):
+            if jax.tree.structure(other) != jax.tree.structure(abstract_params) or \
+                    shapes(other) != shapes(abstract_params):
+                raise ValueError(f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
+                                 f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
+                                 f"stages must share one parameter tree; choose another stage1 or 'none'")
+        self.graphdef = self.graphdefs[-1]
+        self.quant_table = models.describe(mcfg)
         mesh_lib.check_divisible(abstract_params, self.mesh, self.rules, hints=models.size_hints(mcfg.name))
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps)
 
@@ -159,7 +173,7 @@ class Setup:
 
     # ------------------------------------------------------------------------ steps
     def _jit(self):
-        graphdef, tx, lr_fn = self.graphdef, self.tx, self.lr_fn
+        tx, lr_fn = self.tx, self.lr_fn
         skip_nonfinite = self.config.nonfinite == "skip"
 
         def init(key):
@@ -167,35 +181,43 @@ class Setup:
             return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                     "skipped": jnp.zeros((), jnp.int32)}
 
-        def loss_fn(params, batch):
-            model = nnx.merge(graphdef, params)
-            total, count = cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
-            return total / jnp.maximum(count, 1.0)
+        def make_steps(graphdef):
+            def loss_fn(params, batch):
+                model = nnx.merge(graphdef, params)
+                total, count = cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+                return total / jnp.maximum(count, 1.0)
 
-        def train_step(state, batch):
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
-            grad_norm = optax.tree.norm(grads)
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            if skip_nonfinite:  # drop the whole update (params and moments) on a bad step
-                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-                params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
-            new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                   "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
-            return new, {"train_loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
-                         "finite": finite}
+            def train_step(state, batch):
+                loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+                grad_norm = optax.tree.norm(grads)
+                updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+                params = optax.apply_updates(state["params"], updates)
+                finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                if skip_nonfinite:  # drop the whole update (params and moments) on a bad step
+                    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+                    params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+                new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                       "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
+                return new, {"train_loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
+                             "finite": finite}
 
-        def eval_step(params, batch):
-            model = nnx.merge(graphdef, params)
-            return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+            def eval_step(params, batch):
+                model = nnx.merge(graphdef, params)
+                return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
 
-        repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            return (jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                            out_shardings=(self.state_sharding, repl), donate_argnums=0),
+                    jax.jit(eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding),
+                            out_shardings=repl))
+
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-        self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=(self.state_sharding, repl), donate_argnums=0)
-        self.eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding),
-                                 out_shardings=repl)
+        self.train_steps, self.eval_steps = zip(*map(make_steps, self.graphdefs))
+        self.train_step, self.eval_step = self.train_steps[-1], self.eval_steps[-1]  # the final stage's
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that trains step `step` (0-based) and evaluates after `step` steps."""
+        return max(i for i, (start, _) in enumerate(self.stages) if start <= step)
 
     # ------------------------------------------------------------------------ helpers
     def global_batch(self, np_batch) -> dict[str, jax.Array]:
@@ -204,10 +226,12 @@ class Setup:
     def train_batch(self, step: int):
         return self.global_batch(self.train_data.batch(step, self.pi, self.pc))
 
-    def evaluate(self, params) -> dict[str, float]:
+    def evaluate(self, params, step: int | None = None) -> dict[str, float]:
+        """Held-out loss of the model as trained at `step` (None: the final stage's model)."""
+        eval_step = self.eval_steps[-1 if step is None else self.stage_at(step)]
         total, count = 0.0, 0.0
         for b in self.eval_data.batches(self.pi, self.pc):
-            t, c = self.eval_step(params, self.global_batch(b))
+            t, c = eval_step(params, self.global_batch(b))
             total, count = total + float(t), count + float(c)
         loss = total / max(count, 1.0)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)),
@@ -216,6 +240,16 @@ class Setup:
     def model(self, params):
         """A concrete NNX model holding `params` (for sampling and export)."""
         return nnx.merge(self.graphdef, params)
+
+
+def describe_stages(setup: Setup) -> str:
+    """The quantization recipe in force, per stage: 'step 0+: method' then 'role: spec' lines."""
+    lines = []
+    for start, cfg in setup.stages:
+        lines.append(f"quantization from step {start}: method {cfg.quant.method}"
+                     + (f", rules {cfg.quant.rules!r}" if cfg.quant.rules else ""))
+        lines += [f"  {role:>10}: {spec}" for role, spec in models.describe(cfg).items()]
+    return "\n".join(lines)
 
 
 # ============================================================================ restore
@@ -277,7 +311,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     lead = setup.pi == 0
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                  save_every=max(config.checkpoint_every, 1))
-    meta = {"config": config_lib.to_dict(config)}
+    meta = {"config": config_lib.to_dict(config), "quant_recipe": setup.quant_table}
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     if ckpt.latest_step() is not None:
         _check_resume_compatible(config, ckpt.restore_metadata(), workdir)
@@ -290,6 +324,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     if lead:
         print(f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
               f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens")
+        print(describe_stages(setup))
 
     if start >= config.total_steps:  # already finished: report, do not train further
         last = _last_logged(workdir)
@@ -308,7 +343,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     step_times = []
     with _Preemption() as preempt:
         for step in range(start, config.total_steps):
-            state, m = setup.train_step(state, setup.train_batch(step))
+            state, m = setup.train_steps[setup.stage_at(step)](state, setup.train_batch(step))
             done = step + 1
             steps_since += 1
             is_last = done == config.total_steps
@@ -337,7 +372,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                         f"{last['skipped_steps']} steps skipped for non-finite values (more than "
                         f"config.max_skipped_steps={config.max_skipped_steps}); stopping.")
             if eval_now:
-                last.update(setup.evaluate(state["params"]))
+                last.update(setup.evaluate(state["params"], done))
                 t_log = time.perf_counter()  # throughput counts training steps only
             if log_now:
                 writer.write(done, last)
