@@ -174,16 +174,7 @@ def test_fbi_learned_scales_get_exact_gradients():
     np.testing.assert_allclose(np.asarray(gw), c * a[None], rtol=1e-6)  # identity STE through sign
 
 
-# ---- OneBit --------------------------------------------------------------------------------
-def test_onebit_forward_and_svid_init():
-    w = rand((12, 8), 10)
-    p = W.onebit_init(jnp.asarray(w))
-    g, h = np.asarray(p["g"]), np.asarray(p["h"])
-    u, s, vt = np.linalg.svd(np.abs(w))
-    np.testing.assert_allclose(np.outer(g, h), s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-4, atol=1e-5)
-    assert (g > 0).all() and (h > 0).all()
-    got = np.asarray(W.onebit(jnp.asarray(w), jnp.asarray(g), jnp.asarray(h)))
-    np.testing.assert_allclose(got, g[:, None] * np_sign(w) * h[None, :], rtol=1e-6)
+# OneBit and PB-LLM: tests/test_quant_onebit_pbllm.py
 
 
 # ---- RTN -----------------------------------------------------------------------------------

@@ -157,11 +157,75 @@ def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, rule: str = "ident
 
 
 # ----------------------------------------------------------------------------- OneBit
-def onebit_init(w: jax.Array):
-    """OneBit's SVID init (Xu et al., 2024, eq. 8–9): |W| ≈ a bᵀ (rank-1 SVD).
+# OneBit (Xu et al., 2024, "OneBit: Towards Extremely Low-bit Large Language Models",
+# NeurIPS 2024, arXiv:2402.11295). Reference: github.com/xuyuzhuang11/OneBit @ 42d6d7b,
+# layer  transformers/src/transformers/models/bitnet.py  (class BitLinear, l. 31–68),
+# init   scripts/build_start_ckpt.py  (l. 21–34).
+#
+# The reference layer (torch weight (out, in) = kernelᵀ) computes, in this order:
+#     x ← x ⊙ input_factor            (input_factor = g, shape (in,),  init 1)
+#     y ← x · sign(weight)ᵀ           (sign with a tanh-shaped surrogate gradient, l. 14–23)
+#     y ← y ⊙ weight_scale            (weight_scale = h, shape (out,), init 1)
+#     y ← LayerNorm(y)                (nn.LayerNorm(out, elementwise_affine=False): eps 1e-5, no params)
+#     y ← y + bias                    (only if bias=True; LLaMA uses bias=False everywhere)
+# g ⊙ · ⊙ h commute with the matmul, so the pre-norm product equals x · W̃ with
+# W̃_io = g_i · sign(W_io) · h_o (:func:`onebit`); the LayerNorm acts on the layer
+# output and so belongs to the layer (:func:`onebit_layernorm` is its pure form).
 
-    For a kernel (in, out): g = a·√σ₁ (input side, shape (in,)), h = b·√σ₁
-    (output side, (out,)), signs chosen so both are non-negative. 2-D only.
+ONEBIT_TANH_FLOOR = 1e-3  # bitnet.py l. 23: ∂sign(w)/∂w := 1.001 − tanh(w)²
+
+
+@jax.custom_vjp
+def _sign_tanh(w):
+    return sign(w)
+
+
+def _sign_tanh_fwd(w):
+    return sign(w), w
+
+
+def _sign_tanh_bwd(w, g):
+    t = jnp.tanh(w.astype(jnp.float32))
+    return ((g.astype(jnp.float32) * (1.0 + ONEBIT_TANH_FLOOR - t * t)).astype(g.dtype),)
+
+
+_sign_tanh.defvjp(_sign_tanh_fwd, _sign_tanh_bwd)
+
+
+def onebit_sign(w: jax.Array, rule: str = "tanh") -> jax.Array:
+    """sign(W) ∈ {−1, +1} (sign(0) = +1) with OneBit's gradient.
+
+    ``rule="tanh"`` is the reference's ``SignSTEFunc`` (bitnet.py l. 14–23):
+    ∂/∂W = 1.001 − tanh(W)², i.e. the derivative of tanh plus a 1e-3 floor, on
+    the raw latent W (no clipping; ≈ 1 near 0, → 0.001 for |W| ≫ 1). Any rule of
+    :mod:`bitjax.quant.ste` is also accepted, applied with u = W.
+    """
+    if rule == "tanh":
+        return _sign_tanh(w)
+    return straight_through(w, sign(w), w, rule)
+
+
+def onebit_init(w: jax.Array):
+    """OneBit's SVID value vectors (Xu et al., 2024, method section
+    "Sign-Value-Independent Decomposition").
+
+    SVID: W ≈ sign(W) ⊙ (a bᵀ) with |W| ≈ a bᵀ a rank-1 non-negative factorisation.
+    For a kernel W (in, out): g (in,) goes to the input side and h (out,) to the
+    output side, so W ≈ g_i · sign(W_io) · h_o. The reference
+    (scripts/build_start_ckpt.py l. 21, 29–33) factorises |weight| (out, in) with
+    sklearn ``NMF(n_components=1, init='random', random_state=0)``:
+    ``weight_scale`` (= h) ← the (out, 1) factor, ``input_factor`` (= g) ← the (1, in) factor.
+
+    Here the factorisation is the rank-1 truncated SVD of |W|: |W| ≥ 0, so by
+    Perron–Frobenius its top singular pair can be taken non-negative and σ₁ u vᵀ
+    is the best rank-1 approximation of all, hence also the optimum that rank-1
+    NMF converges to — the product g hᵀ is the same; only the (arbitrary,
+    init-dependent) split of the scale between g and h differs. We split it
+    evenly (g = √σ₁·u, h = √σ₁·v), deterministic and without sklearn.
+    Returns {"g": (in,), "h": (out,)} float32. 2-D only.
+
+    Not included: the reference also resets the latent kernel to 0.01·sign(W)
+    (build_start_ckpt.py l. 34), see :func:`onebit_latent_init`.
     """
     if w.ndim != 2:
         raise ValueError(f"onebit_init expects a 2-D kernel, got shape {w.shape}")
@@ -169,17 +233,47 @@ def onebit_init(w: jax.Array):
     a, b = u[:, 0], vt[0]
     flip = jnp.where(jnp.sum(a) < 0, -1.0, 1.0)  # |W| ≥ 0 so the top pair is one-signed
     root = jnp.sqrt(s[0])
-    return {"g": flip * a * root, "h": flip * b * root}
+    # |·| only removes round-off signs of entries that are ≈ 0 in a one-signed vector.
+    return {"g": jnp.abs(flip * a * root), "h": jnp.abs(flip * b * root)}
+
+
+def onebit_latent_init(w: jax.Array, scale: float = 0.01) -> jax.Array:
+    """The latent kernel OneBit starts distillation from: scale · sign(W) (W's shape and dtype).
+
+    scripts/build_start_ckpt.py l. 34: ``weight = sign(A) · 0.01`` for the teacher's
+    weight A; only the sign of the teacher survives (its magnitudes went to g, h
+    via :func:`onebit_init`), and the small latent keeps weights near the sign
+    boundary, where the tanh surrogate gradient (:func:`onebit_sign`) is ≈ 1.
+    (torch.sign(0) = 0 there; here sign(0) = +1.)
+    """
+    return (scale * sign(w.astype(jnp.float32))).astype(w.dtype)
 
 
 def onebit(w: jax.Array, g: jax.Array, h: jax.Array, rule: str = "identity") -> jax.Array:
-    """OneBit (Xu et al., 2024, eq. 6–7): W̃ = sign(W) ⊙ (g hᵀ).
+    """OneBit weight (Xu et al., 2024, "1-bit Linear Layer Architecture"): W̃_io = g_i·sign(W_io)·h_o.
 
-    In PyTorch form Y = [(X ⊙ gᵀ) W_±1ᵀ] ⊙ hᵀ with g on the input side (in,)
-    and h on the output side (out,); here W̃_io = g_i · sign(W_io) · h_o.
+    The paper's layer is Y = LayerNorm([(X ⊙ gᵀ) W_±1ᵀ] ⊙ hᵀ) (reference
+    bitnet.py l. 58–68); X · W̃ is the bracket, so the caller (the layer) must
+    apply :func:`onebit_layernorm` to the matmul output and add any bias after it.
+    g: (in,), h: (out,), learnable (exact gradients). sign's gradient: `rule`;
+    ``"tanh"`` is the reference's 1.001 − tanh(W)² (:func:`onebit_sign`), the
+    :mod:`bitjax.quant.ste` rules act on u = W. Result in W's dtype.
     """
-    s = straight_through(w, sign(w), w, rule)
+    s = onebit_sign(w, rule)
     return g.astype(w.dtype)[:, None] * s * h.astype(w.dtype)[None, :]
+
+
+def onebit_layernorm(y: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """OneBit's output norm: (y − mean) / √(var + eps) over the last (output) axis, no affine.
+
+    torch ``nn.LayerNorm(out_features, elementwise_affine=False)`` (bitnet.py l. 47,
+    applied at l. 64, after the h scaling and before the bias): biased variance,
+    eps = 1e-5, no scale/bias parameters. Statistics in float32, result in y's dtype.
+    """
+    y32 = y.astype(jnp.float32)
+    mean = jnp.mean(y32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(y32 - mean), axis=-1, keepdims=True)
+    return ((y32 - mean) * jax.lax.rsqrt(var + eps)).astype(y.dtype)
 
 
 # ----------------------------------------------------------------------------- round-to-nearest
