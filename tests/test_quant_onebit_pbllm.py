@@ -119,3 +119,112 @@ def test_onebit_keeps_dtype_and_jits():
     p = W.onebit_init(kernel)
     out = jax.jit(lambda w: W.onebit(w, p["g"], p["h"], rule="tanh"))(kernel)
     assert out.dtype == jnp.bfloat16 and out.shape == (8, 4)
+
+
+# ================================================================================== PB-LLM
+def np_tails_mask(kernel, frac):
+    """outlier_quantizer.py gen_outlier_mask l. 57–69 (torch.kthvalue is 1-based k-th smallest)."""
+    flat = np.sort(kernel.ravel())
+    n = flat.size
+    lo = flat[int(n * frac / 2) - 1]
+    hi = flat[int(n * (1 - frac / 2)) - 1]
+    return (kernel < lo) | (kernel > hi)
+
+
+def np_high_quant(weight, bits):
+    """HighQuantizer(bits, perchannel=True, sym=False).calibrate + quantize (high_quant.py), torch layout."""
+    maxq = 2 ** bits - 1
+    xmin = np.minimum(weight.min(1), 0)
+    xmax = np.maximum(weight.max(1), 0)
+    zero_both = (xmin == 0) & (xmax == 0)
+    xmin[zero_both], xmax[zero_both] = -1, 1
+    scale = ((xmax - xmin) / maxq)[:, None]
+    zero = np.round(-xmin[:, None] / scale)
+    q = np.clip(np.round(weight / scale) + zero, 0, maxq)
+    return scale * (q - zero)
+
+
+def np_pb_llm(kernel, mask, salient):
+    """binarize_except_outliers (l. 83–99) with frozen salient values: α one scalar over ~mask."""
+    alpha = np.abs(kernel[~mask]).mean()
+    return np.where(mask, salient, torch_sign(kernel) * alpha), alpha
+
+
+@pytest.mark.parametrize("shape,frac", [((20, 10), 0.1), ((33, 7), 0.05), ((16, 16), 0.3)])
+def test_salient_mask_tails_matches_reference(shape, frac):
+    kernel = rand(shape, 20) + 0.3  # skewed: tails ≠ top-|W|
+    got = np.asarray(W.salient_mask(jnp.asarray(kernel), frac, "tails"))
+    ref = np_tails_mask(kernel, frac)
+    np.testing.assert_array_equal(got, ref)
+    n = kernel.size
+    assert got.sum() == int(n * frac / 2) - 1 + n - int(n * (1 - frac / 2))
+
+
+def test_salient_mask_magnitude_and_stacking():
+    kernel = rand((20, 5), 21)
+    k = int(np.ceil(0.1 * kernel.size))
+    ref = np.abs(kernel) >= np.sort(np.abs(kernel).ravel())[::-1][k - 1]
+    np.testing.assert_array_equal(np.asarray(W.salient_mask(jnp.asarray(kernel), 0.1)), ref)
+    assert ref.sum() == k
+    stack = rand((3, 12, 6), 22)
+    for crit in ("magnitude", "tails"):
+        got = np.asarray(W.salient_mask(jnp.asarray(stack), 0.2, crit))
+        for i in range(3):  # leading axes are independent matrices
+            np.testing.assert_array_equal(got[i], np.asarray(W.salient_mask(jnp.asarray(stack[i]), 0.2, crit)))
+    assert not np.asarray(W.salient_mask(jnp.asarray(kernel), 0.0, "tails")).any()
+    with pytest.raises(ValueError, match="criterion"):
+        W.salient_mask(jnp.asarray(kernel), 0.1, "hessian")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_pb_llm_high_is_reference_per_channel_asymmetric_grid(bits):
+    kernel = rand((24, 6), 23, 0.05)
+    kernel[:, 2] = np.abs(kernel[:, 2])  # a channel with min > 0: the grid still spans 0
+    kernel[:, 3] = 0.0                   # all-zero channel → range [−1, 1]
+    got = np.asarray(W.pb_llm_high(jnp.asarray(kernel), bits))
+    np.testing.assert_allclose(got, np_high_quant(kernel.T.copy(), bits).T, rtol=1e-6, atol=1e-8)
+    assert max(len(np.unique(got[:, j])) for j in range(6)) <= 2 ** bits
+
+
+def test_pb_llm_forward_matches_reference_and_state_is_frozen():
+    kernel = rand((32, 12), 24, 0.02) + 0.004
+    st = W.pb_llm_init(jnp.asarray(kernel), salient_frac=0.1, salient_bits=8)
+    mask, sal = np.asarray(st["mask"]), np.asarray(st["salient"])
+    np.testing.assert_array_equal(mask, np_tails_mask(kernel, 0.1))
+    np.testing.assert_allclose(sal, np.where(mask, np_high_quant(kernel.T.copy(), 8).T, 0), rtol=1e-6, atol=1e-9)
+    got = np.asarray(W.pb_llm(jnp.asarray(kernel), st["mask"], st["salient"]))
+    ref, alpha = np_pb_llm(kernel, mask, sal)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
+    assert np.allclose(np.unique(np.abs(got[~mask])), alpha)  # one α per matrix
+    # "training" moved W: salient entries and mask stay, α follows the new W
+    moved = kernel + rand(kernel.shape, 25, 0.01)
+    got2 = np.asarray(W.pb_llm(jnp.asarray(moved), st["mask"], st["salient"]))
+    np.testing.assert_allclose(got2, np_pb_llm(moved, mask, sal)[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(got2[mask], sal[mask])
+    # stateless fallback = init from the current W + apply
+    np.testing.assert_allclose(np.asarray(W.pb_llm(jnp.asarray(kernel), salient_frac=0.1)), got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["identity", "clipped"])
+def test_pb_llm_gradient_zero_on_frozen_salient_ste_times_alpha_elsewhere(rule):
+    kernel = rand((20, 8), 26, 0.02)
+    st = W.pb_llm_init(jnp.asarray(kernel), 0.1)
+    mask = np.asarray(st["mask"])
+    c = rand(kernel.shape, 27)
+    gw = np.asarray(jax.grad(lambda w: jnp.sum(W.pb_llm(w, st["mask"], st["salient"], rule=rule) * c))(
+        jnp.asarray(kernel)))
+    alpha = np.abs(kernel[~mask]).mean()
+    # reference: STEBinary passes the gradient through sign, × the detached binary_scale α;
+    # the detached salient branch of torch.where gives 0
+    r = np.ones_like(kernel) if rule == "identity" else (np.abs(kernel / alpha) <= 1).astype(np.float32)
+    np.testing.assert_allclose(gw, np.where(mask, 0.0, c * alpha * r), rtol=1e-5, atol=1e-9)
+    assert (gw[mask] == 0).all() and (gw[~mask] != 0).any()
+
+
+def test_pb_llm_bf16_jit_and_shape_checks():
+    kernel = jnp.asarray(rand((16, 8), 28, 0.02), jnp.bfloat16)
+    st = W.pb_llm_init(kernel)
+    out = jax.jit(W.pb_llm)(kernel, st["mask"], st["salient"])
+    assert out.dtype == jnp.bfloat16 and out.shape == (16, 8)
+    with pytest.raises(ValueError, match="shape"):
+        W.pb_llm(kernel, st["mask"][:8], st["salient"][:8])

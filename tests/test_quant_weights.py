@@ -195,23 +195,6 @@ def test_rtn_rejects_bits():
         W.rtn(jnp.ones((4, 4)), 1)
 
 
-# ---- PB-LLM ----------------------------------------------------------------------------------
-def test_pb_llm_matches_formula():
-    w = rand((20, 5), 11)
-    frac, bits = 0.1, 8
-    a = np.abs(w)
-    k = int(np.ceil(frac * w.size))
-    kth = np.sort(a.ravel())[::-1][k - 1]
-    mask = a >= kth
-    alpha = np.array([a[~mask[:, j], j].mean() for j in range(5)], np.float32)
-    sal = np_rtn(w * mask, bits, "channel")
-    ref = np.where(mask, sal, np_sign(w) * alpha[None])
-    got = np.asarray(W.pb_llm(jnp.asarray(w), frac, bits))
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
-    assert mask.sum() == k  # continuous weights: exactly K salient entries
-    assert len(np.unique(got[~mask])) <= 10  # ±α per channel
-
-
 # ---- BiLLM -----------------------------------------------------------------------------------
 def np_billm(w, h, frac, n_split):
     def binm(x, m):

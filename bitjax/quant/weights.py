@@ -320,38 +320,141 @@ def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identit
 
 
 # ----------------------------------------------------------------------------- PB-LLM
-def salient_mask(w: jax.Array, frac: float) -> jax.Array:
-    """True for the ⌈frac·n⌉ largest |W| of each matrix (magnitude saliency, PB-LLM §3.2)."""
+# PB-LLM (Shang, Yuan, Wu & Dong, 2023, "PB-LLM: Partially Binarized Large Language
+# Models", arXiv:2310.00034). Reference: github.com/hahnyuan/PB-LLM @ fe85da9,
+# QAT layer  quant/outlier_quantizer.py  (BinaryXnorExceptOutliersLinear, l. 33–106),
+# sign STE   quant/quantizer.py l. 18–25,  driver  qat/run_qat.py l. 99–106,
+# 8-bit grid gptq_pb/high_quant.py l. 6–8, 29–67 (HighQuantizer, as run.py l. 132–137 builds it).
+#
+# QAT in the reference: ONCE, before training (run_qat.py l. 104–106 → gen_outlier_mask):
+#   mask  = the outlier_fraction/2 most negative and most positive weights of the
+#           matrix (value tails, per tensor, l. 57–69);
+#   W     ← its 8-bit quantization (l. 75); salient entries are thereafter detached
+#           (train_outlier=False, l. 96–98), i.e. frozen at their 8-bit values.
+# EVERY step: α = mean|W| over the non-salient entries of the matrix (one scalar,
+#   detached, l. 90–93); W̃ = where(mask, W, α·sign(W)) (l. 95, 98) with the plain
+#   STE through sign (quantizer.py l. 24–25), so ∂W̃/∂W = α off the mask, 0 on it.
+
+
+def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax.Array:
+    """PB-LLM's salient-weight mask, per matrix (…, in, out) → bool of W's shape.
+
+    criterion:
+      ``"magnitude"`` — the ⌈frac·n⌉ largest |W| of each matrix (ties at the
+        threshold included): the paper's magnitude criterion (PB-LLM §3, salient
+        weights by magnitude; also the reference PTQ's ``salient_metric=magnitude``,
+        gptq_pb/gptq.py l. 87–92, which takes it per 128-column block instead).
+      ``"tails"`` — exactly the reference QAT's selection (outlier_quantizer.py
+        l. 57–69): with n entries and torch's 1-based ``kthvalue``,
+        lo = kthvalue(W, int(n·frac/2)), hi = kthvalue(W, int(n·(1 − frac/2))),
+        mask = (W < lo) | (W > hi): the frac/2 most negative and frac/2 most
+        positive weights (one fewer below, by the strict <). Equals
+        ``"magnitude"`` for a symmetric weight distribution. A 0 rank (tiny n·frac)
+        selects nothing on that side (torch's kthvalue would raise).
+    Computed once, at init, from the pretrained W; the layer keeps it.
+    """
     if not 0.0 <= frac < 1.0:
         raise ValueError(f"salient fraction must be in [0, 1), got {frac}")
-    a = jnp.abs(w.astype(jnp.float32))
-    n = a.shape[-2] * a.shape[-1]
-    k = int(math.ceil(frac * n))
-    if k == 0:
-        return jnp.zeros(w.shape, bool)
-    kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
-    return a >= kth[..., None]
-
-
-def pb_llm(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
-           rule: str = "identity") -> jax.Array:
-    """PB-LLM partial binarization (Shang et al., 2023, §3.2–3.3, eq. 2).
-
-    Salient weights (top `salient_frac` by |W|) keep `salient_bits`-bit RTN
-    (per output channel); the rest are binarized per output channel with the
-    optimal scale α_j = mean_{i∉S} |W_ij| (eq. 2): W̃ = α·sign(W) there.
-    Gradient: `rule` on u = W/α over the binarized part, identity on the rest.
-    """
     w32 = w.astype(jnp.float32)
-    mask = salient_mask(w32, salient_frac)
+    n = w32.shape[-2] * w32.shape[-1]
+    if criterion == "magnitude":
+        a = jnp.abs(w32)
+        k = int(math.ceil(frac * n))
+        if k == 0:
+            return jnp.zeros(w.shape, bool)
+        kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
+        return a >= kth[..., None]
+    if criterion == "tails":
+        srt = jnp.sort(w32.reshape(*w32.shape[:-2], n), axis=-1)[..., None]  # (…, n, 1)
+        k_lo, k_hi = int(n * frac / 2), int(n * (1 - frac / 2))
+        lo = srt[..., k_lo - 1, :] if k_lo >= 1 else jnp.full(srt.shape[:-2] + (1,), -jnp.inf)
+        hi = srt[..., k_hi - 1, :] if k_hi >= 1 else jnp.full(srt.shape[:-2] + (1,), jnp.inf)
+        return (w32 < lo[..., None]) | (w32 > hi[..., None])
+    raise ValueError(f"unknown salient criterion {criterion!r}; choose 'magnitude' or 'tails'")
+
+
+def pb_llm_high(w: jax.Array, bits: int = 8) -> jax.Array:
+    """The reference's high-bit quantizer for salient weights, per output channel (fake-quant).
+
+    gptq_pb/high_quant.py ``HighQuantizer(bits, perchannel=True, sym=False)``
+    (l. 29–67, quantize l. 6–8), one grid per output channel (kernel column,
+    torch row) over all its input features:
+      x_min = min(min W, 0), x_max = max(max W, 0)  (both 0 → −1, +1);
+      s = (x_max − x_min)/(2^b − 1);  z = round(−x_min/s);
+      W̃ = s·(clip(round(W/s) + z, 0, 2^b − 1) − z).
+    The QAT code's ``weight_quant_8bit`` (outlier_quantizer.py l. 10–29) means the
+    same asymmetric per-row 8-bit min–max grid but rounds the zero point in
+    weight units (round(min W), not round(−min/s)) and casts to uint8 before
+    clamping, which wraps or saturates negative codes (a bug for rows with
+    |min| < 0.5); we use the PTQ quantizer it approximates. Float32 result.
+    """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"salient bits must be in 2..16, got {bits}")
+    w32 = w.astype(jnp.float32)
+    maxq = 2.0 ** bits - 1
+    xmin = jnp.minimum(jnp.min(w32, axis=-2, keepdims=True), 0.0)
+    xmax = jnp.maximum(jnp.max(w32, axis=-2, keepdims=True), 0.0)
+    both0 = (xmin == 0) & (xmax == 0)
+    xmin, xmax = jnp.where(both0, -1.0, xmin), jnp.where(both0, 1.0, xmax)
+    s = (xmax - xmin) / maxq
+    z = jnp.round(-xmin / s)
+    return s * (jnp.clip(jnp.round(w32 / s) + z, 0, maxq) - z)
+
+
+def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
+                criterion: str = "tails") -> dict:
+    """PB-LLM's frozen state, computed ONCE from the pretrained kernel: {"mask", "salient"}.
+
+    mask: bool (…, in, out), :func:`salient_mask` (default: the reference QAT's
+      ``"tails"``, outlier_quantizer.py l. 57–69);
+    salient: float32 (…, in, out), the `salient_bits` quantization
+      (:func:`pb_llm_high`) of W on the mask, 0 elsewhere — the values the
+      salient weights keep for the whole of QAT (PB-LLM §"salient weight
+      freezing"; reference l. 75 + the detach at l. 96–97).
+    Both are non-trainable layer state (not parameters): never updated by the optimizer.
+    """
+    mask = salient_mask(w, salient_frac, criterion)
+    return {"mask": mask, "salient": jnp.where(mask, pb_llm_high(w, salient_bits), 0.0)}
+
+
+def pb_llm(w: jax.Array, mask: jax.Array | None = None, salient: jax.Array | None = None, *,
+           salient_frac: float = 0.1, salient_bits: int = 8, criterion: str = "tails",
+           rule: str = "identity") -> jax.Array:
+    """PB-LLM partially binarized weight for QAT, given the frozen (mask, salient) state.
+
+    W̃ = salient             on the mask (frozen, zero gradient to W there),
+    W̃ = α · sign(W)         elsewhere, α = mean_{(i,o) ∉ mask} |W_io| — ONE scalar
+                            per matrix, recomputed from the current W each call and
+                            treated as a constant (reference l. 90–93, ``.detach()``);
+    ∂W̃/∂W = α · r'(W/α) off the mask (the reference's plain STE through sign, then
+    × α: quantizer.py l. 18–25, outlier_quantizer.py l. 95; ``rule="identity"`` is
+    the reference), 0 on it. sign(0) = +1 (torch.sign(0) = 0 in the reference).
+
+    mask, salient: from :func:`pb_llm_init` on the pretrained W, stored by the layer.
+    If both are None they are derived from the current W on the fly (stop-gradient)
+    with `salient_frac`, `salient_bits`, `criterion`: this keeps a stateless caller
+    working but is NOT PB-LLM's QAT (the mask and 8-bit values would follow W).
+    If only `salient` is None, the salient entries take the 8-bit W of this call.
+    Result in W's dtype.
+    """
+    if mask is None:
+        if salient is not None:
+            raise ValueError("pb_llm: `salient` given without its `mask`")
+        state = pb_llm_init(jax.lax.stop_gradient(w), salient_frac, salient_bits, criterion)
+        mask, salient = state["mask"], state["salient"]
+    elif salient is None:
+        salient = pb_llm_high(jax.lax.stop_gradient(w), salient_bits)
+    if mask.shape != w.shape or (salient.shape != w.shape):
+        raise ValueError(f"pb_llm: mask {mask.shape} and salient {salient.shape} must have "
+                         f"the kernel's shape {w.shape}")
+    mask = mask.astype(bool)
+    w32 = jax.lax.stop_gradient(w.astype(jnp.float32))
     keep = (~mask).astype(jnp.float32)
-    alpha = jnp.sum(jnp.abs(w32) * keep, axis=-2, keepdims=True) / jnp.maximum(
-        jnp.sum(keep, axis=-2, keepdims=True), 1.0)
-    binary = sign(w32) * alpha
-    sal_codes, sal_scale = rtn_codes(w32 * mask, salient_bits, "channel")
-    q = jnp.where(mask, sal_codes * sal_scale, binary).astype(w.dtype)
-    u = jnp.where(mask, 0.0, w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
-    return straight_through(w, q, u, rule)
+    alpha = jnp.sum(jnp.abs(w32) * keep, axis=(-2, -1), keepdims=True) / jnp.maximum(
+        jnp.sum(keep, axis=(-2, -1), keepdims=True), 1.0)
+    u = (w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
+    binary = alpha.astype(w.dtype) * straight_through(w, sign(w), u, rule)
+    return jnp.where(mask, jax.lax.stop_gradient(salient).astype(w.dtype), binary)
 
 
 # ----------------------------------------------------------------------------- BiLLM
