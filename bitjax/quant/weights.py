@@ -334,6 +334,15 @@ def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identit
 # EVERY step: α = mean|W| over the non-salient entries of the matrix (one scalar,
 #   detached, l. 90–93); W̃ = where(mask, W, α·sign(W)) (l. 95, 98) with the plain
 #   STE through sign (quantizer.py l. 24–25), so ∂W̃/∂W = α off the mask, 0 on it.
+# Here the once-only state is {mask, salient} from :func:`pb_llm_init`, kept by the
+# layer as non-trainable variables, and :func:`pb_llm` applies it. Deviations, each
+# deliberate: (1) the 8-bit grid is the reference's PTQ HighQuantizer, not the QAT
+# ``weight_quant_8bit`` whose zero point is broken (see :func:`pb_llm_high`);
+# (2) the latent kernel is NOT overwritten by its 8-bit version (reference l. 75):
+# the frozen values live in `salient`, so the kernel's salient entries are never
+# read (weight decay on them is harmless) and the binarized part starts from sign(W)
+# rather than sign(Q8(W)) (they differ only where Q8 rounds to 0, which torch.sign
+# would binarize to 0); (3) sign(0) = +1.
 
 
 def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax.Array:
@@ -341,9 +350,9 @@ def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax
 
     criterion:
       ``"magnitude"`` — the ⌈frac·n⌉ largest |W| of each matrix (ties at the
-        threshold included): the paper's magnitude criterion (PB-LLM §3, salient
-        weights by magnitude; also the reference PTQ's ``salient_metric=magnitude``,
-        gptq_pb/gptq.py l. 87–92, which takes it per 128-column block instead).
+        threshold included): the paper's magnitude saliency (also the reference
+        PTQ's ``salient_metric=magnitude``, gptq_pb/gptq.py l. 87–92, which takes
+        it per 128-column block instead of per matrix).
       ``"tails"`` — exactly the reference QAT's selection (outlier_quantizer.py
         l. 57–69): with n entries and torch's 1-based ``kthvalue``,
         lo = kthvalue(W, int(n·frac/2)), hi = kthvalue(W, int(n·(1 − frac/2))),
@@ -409,8 +418,8 @@ def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
       ``"tails"``, outlier_quantizer.py l. 57–69);
     salient: float32 (…, in, out), the `salient_bits` quantization
       (:func:`pb_llm_high`) of W on the mask, 0 elsewhere — the values the
-      salient weights keep for the whole of QAT (PB-LLM §"salient weight
-      freezing"; reference l. 75 + the detach at l. 96–97).
+      salient weights keep for the whole of QAT (the paper's QAT freezes the
+      salient weights; reference: outlier_quantizer.py l. 75 + the detach at l. 96–97).
     Both are non-trainable layer state (not parameters): never updated by the optimizer.
     """
     mask = salient_mask(w, salient_frac, criterion)
