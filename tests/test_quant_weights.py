@@ -190,16 +190,7 @@ def test_fbi_learned_scales_get_exact_gradients():
     np.testing.assert_allclose(np.asarray(gw), c * a[:, None], rtol=1e-6)  # identity STE through sign
 
 
-# ---- OneBit --------------------------------------------------------------------------------
-def test_onebit_forward_and_svid_init():
-    w = rand((12, 8), 10)
-    p = W.onebit_init(jnp.asarray(w))
-    g, h = np.asarray(p["g"]), np.asarray(p["h"])
-    u, s, vt = np.linalg.svd(np.abs(w))
-    np.testing.assert_allclose(np.outer(g, h), s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-4, atol=1e-5)
-    assert (g > 0).all() and (h > 0).all()
-    got = np.asarray(W.onebit(jnp.asarray(w), jnp.asarray(g), jnp.asarray(h)))
-    np.testing.assert_allclose(got, g[:, None] * np_sign(w) * h[None, :], rtol=1e-6)
+# OneBit and PB-LLM: tests/test_quant_onebit_pbllm.py
 
 
 # ---- RTN -----------------------------------------------------------------------------------
@@ -218,23 +209,6 @@ def test_rtn_matches_formula(bits, granularity):
 def test_rtn_rejects_bits():
     with pytest.raises(ValueError, match="2..8 bits"):
         W.rtn(jnp.ones((4, 4)), 1)
-
-
-# ---- PB-LLM ----------------------------------------------------------------------------------
-def test_pb_llm_matches_formula():
-    w = rand((20, 5), 11)
-    frac, bits = 0.1, 8
-    a = np.abs(w)
-    k = int(np.ceil(frac * w.size))
-    kth = np.sort(a.ravel())[::-1][k - 1]
-    mask = a >= kth
-    alpha = np.array([a[~mask[:, j], j].mean() for j in range(5)], np.float32)
-    sal = np_rtn(w * mask, bits, "channel")
-    ref = np.where(mask, sal, np_sign(w) * alpha[None])
-    got = np.asarray(W.pb_llm(jnp.asarray(w), frac, bits))
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
-    assert mask.sum() == k  # continuous weights: exactly K salient entries
-    assert len(np.unique(got[~mask])) <= 10  # ±α per channel
 
 
 # ---- BiLLM -----------------------------------------------------------------------------------

@@ -173,11 +173,75 @@ def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
 
 
 # ----------------------------------------------------------------------------- OneBit
-def onebit_init(w: jax.Array):
-    """OneBit's SVID init (Xu et al., 2024, eq. 8–9): |W| ≈ a bᵀ (rank-1 SVD).
+# OneBit (Xu et al., 2024, "OneBit: Towards Extremely Low-bit Large Language Models",
+# NeurIPS 2024, arXiv:2402.11295). Reference: github.com/xuyuzhuang11/OneBit @ 42d6d7b,
+# layer  transformers/src/transformers/models/bitnet.py  (class BitLinear, l. 31–68),
+# init   scripts/build_start_ckpt.py  (l. 21–34).
+#
+# The reference layer (torch weight (out, in) = kernelᵀ) computes, in this order:
+#     x ← x ⊙ input_factor            (input_factor = g, shape (in,),  init 1)
+#     y ← x · sign(weight)ᵀ           (sign with a tanh-shaped surrogate gradient, l. 14–23)
+#     y ← y ⊙ weight_scale            (weight_scale = h, shape (out,), init 1)
+#     y ← LayerNorm(y)                (nn.LayerNorm(out, elementwise_affine=False): eps 1e-5, no params)
+#     y ← y + bias                    (only if bias=True; LLaMA uses bias=False everywhere)
+# g ⊙ · ⊙ h commute with the matmul, so the pre-norm product equals x · W̃ with
+# W̃_io = g_i · sign(W_io) · h_o (:func:`onebit`); the LayerNorm acts on the layer
+# output and so belongs to the layer (:func:`onebit_layernorm` is its pure form).
 
-    For a kernel (in, out): g = a·√σ₁ (input side, shape (in,)), h = b·√σ₁
-    (output side, (out,)), signs chosen so both are non-negative. 2-D only.
+ONEBIT_TANH_FLOOR = 1e-3  # bitnet.py l. 23: ∂sign(w)/∂w := 1.001 − tanh(w)²
+
+
+@jax.custom_vjp
+def _sign_tanh(w):
+    return sign(w)
+
+
+def _sign_tanh_fwd(w):
+    return sign(w), w
+
+
+def _sign_tanh_bwd(w, g):
+    t = jnp.tanh(w.astype(jnp.float32))
+    return ((g.astype(jnp.float32) * (1.0 + ONEBIT_TANH_FLOOR - t * t)).astype(g.dtype),)
+
+
+_sign_tanh.defvjp(_sign_tanh_fwd, _sign_tanh_bwd)
+
+
+def onebit_sign(w: jax.Array, rule: str = "tanh") -> jax.Array:
+    """sign(W) ∈ {−1, +1} (sign(0) = +1) with OneBit's gradient.
+
+    ``rule="tanh"`` is the reference's ``SignSTEFunc`` (bitnet.py l. 14–23):
+    ∂/∂W = 1.001 − tanh(W)², i.e. the derivative of tanh plus a 1e-3 floor, on
+    the raw latent W (no clipping; ≈ 1 near 0, → 0.001 for |W| ≫ 1). Any rule of
+    :mod:`bitjax.quant.ste` is also accepted, applied with u = W.
+    """
+    if rule == "tanh":
+        return _sign_tanh(w)
+    return straight_through(w, sign(w), w, rule)
+
+
+def onebit_init(w: jax.Array):
+    """OneBit's SVID value vectors (Xu et al., 2024, method section
+    "Sign-Value-Independent Decomposition").
+
+    SVID: W ≈ sign(W) ⊙ (a bᵀ) with |W| ≈ a bᵀ a rank-1 non-negative factorisation.
+    For a kernel W (in, out): g (in,) goes to the input side and h (out,) to the
+    output side, so W ≈ g_i · sign(W_io) · h_o. The reference
+    (scripts/build_start_ckpt.py l. 21, 29–33) factorises |weight| (out, in) with
+    sklearn ``NMF(n_components=1, init='random', random_state=0)``:
+    ``weight_scale`` (= h) ← the (out, 1) factor, ``input_factor`` (= g) ← the (1, in) factor.
+
+    Here the factorisation is the rank-1 truncated SVD of |W|: |W| ≥ 0, so by
+    Perron–Frobenius its top singular pair can be taken non-negative and σ₁ u vᵀ
+    is the best rank-1 approximation of all, hence also the optimum that rank-1
+    NMF converges to — the product g hᵀ is the same; only the (arbitrary,
+    init-dependent) split of the scale between g and h differs. We split it
+    evenly (g = √σ₁·u, h = √σ₁·v), deterministic and without sklearn.
+    Returns {"g": (in,), "h": (out,)} float32. 2-D only.
+
+    Not included: the reference also resets the latent kernel to 0.01·sign(W)
+    (build_start_ckpt.py l. 34), see :func:`onebit_latent_init`.
     """
     if w.ndim != 2:
         raise ValueError(f"onebit_init expects a 2-D kernel, got shape {w.shape}")
@@ -185,17 +249,47 @@ def onebit_init(w: jax.Array):
     a, b = u[:, 0], vt[0]
     flip = jnp.where(jnp.sum(a) < 0, -1.0, 1.0)  # |W| ≥ 0 so the top pair is one-signed
     root = jnp.sqrt(s[0])
-    return {"g": flip * a * root, "h": flip * b * root}
+    # |·| only removes round-off signs of entries that are ≈ 0 in a one-signed vector.
+    return {"g": jnp.abs(flip * a * root), "h": jnp.abs(flip * b * root)}
+
+
+def onebit_latent_init(w: jax.Array, scale: float = 0.01) -> jax.Array:
+    """The latent kernel OneBit starts distillation from: scale · sign(W) (W's shape and dtype).
+
+    scripts/build_start_ckpt.py l. 34: ``weight = sign(A) · 0.01`` for the teacher's
+    weight A; only the sign of the teacher survives (its magnitudes went to g, h
+    via :func:`onebit_init`), and the small latent keeps weights near the sign
+    boundary, where the tanh surrogate gradient (:func:`onebit_sign`) is ≈ 1.
+    (torch.sign(0) = 0 there; here sign(0) = +1.)
+    """
+    return (scale * sign(w.astype(jnp.float32))).astype(w.dtype)
 
 
 def onebit(w: jax.Array, g: jax.Array, h: jax.Array, rule: str = "identity") -> jax.Array:
-    """OneBit (Xu et al., 2024, eq. 6–7): W̃ = sign(W) ⊙ (g hᵀ).
+    """OneBit weight (Xu et al., 2024, "1-bit Linear Layer Architecture"): W̃_io = g_i·sign(W_io)·h_o.
 
-    In PyTorch form Y = [(X ⊙ gᵀ) W_±1ᵀ] ⊙ hᵀ with g on the input side (in,)
-    and h on the output side (out,); here W̃_io = g_i · sign(W_io) · h_o.
+    The paper's layer is Y = LayerNorm([(X ⊙ gᵀ) W_±1ᵀ] ⊙ hᵀ) (reference
+    bitnet.py l. 58–68); X · W̃ is the bracket, so the caller (the layer) must
+    apply :func:`onebit_layernorm` to the matmul output and add any bias after it.
+    g: (in,), h: (out,), learnable (exact gradients). sign's gradient: `rule`;
+    ``"tanh"`` is the reference's 1.001 − tanh(W)² (:func:`onebit_sign`), the
+    :mod:`bitjax.quant.ste` rules act on u = W. Result in W's dtype.
     """
-    s = straight_through(w, sign(w), w, rule)
+    s = onebit_sign(w, rule)
     return g.astype(w.dtype)[:, None] * s * h.astype(w.dtype)[None, :]
+
+
+def onebit_layernorm(y: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """OneBit's output norm: (y − mean) / √(var + eps) over the last (output) axis, no affine.
+
+    torch ``nn.LayerNorm(out_features, elementwise_affine=False)`` (bitnet.py l. 47,
+    applied at l. 64, after the h scaling and before the bias): biased variance,
+    eps = 1e-5, no scale/bias parameters. Statistics in float32, result in y's dtype.
+    """
+    y32 = y.astype(jnp.float32)
+    mean = jnp.mean(y32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(y32 - mean), axis=-1, keepdims=True)
+    return ((y32 - mean) * jax.lax.rsqrt(var + eps)).astype(y.dtype)
 
 
 # ----------------------------------------------------------------------------- round-to-nearest
@@ -242,38 +336,150 @@ def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identit
 
 
 # ----------------------------------------------------------------------------- PB-LLM
-def salient_mask(w: jax.Array, frac: float) -> jax.Array:
-    """True for the ⌈frac·n⌉ largest |W| of each matrix (magnitude saliency, PB-LLM §3.2)."""
+# PB-LLM (Shang, Yuan, Wu & Dong, 2023, "PB-LLM: Partially Binarized Large Language
+# Models", arXiv:2310.00034). Reference: github.com/hahnyuan/PB-LLM @ fe85da9,
+# QAT layer  quant/outlier_quantizer.py  (BinaryXnorExceptOutliersLinear, l. 33–106),
+# sign STE   quant/quantizer.py l. 18–25,  driver  qat/run_qat.py l. 99–106,
+# 8-bit grid gptq_pb/high_quant.py l. 6–8, 29–67 (HighQuantizer, as run.py l. 132–137 builds it).
+#
+# QAT in the reference: ONCE, before training (run_qat.py l. 104–106 → gen_outlier_mask):
+#   mask  = the outlier_fraction/2 most negative and most positive weights of the
+#           matrix (value tails, per tensor, l. 57–69);
+#   W     ← its 8-bit quantization (l. 75); salient entries are thereafter detached
+#           (train_outlier=False, l. 96–98), i.e. frozen at their 8-bit values.
+# EVERY step: α = mean|W| over the non-salient entries of the matrix (one scalar,
+#   detached, l. 90–93); W̃ = where(mask, W, α·sign(W)) (l. 95, 98) with the plain
+#   STE through sign (quantizer.py l. 24–25), so ∂W̃/∂W = α off the mask, 0 on it.
+# Here the once-only state is {mask, salient} from :func:`pb_llm_init`, kept by the
+# layer as non-trainable variables, and :func:`pb_llm` applies it. Deviations, each
+# deliberate: (1) the 8-bit grid is the reference's PTQ HighQuantizer, not the QAT
+# ``weight_quant_8bit`` whose zero point is broken (see :func:`pb_llm_high`);
+# (2) the latent kernel is NOT overwritten by its 8-bit version (reference l. 75):
+# the frozen values live in `salient`, so the kernel's salient entries are never
+# read (weight decay on them is harmless) and the binarized part starts from sign(W)
+# rather than sign(Q8(W)) (they differ only where Q8 rounds to 0, which torch.sign
+# would binarize to 0); (3) sign(0) = +1.
+
+
+def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax.Array:
+    """PB-LLM's salient-weight mask, per matrix (…, in, out) → bool of W's shape.
+
+    criterion:
+      ``"magnitude"`` — the ⌈frac·n⌉ largest |W| of each matrix (ties at the
+        threshold included): the paper's magnitude saliency (also the reference
+        PTQ's ``salient_metric=magnitude``, gptq_pb/gptq.py l. 87–92, which takes
+        it per 128-column block instead of per matrix).
+      ``"tails"`` — exactly the reference QAT's selection (outlier_quantizer.py
+        l. 57–69): with n entries and torch's 1-based ``kthvalue``,
+        lo = kthvalue(W, int(n·frac/2)), hi = kthvalue(W, int(n·(1 − frac/2))),
+        mask = (W < lo) | (W > hi): the frac/2 most negative and frac/2 most
+        positive weights (one fewer below, by the strict <). Equals
+        ``"magnitude"`` for a symmetric weight distribution. A 0 rank (tiny n·frac)
+        selects nothing on that side (torch's kthvalue would raise).
+    Computed once, at init, from the pretrained W; the layer keeps it.
+    """
     if not 0.0 <= frac < 1.0:
         raise ValueError(f"salient fraction must be in [0, 1), got {frac}")
-    a = jnp.abs(w.astype(jnp.float32))
-    n = a.shape[-2] * a.shape[-1]
-    k = int(math.ceil(frac * n))
-    if k == 0:
-        return jnp.zeros(w.shape, bool)
-    kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
-    return a >= kth[..., None]
-
-
-def pb_llm(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
-           rule: str = "identity") -> jax.Array:
-    """PB-LLM partial binarization (Shang et al., 2023, §3.2–3.3, eq. 2).
-
-    Salient weights (top `salient_frac` by |W|) keep `salient_bits`-bit RTN
-    (per output channel); the rest are binarized per output channel with the
-    optimal scale α_j = mean_{i∉S} |W_ij| (eq. 2): W̃ = α·sign(W) there.
-    Gradient: `rule` on u = W/α over the binarized part, identity on the rest.
-    """
     w32 = w.astype(jnp.float32)
-    mask = salient_mask(w32, salient_frac)
+    n = w32.shape[-2] * w32.shape[-1]
+    if criterion == "magnitude":
+        a = jnp.abs(w32)
+        k = int(math.ceil(frac * n))
+        if k == 0:
+            return jnp.zeros(w.shape, bool)
+        kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
+        return a >= kth[..., None]
+    if criterion == "tails":
+        srt = jnp.sort(w32.reshape(*w32.shape[:-2], n), axis=-1)[..., None]  # (…, n, 1)
+        k_lo, k_hi = int(n * frac / 2), int(n * (1 - frac / 2))
+        lo = srt[..., k_lo - 1, :] if k_lo >= 1 else jnp.full(srt.shape[:-2] + (1,), -jnp.inf)
+        hi = srt[..., k_hi - 1, :] if k_hi >= 1 else jnp.full(srt.shape[:-2] + (1,), jnp.inf)
+        return (w32 < lo[..., None]) | (w32 > hi[..., None])
+    raise ValueError(f"unknown salient criterion {criterion!r}; choose 'magnitude' or 'tails'")
+
+
+def pb_llm_high(w: jax.Array, bits: int = 8) -> jax.Array:
+    """The reference's high-bit quantizer for salient weights, per output channel (fake-quant).
+
+    gptq_pb/high_quant.py ``HighQuantizer(bits, perchannel=True, sym=False)``
+    (l. 29–67, quantize l. 6–8), one grid per output channel (kernel column,
+    torch row) over all its input features:
+      x_min = min(min W, 0), x_max = max(max W, 0)  (both 0 → −1, +1);
+      s = (x_max − x_min)/(2^b − 1);  z = round(−x_min/s);
+      W̃ = s·(clip(round(W/s) + z, 0, 2^b − 1) − z).
+    The QAT code's ``weight_quant_8bit`` (outlier_quantizer.py l. 10–29) means the
+    same asymmetric per-row 8-bit min–max grid but rounds the zero point in
+    weight units (round(min W), not round(−min/s)) and casts to uint8 before
+    clamping, which wraps or saturates negative codes (a bug for rows with
+    |min| < 0.5); we use the PTQ quantizer it approximates. Float32 result.
+    """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"salient bits must be in 2..16, got {bits}")
+    w32 = w.astype(jnp.float32)
+    maxq = 2.0 ** bits - 1
+    xmin = jnp.minimum(jnp.min(w32, axis=-2, keepdims=True), 0.0)
+    xmax = jnp.maximum(jnp.max(w32, axis=-2, keepdims=True), 0.0)
+    both0 = (xmin == 0) & (xmax == 0)
+    xmin, xmax = jnp.where(both0, -1.0, xmin), jnp.where(both0, 1.0, xmax)
+    s = (xmax - xmin) / maxq
+    z = jnp.round(-xmin / s)
+    return s * (jnp.clip(jnp.round(w32 / s) + z, 0, maxq) - z)
+
+
+def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
+                criterion: str = "tails") -> dict:
+    """PB-LLM's frozen state, computed ONCE from the pretrained kernel: {"mask", "salient"}.
+
+    mask: bool (…, in, out), :func:`salient_mask` (default: the reference QAT's
+      ``"tails"``, outlier_quantizer.py l. 57–69);
+    salient: float32 (…, in, out), the `salient_bits` quantization
+      (:func:`pb_llm_high`) of W on the mask, 0 elsewhere — the values the
+      salient weights keep for the whole of QAT (the paper's QAT freezes the
+      salient weights; reference: outlier_quantizer.py l. 75 + the detach at l. 96–97).
+    Both are non-trainable layer state (not parameters): never updated by the optimizer.
+    """
+    mask = salient_mask(w, salient_frac, criterion)
+    return {"mask": mask, "salient": jnp.where(mask, pb_llm_high(w, salient_bits), 0.0)}
+
+
+def pb_llm(w: jax.Array, mask: jax.Array | None = None, salient: jax.Array | None = None, *,
+           salient_frac: float = 0.1, salient_bits: int = 8, criterion: str = "tails",
+           rule: str = "identity") -> jax.Array:
+    """PB-LLM partially binarized weight for QAT, given the frozen (mask, salient) state.
+
+    W̃ = salient             on the mask (frozen, zero gradient to W there),
+    W̃ = α · sign(W)         elsewhere, α = mean_{(i,o) ∉ mask} |W_io| — ONE scalar
+                            per matrix, recomputed from the current W each call and
+                            treated as a constant (reference l. 90–93, ``.detach()``);
+    ∂W̃/∂W = α · r'(W/α) off the mask (the reference's plain STE through sign, then
+    × α: quantizer.py l. 18–25, outlier_quantizer.py l. 95; ``rule="identity"`` is
+    the reference), 0 on it. sign(0) = +1 (torch.sign(0) = 0 in the reference).
+
+    mask, salient: from :func:`pb_llm_init` on the pretrained W, stored by the layer.
+    If both are None they are derived from the current W on the fly (stop-gradient)
+    with `salient_frac`, `salient_bits`, `criterion`: this keeps a stateless caller
+    working but is NOT PB-LLM's QAT (the mask and 8-bit values would follow W).
+    If only `salient` is None, the salient entries take the 8-bit W of this call.
+    Result in W's dtype.
+    """
+    if mask is None:
+        if salient is not None:
+            raise ValueError("pb_llm: `salient` given without its `mask`")
+        state = pb_llm_init(jax.lax.stop_gradient(w), salient_frac, salient_bits, criterion)
+        mask, salient = state["mask"], state["salient"]
+    elif salient is None:
+        salient = pb_llm_high(jax.lax.stop_gradient(w), salient_bits)
+    if mask.shape != w.shape or (salient.shape != w.shape):
+        raise ValueError(f"pb_llm: mask {mask.shape} and salient {salient.shape} must have "
+                         f"the kernel's shape {w.shape}")
+    mask = mask.astype(bool)
+    w32 = jax.lax.stop_gradient(w.astype(jnp.float32))
     keep = (~mask).astype(jnp.float32)
-    alpha = jnp.sum(jnp.abs(w32) * keep, axis=-2, keepdims=True) / jnp.maximum(
-        jnp.sum(keep, axis=-2, keepdims=True), 1.0)
-    binary = sign(w32) * alpha
-    sal_codes, sal_scale = rtn_codes(w32 * mask, salient_bits, "channel")
-    q = jnp.where(mask, sal_codes * sal_scale, binary).astype(w.dtype)
-    u = jnp.where(mask, 0.0, w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
-    return straight_through(w, q, u, rule)
+    alpha = jnp.sum(jnp.abs(w32) * keep, axis=(-2, -1), keepdims=True) / jnp.maximum(
+        jnp.sum(keep, axis=(-2, -1), keepdims=True), 1.0)
+    u = (w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
+    binary = alpha.astype(w.dtype) * straight_through(w, sign(w), u, rule)
+    return jnp.where(mask, jax.lax.stop_gradient(salient).astype(w.dtype), binary)
 
 
 # ----------------------------------------------------------------------------- BiLLM
