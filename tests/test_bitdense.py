@@ -142,3 +142,36 @@ def test_quant_spec_validation_names_the_problem():
         QuantSpec(act="absmax8", act_options=(("keep", 0.5),))
     with pytest.raises(ValueError, match="unknown in-layer norm"):
         QuantSpec(norm="batch")
+
+
+def test_onebit_layer_is_the_references_bitlinear():
+    """xuyuzhuang11/OneBit BitLinear.forward: LayerNorm_noaffine(((x ⊙ g) · sign(W)ᵀ) ⊙ h), eps 1e-5."""
+    layer = BitDense(16, 8, quant=recipe("onebit").spec("q_proj"), rngs=nnx.Rngs(0))
+    assert layer.quant.grad == "tanh"
+    x = rand((3, 16), 10)
+    g, h = np.asarray(layer.qparams["g"][...]), np.asarray(layer.qparams["h"][...])
+    w_torch = np.asarray(layer.kernel[...]).T  # (out, in)
+    y = ((x * g) @ np.where(w_torch >= 0, 1.0, -1.0).T) * h
+    y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), y, rtol=1e-4, atol=1e-5)
+
+
+def test_pb_llm_layer_keeps_its_mask_and_frozen_salient_values():
+    layer = BitDense(32, 16, quant=recipe("pb_llm").spec("up_proj"), rngs=nnx.Rngs(0))
+    mask = np.asarray(layer.qstate["mask"][...]) > 0
+    assert 0.05 < mask.mean() < 0.15  # 10% salient
+    before = np.asarray(layer.quantized_kernel())
+    # training moves the latent kernel: the salient entries keep their frozen 8-bit values,
+    # the mask does not follow the new magnitudes, and the binarized part tracks sign(W)
+    layer.kernel[...] = layer.kernel[...] * 3 + 0.01
+    after = np.asarray(layer.quantized_kernel())
+    np.testing.assert_array_equal(after[mask], before[mask])
+    np.testing.assert_array_equal(np.asarray(layer.qstate["mask"][...]) > 0, mask)
+    w = np.asarray(layer.kernel[...])
+    alpha = np.abs(w[~mask]).mean()
+    np.testing.assert_allclose(after[~mask], np.where(w[~mask] >= 0, alpha, -alpha), rtol=1e-5)
+    graphdef, state = nnx.split(layer)  # the trainer differentiates the whole state, as here
+    x = jnp.asarray(rand((2, 32), 11))
+    g = nnx.to_pure_dict(jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x)))(state))
+    assert np.all(np.asarray(g["kernel"])[mask] == 0) and np.any(np.asarray(g["kernel"])[~mask] != 0)
+    assert not any(np.any(np.asarray(v)) for v in g["qstate"].values())  # the state gets no gradient

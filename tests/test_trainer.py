@@ -118,6 +118,20 @@ def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, ca
     assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
 
 
+def test_frozen_quantizer_state_stays_bit_exact_through_training(data_dir):
+    """PB-LLM's mask and 8-bit salient values: no gradient, no weight decay, no AdamW update."""
+    setup = trainer.Setup(tiny_config("pb_llm", steps=8, data_dir=data_dir))
+    state = setup.init_fn(jax.random.key(0))
+    proj = lambda st: st["params"]["layers"][0]["mlp"]["up_proj"]
+    before = jax.tree.map(np.asarray, proj(state))
+    for step in range(3):
+        state, _ = setup.train_step(state, setup.train_batch(step))
+    after = jax.tree.map(np.asarray, proj(state))
+    assert not np.array_equal(after["kernel"], before["kernel"])  # the latent weights did train
+    for k in ("mask", "salient"):
+        np.testing.assert_array_equal(after["qstate"][k], before["qstate"][k])
+
+
 def test_resume_with_a_different_model_is_refused(data_dir, tmp_path):
     trainer.train(tiny_config("fp", steps=6, data_dir=data_dir), str(tmp_path), stop_after=2)
     before = sorted(os.listdir(tmp_path / "checkpoints"))

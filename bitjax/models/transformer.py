@@ -33,7 +33,7 @@ from ml_collections.config_dict import placeholder
 
 from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
-from bitjax.nn.params import param
+from bitjax.nn.params import param, quant_state
 from bitjax.quant import recipes
 from bitjax.quant.registry import QuantSpec, check_rule
 
@@ -241,12 +241,15 @@ class Embed(nnx.Module):
         self.qparams = nnx.Dict({
             k: param(v, ("vocab" if side == "in" else "embed",))
             for k, (v, side) in (spec.init_learned(table) if spec is not None else {}).items()})
+        self.qstate = nnx.Dict({k: quant_state(v, ("vocab", "embed"))
+                                for k, v in (spec.init_state(table) if spec is not None else {}).items()})
 
     def table(self, spec: QuantSpec | None) -> jax.Array:
         """E (spec None) or W̃ = spec.quantize_weight(E) (vocab, d_model), float32."""
         if spec is None:
             return self.embedding[...]
-        return spec.quantize_weight(self.embedding[...], **{k: v[...] for k, v in self.qparams.items()})
+        return spec.quantize_weight(self.embedding[...], **{k: v[...] for k, v in self.qparams.items()},
+                                    **{k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()})
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """int[B, L] → [B, L, d_model] in `dtype`."""

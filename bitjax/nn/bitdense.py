@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitjax.nn.norms import make_norm
-from bitjax.nn.params import param
+from bitjax.nn.params import param, quant_state
 from bitjax.quant.registry import QuantSpec
 from bitjax.quant.weights import sign
 
@@ -57,13 +57,18 @@ class BitDense(nnx.Module):
         self.qparams = nnx.Dict({
             name: param(value.astype(param_dtype), (self.axes[0] if side == "in" else self.axes[1],))
             for name, (value, side) in quant.init_learned(kernel).items()})
+        # Frozen quantizer state (PB-LLM's salient mask and values), chosen once from the initial kernel.
+        self.qstate = nnx.Dict({name: quant_state(value, self.axes)
+                                for name, value in quant.init_state(kernel).items()})
         self.norm = make_norm(quant.norm, in_features, eps=norm_eps, axis=self.axes[0], affine=False)
+        self.output_norm = quant.weight_quantizer()[0].output_norm
         self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
 
     def quantized_kernel(self) -> jax.Array:
         """W̃ (in, out) in the latent dtype, with the layer's gradient rule attached."""
         learned = {k: v[...] for k, v in self.qparams.items()}
-        return self.quant.quantize_weight(self.kernel[...], **learned)
+        frozen = {k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()}
+        return self.quant.quantize_weight(self.kernel[...], **learned, **frozen)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
@@ -72,6 +77,8 @@ class BitDense(nnx.Module):
         x = self.quant.quantize_act(x.astype(dtype))
         w = self.quantized_kernel().astype(dtype)
         y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(dtype)
+        if self.output_norm is not None:  # OneBit: LayerNorm (no affine) on the output, before the bias
+            y = self.output_norm(y)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

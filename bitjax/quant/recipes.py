@@ -137,8 +137,14 @@ METHODS: dict[str, Method] = {
     "bimamba": Method(
         "in_proj|out_proj: weight=fbi",
         doc="Bi-Mamba (Tang et al. 2024): FBI binarization of Mamba-2's in/out projections only"),
-    "onebit": Method("*_proj: weight=onebit", doc="OneBit (Xu et al. 2024): g ⊙ sign(W) ⊙ h, SVID init"),
-    "pb_llm": Method("*_proj: weight=pb_llm", doc="PB-LLM (Shang et al. 2023): partial binarization"),
+    "onebit": Method(
+        "*_proj: weight=onebit, grad=tanh",
+        doc="OneBit (Xu et al. 2024): LayerNorm(x·(g ⊙ sign(W) ⊙ h)), SVID-initialised g, h, the reference's "
+            "tanh-surrogate sign gradient; FP activations"),
+    "pb_llm": Method(
+        "*_proj: weight=pb_llm",
+        doc="PB-LLM (Shang et al. 2023): 10% salient weights frozen at 8 bit (mask chosen once), the rest "
+            "α·sign(W) with one α per matrix; FP activations"),
     **{f"rtn{k}": Method(f"*_proj: weight=rtn{k}", doc=f"{k}-bit round-to-nearest weights (GPTQ's grid)")
        for k in (2, 3, 4, 8)},
 }

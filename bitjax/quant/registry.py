@@ -36,12 +36,17 @@ class WeightQuantizer:
     """fn(w, **learned, rule=, **options) → W̃; init(w, **options) → learned params (or None).
 
     learned_axes(**options) says which kernel axis each learned vector runs along ('in' | 'out').
+    state(w, **options) → frozen, kernel-shaped layer state computed once at init (PB-LLM's mask and
+    8-bit salient values), passed to fn as keyword arguments and never trained.
+    output_norm: applied by the layer to the matmul's output (OneBit's affine-free LayerNorm).
     """
     fn: Callable[..., jax.Array]
     init: Callable[..., dict] | None = None
     options: tuple[str, ...] = ()
     learned_axes: Callable[..., Mapping[str, str]] = lambda **_: {}
     codes: Callable[..., tuple] | None = None
+    state: Callable[..., dict] | None = None
+    output_norm: Callable[[jax.Array], jax.Array] | None = None
 
 
 def _identity_weight(w, rule="identity"):
@@ -58,8 +63,9 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
     "fbi": WeightQuantizer(W.fbi_sign, init=lambda w, axis="in", **_: W.fbi_init(w, axis),
                            options=("axis",), learned_axes=lambda axis="in", **_: {"alpha": axis, "beta": axis}),
     "onebit": WeightQuantizer(W.onebit, init=lambda w, **_: W.onebit_init(w),
-                              learned_axes=lambda **_: {"g": "in", "h": "out"}),
-    "pb_llm": WeightQuantizer(W.pb_llm, options=("salient_frac", "salient_bits")),
+                              learned_axes=lambda **_: {"g": "in", "h": "out"}, output_norm=W.onebit_layernorm),
+    "pb_llm": WeightQuantizer(W.pb_llm, options=("salient_frac", "salient_bits", "criterion"),
+                              state=lambda w, **o: W.pb_llm_init(w, **o)),
 }
 
 WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
@@ -172,6 +178,11 @@ class QuantSpec:
         opts = dict(self.weight_options)
         axes = wq.learned_axes(**opts)
         return {k: (v, axes[k]) for k, v in wq.init(w, **opts).items()}
+
+    def init_state(self, w: jax.Array) -> dict[str, jax.Array]:
+        """Frozen quantizer state computed once from kernel w (kernel-shaped; {} for most quantizers)."""
+        wq = get_weight_quantizer(self.weight)[0]
+        return {} if wq.state is None else dict(wq.state(w, **dict(self.weight_options)))
 
     def quantize_weight(self, w: jax.Array, **learned) -> jax.Array:
         wq, kwargs = self.weight_quantizer()

@@ -16,6 +16,9 @@ scaled weight, x·s/Qp for an activation) and `r'` is the selected rule:
 * ``approx_sign`` — Bi-Real Net's ApproxSign (Liu et al., 2018, eq. 5–6):
                     F(u) = 2u − u·|u| on |u| < 1, sign(u) outside, so
                     r'(u) = (2 − 2|u|)·1{|u| < 1}.
+* ``tanh``        — OneBit's SignSTEFunc (reference xuyuzhuang11/OneBit,
+                    models/bitnet.py l. 14–23): r'(u) = 1.001 − tanh(u)²
+                    (tanh's derivative with a 1e-3 floor, no clipping).
 
 Scales (γ, β, s) are treated as constants in the backward pass, as in the
 BitNet reference code; learnable scales (FBI α/β, OneBit g/h) sit outside the
@@ -29,7 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-GRADIENT_RULES = ("identity", "clipped", "approx_sign")
+GRADIENT_RULES = ("identity", "clipped", "approx_sign", "tanh")
 
 
 def rule_derivative(rule: str, u: jax.Array) -> jax.Array:
@@ -41,6 +44,9 @@ def rule_derivative(rule: str, u: jax.Array) -> jax.Array:
     if rule == "approx_sign":
         a = jnp.abs(u)
         return jnp.where(a < 1, 2 - 2 * a, 0).astype(u.dtype)
+    if rule == "tanh":
+        t = jnp.tanh(u.astype(jnp.float32))
+        return (1.001 - t * t).astype(u.dtype)
     raise ValueError(f"unknown gradient rule {rule!r}; choose one of {GRADIENT_RULES}")
 
 

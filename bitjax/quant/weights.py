@@ -188,36 +188,14 @@ def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
 # W̃_io = g_i · sign(W_io) · h_o (:func:`onebit`); the LayerNorm acts on the layer
 # output and so belongs to the layer (:func:`onebit_layernorm` is its pure form).
 
-ONEBIT_TANH_FLOOR = 1e-3  # bitnet.py l. 23: ∂sign(w)/∂w := 1.001 − tanh(w)²
-
-
-@jax.custom_vjp
-def _sign_tanh(w):
-    return sign(w)
-
-
-def _sign_tanh_fwd(w):
-    return sign(w), w
-
-
-def _sign_tanh_bwd(w, g):
-    t = jnp.tanh(w.astype(jnp.float32))
-    return ((g.astype(jnp.float32) * (1.0 + ONEBIT_TANH_FLOOR - t * t)).astype(g.dtype),)
-
-
-_sign_tanh.defvjp(_sign_tanh_fwd, _sign_tanh_bwd)
-
-
 def onebit_sign(w: jax.Array, rule: str = "tanh") -> jax.Array:
     """sign(W) ∈ {−1, +1} (sign(0) = +1) with OneBit's gradient.
 
     ``rule="tanh"`` is the reference's ``SignSTEFunc`` (bitnet.py l. 14–23):
     ∂/∂W = 1.001 − tanh(W)², i.e. the derivative of tanh plus a 1e-3 floor, on
-    the raw latent W (no clipping; ≈ 1 near 0, → 0.001 for |W| ≫ 1). Any rule of
-    :mod:`bitjax.quant.ste` is also accepted, applied with u = W.
+    the raw latent W (no clipping; ≈ 1 near 0, → 0.001 for |W| ≫ 1); it and the other
+    rules of :mod:`bitjax.quant.ste` act on u = W.
     """
-    if rule == "tanh":
-        return _sign_tanh(w)
     return straight_through(w, sign(w), w, rule)
 
 

@@ -46,7 +46,7 @@ SCHEDULES = ('cosine', 'linear', 'constant', 'two_stage')
 
 # A param is NOT decayed when any component of its path (module or attribute
 # name, case-insensitive) contains one of these substrings...
-WD_EXCLUDE = ('norm', 'scale', 'alpha', 'beta', 'bias', 'embed')
+WD_EXCLUDE = ('norm', 'scale', 'alpha', 'beta', 'bias', 'embed', 'qstate')
 # ...or when it has fewer than 2 dims (gains, biases, per-channel scalars).
 
 
