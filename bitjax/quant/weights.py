@@ -184,45 +184,77 @@ def onebit(w: jax.Array, g: jax.Array, h: jax.Array, rule: str = "identity") -> 
 
 # ----------------------------------------------------------------------------- round-to-nearest
 def rtn_grid(bits: int) -> int:
-    """Qp = 2^(k−1) − 1 of the symmetric k-bit grid [−Qp−1, Qp] (k = 2..8)."""
+    """maxq = 2^k − 1: the k-bit grid is the integers 0..maxq (k = 2..8)."""
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"rtn supports 2..8 bits, got {bits}")
-    return 2 ** (bits - 1) - 1
+    return 2 ** bits - 1
 
 
-def rtn_scale(w32: jax.Array, qp: int, axis) -> jax.Array:
-    """s = max(max|W|, ε)/Qp over `axis` (kept as size 1)."""
-    return jnp.maximum(jnp.max(jnp.abs(w32), axis=axis, keepdims=True), EPS) / qp
+def rtn_scale(w32: jax.Array, maxq: int, axis, sym: bool = False):
+    """(scale, zero) of GPTQ's min-max ``Quantizer.find_params`` over `axis` (kept as size 1).
 
-
-def rtn_round(w32: jax.Array, s: jax.Array, qp: int) -> jax.Array:
-    """codes = clip(round(W/s), −Qp−1, Qp), as float."""
-    return jnp.clip(jnp.round(w32 / s), -qp - 1, qp)
-
-
-def rtn_codes(w: jax.Array, bits: int, granularity="channel"):
-    """Symmetric k-bit round-to-nearest codes (the PTQ baseline of GPTQ, Frantar et al., 2023, §2).
-
-    s = max(max|W|, ε)/Qp with Qp = 2^(k−1) − 1 (per group);
-    codes = clip(round(W/s), −Qp−1, Qp). Returns (int8 codes, s broadcastable to W).
+    IST-DASLab/gptq, quant.py: the range always contains 0,
+        xmin = min(min W, 0),  xmax = max(max W, 0);
+    sym: xmax = max(|xmin|, xmax), and xmin = −xmax where xmin < 0 (an all-non-negative group keeps
+    xmin = 0, as the reference does);  both 0 → xmin = −1, xmax = +1;
+        scale = (xmax − xmin)/maxq,  zero = round(−xmin/scale)  (sym: zero = (maxq + 1)/2).
+    Both float32.
     """
-    qp = rtn_grid(bits)
+    xmin = jnp.minimum(jnp.min(w32, axis=axis, keepdims=True), 0.0)
+    xmax = jnp.maximum(jnp.max(w32, axis=axis, keepdims=True), 0.0)
+    if sym:
+        xmax = jnp.maximum(jnp.abs(xmin), xmax)
+        xmin = jnp.where(xmin < 0, -xmax, xmin)
+    both0 = (xmin == 0) & (xmax == 0)
+    xmin = jnp.where(both0, -1.0, xmin)
+    xmax = jnp.where(both0, 1.0, xmax)
+    # a true division (XLA would multiply by a rounded 1/maxq): ties in rtn_round depend on it
+    scale = (xmax - xmin) / jax.lax.optimization_barrier(jnp.full_like(xmax, maxq))
+    zero = jnp.full_like(scale, (maxq + 1) / 2) if sym else jnp.round(-xmin / scale)
+    return scale, zero
+
+
+def rtn_round(w32: jax.Array, scale: jax.Array, zero: jax.Array, maxq: int) -> jax.Array:
+    """codes = clip(round(W/scale) + zero, 0, maxq), as float (the reference's ``quantize``).
+
+    W/scale is a true division, as in the reference: XLA would turn a division by a broadcast scale
+    into a multiplication by 1/scale, which moves the exact rounding ties that the symmetric grid
+    always has (its most negative weight sits at W/scale = −maxq/2).
+    """
+    scale = jax.lax.optimization_barrier(jnp.broadcast_to(scale, w32.shape))
+    return jnp.clip(jnp.round(w32 / scale) + zero, 0, maxq)
+
+
+def rtn_codes(w: jax.Array, bits: int, granularity="channel", sym: bool = False):
+    """k-bit min-max round-to-nearest codes: the RTN baseline and grid of GPTQ (Frantar et al., 2023).
+
+    The reference ``Quantizer`` (IST-DASLab/gptq, quant.py; see :func:`rtn_scale`), asymmetric by
+    default as in its scripts (``--sym`` off): per output channel (reduced over the input axis),
+    per group of N input features, or per tensor;
+        codes = clip(round(W/scale) + zero, 0, 2^k − 1),   W̃ = scale·(codes − zero).
+    Returns (codes uint8 of W's shape, scale float32, zero float32), scale/zero broadcastable to W.
+    """
+    maxq = rtn_grid(bits)
     wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
-    s = rtn_scale(wg, qp, axes)
-    return back(rtn_round(wg, s, qp)).astype(jnp.int8), _scale_back(s, w, granularity)
+    scale, zero = rtn_scale(wg, maxq, axes, sym)
+    codes = back(rtn_round(wg, scale, zero, maxq)).astype(jnp.uint8)
+    return codes, _scale_back(scale, w, granularity), _scale_back(zero, w, granularity)
 
 
-def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identity") -> jax.Array:
-    """Symmetric k-bit RTN: W̃ = clip(round(W/s), −2^(k−1), 2^(k−1)−1)·s, s = max|W|/(2^(k−1)−1).
+def rtn(w: jax.Array, bits: int = 4, granularity="channel", sym: bool = False,
+        rule: str = "identity") -> jax.Array:
+    """k-bit RTN: W̃ = scale·(clip(round(W/scale) + zero, 0, 2^k − 1) − zero), see :func:`rtn_codes`.
 
-    Per output channel (default) or group-wise along the input dim. With k=2
-    this is a ternary grid {−s, 0, s} with a max-based scale. Gradient: `rule`
-    on u = W/(s·Qp).
+    2^k levels (rtn2 has 4: asymmetric, zero point included). Gradient: `rule` on
+    u = 2(W/scale + zero)/maxq − 1, so that |u| ≤ 1 exactly on the representable range
+    [scale·(0 − zero), scale·(maxq − zero)] (the clipped STE passes gradients there only).
     """
-    codes, s = rtn_codes(w, bits, granularity)
-    q = (codes.astype(jnp.float32) * s).astype(w.dtype)
-    qp = 2 ** (bits - 1) - 1
-    return straight_through(w, q, (w.astype(jnp.float32) / (s * qp)).astype(w.dtype), rule)
+    maxq = rtn_grid(bits)
+    codes, scale, zero = rtn_codes(w, bits, granularity, sym)
+    w32 = w.astype(jnp.float32)
+    q = (scale * (codes.astype(jnp.float32) - zero)).astype(w.dtype)
+    u = (2.0 * (w32 / scale + zero) / maxq - 1.0).astype(w.dtype)
+    return straight_through(w, q, u, rule)
 
 
 # ----------------------------------------------------------------------------- PB-LLM
