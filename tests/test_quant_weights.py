@@ -260,36 +260,3 @@ def test_pb_llm_matches_formula():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     assert mask.sum() == k  # continuous weights: exactly K salient entries
     assert len(np.unique(got[~mask])) <= 10  # ±α per channel
-
-
-# ---- BiLLM -----------------------------------------------------------------------------------
-def np_billm(w, h, frac, n_split):
-    def binm(x, m):
-        alpha = np.array([np.abs(x[m[:, j], j]).mean() if m[:, j].any() else 0.0
-                          for j in range(x.shape[1])], np.float32)
-        return np_sign(x) * alpha[None] * m
-    sal = (w ** 2).sum(1) * h
-    k = int(np.ceil(frac * w.shape[0]))
-    rows = np.broadcast_to((sal >= np.sort(sal)[::-1][k - 1])[:, None], w.shape)
-    b1 = binm(w, rows)
-    salient = b1 + binm(w - b1, rows)
-    rest = ~rows
-    amax = np.abs(w[rest]).max()
-    best, best_err = None, np.inf
-    for i in range(1, n_split + 1):
-        p = amax * np.float32(i / (n_split + 1))
-        inner = rest & (np.abs(w) <= p)
-        approx = binm(w, inner) + binm(w, rest & ~inner)
-        err = ((approx - w * rest) ** 2).sum()
-        if err < best_err:
-            best, best_err = approx, err
-    return salient + best
-
-
-def test_billm_matches_formula_and_beats_plain_sign():
-    w = rand((24, 6), 12) * np.linspace(0.5, 3, 24, dtype=np.float32)[:, None]
-    h = np.abs(rand((24,), 13)) + 0.1
-    got = np.asarray(W.billm(jnp.asarray(w), jnp.asarray(h), 0.1, 20))
-    np.testing.assert_allclose(got, np_billm(w, h, 0.1, 20), rtol=1e-4, atol=1e-6)
-    plain = np_sign(w) * np.abs(w).mean(0)[None]
-    assert ((got - w) ** 2).sum() < ((plain - w) ** 2).sum()

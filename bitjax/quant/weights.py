@@ -293,50 +293,11 @@ def pb_llm(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
 
 
 # ----------------------------------------------------------------------------- BiLLM
-def _binarize_masked(w, mask):
-    """α·sign(W) on `mask` with α = per-output-channel mean|W| over the mask (0 elsewhere)."""
-    m = mask.astype(w.dtype)
-    alpha = jnp.sum(jnp.abs(w) * m, axis=-2, keepdims=True) / jnp.maximum(
-        jnp.sum(m, axis=-2, keepdims=True), 1.0)
-    return sign(w) * alpha * m
+def billm(w, h, *args, **kwargs):
+    """BiLLM is post-training (Hessian-aware, GPTQ-style): see :func:`bitjax.quant.billm.billm`.
 
-
-def billm(w: jax.Array, hessian_diag: jax.Array | None = None, salient_frac: float = 0.1,
-          n_split: int = 40, rule: str = "identity") -> jax.Array:
-    """BiLLM (Huang et al., 2024), data-aware binarization without the GPTQ-style error feedback.
-
-    1. Salient input rows (structural, eq. 5): saliency_i = Σ_j W_ij² · H_ii
-       (H = diag of the layer-input Hessian 2XᵀX; ones when `hessian_diag` is None,
-       i.e. magnitude saliency). The top `salient_frac` rows get *residual*
-       binarization (eq. 6): B₁ = α₁ sign(W), B₂ = α₂ sign(W − B₁), W̃ = B₁ + B₂.
-    2. The other weights are split by a break-point p (eq. 7–8) into a
-       concentrated group |W| ≤ p and a sparse group |W| > p, each binarized with
-       its own per-channel α; p is searched over `n_split` points in (0, max|W|)
-       to minimise ‖W − W̃‖² (eq. 9).
-    Kernel (in, out), 2-D. Gradient: `rule` on u = W / max|W| (per channel).
+    Forwarded only so that bitjax.quant's __init__ / registry keep importing until they drop this
+    name (imported lazily: bitjax.quant.billm imports gptq, which imports this module).
     """
-    if w.ndim != 2:
-        raise ValueError(f"billm expects a 2-D kernel, got shape {w.shape}")
-    w32 = w.astype(jnp.float32)
-    h = jnp.ones(w.shape[0], jnp.float32) if hessian_diag is None else hessian_diag.astype(jnp.float32)
-    sal = jnp.sum(w32 ** 2, axis=1) * h
-    k = int(math.ceil(salient_frac * w.shape[0]))
-    if k:
-        rows = (sal >= kth_largest(sal, k)[0])[:, None] & jnp.ones_like(w32, bool)
-    else:
-        rows = jnp.zeros(w.shape, bool)
-    b1 = _binarize_masked(w32, rows)
-    salient = b1 + _binarize_masked(w32 - b1, rows)
-
-    rest = ~rows
-    amax = jnp.max(jnp.abs(w32) * rest)
-    cands = amax * (jnp.arange(1, n_split + 1, dtype=jnp.float32) / (n_split + 1))
-
-    def approx(p):
-        inner = rest & (jnp.abs(w32) <= p)
-        return _binarize_masked(w32, inner) + _binarize_masked(w32, rest & ~inner)
-
-    errs = jax.vmap(lambda p: jnp.sum((approx(p) - w32 * rest) ** 2))(cands)
-    q = (salient + approx(cands[jnp.argmin(errs)])).astype(w.dtype)
-    u = (w32 / jnp.maximum(jnp.max(jnp.abs(w32), axis=0, keepdims=True), EPS)).astype(w.dtype)
-    return straight_through(w, q, u, rule)
+    from bitjax.quant.billm import billm as ptq_billm
+    return ptq_billm(w, h, *args, **kwargs)
