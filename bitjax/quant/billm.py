@@ -9,18 +9,18 @@ H = 2XᵀX/n (:func:`bitjax.quant.gptq.hessian`). As in GPTQ (same preamble,
 :func:`bitjax.quant.gptq.prepare`): dead inputs zeroed, H dampened, U = chol(H⁻¹)ᵀ upper. Then for each
 block of `block_size` input rows [a, b) (the last one may be shorter), with d_i = U_ii:
 
-1. Saliency (eq. 5 / structure.py): S_io = W_io² / d_i² ("hessian"; "magnitude": S = W). The
-   masks are searched on S itself, as the reference does:
-   * salient rows (structural, eq. 6–7): rows ranked by Σ_o |S_io|; the number r of salient rows
-     is the r ∈ 1..up_lim−1 minimising mean((S − R₂(S; top r) − R₂(S; rest))²);
-   * break-point (eq. 8–9): on the other rows, p among the 81 quantiles 0.10, 0.11, …, 0.90 of
-     |S·(not salient)| (all block entries, zeros of the salient rows included) minimising
-     mean((S − R₁(S; |S| < p) − R₁(S; |S| ≥ p) − R₂(S; salient))²):
+1. Saliency (paper §3.1, Hessian metric; structure.py): S_io = W_io² / d_i² ("hessian";
+   "magnitude": S = W). The masks are searched on S itself, as the reference does:
+   * salient rows (§3.1, structural selection): rows ranked by Σ_o |S_io|; the number r of
+     salient rows is the r ∈ 1..up_lim−1 minimising mean((S − R₂(S; top r) − R₂(S; rest))²);
+   * break-point (§3.2, distribution splitting): on the other rows, p among the 81 quantiles
+     0.10, 0.11, …, 0.90 of |S·(not salient)| (all block entries, the salient rows' zeros included)
+     minimising mean((S − R₁(S; |S| < p) − R₁(S; |S| ≥ p) − R₂(S; salient))²):
      concentrated = |S| < p, sparse = |S| ≥ p.
 2. W̃_block = R₁(W; concentrated) + R₁(W; sparse) + R₂(W; salient) on the block as updated so far.
-   R_k is the reference's residual binarization (eq. 3, 6), per output channel over the masked
-   entries of the block, k passes of  μ = mean(res), α = mean|res − μ|,  B = α·sign(res − μ) + μ,
-   res ← res − B  (every pass mean-shifted; sign(0) = 0 as torch.sign).
+   R_k is the reference's residual binarization (§3.1, binary residual approximation), per output
+   channel over the masked entries of the block, k passes of μ = mean(res), α = mean|res − μ|,
+   B = α·sign(res − μ) + μ, res ← res − B (every pass mean-shifted; sign(0) = 0 as torch.sign).
 3. Error feedback between blocks only: E = (W_block − W̃_block)/d (per row),
    W_{b:} ← W_{b:} − U_{a:b, b:}ᵀ E. Inside a block the reference does not update W (it binarizes
    the whole block at once), so neither do we.
@@ -60,7 +60,7 @@ def residual_binarize(x: jax.Array, mask: jax.Array, order: int) -> jax.Array:
 
 
 def _masks(s: jax.Array, up_lim: int):
-    """(concentrated, sparse, salient) masks (rows, out) of one block from its saliency s (autosearch.py)."""
+    """(concentrated, sparse, salient) masks (rows, out) of a block from its saliency s (autosearch.py)."""
     rows = s.shape[0]
     rank = jnp.argsort(jnp.argsort(-jnp.sum(jnp.abs(s), axis=1)))  # 0 = most salient row
     counts = jnp.arange(1, min(up_lim - 1, rows) + 1)
@@ -72,7 +72,8 @@ def _masks(s: jax.Array, up_lim: int):
         m = salient(r)
         return jnp.mean((s - residual_binarize(s, m, 2) - residual_binarize(s, ~m, 2)) ** 2)
 
-    m3 = salient(counts[jnp.argmin(jax.vmap(err_salient)(counts))])  # first minimum, as the reference's `<`
+    # argmin takes the first minimum, as the reference's strict `<`
+    m3 = salient(counts[jnp.argmin(jax.vmap(err_salient)(counts))])
     g3 = residual_binarize(s, m3, 2)
     rest = jnp.abs(s * ~m3)
     splits = jnp.quantile(rest.ravel(), jnp.linspace(0.10, 0.90, N_SPLITS, dtype=jnp.float32))
