@@ -18,7 +18,8 @@ reference's ``--sym``): GPTQ and `rtn<k>` then differ only by the error feedback
 dead inputs are zeroed; with `group_size` a group's (scale, zero) come from its rows when the group
 starts, as the reference's W holds them then: updated by the errors of all earlier `block_size`
 blocks (its lazy batch updates, §4) but not yet by the earlier rows of the current block. When
-`block_size` divides every group start (e.g. group 128, block 128) that is the fully updated W.
+every group starts a block (`block_size` divides `group_size`, e.g. 128 and 128) that is the fully
+updated W.
 `act_order` quantizes inputs in order of decreasing diag H (the reference's ``--act-order``; groups
 are then consecutive in that order, as without its ``--static-groups``). The lazy block updates are
 otherwise an exact reordering of the loop above and are left to XLA.
