@@ -66,12 +66,15 @@ def test_dense_is_plain_matmul_and_rejects_quant():
 def test_integer_weights_reconstruct_quantized_kernel(weight):
     layer = BitDense(16, 8, quant=QuantSpec(weight), rngs=nnx.Rngs(5))
     iw = layer.integer_weights()
-    assert iw["codes"].dtype == jnp.int8
+    assert iw["codes"].dtype == (jnp.uint8 if weight == "rtn4" else jnp.int8)
     c = iw["codes"].astype(jnp.float32)
     if weight == "fbi":
         rec = iw["alpha"][:, None] * c + iw["beta"][:, None]
     elif weight == "onebit":
         rec = iw["g"][:, None] * c * iw["h"][None]
+    elif weight == "rtn4":
+        assert int(iw["codes"].max()) <= 15
+        rec = iw["scale"] * (c - iw["zero"])
     else:
         rec = c * iw["scale"]
     np.testing.assert_allclose(np.asarray(rec), np.asarray(layer.quantized_kernel()), rtol=1e-5, atol=1e-7)

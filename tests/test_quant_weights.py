@@ -39,12 +39,20 @@ def np_groups(w, granularity):
     return [(np.s_[i:i + g, j:j + 1], w[i:i + g, j:j + 1]) for i in range(0, n_in, g) for j in range(n_out)]
 
 
-def np_rtn(w, bits, granularity):
-    qp = 2 ** (bits - 1) - 1
+def np_rtn(w, bits, granularity, sym=False):
+    """GPTQ's min-max Quantizer (IST-DASLab/gptq quant.py find_params + quantize), float32, per group."""
+    maxq = 2 ** bits - 1
     out = np.zeros_like(w, dtype=np.float32)
     for idx, blk in np_groups(w.astype(np.float32), granularity):
-        s = max(np.abs(blk).max(), EPS) / qp
-        out[idx] = np.clip(np.round(blk / s), -qp - 1, qp) * s
+        xmin, xmax = min(blk.min(), np.float32(0)), max(blk.max(), np.float32(0))
+        if sym:
+            xmax = max(abs(xmin), xmax)
+            xmin = -xmax if xmin < 0 else xmin
+        if xmin == 0 and xmax == 0:
+            xmin, xmax = np.float32(-1), np.float32(1)
+        scale = (xmax - xmin) / np.float32(maxq)
+        zero = np.float32((maxq + 1) / 2) if sym else np.round(-xmin / scale)
+        out[idx] = scale * (np.clip(np.round(blk / scale) + zero, 0, maxq) - zero)
     return out
 
 
@@ -196,14 +204,47 @@ def test_fbi_learned_scales_get_exact_gradients():
 # ---- RTN -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("granularity", ["channel", "tensor", 4])
-def test_rtn_matches_formula(bits, granularity):
-    w = rand((16, 6), bits)
-    got = np.asarray(W.rtn(jnp.asarray(w), bits, granularity))
-    np.testing.assert_allclose(got, np_rtn(w, bits, granularity), rtol=1e-6, atol=1e-7)
-    codes, s = W.rtn_codes(jnp.asarray(w), bits, granularity)
-    qp = 2 ** (bits - 1) - 1
-    assert int(codes.min()) >= -qp - 1 and int(codes.max()) <= qp
-    assert len(np.unique(np.asarray(codes))) <= 2 ** bits
+@pytest.mark.parametrize("sym", [False, True])
+def test_rtn_matches_reference_quantizer(bits, granularity, sym):
+    w = rand((16, 6), bits) + np.float32(0.3)  # off-centre: the zero point matters
+    w[:, 0] = np.abs(w[:, 0])  # an all-positive channel: the range is stretched to include 0
+    w[:, 1] = 0.0  # an all-zero channel: the reference's [−1, 1] fallback
+    got = np.asarray(W.rtn(jnp.asarray(w), bits, granularity, sym=sym))
+    np.testing.assert_array_equal(got, np_rtn(w, bits, granularity, sym))
+    codes, scale, zero = W.rtn_codes(jnp.asarray(w), bits, granularity, sym)
+    assert codes.dtype == jnp.uint8 and int(codes.max()) <= 2 ** bits - 1
+    np.testing.assert_array_equal(np.asarray(scale * (codes.astype(jnp.float32) - zero)), got)
+
+
+def test_rtn_symmetric_tie_rounds_half_to_even_like_torch():
+    # sym, 2 bits: scale = 2·max|W|/3 and zero = 2, so W = −max|W| sits at W/scale = −1.5 exactly and
+    # torch.round sends it to −2 (code 0): only an exact division keeps that tie.
+    w = np.array([[-0.041500617], [0.01], [0.03]], np.float32)
+    codes, scale, zero = W.rtn_codes(jnp.asarray(w), 2, sym=True)
+    np.testing.assert_array_equal(np.asarray(codes)[:, 0], [0, 2, 3])
+    np.testing.assert_array_equal(np.asarray(W.rtn(jnp.asarray(w), 2, sym=True)), np_rtn(w, 2, "channel", True))
+
+
+def test_rtn2_has_four_levels():
+    w = rand((64, 8), 21)
+    q = np.asarray(W.rtn(jnp.asarray(w), 2))
+    _, scale, zero = map(np.asarray, W.rtn_codes(jnp.asarray(w), 2))
+    for j in range(8):  # all of scale·({0, 1, 2, 3} − zero) are used, and 0 is one of them
+        np.testing.assert_array_equal(np.unique(q[:, j]), scale[0, j] * (np.arange(4) - zero[0, j]))
+        assert 0 <= zero[0, j] <= 3 and zero[0, j] == np.round(zero[0, j])
+
+
+def test_rtn_clipped_gradient_is_one_on_the_representable_range():
+    w, c = rand((32, 4), 22), rand((32, 4), 23)
+    _, scale, zero = map(np.asarray, W.rtn_codes(jnp.asarray(w), 3, sym=True))
+    lo, hi = scale * (0 - zero), scale * (7 - zero)  # sym clips the top: some weights lie above hi
+    g = np.asarray(jax.grad(lambda w: jnp.sum(W.rtn(w, 3, sym=True, rule="clipped") * c))(jnp.asarray(w)))
+    eps = 1e-4 * scale
+    inside = (w >= lo + eps) & (w <= hi - eps)
+    outside = (w < lo - eps) | (w > hi + eps)
+    assert outside.any() and inside.any()
+    np.testing.assert_array_equal(g[inside], c[inside])
+    np.testing.assert_array_equal(g[outside], 0)
 
 
 def test_rtn_rejects_bits():
@@ -211,34 +252,3 @@ def test_rtn_rejects_bits():
         W.rtn(jnp.ones((4, 4)), 1)
 
 
-# ---- BiLLM -----------------------------------------------------------------------------------
-def np_billm(w, h, frac, n_split):
-    def binm(x, m):
-        alpha = np.array([np.abs(x[m[:, j], j]).mean() if m[:, j].any() else 0.0
-                          for j in range(x.shape[1])], np.float32)
-        return np_sign(x) * alpha[None] * m
-    sal = (w ** 2).sum(1) * h
-    k = int(np.ceil(frac * w.shape[0]))
-    rows = np.broadcast_to((sal >= np.sort(sal)[::-1][k - 1])[:, None], w.shape)
-    b1 = binm(w, rows)
-    salient = b1 + binm(w - b1, rows)
-    rest = ~rows
-    amax = np.abs(w[rest]).max()
-    best, best_err = None, np.inf
-    for i in range(1, n_split + 1):
-        p = amax * np.float32(i / (n_split + 1))
-        inner = rest & (np.abs(w) <= p)
-        approx = binm(w, inner) + binm(w, rest & ~inner)
-        err = ((approx - w * rest) ** 2).sum()
-        if err < best_err:
-            best, best_err = approx, err
-    return salient + best
-
-
-def test_billm_matches_formula_and_beats_plain_sign():
-    w = rand((24, 6), 12) * np.linspace(0.5, 3, 24, dtype=np.float32)[:, None]
-    h = np.abs(rand((24,), 13)) + 0.1
-    got = np.asarray(W.billm(jnp.asarray(w), jnp.asarray(h), 0.1, 20))
-    np.testing.assert_allclose(got, np_billm(w, h, 0.1, 20), rtol=1e-4, atol=1e-6)
-    plain = np_sign(w) * np.abs(w).mean(0)[None]
-    assert ((got - w) ** 2).sum() < ((plain - w) ** 2).sum()

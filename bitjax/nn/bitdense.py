@@ -86,15 +86,15 @@ class BitDense(nnx.Module):
     def integer_weights(self) -> dict[str, jax.Array]:
         """Integer codes and the scales that reconstruct W̃, for packing and export.
 
-        ternary/binary/rtn: {'codes': int8 (in, out), 'scale': γ broadcastable}, W̃ = codes·scale.
+        ternary/binary: {'codes': int8 (in, out), 'scale': γ broadcastable}, W̃ = codes·scale.
+        rtn: {'codes': uint8 in [0, 2^k − 1], 'scale', 'zero'}, W̃ = scale·(codes − zero).
         fbi: {'codes': ±1, 'alpha', 'beta'}, W̃ = alpha[:, None]·codes + beta[:, None] (axis='in').
         onebit: {'codes': ±1, 'g', 'h'}, W̃ = g[:, None]·codes·h[None, :].
         """
         wq, kwargs = self.quant.weight_quantizer()
         w = self.kernel[...]
         if wq.codes is not None:
-            codes, scale = wq.codes(w, **kwargs)
-            return {"codes": codes, "scale": scale}
+            return dict(zip(("codes", "scale", "zero"), wq.codes(w, **kwargs)))
         if wq.init is not None:
             return {"codes": sign(w).astype(jnp.int8), **{k: v[...] for k, v in self.qparams.items()}}
         raise ValueError(f"weight quantizer {self.quant.weight!r} has no integer form "

@@ -7,16 +7,22 @@ row's rounding error over the rows not yet quantized through the inverse Hessian
     H ← H + λ·mean(diag H)·I               (dampening; dead inputs, diag H = 0, get H_ii = 1, W_i = 0)
     U = chol(H⁻¹)ᵀ  (upper),  H⁻¹ = UᵀU
     for i = 0 … in−1:
-        q_i = Q(W_i)                        (the row on the grid, one scale per output channel or group)
+        q_i = Q(W_i)                        (the row on the grid, one (scale, zero) per output channel or group)
         e_i = (W_i − q_i) / U_ii
         W_j ← W_j − U_ij · e_i   for j > i  (eq. 3 with the Cholesky form of §4, "Step 3")
 
-The grid is bitjax's symmetric round-to-nearest (:func:`bitjax.quant.weights.rtn_codes`): GPTQ and
-`rtn<k>` then differ only by the error feedback. Scales are per output channel from the (dead-zeroed)
-W, or, with `group_size`, computed from the partially updated rows when each group starts (as the
-reference implementation does). `act_order` quantizes inputs in order of decreasing diag H (the
-reference's "desc_act"; groups are then consecutive in that order, as without its static_groups).
-The lazy block updates of §4 are an exact reordering of this loop and are left to XLA.
+The grid is the reference's min-max ``Quantizer`` (IST-DASLab/gptq, quant.py), i.e. bitjax's
+:func:`bitjax.quant.weights.rtn_codes` (asymmetric with a zero point by default, `sym=True` for the
+reference's ``--sym``): GPTQ and `rtn<k>` then differ only by the error feedback. As in the reference's
+``fasterquant`` (gptq.py), without groups the per-channel (scale, zero) come from the whole W *before*
+dead inputs are zeroed; with `group_size` a group's (scale, zero) come from its rows when the group
+starts, as the reference's W holds them then: updated by the errors of all earlier `block_size`
+blocks (its lazy batch updates, §4) but not yet by the earlier rows of the current block. When
+every group starts a block (`block_size` divides `group_size`, e.g. 128 and 128) that is the fully
+updated W.
+`act_order` quantizes inputs in order of decreasing diag H (the reference's ``--act-order``; groups
+are then consecutive in that order, as without its ``--static-groups``). The lazy block updates are
+otherwise an exact reordering of the loop above and are left to XLA.
 """
 
 from __future__ import annotations
@@ -33,56 +39,72 @@ def hessian(x: jax.Array) -> jax.Array:
     return 2.0 * (x.T @ x) / x.shape[0]
 
 
-def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None = None,
-               damp: float = 0.01, act_order: bool = False):
-    """GPTQ of a kernel w (in, out) given its layer-input Hessian h (in, in).
+def prepare(w: jax.Array, h: jax.Array, damp: float = 0.01, act_order: bool = False):
+    """The preamble shared by GPTQ and BiLLM (the references' ``fasterquant``), in float32.
 
-    Returns (codes int8 (in, out) in [−2^(k−1), 2^(k−1) − 1], scales float32 (in, out)):
-    W̃ = codes · scales. `group_size` (dividing `in`) gives one scale per group of input rows and
-    output channel; None, one per output channel.
+    Dead inputs (H_ii = 0) get H_ii = 1 and W_i = 0; with `act_order` inputs are permuted by
+    decreasing diag H (after that fix); H += damp·mean(diag H)·I; U = chol(H⁻¹)ᵀ (upper, H⁻¹ = UᵀU).
+    Returns (W (in, out) dead-zeroed and permuted, U (in, in) permuted, perm (in,)).
     """
     if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
-        raise ValueError(f"gptq expects w (in, out) and h (in, in); got {w.shape} and {h.shape}")
-    qp = rtn_grid(bits)
-    n_in, _ = w.shape
-    g = n_in if group_size is None else int(group_size)
-    if g < 1 or n_in % g:
-        raise ValueError(f"group_size {group_size} must divide the input dim {n_in}")
-    w = w.astype(jnp.float32)
-    h = h.astype(jnp.float32)
-
+        raise ValueError(f"expected w (in, out) and h (in, in); got {w.shape} and {h.shape}")
+    n_in = w.shape[0]
+    w, h = w.astype(jnp.float32), h.astype(jnp.float32)
     dead = jnp.diag(h) == 0
     h = jnp.where(jnp.diag(dead), 1.0, h)
     w = jnp.where(dead[:, None], 0.0, w)
     perm = jnp.argsort(-jnp.diag(h)) if act_order else jnp.arange(n_in)
     w, h = w[perm], h[perm][:, perm]
     h = h + damp * jnp.mean(jnp.diag(h)) * jnp.eye(n_in, dtype=h.dtype)
-    u = jnp.linalg.cholesky(jnp.linalg.inv(h)).T  # upper: H⁻¹ = UᵀU
+    return w, jnp.linalg.cholesky(jnp.linalg.inv(h)).T, perm
 
-    def scale_of(rows):  # per output channel over `rows`, as rtn_codes
-        return rtn_scale(rows, qp, 0)[0]
 
-    per_channel = scale_of(w)
+def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None = None,
+               damp: float = 0.01, act_order: bool = False, sym: bool = False, block_size: int = 128):
+    """GPTQ of a kernel w (in, out) given its layer-input Hessian h (in, in).
+
+    Returns (codes uint8 (in, out) in [0, 2^k − 1], scales float32 (in, out), zeros float32 (in, out)):
+    W̃ = scales · (codes − zeros). `group_size` (dividing `in`) gives one (scale, zero) per group of
+    input rows and output channel; None, one per output channel. `block_size` only matters with
+    groups (see the module docstring).
+    """
+    if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
+        raise ValueError(f"gptq expects w (in, out) and h (in, in); got {w.shape} and {h.shape}")
+    maxq = rtn_grid(bits)
+    n_in, _ = w.shape
+    g = n_in if group_size is None else int(group_size)
+    if g < 1 or n_in % g:
+        raise ValueError(f"group_size {group_size} must divide the input dim {n_in}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+
+    def params(rows):  # per output channel over `rows`, as rtn_codes
+        s, z = rtn_scale(rows, maxq, 0, sym)
+        return s[0], z[0]
+
+    per_channel = params(w.astype(jnp.float32))  # the reference finds these before zeroing dead rows
+    w, u, perm = prepare(w, h, damp, act_order)
 
     def body(i, carry):
-        w, codes, scales, s = carry
-        if group_size is not None:  # a new group's scale, from its rows as updated so far
-            group = jax.lax.dynamic_slice_in_dim(w, (i // g) * g, g, axis=0)
-            s = jnp.where(i % g == 0, scale_of(group), s)
+        w, w_block, codes, scales, zeros, s, z = carry
+        w_block = jnp.where(i % block_size == 0, w, w_block)  # the reference's W at this block's start
+        if group_size is not None:
+            gs, gz = params(jax.lax.dynamic_slice_in_dim(w_block, i, g, axis=0))
+            s, z = jnp.where(i % g == 0, gs, s), jnp.where(i % g == 0, gz, z)
         row = w[i]
-        c = rtn_round(row, s, qp)
-        err = (row - c * s) / u[i, i]
+        c = rtn_round(row, s, z, maxq)
+        err = (row - s * (c - z)) / u[i, i]
         w = w - u[i][:, None] * err[None, :]  # u[i, j] = 0 for j < i: only later rows change
-        return w, codes.at[i].set(c), scales.at[i].set(s), s
+        return w, w_block, codes.at[i].set(c), scales.at[i].set(s), zeros.at[i].set(z), s, z
 
-    init = (w, jnp.zeros_like(w), jnp.zeros_like(w), per_channel)
-    _, codes, scales, _ = jax.lax.fori_loop(0, n_in, body, init)
+    init = (w, w, jnp.zeros_like(w), jnp.zeros_like(w), jnp.zeros_like(w)) + per_channel
+    _, _, codes, scales, zeros, _, _ = jax.lax.fori_loop(0, n_in, body, init)
     inv = jnp.argsort(perm)
-    return codes[inv].astype(jnp.int8), scales[inv]
+    return codes[inv].astype(jnp.uint8), scales[inv], zeros[inv]
 
 
 def gptq(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None = None, damp: float = 0.01,
-         act_order: bool = False) -> jax.Array:
-    """GPTQ-quantized kernel W̃ = codes · scales (in, out), in w's dtype. See :func:`gptq_codes`."""
-    codes, scales = gptq_codes(w, h, bits, group_size, damp, act_order)
-    return (codes.astype(jnp.float32) * scales).astype(w.dtype)
+         act_order: bool = False, sym: bool = False, block_size: int = 128) -> jax.Array:
+    """GPTQ-quantized kernel W̃ = scales·(codes − zeros) (in, out), in w's dtype. See :func:`gptq_codes`."""
+    codes, scales, zeros = gptq_codes(w, h, bits, group_size, damp, act_order, sym, block_size)
+    return (scales * (codes.astype(jnp.float32) - zeros)).astype(w.dtype)

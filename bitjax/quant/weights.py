@@ -12,7 +12,8 @@ Conventions
   cast back to W's dtype (as HF transformers' ``WeightQuant`` does).
 * Every function takes ``rule`` (see :mod:`bitjax.quant.ste`) for its gradient.
 * ``*_codes`` functions return the integer codes and scales that packing and
-  export use; the fake-quant function is always ``codes · scale`` of them, so
+  export use; the fake-quant function is always computed from them (codes · scale, or
+  scale · (codes − zero) for the asymmetric RTN grid), so
   a formula lives in exactly one place.
 * sign(0) := +1 everywhere (documented choice; a zero weight must map to ±β).
 """
@@ -272,45 +273,77 @@ def onebit_layernorm(y: jax.Array, eps: float = 1e-5) -> jax.Array:
 
 # ----------------------------------------------------------------------------- round-to-nearest
 def rtn_grid(bits: int) -> int:
-    """Qp = 2^(k−1) − 1 of the symmetric k-bit grid [−Qp−1, Qp] (k = 2..8)."""
+    """maxq = 2^k − 1: the k-bit grid is the integers 0..maxq (k = 2..8)."""
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"rtn supports 2..8 bits, got {bits}")
-    return 2 ** (bits - 1) - 1
+    return 2 ** bits - 1
 
 
-def rtn_scale(w32: jax.Array, qp: int, axis) -> jax.Array:
-    """s = max(max|W|, ε)/Qp over `axis` (kept as size 1)."""
-    return jnp.maximum(jnp.max(jnp.abs(w32), axis=axis, keepdims=True), EPS) / qp
+def rtn_scale(w32: jax.Array, maxq: int, axis, sym: bool = False):
+    """(scale, zero) of GPTQ's min-max ``Quantizer.find_params`` over `axis` (kept as size 1).
 
-
-def rtn_round(w32: jax.Array, s: jax.Array, qp: int) -> jax.Array:
-    """codes = clip(round(W/s), −Qp−1, Qp), as float."""
-    return jnp.clip(jnp.round(w32 / s), -qp - 1, qp)
-
-
-def rtn_codes(w: jax.Array, bits: int, granularity="channel"):
-    """Symmetric k-bit round-to-nearest codes (the PTQ baseline of GPTQ, Frantar et al., 2023, §2).
-
-    s = max(max|W|, ε)/Qp with Qp = 2^(k−1) − 1 (per group);
-    codes = clip(round(W/s), −Qp−1, Qp). Returns (int8 codes, s broadcastable to W).
+    IST-DASLab/gptq, quant.py: the range always contains 0,
+        xmin = min(min W, 0),  xmax = max(max W, 0);
+    sym: xmax = max(|xmin|, xmax), and xmin = −xmax where xmin < 0 (an all-non-negative group keeps
+    xmin = 0, as the reference does);  both 0 → xmin = −1, xmax = +1;
+        scale = (xmax − xmin)/maxq,  zero = round(−xmin/scale)  (sym: zero = (maxq + 1)/2).
+    Both float32.
     """
-    qp = rtn_grid(bits)
+    xmin = jnp.minimum(jnp.min(w32, axis=axis, keepdims=True), 0.0)
+    xmax = jnp.maximum(jnp.max(w32, axis=axis, keepdims=True), 0.0)
+    if sym:
+        xmax = jnp.maximum(jnp.abs(xmin), xmax)
+        xmin = jnp.where(xmin < 0, -xmax, xmin)
+    both0 = (xmin == 0) & (xmax == 0)
+    xmin = jnp.where(both0, -1.0, xmin)
+    xmax = jnp.where(both0, 1.0, xmax)
+    # a true division (XLA would multiply by a rounded 1/maxq): ties in rtn_round depend on it
+    scale = (xmax - xmin) / jax.lax.optimization_barrier(jnp.full_like(xmax, maxq))
+    zero = jnp.full_like(scale, (maxq + 1) / 2) if sym else jnp.round(-xmin / scale)
+    return scale, zero
+
+
+def rtn_round(w32: jax.Array, scale: jax.Array, zero: jax.Array, maxq: int) -> jax.Array:
+    """codes = clip(round(W/scale) + zero, 0, maxq), as float (the reference's ``quantize``).
+
+    W/scale is a true division, as in the reference: XLA would turn a division by a broadcast scale
+    into a multiplication by 1/scale, which moves the exact rounding ties that the symmetric grid
+    always has (its most negative weight sits at W/scale = −maxq/2).
+    """
+    scale = jax.lax.optimization_barrier(jnp.broadcast_to(scale, w32.shape))
+    return jnp.clip(jnp.round(w32 / scale) + zero, 0, maxq)
+
+
+def rtn_codes(w: jax.Array, bits: int, granularity="channel", sym: bool = False):
+    """k-bit min-max round-to-nearest codes: the RTN baseline and grid of GPTQ (Frantar et al., 2023).
+
+    The reference ``Quantizer`` (IST-DASLab/gptq, quant.py; see :func:`rtn_scale`), asymmetric by
+    default as in its scripts (``--sym`` off): per output channel (reduced over the input axis),
+    per group of N input features, or per tensor;
+        codes = clip(round(W/scale) + zero, 0, 2^k − 1),   W̃ = scale·(codes − zero).
+    Returns (codes uint8 of W's shape, scale float32, zero float32), scale/zero broadcastable to W.
+    """
+    maxq = rtn_grid(bits)
     wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
-    s = rtn_scale(wg, qp, axes)
-    return back(rtn_round(wg, s, qp)).astype(jnp.int8), _scale_back(s, w, granularity)
+    scale, zero = rtn_scale(wg, maxq, axes, sym)
+    codes = back(rtn_round(wg, scale, zero, maxq)).astype(jnp.uint8)
+    return codes, _scale_back(scale, w, granularity), _scale_back(zero, w, granularity)
 
 
-def rtn(w: jax.Array, bits: int = 4, granularity="channel", rule: str = "identity") -> jax.Array:
-    """Symmetric k-bit RTN: W̃ = clip(round(W/s), −2^(k−1), 2^(k−1)−1)·s, s = max|W|/(2^(k−1)−1).
+def rtn(w: jax.Array, bits: int = 4, granularity="channel", sym: bool = False,
+        rule: str = "identity") -> jax.Array:
+    """k-bit RTN: W̃ = scale·(clip(round(W/scale) + zero, 0, 2^k − 1) − zero), see :func:`rtn_codes`.
 
-    Per output channel (default) or group-wise along the input dim. With k=2
-    this is a ternary grid {−s, 0, s} with a max-based scale. Gradient: `rule`
-    on u = W/(s·Qp).
+    2^k levels (rtn2 has 4: asymmetric, zero point included). Gradient: `rule` on
+    u = 2(W/scale + zero)/maxq − 1, so that |u| ≤ 1 exactly on the representable range
+    [scale·(0 − zero), scale·(maxq − zero)] (the clipped STE passes gradients there only).
     """
-    codes, s = rtn_codes(w, bits, granularity)
-    q = (codes.astype(jnp.float32) * s).astype(w.dtype)
-    qp = 2 ** (bits - 1) - 1
-    return straight_through(w, q, (w.astype(jnp.float32) / (s * qp)).astype(w.dtype), rule)
+    maxq = rtn_grid(bits)
+    codes, scale, zero = rtn_codes(w, bits, granularity, sym)
+    w32 = w.astype(jnp.float32)
+    q = (scale * (codes.astype(jnp.float32) - zero)).astype(w.dtype)
+    u = (2.0 * (w32 / scale + zero) / maxq - 1.0).astype(w.dtype)
+    return straight_through(w, q, u, rule)
 
 
 # ----------------------------------------------------------------------------- PB-LLM
@@ -458,53 +491,3 @@ def pb_llm(w: jax.Array, mask: jax.Array | None = None, salient: jax.Array | Non
     u = (w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
     binary = alpha.astype(w.dtype) * straight_through(w, sign(w), u, rule)
     return jnp.where(mask, jax.lax.stop_gradient(salient).astype(w.dtype), binary)
-
-
-# ----------------------------------------------------------------------------- BiLLM
-def _binarize_masked(w, mask):
-    """α·sign(W) on `mask` with α = per-output-channel mean|W| over the mask (0 elsewhere)."""
-    m = mask.astype(w.dtype)
-    alpha = jnp.sum(jnp.abs(w) * m, axis=-2, keepdims=True) / jnp.maximum(
-        jnp.sum(m, axis=-2, keepdims=True), 1.0)
-    return sign(w) * alpha * m
-
-
-def billm(w: jax.Array, hessian_diag: jax.Array | None = None, salient_frac: float = 0.1,
-          n_split: int = 40, rule: str = "identity") -> jax.Array:
-    """BiLLM (Huang et al., 2024), data-aware binarization without the GPTQ-style error feedback.
-
-    1. Salient input rows (structural, eq. 5): saliency_i = Σ_j W_ij² · H_ii
-       (H = diag of the layer-input Hessian 2XᵀX; ones when `hessian_diag` is None,
-       i.e. magnitude saliency). The top `salient_frac` rows get *residual*
-       binarization (eq. 6): B₁ = α₁ sign(W), B₂ = α₂ sign(W − B₁), W̃ = B₁ + B₂.
-    2. The other weights are split by a break-point p (eq. 7–8) into a
-       concentrated group |W| ≤ p and a sparse group |W| > p, each binarized with
-       its own per-channel α; p is searched over `n_split` points in (0, max|W|)
-       to minimise ‖W − W̃‖² (eq. 9).
-    Kernel (in, out), 2-D. Gradient: `rule` on u = W / max|W| (per channel).
-    """
-    if w.ndim != 2:
-        raise ValueError(f"billm expects a 2-D kernel, got shape {w.shape}")
-    w32 = w.astype(jnp.float32)
-    h = jnp.ones(w.shape[0], jnp.float32) if hessian_diag is None else hessian_diag.astype(jnp.float32)
-    sal = jnp.sum(w32 ** 2, axis=1) * h
-    k = int(math.ceil(salient_frac * w.shape[0]))
-    if k:
-        rows = (sal >= kth_largest(sal, k)[0])[:, None] & jnp.ones_like(w32, bool)
-    else:
-        rows = jnp.zeros(w.shape, bool)
-    b1 = _binarize_masked(w32, rows)
-    salient = b1 + _binarize_masked(w32 - b1, rows)
-
-    rest = ~rows
-    amax = jnp.max(jnp.abs(w32) * rest)
-    cands = amax * (jnp.arange(1, n_split + 1, dtype=jnp.float32) / (n_split + 1))
-
-    def approx(p):
-        inner = rest & (jnp.abs(w32) <= p)
-        return _binarize_masked(w32, inner) + _binarize_masked(w32, rest & ~inner)
-
-    errs = jax.vmap(lambda p: jnp.sum((approx(p) - w32 * rest) ** 2))(cands)
-    q = (salient + approx(cands[jnp.argmin(errs)])).astype(w.dtype)
-    u = (w32 / jnp.maximum(jnp.max(jnp.abs(w32), axis=0, keepdims=True), EPS)).astype(w.dtype)
-    return straight_through(w, q, u, rule)
