@@ -63,10 +63,11 @@ def test_ternary_absmean_matches_hf_formula(shape, scale, seed):
     w = rand(shape, seed, scale)
     got = np.asarray(W.ternary_absmean(jnp.asarray(w)))
     ref = np_ternary(w)
-    # Codes agree exactly; γ = mean|W| may differ in the last ulp because XLA, numpy and
-    # torch each sum float32 in their own order.
+    # Codes agree exactly; γ = mean|W| may differ in the last ulps because XLA, numpy and
+    # torch each sum float32 in their own order: bounded by the worst-case summation error n·2⁻²⁴
+    # (hypothesis found a 216-element case 9 ulps apart, above the 1e-6 this test used to allow).
     np.testing.assert_array_equal(np.sign(got), np.sign(ref))
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got, ref, rtol=max(1e-6, w.size * 2.0 ** -24), atol=0)
 
 
 def test_ternary_values_are_minus_gamma_zero_gamma():
