@@ -112,5 +112,5 @@ def test_cli_overrides_reach_optional_and_recipe_fields(monkeypatch):
     assert [s for s, _ in transformer.stage_configs(c.model, 10)] == [0, 5]
     transformer.validate_config(c.model)
     c.model.quant.rules = "o_proj: act.keep"
-    with pytest.raises(ValueError, match=r"config\.model\.quant\.rules=.*'keep' is not key=value"):
+    with pytest.raises(ValueError, match=r"config\.model\.quant\.rules=.*'act\.keep' is not key=value"):
         transformer.validate_config(c.model)
