@@ -243,7 +243,8 @@ class Setup:
 
 
 def describe_stages(setup: Setup) -> str:
-    """The quantization recipe in force, per stage: 'step 0+: method' then 'role: spec' lines."""
+    """The quantization recipe in force: per stage a 'quantization from step S: method M' line, then
+    one 'role: spec' line per layer role (printed at start; the table is stored with checkpoints)."""
     lines = []
     for start, cfg in setup.stages:
         lines.append(f"quantization from step {start}: method {cfg.quant.method}"
