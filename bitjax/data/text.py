@@ -14,11 +14,13 @@ import sysconfig
 import warnings
 from collections.abc import Iterable, Sequence
 
+from bitjax.errors import UserError
+
 # A file with more than this fraction of invalid UTF-8 bytes is not text.
 _MAX_INVALID_UTF8_FRACTION = 0.1
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data (missing files, binary files, empty or too-small corpus).
 
     Raised by `get_datasets` before training starts; the message names the
