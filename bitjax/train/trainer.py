@@ -360,11 +360,12 @@ class _Preemption:
 class _SkipWatch:
     """nonfinite='skip': a console warning at each skipped step; stops after too many in a row.
 
-    Each step's `finite` flag is read one step late, so the host never waits for the device.
+    Each step's `finite` flag is read one step late, so the host never waits for the device. Every
+    process checks (the flag is replicated, so all stop at the same step); only `lead` warns.
     """
 
-    def __init__(self, config: ConfigDict, enabled: bool):
-        self.limit, self.enabled = config.max_consecutive_skips, enabled and config.nonfinite == "skip"
+    def __init__(self, config: ConfigDict, lead: bool):
+        self.limit, self.enabled, self.lead = config.max_consecutive_skips, config.nonfinite == "skip", lead
         self.pending, self.in_a_row = None, 0
 
     def __call__(self, step: int | None = None, finite=None) -> None:
@@ -378,7 +379,9 @@ class _SkipWatch:
             self.in_a_row = 0
             return
         self.in_a_row += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0], self.in_a_row)
+        if self.lead:
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0],
+                        self.in_a_row)
         if self.in_a_row > self.limit:
             raise FloatingPointError(
                 f"{self.in_a_row} steps in a row skipped for non-finite values (more than "
