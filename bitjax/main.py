@@ -47,7 +47,8 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO: keep the console readable
         logging.set_verbosity(logging.WARNING)
     # a no-op for a single process; see bitjax/train/distributed.py
-    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
+    with errors.as_user_errors():  # incomplete --coordinator_address/--num_processes/--process_id
+        distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
     from bitjax.train import trainer  # after distributed init: it touches devices
     metrics = trainer.train(_CONFIG.value, _WORKDIR.value)
     # strict JSON (NaN → null): the output is meant to be read by other tools

@@ -14,7 +14,7 @@ import pytest
 from bitjax import errors
 from bitjax.train import trainer
 from bitjax.train import workdir as workdir_lib
-from test_trainer import FILES, losses, tiny_config
+from test_trainer import FILES, tiny_config
 
 
 def steps_logged(workdir):
