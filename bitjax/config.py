@@ -42,8 +42,10 @@ def trainer_config() -> ConfigDict:
     axis_rules: logical axis → mesh axes. optim: bitjax.train.optim.
     log_every / eval_every / checkpoint_every: in steps (0 disables eval/ckpt
     except at the end). keep_checkpoints: how many to keep. nonfinite:
-    'skip' (drop the update, count it) or 'stop' (stop; the last good
-    checkpoint stays). max_skipped_steps: stop after this many skipped steps.
+    'skip' (drop the update, count it, warn) or 'stop' (stop; the last good
+    checkpoint stays). With 'skip', the run stops when more than
+    max_skipped_steps steps were skipped in all (None: a tenth of total_steps)
+    or more than max_consecutive_skips in a row.
     """
     c = ConfigDict()
     c.total_steps = 300
@@ -61,8 +63,14 @@ def trainer_config() -> ConfigDict:
     c.checkpoint_every = 0
     c.keep_checkpoints = 3
     c.nonfinite = "skip"
-    c.max_skipped_steps = 100
+    c.max_skipped_steps = ml_collections.config_dict.placeholder(int)
+    c.max_consecutive_skips = 10
     return c
+
+
+def max_skipped_steps(config: ConfigDict) -> int:
+    """config.max_skipped_steps, or by default a tenth of the run: 8 of 10 steps skipped is no run."""
+    return config.max_skipped_steps if config.max_skipped_steps is not None else max(config.total_steps // 10, 1)
 
 
 def _need(ok: bool, field: str, value, fix: str):
@@ -89,6 +97,14 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
           config.keep_checkpoints, "must be an int ≥ 1")
     _need(config.nonfinite in NONFINITE_POLICIES, "nonfinite", config.nonfinite,
           f"choose one of {NONFINITE_POLICIES}")
+    v = config.max_skipped_steps
+    _need(v is None or (isinstance(v, int) and v >= 0), "max_skipped_steps", v,
+          "must be an int ≥ 0, or None (a tenth of total_steps)")
+    v = config.max_consecutive_skips
+    _need(isinstance(v, int) and v >= 0, "max_consecutive_skips", v, "must be an int ≥ 0")
+    v = config.data.eval_batches
+    _need(isinstance(v, int) and (v == -1 or v >= 1), "data.eval_batches", v,
+          "must be ≥ 1, or -1 for the whole validation split")
     rules = mesh_lib.rules_from_config(config.axis_rules)
     batch_axes = dict(rules).get("batch")
     axes = () if batch_axes is None else ((batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes))

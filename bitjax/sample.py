@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from bitjax import errors
 from bitjax.eval import sample
 from bitjax.train import checkpoint as ckpt_lib
 from bitjax.train import trainer
@@ -22,9 +23,17 @@ from bitjax.train import trainer
 
 def load(workdir: str, step: int | None = None):
     """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device."""
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckdir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckdir):  # checked first: opening a Checkpointer would create the directory
+        raise errors.UserError(f"--workdir {workdir} holds no checkpoints ({ckdir} does not exist); "
+                               f"train first (python -m bitjax.main) or fix the path")
+    ckpt = ckpt_lib.Checkpointer(ckdir)
     if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first (python -m bitjax.main)")
+        ckpt.close()
+        raise errors.UserError(f"no checkpoints in {ckdir}; train first (python -m bitjax.main)")
+    if step is not None and step not in ckpt.all_steps():
+        ckpt.close()
+        raise errors.UserError(f"--step {step}: no such checkpoint in {ckdir} (steps: {ckpt.all_steps()})")
     config = ConfigDict(ckpt.restore_metadata(step)["config"])
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
     setup = trainer.Setup(config, devices=jax.devices()[:1])
@@ -34,6 +43,7 @@ def load(workdir: str, step: int | None = None):
     return setup, state["params"]
 
 
+@errors.cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)

@@ -9,7 +9,7 @@ size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = to
 from bitjax import config as config_lib
 from bitjax.models import transformer
 
-# Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup)
+# Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {
     "tiny": (300, 16, 128, 3e-3, 30),
     "small": (20_000, 256, 1024, 1.5e-3, 750),
@@ -29,7 +29,9 @@ def get_config(arg=None):
     # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips); at `tiny` the
     # best of {1e-3, 3e-3, 1e-2} is 3e-3 for b158 and 1e-3 for fp over 3 seeds (experiments/compare_tiny).
     config.optim.lr = lr / 3 if arg.quant == "fp" else lr
-    config.optim.warmup_steps = warmup
+    # Warmup is the same fraction of any run length (a lazy reference: --config.total_steps=20 gets 2
+    # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
+    config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
     config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size != "tiny" else "cosine"
     config.model = transformer.default_config()
     for k, v in transformer.SIZES[arg.size].items():

@@ -416,12 +416,18 @@ def test_error_binary_file(tmp_path):
     assert "image.png: not a text file" in msg
 
 
-def test_invalid_utf8_is_replaced_with_warning(tmp_path):
+def test_non_utf8_text_is_refused_or_decoded_as_asked(tmp_path):
     f = tmp_path / "latin1.txt"
-    f.write_bytes("naïve café, then plain ASCII words. ".encode("latin-1") * 20)
-    with pytest.warns(UserWarning, match="invalid UTF-8"):
-        train, _, tok = data.get_datasets(make_cfg(tmp_path, paths=[str(f)]))
+    text = "naïve café, then plain ASCII words. " * 20
+    f.write_bytes(text.encode("latin-1"))  # 40 bad bytes of 740: below the binary threshold
+    msg = _error(tmp_path, paths=[str(f)])
+    assert "latin1.txt: not valid UTF-8" in msg and "config.data.encoding" in msg  # not mangled silently
+    train, _, tok = data.get_datasets(make_cfg(tmp_path, paths=[str(f)], encoding="latin-1"))
+    assert tok.decode(train.batch(0)["inputs"][0]) in text  # decoded as asked: no U+FFFD
+    train, _, tok = data.get_datasets(make_cfg(tmp_path, paths=[str(f)], encoding="utf-8:replace"))
     assert "\ufffd" in tok.decode(train.batch(0)["inputs"][0])
+    assert "not valid ascii text" in _error(tmp_path, paths=[str(f)], encoding="ascii")
+    assert "config.data.encoding='klingon'" in _error(tmp_path, paths=[str(f)], encoding="klingon")
     g = tmp_path / "random.bin"
     g.write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 500,
                                                           dtype=np.uint8)))

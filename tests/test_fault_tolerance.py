@@ -83,8 +83,10 @@ def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(losses(cut)) < 30
-    run(cli(cut, data_dir, 30, checkpoint_every=5), env=env())
+    run(cli(cut, data_dir, 30, checkpoint_every=5), env=env())  # the killed run's lock is stale: taken over
     assert losses(cut) == losses(ref)  # bitwise: data order, RNG and optimizer state all restored
+    with open(os.path.join(cut, "metrics.jsonl")) as f:  # steps re-run after the kill are logged once
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 31))
     (s1, p1), (s2, p2) = final_params(ref), final_params(cut)
     assert s1 == s2 == 30
     for a, b in zip(p1, p2):
@@ -93,14 +95,19 @@ def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
 
 def test_sigterm_checkpoints_and_exits_zero(data_dir, tmp_path):
     wd = str(tmp_path / "term")
-    proc = subprocess.Popen(cli(wd, data_dir, 400, checkpoint_every=1000), cwd=ROOT, env=env(),
+    proc = subprocess.Popen(cli(wd, data_dir, 100_000, checkpoint_every=100_000), cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(wd, 5, proc)
+    # meanwhile, a second run on the same workdir is refused: one line, exit 2, nothing touched
+    second = subprocess.run(cli(wd, data_dir, 100_000), cwd=ROOT, env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 2 and "in use by a live run" in second.stderr, second.stderr[-3000:]
+    assert proc.poll() is None  # the first run is still going
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     steps = [int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit()]
-    assert steps and 5 <= max(steps) < 400  # the step it was on, not the end
+    assert steps and 5 <= max(steps) < 100_000  # the step it was on, not the end
 
 
 def free_port():

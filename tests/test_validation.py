@@ -114,3 +114,59 @@ def test_cli_overrides_reach_optional_and_recipe_fields(monkeypatch):
     c.model.quant.rules = "o_proj: act.keep"
     with pytest.raises(ValueError, match=r"config\.model\.quant\.rules=.*'act\.keep' is not key=value"):
         transformer.validate_config(c.model)
+
+
+# ---------------------------------------------------------------- the CLI, as a user types it (issue 14)
+def main_cli(workdir, *args):
+    return subprocess.run([sys.executable, "-m", "bitjax.main", "--config",
+                           "configs/transformer.py:quant=b158,size=tiny", f"--workdir={workdir}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(p, message):
+    assert p.returncode == 2, p.stderr[-3000:]
+    lines = [l for l in p.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1 and message in lines[0], p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.modle.d_model=64"], """unknown config field 'modle' Did you mean "model" instead of "modle"?"""),
+    (["--config", "configs/transformer.py:quant=b158,size=huge"], "unknown size 'huge'; choose one of"),
+    (["--config.total_steps=abc"], "--config.total_steps=abc"),
+    (["--config.data.eval_batches=0"], "config.data.eval_batches=0 is invalid"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    p = main_cli(tmp_path / "wd", *args)
+    assert_one_line_error(p, message)
+    assert not (tmp_path / "wd").exists()
+
+
+TINY = ["--config.batch_size=8", "--config.seq_len=32", "--config.model.d_model=32", "--config.model.n_layers=1",
+        "--config.model.mlp_dim=64", "--config.data.name=text_files", "--config.data.eval_batches=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, message", [
+    ("missing_data", "matches no file"),
+    ("group7", "group size 7 does not divide the input dim 32"),
+    ("workdir_is_a_file", "is a file, not a directory"),
+    ("latin1", "not valid UTF-8"),
+])
+def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir, tmp_path):
+    from test_trainer import FILES
+    paths = repr(tuple(FILES))
+    wd = tmp_path / "wd"
+    extra = []
+    if case == "missing_data":
+        paths = str(tmp_path / "nothing" / "*.txt")
+    elif case == "group7":
+        extra = ["--config.model.quant.rules=*_proj: weight.granularity=group7"]
+    elif case == "workdir_is_a_file":
+        wd.write_text("my notes")
+    elif case == "latin1":
+        (tmp_path / "notes.txt").write_bytes("café au lait, s'il vous plaît. ".encode("latin-1") * 50)
+        paths = str(tmp_path / "notes.txt")
+    p = main_cli(wd, *TINY, f"--config.data.paths={paths}", f"--config.data.data_dir={data_dir}", *extra)
+    assert_one_line_error(p, message)
+    assert wd.is_file() if case == "workdir_is_a_file" else not wd.exists()

@@ -84,20 +84,23 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     Attributes:
       files: sorted absolute paths of the files.
       validation_fraction: fraction held out as 'validation'.
+      encoding: how the files are decoded (see `text.read_text`).
     """
 
     files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     validation_fraction: float = VALIDATION_FRACTION
+    encoding: str = text_lib.DEFAULT_ENCODING
 
 
 def text_files_config(paths: Sequence[str] | str,
-                      validation_fraction: float = VALIDATION_FRACTION
+                      validation_fraction: float = VALIDATION_FRACTION,
+                      encoding: str = text_lib.DEFAULT_ENCODING
                       ) -> TextFilesConfig:
     """Resolves `paths` (files / globs) into a `TextFilesConfig`.
 
     The config name is a fingerprint of the resolved files (paths, sizes,
-    mtimes) and the fraction, so each file set -- and each edit of a file --
-    gets its own data_dir and caches.
+    mtimes), the fraction and the encoding, so each file set -- and each edit
+    of a file -- gets its own data_dir and caches.
 
     Raises:
       DataError: a path or glob matches nothing.
@@ -106,12 +109,15 @@ def text_files_config(paths: Sequence[str] | str,
         raise ValueError("validation_fraction must be in (0, 1), got "
                          f"{validation_fraction}.")
     files = tuple(text_lib.resolve_paths(paths))
-    fp = text_lib.files_fingerprint(files, validation_fraction)
+    # the default encoding adds nothing, so caches built before the option existed stay valid
+    extra = () if encoding == text_lib.DEFAULT_ENCODING else (encoding,)
+    fp = text_lib.files_fingerprint(files, validation_fraction, *extra)
     return TextFilesConfig(
         name=f"files-{fp}",
         description=f"{len(files)} file(s) under {text_lib.common_root(files)}",
         files=files,
         validation_fraction=validation_fraction,
+        encoding=encoding,
     )
 
 
@@ -135,7 +141,7 @@ class TextFiles(_DocsBuilder):
                 "text_files needs a config listing the files: "
                 "builder_kwargs={'config': text_files_config(paths)}.")
         root = text_lib.common_root(config.files)
-        docs = [(os.path.relpath(f, root), text_lib.read_text(f))
+        docs = [(os.path.relpath(f, root), text_lib.read_text(f, config.encoding))
                 for f in config.files]
         text_lib.check_not_empty(docs, f"text_files ({config.description})")
         splits = text_lib.split_docs([d for d in docs if d[1]],

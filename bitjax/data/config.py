@@ -27,6 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
       eval_split: tfds split to evaluate on (registered tfds datasets only);
         None -> 'validation' if the dataset has one, else 'test'. The local
         corpora always use their own 'train' / 'validation' split by file.
+      encoding: how 'text_files' are decoded: a Python codec ('utf-8',
+        'latin-1', 'cp1252', ...), optionally ':replace' to turn undecodable
+        bytes into U+FFFD (e.g. 'utf-8:replace'). A file that does not decode
+        is refused, naming the file.
       validation_fraction: fraction of files ('text_files') held out as
         validation; with too few files, that fraction of each file's tail.
       download: let tfds download and prepare a registered dataset that is not
@@ -51,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.name = "python_stdlib"
     c.paths = ()  # a tuple: `--config.data.paths=a.txt --config.data.paths=b/*.md` on the command line
     c.text_key = "text"
+    c.encoding = "utf-8"
     c.data_dir = config_dict.placeholder(str)
     c.train_split = "train"
     c.eval_split = config_dict.placeholder(str)

@@ -296,7 +296,8 @@ def load_corpus(cfg, data_dir: str) -> Corpus:
     kwargs = {"file_format": "array_record"}
     if name == "text_files":
         kwargs["config"] = builders.text_files_config(cfg.paths,
-                                                      cfg.validation_fraction)
+                                                      cfg.validation_fraction,
+                                                      cfg.encoding)
     local = name in _LOCAL_BUILDERS
     train_split = "train" if local else cfg.train_split
     eval_split = "validation" if local else cfg.eval_split

@@ -11,14 +11,16 @@ import hashlib
 import os
 import sys
 import sysconfig
-import warnings
 from collections.abc import Iterable, Sequence
 
-# A file with more than this fraction of invalid UTF-8 bytes is not text.
+from bitjax.errors import UserError
+
+# A file with more than this fraction of invalid UTF-8 bytes is not text (but binary).
 _MAX_INVALID_UTF8_FRACTION = 0.1
+DEFAULT_ENCODING = "utf-8"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data (missing files, binary files, empty or too-small corpus).
 
     Raised by `get_datasets` before training starts; the message names the
@@ -77,14 +79,16 @@ def files_fingerprint(files: Sequence[str], *extra) -> str:
     return h.hexdigest()[:16]
 
 
-def read_text(path: str) -> str:
-    """Reads a UTF-8 text file.
+def read_text(path: str, encoding: str = DEFAULT_ENCODING) -> str:
+    """Reads a text file in `encoding` (config.data.encoding).
 
-    A few invalid UTF-8 bytes are replaced by U+FFFD with a warning; a file with
-    NUL bytes or mostly invalid UTF-8 is rejected as binary.
+    `encoding` is a Python codec name, optionally with an error handler after
+    a colon: 'utf-8' (strict), 'latin-1', 'cp1252', 'utf-8:replace' (invalid
+    bytes become U+FFFD). Nothing is mangled silently: a file that does not
+    decode is refused, naming the file and the option.
 
     Raises:
-      DataError: the file is not text.
+      DataError: the file is not text, or not in `encoding`.
     """
     with open(path, "rb") as f:
         raw = f.read()
@@ -94,20 +98,30 @@ def read_text(path: str) -> str:
             f"{path}: not a text file (NUL byte at offset {nul}); remove it from "
             "config.data.paths or narrow the glob to text files."
         )
+    codec, _, errors = encoding.partition(":")
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    text = raw.decode("utf-8", errors="replace")
+        return raw.decode(codec, errors=errors or "strict")
+    except LookupError as e:
+        raise DataError(f"config.data.encoding={encoding!r}: {e}; use a Python "
+                        "codec name such as 'utf-8' or 'latin-1'.") from None
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+    if codec.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise DataError(f"{path}: not valid {codec} text ({where}); fix "
+                        "config.data.encoding or remove the file from "
+                        "config.data.paths.")
     # Each bad byte becomes one U+FFFD (real U+FFFD characters are rare).
-    bad = text.count("\ufffd")
+    bad = raw.decode("utf-8", errors="replace").count("\ufffd")
     if bad > _MAX_INVALID_UTF8_FRACTION * len(raw):
         raise DataError(
             f"{path}: not UTF-8 text ({bad} of {len(raw)} bytes are invalid "
             "UTF-8); convert it to UTF-8 or remove it from config.data.paths."
         )
-    warnings.warn(f"{path}: replaced {bad} invalid UTF-8 byte(s) with U+FFFD.")
-    return text
+    raise DataError(
+        f"{path}: not valid UTF-8 ({bad} invalid byte(s), the first is {where}); "
+        "if it is in another encoding, set config.data.encoding (e.g. "
+        "'latin-1' or 'cp1252'), or 'utf-8:replace' to replace invalid bytes "
+        "with U+FFFD.")
 
 
 def common_root(files: Sequence[str]) -> str:

@@ -14,13 +14,19 @@ bits/byte = sum(nll) / ln(2) / sum(token_bytes[targets]).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
+
+# SentencePiece's limit on one training sentence, in bytes; longer lines are cut into pieces below it
+# (the trainer would skip them, and fail with an opaque INTERNAL error if every line were too long).
+MAX_SENTENCE_BYTES = 16384
 
 
 class Tokenizer:
@@ -155,10 +161,12 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
 
     def lines():
         seen = 0
+        step = MAX_SENTENCE_BYTES // 4  # characters: at most 4 UTF-8 bytes each
         for text in texts:
             for line in text.splitlines():
                 if line.strip():
-                    yield line
+                    for i in range(0, len(line), step):  # e.g. minified code: one huge line
+                        yield line[i:i + step]
                     seen += len(line.encode("utf-8", errors="replace"))
             if seen >= sample_bytes:
                 return
@@ -166,7 +174,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
     spm.set_random_generator_seed(0)
     model_dir = os.path.dirname(os.path.abspath(model_path))
     os.makedirs(model_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=model_dir) as tmp, _user_errors(vocab_size):
         prefix = os.path.join(tmp, "spm")
         spm.SentencePieceTrainer.train(
             sentence_iterator=lines(),
@@ -181,7 +189,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
             split_digits=True,
-            max_sentence_length=16384,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
@@ -189,6 +197,23 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
         os.replace(prefix + ".model", model_path)
     logging.info("Trained SentencePiece model %s", model_path)
     return SentencePieceTokenizer(model_path)
+
+
+@contextlib.contextmanager
+def _user_errors(vocab_size: int):
+    """SentencePiece's INTERNAL errors that are about the data or the config, as a DataError."""
+    from bitjax.data.text import DataError  # pylint: disable=g-import-not-at-top
+    try:
+        yield
+    except RuntimeError as e:
+        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if m:
+            raise DataError(f"config.data.vocab_size={vocab_size} is smaller than the {m[2]} distinct "
+                            f"characters and specials of this corpus; use a larger one.") from None
+        if "sentences_.empty()" in str(e):
+            raise DataError("SentencePiece found no training text in the corpus; add text or use "
+                            "config.data.tokenizer='byte'.") from None
+        raise
 
 
 def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None,

@@ -27,36 +27,78 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
+from bitjax import errors
 from bitjax import models
 from bitjax.data import pipeline as data_lib
 from bitjax.train import checkpoint as ckpt_lib
 from bitjax.train import distributed
 from bitjax.train import mesh as mesh_lib
 from bitjax.train import optim
+from bitjax.train import workdir as workdir_lib
 
 log = logging.getLogger("bitjax")
 VOCAB_MULTIPLE = 128
 
 
 # ============================================================================ metrics
-class MetricsWriter:
-    """metrics.jsonl (one JSON object per log step) + TensorBoard events, process 0 only."""
+def jsonable_metrics(metrics: dict) -> dict:
+    """NaN/Inf floats → None, so the output is strict JSON (json.dumps would write a bare NaN)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
-    def __init__(self, workdir: str, enabled: bool):
+
+def truncate_metrics(path: str, step: int) -> int:
+    """Drops the rows of metrics.jsonl after `step` (and a torn last line); returns how many were dropped.
+
+    A run resumed from a checkpoint older than its last logged row (a SIGKILL, a damaged or deleted
+    checkpoint) logs those steps again: without this, they would appear twice.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):  # a row cut short by a kill: drop it
+            pass
+    if len(keep) < len(lines):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)  # atomic: a crash now leaves either the old or the new file
+    return len(lines) - len(keep)
+
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per log step) + TensorBoard events, process 0 only.
+
+    `start`: the step the run (re)starts from; rows and events logged after it by an earlier attempt
+    are dropped, so each step appears once.
+    """
+
+    def __init__(self, workdir: str, enabled: bool, start: int = 0):
         self.enabled = enabled
         self._tb = None
         if enabled:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            dropped = truncate_metrics(path, start)
+            if dropped:
+                log.warning("dropped %d row(s) after step %d from %s: this run logs those steps again",
+                            dropped, start, path)
+            self._jsonl = open(path, "a")
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                # purge_step: TensorBoard discards the earlier attempt's events from that step on
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1)
             except ImportError:  # TensorBoard events are optional
                 log.warning("tensorboardX not installed: no TensorBoard events")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._jsonl.write(json.dumps({"step": step, **jsonable_metrics(metrics)}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in metrics.items():
@@ -119,6 +161,11 @@ class Setup:
         self.mesh = mesh_lib.make_mesh(config.mesh, devices)
         self.rules = mesh_lib.rules_from_config(config.axis_rules)
         self.pi, self.pc = jax.process_index(), jax.process_count()
+        with errors.as_user_errors():  # every ValueError up to here is about the config or the data
+            self._check(config)
+
+    def _check(self, config: ConfigDict):
+        """Validates the config, opens the data, builds the model abstractly and traces the train step."""
         config_lib.validate(config, self.mesh, self.pc)
 
         # ---- data (fails with a DataError on bad input, before any compile)
@@ -170,6 +217,14 @@ class Setup:
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_pure))
         self._jit()
+        # Trace (no compile) each stage's train step on abstract inputs: a model error that only shows when the
+        # model runs (e.g. a quantizer group size that does not divide a weight) is reported now, before
+        # the workdir is touched. jit caches the trace, so the first real step does not trace again.
+        batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), dt, sharding=self.batch_sharding)
+                 for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+        state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_sharding)
+        for train_step in self.train_steps:
+            train_step.trace(state, batch)
 
     # ------------------------------------------------------------------------ steps
     def _jit(self):
@@ -254,16 +309,52 @@ def describe_stages(setup: Setup) -> str:
 
 
 # ============================================================================ restore
-def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str) -> None:
+# Data fields that define the token stream (not where it is cached, nor how much of it is evaluated).
+DATA_IDENTITY = ("name", "paths", "text_key", "train_split", "validation_fraction", "encoding",
+                 "tokenizer", "vocab_size", "spm_sample_bytes")
+
+
+def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
+    """What a checkpoint's token stream was made from: the data fields above + the tokenizer's identity."""
+    d = json.loads(json.dumps(config_lib.to_dict(data_config)))
+    fp = {f"data.{k}": d[k] for k in DATA_IDENTITY if k in d}
+    if d.get("tokenizer") == "byte":  # only sentencepiece reads these
+        for k in ("data.vocab_size", "data.spm_sample_bytes"):
+            fp.pop(k, None)
+    if tokenizer_name is not None:  # e.g. a sentencepiece model retrained on other text has another name
+        fp["tokenizer vocabulary"] = tokenizer_name
+    return fp
+
+
+def _diffs(saved, now, path: str) -> list[str]:
+    """'config.a.b: saved X, now Y' for each leaf that differs."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _diffs(saved.get(k), now.get(k), f"{path}.{k}")]
+    return [] if saved == now else [f"{path}: saved {saved!r}, now {now!r}"]
+
+
+def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str, tokenizer_name: str) -> None:
     """Refuse to resume a workdir written by a different model/data/seed: nothing is overwritten."""
     saved = meta.get("config", {})
+    now = json.loads(json.dumps(config_lib.to_dict(config)))
+    diffs = []
     for key in ("model", "seq_len", "batch_size", "seed"):
-        mine = json.loads(json.dumps(config_lib.to_dict(config)[key] if key == "model" else config[key]))
-        if key in saved and saved[key] != mine:
-            raise ValueError(
-                f"{workdir} holds checkpoints of a run with a different config.{key} "
-                f"(saved {saved[key]!r}, now {mine!r}). Resuming would mix incompatible runs: use a new "
-                f"--workdir, or restore the original config.{key}. Nothing was changed on disk.")
+        if key in saved:
+            diffs += _diffs(saved[key], now[key], f"config.{key}")
+    # checkpoints from before the fingerprint was stored: compare the data fields of their config
+    saved_fp = meta.get("data") or data_fingerprint(saved.get("data", {}))
+    now_fp = data_fingerprint(config.data, tokenizer_name)
+    diffs += [f"config.{k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}" if k.startswith("data.") else
+              f"the {k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
+              for k in now_fp if k in saved_fp and saved_fp[k] != now_fp[k]]
+    if diffs:
+        fields = sorted({d.split(":")[0].split(".")[1] if d.startswith("config.") else "data" for d in diffs})
+        raise errors.UserError(
+            f"{workdir} holds checkpoints of a run with a different "
+            f"{' / '.join('config.' + f for f in fields)} ({'; '.join(diffs)}). Resuming would mix "
+            f"incompatible runs: use a new --workdir, or restore the original value(s). Nothing was "
+            f"changed on disk.")
 
 
 def _last_logged(workdir: str) -> dict:
@@ -292,12 +383,65 @@ class _Preemption:
 
     def _handler(self, signum, frame):
         del frame
-        log.warning("received signal %d: checkpointing after this step and stopping", signum)
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
+            raise KeyboardInterrupt("second interrupt: stopped without a final checkpoint")
+        log.warning("received signal %d: checkpointing after this step and stopping (Ctrl-C again to quit "
+                    "at once)", signum)
         self.requested = True
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class _SkipWatch:
+    """nonfinite='skip': a console warning at each skipped step; stops after too many in a row.
+
+    Each step's `finite` flag is read one step late, so the host never waits for the device. Every
+    process checks (the flag is replicated, so all stop at the same step); only `lead` warns.
+    """
+
+    def __init__(self, config: ConfigDict, lead: bool):
+        self.limit, self.enabled, self.lead = config.max_consecutive_skips, config.nonfinite == "skip", lead
+        self.pending, self.in_a_row = None, 0
+
+    def __call__(self, step: int | None = None, finite=None) -> None:
+        """Records step `step`'s flag and checks the previous one (no arguments: check the last one)."""
+        if not self.enabled:
+            return
+        prev, self.pending = self.pending, (None if step is None else (step, finite))
+        if prev is None:
+            return
+        if bool(prev[1]):
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.lead:
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0],
+                        self.in_a_row)
+        if self.in_a_row > self.limit:
+            raise FloatingPointError(
+                f"{self.in_a_row} steps in a row skipped for non-finite values (more than "
+                f"config.max_consecutive_skips={self.limit}) at step {prev[0]}; stopping. Lower "
+                f"config.optim.lr or raise config.optim.warmup_steps.")
+
+
+def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.Lock | None:
+    """Process 0 checks, creates and locks `workdir`; in multi-process runs the others learn whether it could."""
+    lock, error = None, None
+    if lead:
+        try:
+            workdir_lib.prepare(workdir)
+            lock = workdir_lib.Lock(workdir).acquire()
+        except errors.UserError as e:
+            error = e
+    if process_count > 1 and distributed.any_process(error is not None) and error is None:
+        if lock is not None:
+            lock.release()
+        error = errors.UserError(f"process 0 could not use --workdir {workdir}; see its error")
+    if error is not None:
+        raise error
+    return lock
 
 
 # ============================================================================ loop
@@ -308,14 +452,28 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     many steps of this invocation, as a preemption would; the run can be resumed later.
     """
     setup = Setup(config, devices)  # validates everything before touching the workdir
-    os.makedirs(workdir, exist_ok=True)
+    lock = _lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
+    try:
+        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                     save_every=max(config.checkpoint_every, 1))
+        try:
+            return _run(setup, config, workdir, ckpt, stop_after)
+        finally:
+            ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
+            ckpt.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpointer,
+         stop_after: int | None) -> dict[str, Any]:
     lead = setup.pi == 0
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                 save_every=max(config.checkpoint_every, 1))
-    meta = {"config": config_lib.to_dict(config), "quant_recipe": setup.quant_table}
+    meta = {"config": config_lib.to_dict(config), "data": data_fingerprint(config.data, setup.tokenizer.name),
+            "quant_recipe": setup.quant_table}
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     if ckpt.latest_step() is not None:
-        _check_resume_compatible(config, ckpt.restore_metadata(), workdir)
+        _check_resume_compatible(config, ckpt.restore_metadata(), workdir, setup.tokenizer.name)
         step0, state = ckpt.restore_latest(restore_target)
         if lead:
             print(f"resumed from {workdir} at step {step0}")
@@ -333,10 +491,10 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
         last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
         if lead:
             print(f"{workdir} already holds a finished run ({start} steps); evaluated it again")
-        ckpt.close()
         return last
 
-    writer = MetricsWriter(workdir, lead)
+    writer = MetricsWriter(workdir, lead, start)
+    skip_watch = _SkipWatch(config, lead)
     progress = Progress(config.total_steps, start, lead)
     tokens_per_step = config.batch_size * config.seq_len
     last: dict[str, Any] = {}
@@ -346,6 +504,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
         for step in range(start, config.total_steps):
             state, m = setup.train_steps[setup.stage_at(step)](state, setup.train_batch(step))
             done = step + 1
+            skip_watch(done, m["finite"])
             steps_since += 1
             is_last = done == config.total_steps
             eval_now = bool(config.eval_every and done % config.eval_every == 0) or is_last
@@ -354,9 +513,12 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                        or (stop_after is not None and done - start >= stop_after))
             if config.nonfinite == "stop" and not bool(m["finite"]):
                 ckpt.wait()
+                good = ckpt.latest_step()
                 raise FloatingPointError(
-                    f"non-finite loss or gradient at step {done}; stopped (config.nonfinite='stop'). The "
-                    f"last good checkpoint in {workdir} is intact (step {ckpt.latest_step()}).")
+                    f"non-finite loss or gradient at step {done}; stopped (config.nonfinite='stop'). " +
+                    (f"The last good checkpoint in {workdir} is intact (step {good})." if good is not None else
+                     f"No checkpoint had been written yet (config.checkpoint_every={config.checkpoint_every}), "
+                     f"so the run restarts from step 0."))
             if log_now:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t_log
@@ -367,11 +529,22 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                 if not first_interval:  # the first interval includes compilation
                     step_times.append(dt / steps_since)
                 t_log, steps_since, first_interval = time.perf_counter(), 0, False
-                if last["skipped_steps"] > config.max_skipped_steps:
-                    ckpt.wait()
+                limit = config_lib.max_skipped_steps(config)
+                if last["skipped_steps"] > limit:
                     raise FloatingPointError(
-                        f"{last['skipped_steps']} steps skipped for non-finite values (more than "
-                        f"config.max_skipped_steps={config.max_skipped_steps}); stopping.")
+                        f"{last['skipped_steps']} of {done} steps skipped for non-finite values (more than "
+                        f"{limit}, config.max_skipped_steps={config.max_skipped_steps}); stopping.")
+            if stop_after is not None and done - start >= stop_after:
+                preempt.requested = True
+            if setup.pc == 1:
+                stop = preempt.requested
+            else:  # processes get SIGTERM at different steps: all stop at the next log step after any
+                # did, or the others would wait forever in the following step's collectives
+                stop = log_now and distributed.any_process(preempt.requested)
+            # save before evaluating: a crash in eval must not lose the steps since the last checkpoint
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last or stop:
+                ckpt.save(done, state, meta, force=True)
+                t_log = time.perf_counter()
             if eval_now:
                 last.update(setup.evaluate(state["params"], done))
                 t_log = time.perf_counter()  # throughput counts training steps only
@@ -380,22 +553,13 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
                 msg = f"loss {last['train_loss']:.4f}"
                 if eval_now:
                     msg += f" eval_bpb {last['eval_bpb']:.4f}"
+                if last["skipped_steps"]:
+                    msg += f" skipped {last['skipped_steps']}"
                 progress.update(done, f"{msg} | {last['tokens_per_s'] / 1e3:.1f}k tok/s",
                                 force_line=True)
-            if stop_after is not None and done - start >= stop_after:
-                preempt.requested = True
-            if setup.pc == 1:
-                stop = preempt.requested
-            else:  # processes get SIGTERM at different steps: all stop at the next log step after any
-                # did, or the others would wait forever in the following step's collectives
-                stop = log_now and distributed.any_process(preempt.requested)
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last or stop:
-                ckpt.save(done, state, meta, force=True)
-                t_log = time.perf_counter()
             if stop:
                 break
-    ckpt.wait()
-    ckpt.close()
+    skip_watch()
     writer.close()
     last["step"] = int(state["step"])
     last["step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
