@@ -51,13 +51,23 @@ def test_eval_batches_zero_is_refused_before_anything_runs(data_dir, tmp_path):
 
 
 def test_a_crash_in_the_final_eval_keeps_the_final_checkpoint(data_dir, tmp_path, monkeypatch):
-    def crash(self, params):
+    def crash(self, params, step=None):
         raise RuntimeError("eval crashed")
     monkeypatch.setattr(trainer.Setup, "evaluate", crash)
     with pytest.raises(RuntimeError, match="eval crashed"):
         trainer.train(tiny_config("fp", steps=5, data_dir=data_dir, checkpoint_every=0), str(tmp_path))
     assert "5" in os.listdir(tmp_path / "checkpoints")  # saved (and finished) before the eval ran
     assert not (tmp_path / workdir_lib.LOCK_NAME).exists()  # the lock goes with the run
+
+
+def test_a_crash_in_a_mid_run_eval_keeps_the_trained_steps(data_dir, tmp_path, monkeypatch):
+    def crash(self, params, step=None):
+        raise RuntimeError("eval crashed")
+    monkeypatch.setattr(trainer.Setup, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="eval crashed"):
+        trainer.train(tiny_config("fp", steps=8, data_dir=data_dir, checkpoint_every=0, eval_every=6),
+                      str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == ["6"]  # saved when the eval at step 6 failed
 
 
 # ------------------------------------------------------------------ 3. workdir lock

@@ -542,11 +542,17 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
                 # did, or the others would wait forever in the following step's collectives
                 stop = log_now and distributed.any_process(preempt.requested)
             # save before evaluating: a crash in eval must not lose the steps since the last checkpoint
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last or stop:
+            saved = (config.checkpoint_every and done % config.checkpoint_every == 0) or is_last or stop
+            if saved:
                 ckpt.save(done, state, meta, force=True)
                 t_log = time.perf_counter()
             if eval_now:
-                last.update(setup.evaluate(state["params"], done))
+                try:
+                    last.update(setup.evaluate(state["params"], done))
+                except BaseException:  # a mid-run eval between checkpoints: keep the trained steps
+                    if not saved:
+                        ckpt.save(done, state, meta, force=True)
+                    raise
                 t_log = time.perf_counter()  # throughput counts training steps only
             if log_now:
                 writer.write(done, last)
