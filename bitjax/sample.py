@@ -8,30 +8,20 @@ The model config is read from the checkpoint itself, so the same command works f
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import ConfigDict
 
-from bitjax.eval import sample
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import trainer
+from bitjax.eval import sample, scoring
 
 
 def load(workdir: str, step: int | None = None):
-    """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device."""
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoints in {workdir}/checkpoints; train first (python -m bitjax.main)")
-    config = ConfigDict(ckpt.restore_metadata(step)["config"])
-    config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
-    setup = trainer.Setup(config, devices=jax.devices()[:1])
-    target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-    state = ckpt.restore(step, target)
-    ckpt.close()
-    return setup, state["params"]
+    """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device.
+
+    ValueError (and nothing created on disk) for a workdir without checkpoints or an absent step.
+    """
+    return scoring.load(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
 
 
 def main(argv=None):
