@@ -87,11 +87,10 @@ def test_scorer_matches_direct_log_softmax_across_buckets_padding_and_truncation
         np.testing.assert_allclose(got_lp, want_lp, rtol=1e-5, atol=1e-4)
         assert got_g == want_g
     assert {length for _, length in scorer.shapes_compiled} <= set(scoring.length_buckets(SEQ)) == {16, 32}
-    # a sequence whose continuation is the model's own argmax is greedy
-    seq = [104, 101, 108]
-    for _ in range(3):
-        seq.append(int(direct(seq + [0])[-1].argmax()))
-    assert scorer.score([(seq, 3)])[1][0]
+    # a continuation that is the model's own argmax is greedy (causal: the last input fixes it)
+    seq = [104, 101, 108, 108, 0]
+    seq[-1] = int(direct(seq)[-1].argmax())
+    assert scorer.score([(seq, 1)])[1][0] and not scorer.score([(seq[:-1] + [(seq[-1] + 1) % 256], 1)])[1][0]
 
 
 # ---------------------------------------------------------------------------- perplexity (no lm-eval)
@@ -188,12 +187,13 @@ def test_generate_until_is_the_greedy_sampler_cut_at_stop_sequences(lm, run):
 def _task_files(tmp_path):
     """Three local tasks (multiple_choice, loglikelihood_rolling, generate_until) over JSONL data."""
     docs = {
-        "mc": [{"q": "1 + 1 =", "choices": [" 2", " 3", " 11"], "label": 0},
-               {"q": "def f(x): return", "choices": [" x", " banana"], "label": 0},
-               {"q": "import", "choices": [" os", " the"], "label": 0},
-               {"q": "The sky is", "choices": [" blue", " green", " (x)"], "label": 0}],
+        # equal lengths keep the direct checks to one compilation
+        "mc": [{"q": "1 + 1 =", "choices": [" 2", " 3", " 4"], "label": 0},
+               {"q": "2 * 3 =", "choices": [" 5", " 6"], "label": 1},
+               {"q": "9 - 4 =", "choices": [" 5", " 4"], "label": 0},
+               {"q": "8 / 2 =", "choices": [" 2", " 6", " 4"], "label": 2}],
         "ppl": [{"text": "def add(a, b):\n    return a + b\n"}, {"text": "for i in range(3):\n    print(i)\n" * 2}],
-        "gen": [{"prompt": "def ", "answer": "f"}, {"prompt": "import ", "answer": "os"},
+        "gen": [{"prompt": "def ", "answer": "f"}, {"prompt": "for ", "answer": "i"},
                 {"prompt": "x = ", "answer": "1"}],
     }
     task = {
@@ -202,7 +202,7 @@ def _task_files(tmp_path):
         "ppl": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
                "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
         "gen": "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\n"
-               "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: false\n"
+               "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 8\n  do_sample: false\n"
                "metric_list:\n  - metric: exact_match\n",
     }
     tasks_dir = tmp_path / "tasks"
@@ -216,7 +216,7 @@ def _task_files(tmp_path):
     return tasks_dir, docs
 
 
-def test_simple_evaluate_on_local_tasks_all_three_request_types(run, direct, tmp_path, monkeypatch):
+def test_simple_evaluate_on_local_tasks_all_three_request_types(run, scorer, direct, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -233,6 +233,6 @@ def test_simple_evaluate_on_local_tasks_all_three_request_types(run, direct, tmp
     np.testing.assert_allclose(res["tiny_mc"]["acc,none"], np.mean(right))
     # rolling: bits/byte over the documents = the perplexity code's on the same texts
     texts = [d["text"] for d in docs["ppl"]]
-    ppl = perplexity.score_texts(scoring.Scorer(run[1], run[2]), texts)
+    ppl = perplexity.score_texts(scorer, texts)
     np.testing.assert_allclose(res["tiny_ppl"]["bits_per_byte,none"], ppl["bits_per_byte"], rtol=1e-5)
     assert 0.0 <= res["tiny_gen"]["exact_match,none"] <= 1.0

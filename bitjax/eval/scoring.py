@@ -13,6 +13,7 @@ a position never change its logits; padded targets are masked out of the sums.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -99,6 +100,20 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -
         done = end
 
 
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _score(graphdef, params, batch):
+    """(Σ masked log p(targets) [B], all masked targets are the argmax [B]); batch inputs/targets/mask [B, L].
+
+    Module-level so that Scorers of one model structure share compilations.
+    """
+    logits = nnx.merge(graphdef, params)(batch["inputs"])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    tgt = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+    hit = jnp.argmax(logits, axis=-1) == batch["targets"]
+    mask = batch["mask"] > 0
+    return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(hit | ~mask, axis=-1)
+
+
 class Scorer:
     """Scores sequences with a run's model on its mesh, in fixed (batch_size, bucket) shapes.
 
@@ -116,15 +131,6 @@ class Scorer:
         self.graphdef = setup.graphdef
         self.shapes_compiled: set[tuple[int, int]] = set()
 
-        def score_fn(params, batch):
-            logits = nnx.merge(self.graphdef, params)(batch["inputs"])
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            tgt = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-            hit = jnp.argmax(logits, axis=-1) == batch["targets"]
-            mask = batch["mask"] > 0
-            return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(hit | ~mask, axis=-1)
-
-        self._score = jax.jit(score_fn)
 
     def model(self):
         """The concrete NNX model (for generation)."""
@@ -162,6 +168,6 @@ class Scorer:
                 mask[row, m - n_pred:m] = 1.0
             batch = self.setup.global_batch({"inputs": inputs, "targets": targets, "mask": mask})
             self.shapes_compiled.add((self.batch_size, length))
-            lp, hit = jax.device_get(self._score(self.params, batch))
+            lp, hit = jax.device_get(_score(self.graphdef, self.params, batch))
             logp[idx], greedy[idx] = lp[:len(idx)], hit[:len(idx)]
         return logp, greedy
