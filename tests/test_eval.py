@@ -134,8 +134,11 @@ def test_harness_registers_bitjax_and_loads_a_workdir(run):
     from lm_eval.api.registry import get_model
     from bitjax.eval.harness import BitjaxLM
     assert get_model("bitjax") is BitjaxLM
-    lm = BitjaxLM.create_from_arg_string(f"workdir={run[0]},step=3,batch_size=4", {"device": "cpu"})
-    assert lm.max_length == SEQ and lm.scorer.batch_size == 8  # rounded up to the 8-way data axis
+    # lm-eval's CLI passes its own --batch_size too: --model_args win
+    lm = BitjaxLM.create_from_arg_string(f"workdir={run[0]},step=3,batch_size=16", {"device": "cpu", "batch_size": 1})
+    assert lm.max_length == SEQ and lm.scorer.batch_size == 16
+    lm = BitjaxLM.create_from_arg_string(f"workdir={run[0]}", {"batch_size": 4})
+    assert lm.scorer.batch_size == 8  # rounded up to the 8-way data axis
     assert get_model("hf") is not None  # the harness's own models stay registered
 
 

@@ -1,7 +1,7 @@
 """EleutherAI lm-evaluation-harness adapter: a trained bitjax run as the harness model `bitjax`.
 
     python -m bitjax.eval --workdir W --tasks arc_easy,hellaswag [--limit N]        # the usual entry
-    python -m bitjax.eval.harness --model bitjax --model_args workdir=W,step=N,batch_size=B --tasks ...
+    python -m bitjax.eval.lm_eval_cli --model bitjax --model_args workdir=W,step=N,batch_size=B --tasks ...
         # lm-eval's own CLI, with `bitjax` registered (lm-eval 0.4.13 has no model plugin entry
         # points, so a bare `lm_eval --model bitjax` cannot find it; importing this module registers it)
 
@@ -62,6 +62,17 @@ class BitjaxLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
         self._model = None
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """--model_args 'workdir=W,step=N,batch_size=B'; they win over the harness's own --batch_size etc."""
+        from lm_eval.utils import simple_parse_args_string
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     # ---------------------------------------------------------------- tokenizer (TemplateLM)
     @property
@@ -155,7 +166,3 @@ class BitjaxLM(TemplateLM):
             text = text.split(s, 1)[0]
         return text
 
-
-if __name__ == "__main__":  # lm-eval's own CLI, with `bitjax` registered
-    from lm_eval.__main__ import cli_evaluate
-    cli_evaluate()
