@@ -39,12 +39,10 @@ def _write(path: str | None, obj) -> None:
 
 def run_tasks(args, scorer) -> dict:
     """lm_eval.simple_evaluate over `args.tasks`; prints the table, returns the JSON-able results."""
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-        from lm_eval.utils import make_table
-    except ImportError as e:
-        raise SystemExit(f"--tasks needs lm-evaluation-harness: pip install 'bitjax[eval]' ({e})") from None
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
     from bitjax.eval.harness import BitjaxLM
 
     lm = BitjaxLM(scorer=scorer, max_gen_toks=args.max_gen_toks)
@@ -82,6 +80,11 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
+    if args.tasks:  # before loading anything
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"--tasks needs lm-evaluation-harness: pip install 'bitjax[eval]' ({e})") from None
     from bitjax.eval import perplexity
     from bitjax.eval.scoring import Scorer, load
 
