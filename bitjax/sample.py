@@ -8,39 +8,21 @@ The model config is read from the checkpoint itself, so the same command works f
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import ConfigDict
 
 from bitjax import errors
-from bitjax.eval import sample
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import trainer
+from bitjax.eval import sample, scoring
 
 
 def load(workdir: str, step: int | None = None):
-    """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device."""
-    ckdir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckdir):  # checked first: opening a Checkpointer would create the directory
-        raise errors.UserError(f"--workdir {workdir} holds no checkpoints ({ckdir} does not exist); "
-                               f"train first (python -m bitjax.main) or fix the path")
-    ckpt = ckpt_lib.Checkpointer(ckdir)
-    if ckpt.latest_step() is None:
-        ckpt.close()
-        raise errors.UserError(f"no checkpoints in {ckdir}; train first (python -m bitjax.main)")
-    if step is not None and step not in ckpt.all_steps():
-        ckpt.close()
-        raise errors.UserError(f"--step {step}: no such checkpoint in {ckdir} (steps: {ckpt.all_steps()})")
-    config = ConfigDict(ckpt.restore_metadata(step)["config"])
-    config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
-    setup = trainer.Setup(config, devices=jax.devices()[:1])
-    target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-    state = ckpt.restore(step, target)
-    ckpt.close()
-    return setup, state["params"]
+    """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device.
+
+    UserError (and nothing created on disk) for a workdir without checkpoints or an absent step.
+    """
+    return scoring.load(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
 
 
 @errors.cli

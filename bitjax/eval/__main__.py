@@ -1,0 +1,113 @@
+"""Evaluate a trained run: zero-shot tasks through lm-evaluation-harness, or perplexity of local text.
+
+    python -m bitjax.eval --workdir W --tasks arc_easy,hellaswag,piqa [--limit N] [--out results.json]
+    python -m bitjax.eval --workdir W --tasks my_task --include_path tasks/    # a local task YAML
+    python -m bitjax.eval --workdir W --text_files 'corpus/*.txt' [--out ppl.json]
+
+--tasks needs the eval extra (pip install 'bitjax[eval]'); --text_files does not. Offline: set
+HF_DATASETS_OFFLINE=1 (and HF_HUB_OFFLINE=1) with a pre-filled HF datasets cache, or use
+--include_path with task YAMLs over local JSON files (README, "Evaluate").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bitjax import errors
+
+
+def _parse_mesh(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("data", "fsdp", "tensor") or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N (one of them may be -1)")
+        out[key] = int(value)
+    return {"data": 1, "fsdp": 1, "tensor": 1, **out}
+
+
+def _write(path: str | None, obj) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        print(f"wrote {path}")
+
+
+def run_tasks(args, scorer) -> dict:
+    """lm_eval.simple_evaluate over `args.tasks`; prints the table, returns the JSON-able results."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
+    from bitjax.eval.harness import BitjaxLM
+
+    lm = BitjaxLM(scorer=scorer, max_gen_toks=args.max_gen_toks)
+    tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
+    tasks = [t for t in args.tasks.split(",") if t]
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=limit,
+                                      task_manager=tm, log_samples=False, bootstrap_iters=args.bootstrap_iters)
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    keep = {k: results[k] for k in ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
+            if k in results}
+    keep["config"] = {"workdir": args.workdir, "step": args.step, "tasks": tasks, "limit": args.limit,
+                      "num_fewshot": args.num_fewshot, "max_length": scorer.max_length}
+    return keep
+
+
+@errors.cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bitjax.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a trained run's workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tasks", help="comma-separated lm-eval task names")
+    what.add_argument("--text_files", action="append", help="glob(s) of text files to score (repeatable)")
+    p.add_argument("--limit", type=float, default=None, help="docs per task (< 1: a fraction)")
+    p.add_argument("--num_fewshot", type=int, default=None)
+    p.add_argument("--include_path", default=None, help="folder of extra task YAMLs")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per compiled batch")
+    p.add_argument("--max_length", type=int, default=None, help="model context (default: the run's seq_len)")
+    p.add_argument("--max_gen_toks", type=int, default=256, help="generate_until default length")
+    p.add_argument("--bootstrap_iters", type=int, default=1000, help="stderr bootstrap (0 = none)")
+    p.add_argument("--mesh", default=None, help="data=N,fsdp=N,tensor=N (default: the run's config.mesh)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    if args.tasks:  # before loading anything
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError as e:
+            raise errors.UserError(f"--tasks needs lm-evaluation-harness: pip install 'bitjax[eval]' ({e})") from None
+    from bitjax.eval import perplexity
+    from bitjax.eval.scoring import Scorer, load
+
+    try:
+        files = perplexity.expand_paths(args.text_files) if args.text_files else None
+        setup, params = load(args.workdir, args.step, mesh=_parse_mesh(args.mesh))
+    except ValueError as e:
+        raise errors.UserError(str(e)) from None
+    scorer = Scorer(setup, params, batch_size=args.batch_size, max_length=args.max_length)
+    if files is not None:
+        out = perplexity.score_files(scorer, files)
+        out.update(workdir=args.workdir, step=args.step, max_length=scorer.max_length, tokenizer=scorer.tokenizer.name)
+        print(f"{out['documents']} files, {out['tokens']} tokens, {out['bytes']} bytes: "
+              f"bits/byte {out['bits_per_byte']:.4f}, nats/token {out['nats_per_token']:.4f}, "
+              f"token ppl {out['token_ppl']:.3f}")
+    else:
+        out = run_tasks(args, scorer)
+    _write(args.out, out)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
