@@ -44,6 +44,9 @@ def trainer_config() -> ConfigDict:
     except at the end). keep_checkpoints: how many to keep. nonfinite:
     'skip' (drop the update, count it) or 'stop' (stop; the last good
     checkpoint stays). max_skipped_steps: stop after this many skipped steps.
+    init_from: '' or a workdir (e.g. one written by `python -m bitjax.import_hf`) whose latest
+    checkpoint's parameters start a new run (fresh optimizer state, step 0); used only when the
+    run's own workdir holds no checkpoint. Optional in stored configs (older runs lack it).
     """
     c = ConfigDict()
     c.total_steps = 300
@@ -62,7 +65,11 @@ def trainer_config() -> ConfigDict:
     c.keep_checkpoints = 3
     c.nonfinite = "skip"
     c.max_skipped_steps = 100
+    c.init_from = ""
     return c
+
+
+OPTIONAL_FIELDS = ("init_from",)  # absent from configs stored before they existed
 
 
 def _need(ok: bool, field: str, value, fix: str):
@@ -73,7 +80,8 @@ def _need(ok: bool, field: str, value, fix: str):
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
     known = set(trainer_config().keys()) | {"model"}
-    unknown, missing = sorted(set(config.keys()) - known), sorted(known - set(config.keys()))
+    unknown = sorted(set(config.keys()) - known)
+    missing = sorted(known - set(config.keys()) - set(OPTIONAL_FIELDS))
     if unknown or missing:
         raise ValueError(f"config: unknown field(s) {unknown}, missing field(s) {missing} (a typo in the "
                          f"config file?); start from bitjax.config.trainer_config()")
@@ -100,6 +108,8 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
           f"{dict(mesh.shape)}); change config.batch_size or config.mesh")
     _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
           f"must be divisible by the number of processes ({process_count})")
+    init_from = config.get("init_from", "")
+    _need(isinstance(init_from, str), "init_from", init_from, "must be '' or a run's workdir (a string)")
     optim.validate_config(config.optim, config.total_steps)
     from bitjax import models  # the model validates its own fields
     models.validate(config.model, seq_len=config.seq_len)

@@ -240,16 +240,54 @@ def model_config_from_hf(hf_cfg: dict):
     return cfg
 
 
-def latent_from_codes(codes: np.ndarray, gamma: float) -> np.ndarray:
-    """Latent float weights that b1.58 re-quantizes to exactly (codes, γ) (γ to float32 round-off).
+def _inv_scale(w: np.ndarray) -> np.float32:
+    """1/γ exactly as ternary_absmean computes it (it multiplies by 1/γ and divides by it)."""
+    from bitjax.quant.weights import EPS
+    w = jnp.asarray(w, jnp.float32)
+    return np.float32(1.0 / jnp.maximum(jnp.mean(jnp.abs(w)), EPS))
+
+
+def _smallest(lo: float, hi: float, ok) -> np.float32:
+    """Smallest float32 x in [lo, hi] with ok(x), for ok monotone (False … True); bisection on the bits."""
+    as_bits = lambda x: int(np.float32(x).view(np.int32))  # positive float32s are ordered as their bits
+    a, b = as_bits(lo), as_bits(hi)
+    while a < b:
+        mid = (a + b) // 2
+        a, b = (a, mid) if ok(np.int32(mid).view(np.float32)) else (mid + 1, b)
+    return np.int32(a).view(np.float32)
+
+
+def latent_from_codes(codes: np.ndarray, inv_scale: float) -> np.ndarray:
+    """Latent float weights (kernel orientation) that b1.58 re-quantizes to `codes` with 1/γ = inv_scale.
 
     codes·γ would not do: its mean|W| is γ·p (p = fraction of non-zero codes), so the forward would
-    scale by γ·p. W = codes·γ/p has mean|W| = γ and W/γ = codes/p, which rounds and clips back to codes
-    (1/p ≥ 1). Every non-zero latent then sits at ±γ/p, far from a rounding threshold.
+    scale by γ·p. W = codes·v with v ≈ γ/p has mean|W| ≈ γ and W/γ ≈ codes/p, which rounds and clips
+    back to codes (1/p ≥ 1); every non-zero latent sits at ±v, far from a rounding threshold. The
+    float32 mean of many equal values is off by up to ~1e-5 relative, in steps, so v is found by
+    bisection over the float32 numbers (bitjax's own 1/max(mean|W|, ε) is monotone in v), and the last
+    step is closed with one zero-code entry set to a small δ < γ/2 (it still rounds to 0). The result's
+    1/γ equals inv_scale exactly when such v, δ exist, else the nearest value found.
     """
-    codes = np.asarray(codes, np.float32)
+    codes = np.ascontiguousarray(codes, np.float32)  # C order: w.reshape(-1) below must be a view
     p = float(np.abs(codes).mean())
-    return codes * np.float32(gamma / p) if p > 0 else np.zeros_like(codes)
+    if p == 0:
+        return np.zeros_like(codes)
+    target = np.float32(inv_scale)
+    guess = 1.0 / (float(target) * p)
+    v = _smallest(guess * 0.999, guess * 1.001, lambda x: _inv_scale(codes * x) <= target)
+    w = codes * v
+    zeros = np.flatnonzero(codes.reshape(-1) == 0)
+    if _inv_scale(w) != target and zeros.size:  # a slightly smaller v, plus δ on one zero entry
+        w = codes * np.nextafter(v, np.float32(0))
+        flat = w.reshape(-1)
+        def with_delta(d):
+            flat[zeros[0]] = d
+            return _inv_scale(w) <= target
+        d = _smallest(1e-30, 0.4 / float(target), with_delta)
+        flat[zeros[0]] = d
+        if _inv_scale(w) != target:
+            w = codes * v
+    return w
 
 
 def load_hf(hf_dir: str):
@@ -288,9 +326,11 @@ def load_hf(hf_dir: str):
                 scale_name = name[:-len("weight")] + "weight_scale"
                 used.add(scale_name)
                 ws = float(np.asarray(state[scale_name], np.float32).reshape(-1)[0])
-                codes = unpack_ternary_2bit(value, shape[1])
-                value = latent_from_codes(codes, 1.0 / ws if bitlinear else ws)
-            value = value.T
+                codes = unpack_ternary_2bit(value, shape[1]).T  # kernel (in, out), as bitjax reduces it
+                # bitlinear divides by ws = 1/γ (bitjax's own multiplier); autobitlinear multiplies by γ
+                value = latent_from_codes(codes, ws if bitlinear else np.float32(1.0) / np.float32(ws))
+            else:
+                value = value.T
         if value.shape != shape:
             raise ValueError(f"{name}: HF shape {value.shape} (as a kernel), bitjax expects {shape}")
         var.set_value(jnp.asarray(value, jnp.float32))
