@@ -110,12 +110,20 @@ def test_fp_run_exports_as_llama(tmp_path):
     np.testing.assert_array_equal(np.asarray(back(jnp.asarray(tokens))), np.asarray(model(jnp.asarray(tokens))))
 
 
-def test_b158_without_sub_norm_is_refused(tmp_path):
+def test_b158_without_sub_norm_exports_as_llama_with_bitlinear(tmp_path):
+    """HF's BitNet quantizer swaps the Linear layers of any model: Llama + BitLinear = b1.58 without sub-norms."""
     cfg = T.default_config()
-    cfg.update(dict(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, mlp_dim=64))
+    cfg.update(dict(vocab_size=384, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128))
     cfg.quant.method = "b158"
-    with pytest.raises(ValueError, match="sub_norm=True"):
-        save_hf(T.Transformer(cfg, rngs=nnx.Rngs(0)), cfg, str(tmp_path))
+    model = T.Transformer(cfg, rngs=nnx.Rngs(2))
+    assert save_hf(model, cfg, str(tmp_path))["architecture"] == "LlamaForCausalLM"
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert type(hf.model.layers[0].self_attn.o_proj).__name__ == "BitLinear"
+    tokens = np.random.default_rng(0).integers(0, 384, (2, 40))
+    assert logit_gap(model, hf, tokens)["max"] < 2e-5
+    back_cfg, back = load_hf(str(tmp_path))
+    assert back_cfg.quant.method == "b158" and not back_cfg.sub_norm
+    assert logit_gap(back, hf, tokens)["max"] < 2e-5
 
 
 def test_latent_weights_requantize_to_the_packed_codes_and_scale():

@@ -152,11 +152,13 @@ def packed_state_dict(model, cfg, linear_class: str = "bitlinear") -> dict[str, 
 def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_ids: dict | None = None) -> dict:
     """Write an HF checkpoint directory: config.json + model.safetensors (float32 for non-packed tensors).
 
-    b158 → BitNetForCausalLM, quantization_config {quant_method: bitnet, linear_class, quantization_mode:
-    offline} (microsoft/bitnet-b1.58-2B-4T's form), packed projections (:func:`packed_state_dict`); it
-    needs config.model.sub_norm (BitNet always has attn_sub_norm / ffn_sub_norm). fp → LlamaForCausalLM
-    (BitNetForCausalLM with plain Linear when sub_norm), float32. token_ids: {'bos_token_id', …} for the
-    config. Returns {'architecture', 'projection_bytes', 'projection_bf16_bytes', 'files'}.
+    b158 → quantization_config {quant_method: bitnet, linear_class, quantization_mode: offline}
+    (microsoft/bitnet-b1.58-2B-4T's form) and packed projections (:func:`packed_state_dict`), on
+    BitNetForCausalLM when config.model.sub_norm (the 2B4T layout), else on LlamaForCausalLM: HF's BitNet
+    quantizer swaps every Linear but lm_head of any model for BitLinear, so a Llama with that config
+    is b1.58 without sub-norms. fp → LlamaForCausalLM (BitNetForCausalLM with plain Linear when
+    sub_norm), float32. token_ids: {'bos_token_id', …} for the config.
+    Returns {'architecture', 'files', 'projection_bytes' (as stored), 'projection_bf16_bytes'}.
     """
     import json
     import os
@@ -164,9 +166,6 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
     save_file = require("safetensors.numpy", "hf").save_file
     arch, kwargs = hf_config(cfg)
     quantized = hf_quantized(cfg)
-    if quantized and arch != "BitNetForCausalLM":
-        raise ValueError("a b158 run without config.model.sub_norm has no BitNetForCausalLM twin (HF's BitNet "
-                         "always has attn_sub_norm/ffn_sub_norm): train with --config.model.sub_norm=True")
     state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
     config = dict(architectures=[arch], model_type="bitnet" if arch.startswith("BitNet") else "llama",
                   dtype="float32", max_position_embeddings=2048, **kwargs, **(token_ids or {}))
@@ -178,12 +177,12 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
         json.dump(config, f, indent=2)
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     proj = [n for n in state if _is_projection(n) and n.endswith(".weight")]
-    n_weights = sum(int(np.prod(hf_state_dict_shape)) for hf_state_dict_shape in
-                    ((state[n].shape[0] * (4 if quantized else 1), state[n].shape[1]) for n in proj))
+    rows = 4 if quantized else 1  # a packed uint8 row holds 4 output rows
+    n_weights = sum(state[n].shape[0] * rows * state[n].shape[1] for n in proj)
+    stored = sum(state[n].nbytes + (state[n[:-len("weight")] + "weight_scale"].nbytes if quantized else 0)
+                 for n in proj)
     return {"architecture": arch, "files": ["config.json", "model.safetensors"],
-            "projection_bytes": sum(state[n].nbytes + (state[n[:-6] + "weight_scale"].nbytes if quantized else 0)
-                                    for n in proj),
-            "projection_bf16_bytes": 2 * n_weights}
+            "projection_bytes": stored, "projection_bf16_bytes": 2 * n_weights}
 
 
 # ============================================================================ files: import
@@ -207,8 +206,8 @@ def _read_state(hf_dir: str) -> dict[str, np.ndarray]:
 def model_config_from_hf(hf_cfg: dict):
     """config.model for an HF BitNetForCausalLM / LlamaForCausalLM config.json dict.
 
-    BitNet with quantization_config {quant_method: bitnet} → method b158 with sub_norm; Llama (or
-    BitNet without quantization) → fp. HF features bitjax lacks are refused, not dropped.
+    quantization_config {quant_method: bitnet} → method b158 (BitNet: with sub-norms; Llama: without),
+    none → fp. HF features bitjax lacks are refused, not dropped.
     """
     from bitjax.models.transformer import default_config
 
