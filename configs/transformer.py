@@ -36,8 +36,6 @@ def get_config(arg=None):
         config.model[k] = v
     config.model.vocab_size = None  # None → the tokenizer's vocabulary size
     config.model.quant.method = arg.quant
-    if arg.quant == "b158":  # BitNet's sub-norms at every size: HF's BitNetForCausalLM (the export target) has them
-        config.model.sub_norm = True
     if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
         config.model.activation = "relu2"
     if arg.size == "tiny":
