@@ -55,7 +55,9 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
 
 
 def main(argv):
-    from absl import flags
+    from absl import flags, logging
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO (as bitjax.main)
+        logging.set_verbosity(logging.WARNING)
     if len(argv) != 2:
         raise SystemExit("usage: python -m bitjax.import_hf HF_DIR --workdir W [--config FILE ...]")
     config = flags.FLAGS["config"].value if flags.FLAGS["config"].present else None

@@ -55,7 +55,8 @@ def main():
     if cfg.quant.method == "b158":
         for lc in ("bitlinear", "autobitlinear"):
             with tempfile.TemporaryDirectory() as d:
-                save_hf(model, cfg, d, linear_class=lc)
+                save_hf(model, cfg, d, linear_class=lc, token_ids=dict(bos_token_id=setup.tokenizer.bos_id,
+                                                                    eos_token_id=setup.tokenizer.eos_id))
                 ref = hf_logits(transformers.BitNetForCausalLM.from_pretrained(d).eval())
                 print(f"  HF packed offline ({lc:13s})            {gap(mine, ref)}")
                 back = np.asarray(load_hf(d)[1](jnp.asarray(ids, jnp.int32)))
