@@ -121,3 +121,22 @@ def test_llama_cpp_loads_and_generates(tmp_path):
     assert llm.tokenize(b"def f", add_bos=False) == list(b"def f")
     out = llm("def ", max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_cli_exports_a_trained_run(tmp_path, data_dir):
+    """python -m bitjax.export --format gguf on a workdir (3 training steps: the path, not the quality)."""
+    from test_trainer import tiny_config
+
+    from bitjax.export import __main__ as export_cli
+    from bitjax.train import trainer
+    cfg = tiny_config("b158", steps=3, data_dir=data_dir, **{
+        "optim.warmup_steps": 0, "model.d_model": 256, "model.mlp_dim": 512, "model.n_layers": 1,
+        "model.sub_norm": True, "model.tie_embeddings": True})
+    trainer.train(cfg, str(tmp_path / "run"))
+    info = export_cli.main(["--workdir", str(tmp_path / "run"), "--format", "gguf", "--out",
+                            str(tmp_path / "m.gguf"), "--gguf_type", "tq1_0"])
+    assert info["fallback_f16"] == [] and info["projection_bits_per_weight"] == 1.6875
+    r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert field(r, "bitnet.vocab_size") == 384 and field(r, "bitnet.block_count") == 1
+    assert {t.tensor_type for t in r.tensors if t.name.endswith("ffn_up.weight")} == {gguf.GGMLQuantizationType.TQ1_0}
