@@ -219,3 +219,11 @@ def test_llama_import(tmp_path):
     assert cfg.quant.method == "fp" and not cfg.sub_norm and not cfg.tie_embeddings
     gap = logit_gap(model, hf, np.random.default_rng(2).integers(0, 300, (2, 40)))
     assert gap["max"] < 2e-5, gap
+
+
+def test_init_from_a_workdir_without_checkpoints_is_refused(tmp_path, data_dir):
+    cfg = tiny_config("b158", steps=2, data_dir=data_dir, init_from=str(tmp_path / "nothing"),
+                      **{"optim.warmup_steps": 0})
+    with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+        trainer.train(cfg, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
