@@ -110,3 +110,15 @@ def test_bits_per_weight_at_the_1b_shapes():
         got[(scheme, spec)] = total_bits / total_w
     print("bits/weight at 1b shapes:", got)
     assert got[("2bit", "ternary")] < 2.0001 and got[("base3", "ternary")] < 1.6001
+
+
+def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
+    import sys
+
+    from bitjax.export.hf import require
+    monkeypatch.setitem(sys.modules, "gguf", None)  # None in sys.modules makes `import gguf` fail
+    with pytest.raises(ImportError, match=r"pip install 'bitjax\[gguf\]'"):
+        require("gguf", "gguf")
+    from bitjax.export.gguf import save_gguf
+    with pytest.raises(ImportError, match=r"bitjax\[gguf\]"):
+        save_gguf(None, None, "x.gguf")
