@@ -5,8 +5,9 @@
 Compares bitjax's logits with (1) HF BitNetForCausalLM in online mode (AutoBitLinear re-quantizing the
 latent weights: bitjax.export.hf.to_hf_model), (2) the packed offline export loaded with
 from_pretrained, linear_class bitlinear (2B4T's) and autobitlinear, and (3) bitjax's own import of (2).
-The text is the first `--tokens` bytes of the Python stdlib's `calendar.py` past offset 4000 (the tiny
-preset trains on the whole stdlib, so pass --text for a file it never saw).
+The text is `--tokens` bytes of `--text` past offset 4000: by default the Python stdlib's calendar.py,
+which the default corpus (python_stdlib) contains, so pass a file the run never saw (the README's
+figures used this repository's README.md as of the commit that added this script).
 """
 
 import argparse
@@ -51,7 +52,8 @@ def main():
         with torch.no_grad():
             return hf(torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
 
-    print(f"  HF online (AutoBitLinear, latent weights)  {gap(mine, hf_logits(to_hf_model(model, cfg)))}")
+    online = "HF online (AutoBitLinear on latents)" if cfg.quant.method == "b158" else "HF float (to_hf_model)"
+    print(f"  {online:42s} {gap(mine, hf_logits(to_hf_model(model, cfg)))}")
     if cfg.quant.method == "b158":
         for lc in ("bitlinear", "autobitlinear"):
             with tempfile.TemporaryDirectory() as d:
