@@ -166,10 +166,11 @@ def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
         assert json.loads(f.readline())["train_loss"] < np.log(384) - 2.0
 
 
-def torch_bitnet_dir(tmp_path, mode):
+def torch_bitnet_dir(tmp_path, mode, dtype=torch.float32):
     """A random tiny HF BitNet saved like a real checkpoint, quantized with transformers' own code:
     'offline' packs WeightQuant's codes with pack_weights (weight_scale = 1/γ, BitLinear), 'online'
-    keeps the float weights (AutoBitLinear quantizes them every call)."""
+    keeps the float weights (AutoBitLinear quantizes them every call). Float tensors stored in `dtype`
+    (2B4T ships bfloat16)."""
     from safetensors.torch import save_file
     from transformers.integrations.bitnet import pack_weights
     conf = transformers.BitNetConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -183,14 +184,14 @@ def torch_bitnet_dir(tmp_path, mode):
             continue
         if k.endswith("norm.weight"):  # non-unit gains, so a misplaced norm would show
             v = 1 + 0.2 * torch.randn_like(v)
-        state[k] = v.contiguous()
+        state[k] = v.to(dtype).contiguous()
         if mode == "offline" and k.endswith("_proj.weight"):
             scale = 1.0 / v.abs().mean().clamp(min=1e-5)  # WeightQuant's
             state[k] = pack_weights((v * scale).round().clamp(-1, 1))
-            state[k[:-6] + "weight_scale"] = scale.reshape(1)
+            state[k[:-6] + "weight_scale"] = scale.reshape(1).to(dtype)
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     d = conf.to_dict()
-    d.update(architectures=["BitNetForCausalLM"], dtype="float32", quantization_config=dict(
+    d.update(architectures=["BitNetForCausalLM"], dtype=str(dtype).removeprefix("torch."), quantization_config=dict(
         quant_method="bitnet", linear_class="bitlinear" if mode == "offline" else "autobitlinear",
         quantization_mode=mode))
     with open(tmp_path / "config.json", "w") as f:
@@ -198,12 +199,14 @@ def torch_bitnet_dir(tmp_path, mode):
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["offline", "online"])
-def test_import_of_a_checkpoint_built_by_transformers(tmp_path, mode):
-    hf_dir = torch_bitnet_dir(tmp_path, mode)
+@pytest.mark.parametrize("mode, dtype", [("offline", torch.float32), ("online", torch.float32),
+                                         ("offline", torch.bfloat16)])
+def test_import_of_a_checkpoint_built_by_transformers(tmp_path, mode, dtype):
+    hf_dir = torch_bitnet_dir(tmp_path, mode, dtype)
     cfg, model = load_hf(hf_dir)
     assert cfg.quant.method == "b158" and cfg.sub_norm and cfg.activation == "relu2" and cfg.tie_embeddings
-    hf = transformers.BitNetForCausalLM.from_pretrained(hf_dir).eval()
+    # bf16 values widen to float32 exactly, so HF run in float32 holds the same numbers as the import
+    hf = transformers.BitNetForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     assert type(hf.model.layers[0].self_attn.q_proj).__name__ == ("BitLinear" if mode == "offline" else "AutoBitLinear")
     gap = logit_gap(model, hf, np.random.default_rng(1).integers(0, 300, (2, 48)))
     assert gap["max"] < 2e-5, gap
