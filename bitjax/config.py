@@ -8,6 +8,8 @@ field fails in seconds with a message naming it.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import ConfigDict
 
@@ -46,6 +48,9 @@ def trainer_config() -> ConfigDict:
     checkpoint stays). With 'skip', the run stops when more than
     max_skipped_steps steps were skipped in all (None: a tenth of total_steps)
     or more than max_consecutive_skips in a row.
+    init_from: '' or a workdir (e.g. one written by `python -m bitjax.import_hf`) whose latest
+    checkpoint's parameters start a new run (fresh optimizer state, step 0); used only when the
+    run's own workdir holds no checkpoint. Optional in stored configs (older runs lack it).
     """
     c = ConfigDict()
     c.total_steps = 300
@@ -65,7 +70,11 @@ def trainer_config() -> ConfigDict:
     c.nonfinite = "skip"
     c.max_skipped_steps = ml_collections.config_dict.placeholder(int)
     c.max_consecutive_skips = 10
+    c.init_from = ""
     return c
+
+
+OPTIONAL_FIELDS = ("init_from",)  # absent from configs stored before they existed
 
 
 def max_skipped_steps(config: ConfigDict) -> int:
@@ -81,7 +90,8 @@ def _need(ok: bool, field: str, value, fix: str):
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
     known = set(trainer_config().keys()) | {"model"}
-    unknown, missing = sorted(set(config.keys()) - known), sorted(known - set(config.keys()))
+    unknown = sorted(set(config.keys()) - known)
+    missing = sorted(known - set(config.keys()) - set(OPTIONAL_FIELDS))
     if unknown or missing:
         raise ValueError(f"config: unknown field(s) {unknown}, missing field(s) {missing} (a typo in the "
                          f"config file?); start from bitjax.config.trainer_config()")
@@ -116,6 +126,10 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
           f"{dict(mesh.shape)}); change config.batch_size or config.mesh")
     _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
           f"must be divisible by the number of processes ({process_count})")
+    init_from = config.get("init_from", "")
+    _need(isinstance(init_from, str), "init_from", init_from, "must be '' or a run's workdir (a string)")
+    _need(not init_from or os.path.isdir(os.path.join(init_from, "checkpoints")), "init_from", init_from,
+          "holds no checkpoints/: name a bitjax run's workdir (e.g. one from python -m bitjax.import_hf)")
     optim.validate_config(config.optim, config.total_steps)
     from bitjax import models  # the model validates its own fields
     models.validate(config.model, seq_len=config.seq_len)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -99,3 +100,240 @@ def to_hf_model(model, cfg):
     if cfg.tie_embeddings:
         hf.tie_weights()
     return hf.eval().float()
+
+
+# ============================================================================ files: export
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_CLASSES = ("bitlinear", "autobitlinear")
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or fail naming the bitjax extra that installs it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed here and is not installed: pip install 'bitjax[{extra}]'") from e
+
+
+def _is_projection(hf_name: str) -> bool:
+    return hf_name.startswith("model.layers.") and hf_name.rsplit(".", 2)[-2] in PROJECTIONS
+
+
+def packed_state_dict(model, cfg, linear_class: str = "bitlinear") -> dict[str, np.ndarray]:
+    """HF offline BitNet state dict: projections as packed uint8 codes + `weight_scale`, the rest float32.
+
+    Per projection (torch orientation, W = kernelᵀ (out, in)), with (codes, γ) = ternary_absmean_codes(W):
+        '….weight'        uint8 (out/4, in) = pack_ternary_2bit(codes)   (transformers' pack_weights)
+        '….weight_scale'  float32 (1,): 1/γ for 'bitlinear' (BitLinear divides: y = x_q·codesᵀ / (s_x·ws)),
+                          γ for 'autobitlinear' (AutoBitLinear multiplies: y = x̃·codesᵀ · ws)
+    Needs a b1.58 config (:func:`hf_quantized`); BitLinear holds out/4 packed rows, so out % 4 == 0.
+    """
+    from bitjax.export.pack import pack_ternary_2bit
+    from bitjax.quant.weights import ternary_absmean_codes
+
+    if linear_class not in LINEAR_CLASSES:
+        raise ValueError(f"linear_class must be one of {LINEAR_CLASSES}, got {linear_class!r}")
+    if not hf_quantized(cfg):
+        raise ValueError("packed export is for b1.58 runs (quant.method='b158'); export fp runs unpacked")
+    state = hf_state_dict(model)
+    for name in [n for n in state if _is_projection(n)]:
+        w = state[name]
+        if w.shape[0] % 4:
+            raise ValueError(f"{name} has {w.shape[0]} outputs; HF's packed BitLinear needs a multiple of 4")
+        codes, gamma = ternary_absmean_codes(jnp.asarray(w.T))  # same codes/γ as the forward (kernel layout)
+        gamma = float(np.asarray(gamma).reshape(()))
+        state[name] = pack_ternary_2bit(np.asarray(codes).T)
+        scale = 1.0 / gamma if linear_class == "bitlinear" else gamma
+        state[name[:-len("weight")] + "weight_scale"] = np.array([scale], np.float32)
+    return state
+
+
+def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_ids: dict | None = None) -> dict:
+    """Write an HF checkpoint directory: config.json + model.safetensors (float32 for non-packed tensors).
+
+    b158 → quantization_config {quant_method: bitnet, linear_class, quantization_mode: offline}
+    (microsoft/bitnet-b1.58-2B-4T's form) and packed projections (:func:`packed_state_dict`), on
+    BitNetForCausalLM when config.model.sub_norm (the 2B4T layout), else on LlamaForCausalLM: HF's BitNet
+    quantizer swaps every Linear but lm_head of any model for BitLinear, so a Llama with that config
+    is b1.58 without sub-norms. fp → LlamaForCausalLM (BitNetForCausalLM with plain Linear when
+    sub_norm), float32. token_ids: {'bos_token_id', …} for the config.
+    Returns {'architecture', 'files', 'projection_bytes' (as stored), 'projection_bf16_bytes'}.
+    """
+    import json
+    import os
+
+    save_file = require("safetensors.numpy", "hf").save_file
+    arch, kwargs = hf_config(cfg)
+    quantized = hf_quantized(cfg)
+    state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
+    config = dict(architectures=[arch], model_type="bitnet" if arch.startswith("BitNet") else "llama",
+                  dtype="float32", max_position_embeddings=2048, **kwargs, **(token_ids or {}))
+    if quantized:
+        config["quantization_config"] = dict(quant_method="bitnet", linear_class=linear_class,
+                                             quantization_mode="offline")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    proj = [n for n in state if _is_projection(n) and n.endswith(".weight")]
+    rows = 4 if quantized else 1  # a packed uint8 row holds 4 output rows
+    n_weights = sum(state[n].shape[0] * rows * state[n].shape[1] for n in proj)
+    stored = sum(state[n].nbytes + (state[n[:-len("weight")] + "weight_scale"].nbytes if quantized else 0)
+                 for n in proj)
+    return {"architecture": arch, "files": ["config.json", "model.safetensors"],
+            "projection_bytes": stored, "projection_bf16_bytes": 2 * n_weights}
+
+
+# ============================================================================ files: import
+def _read_state(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of an HF checkpoint directory's *.safetensors files, as numpy (bf16 → float32)."""
+    import glob
+    import os
+
+    torch = require("torch", "hf")
+    load_file = require("safetensors.torch", "hf").load_file
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {hf_dir} (pytorch_model.bin checkpoints are not read)")
+    state = {}
+    for f in files:
+        for k, v in load_file(f).items():
+            state[k] = (v if v.dtype == torch.uint8 else v.float()).numpy()
+    return state
+
+
+def model_config_from_hf(hf_cfg: dict):
+    """config.model for an HF BitNetForCausalLM / LlamaForCausalLM config.json dict.
+
+    quantization_config {quant_method: bitnet} → method b158 (BitNet: with sub-norms; Llama: without),
+    none → fp. HF features bitjax lacks are refused, not dropped.
+    """
+    from bitjax.models.transformer import default_config
+
+    arch = (hf_cfg.get("architectures") or [""])[0]
+    if arch not in ("BitNetForCausalLM", "LlamaForCausalLM"):
+        raise ValueError(f"architecture {arch!r} is not imported: BitNetForCausalLM or LlamaForCausalLM")
+    q = hf_cfg.get("quantization_config") or {}
+    if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
+        raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
+    rope = hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_type {rope.get('rope_type')!r} is not implemented in bitjax (default RoPE only)")
+    if hf_cfg.get("attention_bias") or hf_cfg.get("mlp_bias"):
+        raise ValueError("attention_bias / mlp_bias are not implemented in bitjax")
+    act = {"relu2": "relu2", "silu": "silu"}.get(hf_cfg.get("hidden_act", "silu"))
+    if act is None:
+        raise ValueError(f"hidden_act {hf_cfg['hidden_act']!r} is not implemented (silu, relu2)")
+    d, h = hf_cfg["hidden_size"], hf_cfg["num_attention_heads"]
+    head_dim = hf_cfg.get("head_dim") or d // h
+    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 500000.0 if arch.startswith("BitNet") else 10000.0))
+    cfg = default_config()
+    cfg.update(dict(vocab_size=hf_cfg["vocab_size"], d_model=d, n_layers=hf_cfg["num_hidden_layers"],
+                    n_heads=h, n_kv_heads=hf_cfg.get("num_key_value_heads") or h,
+                    head_dim=None if head_dim * h == d else head_dim, mlp_dim=hf_cfg["intermediate_size"],
+                    activation=act, rope_theta=float(theta), norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
+                    sub_norm=arch.startswith("BitNet"),
+                    tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False))))
+    cfg.quant.method = "b158" if q else "fp"
+    return cfg
+
+
+def _inv_scale(w: np.ndarray) -> np.float32:
+    """1/γ exactly as ternary_absmean computes it (it multiplies by 1/γ and divides by it)."""
+    from bitjax.quant.weights import EPS
+    w = jnp.asarray(w, jnp.float32)
+    return np.float32(1.0 / jnp.maximum(jnp.mean(jnp.abs(w)), EPS))
+
+
+def _smallest(lo: float, hi: float, ok) -> np.float32:
+    """Smallest float32 x in [lo, hi] with ok(x), for ok monotone (False … True); bisection on the bits."""
+    as_bits = lambda x: int(np.float32(x).view(np.int32))  # positive float32s are ordered as their bits
+    a, b = as_bits(lo), as_bits(hi)
+    while a < b:
+        mid = (a + b) // 2
+        a, b = (a, mid) if ok(np.int32(mid).view(np.float32)) else (mid + 1, b)
+    return np.int32(a).view(np.float32)
+
+
+def latent_from_codes(codes: np.ndarray, inv_scale: float) -> np.ndarray:
+    """Latent float weights (kernel orientation) that b1.58 re-quantizes to `codes` with 1/γ = inv_scale.
+
+    codes·γ would not do: its mean|W| is γ·p (p = fraction of non-zero codes), so the forward would
+    scale by γ·p. W = codes·v with v ≈ γ/p has mean|W| ≈ γ and W/γ ≈ codes/p, which rounds and clips
+    back to codes (1/p ≥ 1); every non-zero latent sits at ±v, far from a rounding threshold. The
+    float32 mean of many equal values is off by up to ~1e-5 relative, in steps, so v is found by
+    bisection over the float32 numbers (bitjax's own 1/max(mean|W|, ε) is monotone in v), and the last
+    step is closed with one zero-code entry set to a small δ < γ/2 (it still rounds to 0). The result's
+    1/γ equals inv_scale exactly when such v, δ exist, else the nearest value found.
+    """
+    codes = np.ascontiguousarray(codes, np.float32)  # C order: w.reshape(-1) below must be a view
+    p = float(np.abs(codes).mean())
+    if p == 0:
+        return np.zeros_like(codes)
+    target = np.float32(inv_scale)
+    guess = 1.0 / (float(target) * p)
+    v = _smallest(guess * 0.999, guess * 1.001, lambda x: _inv_scale(codes * x) <= target)
+    w = codes * v
+    zeros = np.flatnonzero(codes.reshape(-1) == 0)
+    if _inv_scale(w) != target and zeros.size:  # a slightly smaller v, plus δ on one zero entry
+        w = codes * np.nextafter(v, np.float32(0))
+        flat = w.reshape(-1)
+        def with_delta(d):
+            flat[zeros[0]] = d
+            return _inv_scale(w) <= target
+        d = _smallest(1e-30, 0.4 / float(target), with_delta)
+        flat[zeros[0]] = d
+        if _inv_scale(w) != target:
+            w = codes * v
+    return w
+
+
+def load_hf(hf_dir: str):
+    """(config.model, Transformer) from an HF BitNet (packed offline or online) or Llama directory.
+
+    Offline BitNet: uint8 '….weight' (out/4, in) unpacked with HF's layout, γ = 1/weight_scale for
+    linear_class bitlinear and weight_scale for autobitlinear; latent weights by :func:`latent_from_codes`.
+    Online BitNet / Llama: the float weights as they are. Kernels are the HF weights transposed.
+    """
+    import json
+    import os
+
+    from bitjax.export.pack import unpack_ternary_2bit
+    from bitjax.models.transformer import Transformer
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        hf_cfg = json.load(f)
+    cfg = model_config_from_hf(hf_cfg)
+    q = hf_cfg.get("quantization_config") or {}
+    offline = q.get("quantization_mode", "offline") == "offline" if q else False
+    bitlinear = q.get("linear_class", "bitlinear") == "bitlinear"
+    state = _read_state(hf_dir)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    names = hf_param_names(model)
+    used = set()
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name = names[".".join(map(str, path))]
+        if name not in state:
+            raise ValueError(f"{hf_dir} has no tensor {name!r} (for bitjax parameter {'.'.join(map(str, path))})")
+        value, shape = state[name], var.get_value().shape
+        used.add(name)
+        if path[-1] == "kernel":
+            if value.dtype == np.uint8:
+                if not offline:
+                    raise ValueError(f"{name} is packed uint8 but quantization_mode is not 'offline'")
+                scale_name = name[:-len("weight")] + "weight_scale"
+                used.add(scale_name)
+                ws = float(np.asarray(state[scale_name], np.float32).reshape(-1)[0])
+                codes = unpack_ternary_2bit(value, shape[1]).T  # kernel (in, out), as bitjax reduces it
+                # bitlinear divides by ws = 1/γ (bitjax's own multiplier); autobitlinear multiplies by γ
+                value = latent_from_codes(codes, ws if bitlinear else np.float32(1.0) / np.float32(ws))
+            else:
+                value = value.T
+        if value.shape != shape:
+            raise ValueError(f"{name}: HF shape {value.shape} (as a kernel), bitjax expects {shape}")
+        var.set_value(jnp.asarray(value, jnp.float32))
+    extra = set(state) - used - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+    if extra:
+        raise ValueError(f"{hf_dir} holds tensors bitjax has no place for: {sorted(extra)[:8]}")
+    return cfg, model

@@ -444,6 +444,27 @@ def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.L
     return lock
 
 
+def params_from_run(workdir: str, setup: Setup):
+    """Parameters of `workdir`'s latest checkpoint, placed with `setup`'s shardings (config.init_from).
+
+    The source run is restored with its own stored config (its optimizer may differ); its parameter
+    tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
+    imported fp model).
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise errors.UserError(f"config.init_from={workdir!r} holds no checkpoints/ (a bitjax workdir, "
+                               "e.g. from python -m bitjax.import_hf, is expected)")
+    from bitjax.sample import load
+    _, params = load(workdir)
+    want = setup.abstract_state["params"]
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    if jax.tree.structure(params) != jax.tree.structure(want) or shapes(params) != shapes(want):
+        raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
+                               "(config.model shapes and learned quantizer parameters must match the "
+                               "source run's)")
+    return jax.device_put(params, setup.state_sharding["params"])
+
+
 # ============================================================================ loop
 def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | None = None) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final metrics.
@@ -479,6 +500,12 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
             print(f"resumed from {workdir} at step {step0}")
     else:
         state = setup.init_fn(jax.random.key(config.seed))
+        if config.get("init_from"):
+            state["params"] = params_from_run(config.init_from, setup)
+            state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_sharding["opt_state"])(
+                state["params"])
+            if lead:
+                print(f"initialised from {config.init_from} (its latest checkpoint's parameters)")
     start = int(state["step"])
     if lead:
         print(f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "

@@ -1,0 +1,168 @@
+"""GGUF files for llama.cpp's `bitnet` architecture, written with ggml's own `gguf` package (gguf-py).
+
+    save_gguf(model, config.model, "model.gguf", gguf_type="tq2_0", tokenizer=ByteTokenizer())
+
+Projections are ternary blocks of 256 weights along a row of torch's (out, in) weight (llama.cpp's ne0 =
+in), each block with one fp16 scale d = max|block|: TQ2_0 packs 4 codes per byte (66 bytes per block,
+2.0625 bits/weight), TQ1_0 5 trits per byte plus 4 in a trailing pack (54 bytes, 1.6875 bits/weight).
+For b1.58's W̃ = codes·γ every block's max is γ (or the block is all zero), so the codes come through
+exactly and each block's d is fp16(γ): the file dequantizes to W̃ up to the fp16 rounding of γ. The
+blocks are made by `gguf.quants.quantize` itself (the reference packing of gguf-py).
+
+llama.cpp's `bitnet` graph (src/models/bitnet.cpp) fixes what can be exported: BitNet's sub-norms,
+SiLU gated MLP (LLM_FFN_SILU; a relu² model would run with the wrong activation), a tied output head
+(it multiplies by token_embd), NEOX RoPE (HF's rotate_half, bitjax's), RMSNorm. Those are checked here
+and anything else is refused. llama.cpp quantizes activations its own way (per block of 256, q8_K), not
+b1.58's per-token int8 absmax, so its logits approximate bitjax's rather than equal them.
+Rows whose length is not a multiple of 256 cannot hold TQ blocks: such a projection is written as F16 of
+W̃ (llama.cpp's own converter falls back the same way), which the result reports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitjax.export.hf import PROJECTIONS, hf_config, hf_quantized, hf_state_dict, require
+
+BLOCK = 256  # QK_K
+GGUF_TYPES = ("tq2_0", "tq1_0")
+# HF name suffix → gguf MODEL_TENSOR member name
+_TENSORS = {"self_attn.q_proj": "ATTN_Q", "self_attn.k_proj": "ATTN_K", "self_attn.v_proj": "ATTN_V",
+            "self_attn.o_proj": "ATTN_OUT", "mlp.gate_proj": "FFN_GATE", "mlp.up_proj": "FFN_UP",
+            "mlp.down_proj": "FFN_DOWN", "input_layernorm": "ATTN_NORM", "post_attention_layernorm": "FFN_NORM",
+            "self_attn.attn_sub_norm": "ATTN_SUB_NORM", "mlp.ffn_sub_norm": "FFN_SUB_NORM"}
+
+
+def gguf_name(hf_name: str) -> str:
+    """HF state-dict name → llama.cpp tensor name ('model.layers.3.mlp.up_proj.weight' → 'blk.3.ffn_up.weight')."""
+    gguf = require("gguf", "gguf")
+    T = gguf.MODEL_TENSOR
+    if hf_name == "model.embed_tokens.weight":
+        return gguf.TENSOR_NAMES[T.TOKEN_EMBD] + ".weight"
+    if hf_name == "model.norm.weight":
+        return gguf.TENSOR_NAMES[T.OUTPUT_NORM] + ".weight"
+    parts = hf_name.split(".")
+    if parts[:2] == ["model", "layers"] and parts[-1] == "weight":
+        key = ".".join(parts[3:-1])
+        if key in _TENSORS:
+            return gguf.TENSOR_NAMES[getattr(T, _TENSORS[key])].format(bid=int(parts[2])) + ".weight"
+    raise ValueError(f"{hf_name} has no place in llama.cpp's bitnet architecture")
+
+
+def wtilde_torch(kernel) -> np.ndarray:
+    """b1.58's W̃ = codes·γ in torch orientation (out, in), float32, from a latent kernel (in, out)."""
+    import jax.numpy as jnp
+    from bitjax.quant.weights import ternary_absmean_codes
+    codes, gamma = ternary_absmean_codes(jnp.asarray(kernel))
+    return (np.asarray(codes, np.float32) * np.asarray(gamma, np.float32)).T.copy()
+
+
+def add_byte_vocab(writer, tokenizer, vocab_size: int) -> None:
+    """bitjax's byte tokenizer as a llama.cpp SentencePiece ('llama') vocabulary, ids unchanged.
+
+    ids 0..255 are bytes: printable ASCII as their character, the space as SentencePiece's '▁' (llama.cpp
+    maps ' ' to '▁' before lookup), every other byte as '<0xNN>' of type BYTE (byte fallback covers
+    control bytes and UTF-8 beyond ASCII). pad/bos/eos are CONTROL tokens; ids up to vocab_size (the
+    model's padded vocabulary) are UNUSED. No merges exist, so text tokenizes to its bytes, as in bitjax.
+    """
+    gguf = require("gguf", "gguf")
+    TT = gguf.TokenType
+    tokens, types = [], []
+    for b in range(256):
+        if b == 0x20:
+            tokens.append("\u2581"), types.append(TT.NORMAL)
+        elif 0x21 <= b <= 0x7E:
+            tokens.append(chr(b)), types.append(TT.NORMAL)
+        else:
+            tokens.append(f"<0x{b:02X}>"), types.append(TT.BYTE)
+    specials = {tokenizer.pad_id: "<pad>", tokenizer.bos_id: "<s>", tokenizer.eos_id: "</s>"}
+    for i in range(256, vocab_size):
+        tokens.append(specials.get(i, f"<unused{i}>"))
+        types.append(TT.CONTROL if i in specials else TT.UNUSED)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([int(t) for t in types])
+    writer.add_bos_token_id(int(tokenizer.bos_id))
+    writer.add_eos_token_id(int(tokenizer.eos_id))
+    writer.add_pad_token_id(int(tokenizer.pad_id))
+    writer.add_add_bos_token(False)  # bitjax adds no specials when it encodes
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+
+
+def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None, name: str = "bitjax") -> dict:
+    """Write a b1.58 Transformer as a llama.cpp `bitnet` GGUF file; returns what went where.
+
+    Returns {'tensors': {gguf name: type}, 'fallback_f16': [projections written as F16],
+    'projection_bits_per_weight': payload bits over projection weights}.
+    """
+    gguf = require("gguf", "gguf")
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type must be one of {GGUF_TYPES}, got {gguf_type!r}")
+    if not hf_quantized(cfg):
+        raise ValueError("GGUF export is for b1.58 runs (quant.method='b158'); fp runs: export to HF "
+                         "(--format hf) and use llama.cpp's convert_hf_to_gguf.py")
+    arch, kw = hf_config(cfg)
+    fix = []
+    if not cfg.sub_norm:
+        fix.append("--config.model.sub_norm=True (llama.cpp's bitnet has attn_sub_norm/ffn_sub_norm)")
+    if cfg.activation != "silu":
+        fix.append("--config.model.activation=silu (llama.cpp's bitnet graph runs a SiLU gated MLP)")
+    if not cfg.tie_embeddings:
+        fix.append("--config.model.tie_embeddings=True (llama.cpp's bitnet multiplies by token_embd)")
+    if fix:
+        raise ValueError("llama.cpp's bitnet architecture cannot run this model; train with " + "; ".join(fix))
+    if tokenizer is None or getattr(tokenizer, "name", "") != "byte":
+        raise ValueError("GGUF export writes bitjax's byte tokenizer; other tokenizers are not exported")
+    qtype = {"tq2_0": gguf.GGMLQuantizationType.TQ2_0, "tq1_0": gguf.GGMLQuantizationType.TQ1_0}[gguf_type]
+    ftype = {"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0}[gguf_type]
+
+    w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BITNET])
+    w.add_name(name)
+    w.add_context_length(2048)  # RoPE has no trained maximum; llama.cpp needs a default context
+    w.add_embedding_length(kw["hidden_size"])
+    w.add_block_count(kw["num_hidden_layers"])
+    w.add_feed_forward_length(kw["intermediate_size"])
+    w.add_head_count(kw["num_attention_heads"])
+    w.add_head_count_kv(kw["num_key_value_heads"])
+    w.add_key_length(kw["head_dim"])
+    w.add_value_length(kw["head_dim"])
+    w.add_rope_dimension_count(kw["head_dim"])
+    w.add_rope_freq_base(kw["rope_parameters"]["rope_theta"])
+    w.add_layer_norm_rms_eps(kw["rms_norm_eps"])
+    w.add_vocab_size(kw["vocab_size"])
+    w.add_file_type(int(ftype))
+    add_byte_vocab(w, tokenizer, kw["vocab_size"])
+
+    kernels = {}  # HF name → latent kernel (in, out), for W̃
+    from flax import nnx
+    from bitjax.models.transformer import hf_param_names
+    names = hf_param_names(model)
+    for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        kernels[names[".".join(map(str, p))]] = np.asarray(var.get_value())
+    types, fallback, bits, n_proj = {}, [], 0, 0
+    for hf_name, value in hf_state_dict(model).items():
+        out_name = gguf_name(hf_name)
+        if hf_name.rsplit(".", 2)[-2] in PROJECTIONS:
+            wt = wtilde_torch(kernels[hf_name])
+            n_proj += wt.size
+            if wt.shape[1] % BLOCK == 0:
+                data = gguf.quants.quantize(wt, qtype)
+                w.add_tensor(out_name, data, raw_dtype=qtype)
+                types[out_name] = gguf_type.upper()
+            else:
+                data = wt.astype(np.float16)
+                w.add_tensor(out_name, data)
+                types[out_name] = "F16"
+                fallback.append(out_name)
+            bits += 8 * data.nbytes
+        else:  # embeddings and norm gains stay float32
+            w.add_tensor(out_name, np.ascontiguousarray(value, np.float32))
+            types[out_name] = "F32"
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"path": path, "tensors": types, "fallback_f16": fallback,
+            "projection_bits_per_weight": bits / max(n_proj, 1)}

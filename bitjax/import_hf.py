@@ -1,0 +1,76 @@
+"""Bring an HF checkpoint directory into bitjax as a run: a workdir with a step-0 checkpoint.
+
+    python -m bitjax.import_hf path/to/hf_dir --workdir runs/imported [--config configs/transformer.py \\
+        --config.data.name=text_files --config.data.paths=notes.md]
+    python -m bitjax.sample --workdir runs/imported --prompt "def "
+    python -m bitjax.main --config configs/transformer.py:quant=b158 --workdir runs/ft \\
+        --config.init_from=runs/imported --config.model.<fields as imported>
+
+HF BitNetForCausalLM (packed offline, bitlinear or autobitlinear, or online) → b158 with sub-norms;
+LlamaForCausalLM → fp (bitjax.export.hf.load_hf). The model fields come from the HF config and replace
+the config's `model`; the rest (data, tokenizer, optimizer) is the given config's or the trainer
+defaults. bitjax tokenizes with its own tokenizers (byte / sentencepiece), not the HF tokenizer, so the
+HF vocabulary must cover the data config's tokenizer. Needs `pip install 'bitjax[hf]'`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+
+def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> ConfigDict:
+    """Write `workdir`/checkpoints/0 holding the HF model's parameters and a fresh optimizer state.
+
+    Returns the run config stored with it (config.model from the HF config.json). Refuses a workdir
+    that already holds checkpoints (nothing there is overwritten).
+    """
+    from bitjax import config as config_lib
+    from bitjax.export.hf import load_hf
+    from bitjax.train import checkpoint as ckpt_lib
+    from bitjax.train import trainer
+
+    model_cfg, model = load_hf(hf_dir)
+    config = ConfigDict(config_lib.to_dict(config)) if config is not None else config_lib.trainer_config()
+    config.model = model_cfg
+    config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    setup = trainer.Setup(config, devices=jax.devices()[:1])
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    if ckpt.latest_step() is not None:
+        ckpt.close()
+        raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
+    params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), setup.state_sharding["params"])
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
+             "skipped": jnp.zeros((), jnp.int32)}
+    meta = {"config": config_lib.to_dict(config), "quant_recipe": setup.quant_table,
+            "imported_from": os.path.abspath(hf_dir)}
+    ckpt.save(0, state, meta, force=True)
+    ckpt.wait()
+    ckpt.close()
+    return config
+
+
+def main(argv):
+    from absl import flags, logging
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO (as bitjax.main)
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m bitjax.import_hf HF_DIR --workdir W [--config FILE ...]")
+    config = flags.FLAGS["config"].value if flags.FLAGS["config"].present else None
+    cfg = import_hf(argv[1], flags.FLAGS.workdir, config)
+    print(f"imported {argv[1]} → {flags.FLAGS.workdir} (model {cfg.model.quant.method}, "
+          f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}); sample with "
+          f"python -m bitjax.sample --workdir {flags.FLAGS.workdir}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "run config (data, optimizer); its model is replaced")
+    flags.DEFINE_string("workdir", None, "the bitjax workdir to create")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

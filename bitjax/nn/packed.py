@@ -1,0 +1,95 @@
+"""Packed inference: b1.58 projections that hold 2-bit codes in device memory and unpack inside the matmul.
+
+    packed = pack_model(model)          # a copy of a b158 Transformer whose 7 projections are PackedDense
+    generate(packed, prompt, 64, temperature=0)   # bitjax.eval.sample, unchanged
+
+PackedDense stores the kernel (in, out) as uint8 P (⌈in/4⌉, out) in HF's layout along the input axis
+(input rows cut into 4 contiguous slabs, slab k in bits 2k, 2k+1; bitjax.export.pack) and the float32
+multiplier s = 1/γ of b1.58 (ternary_absmean multiplies by s and divides by it). The forward is
+
+    y = Q_x(x) · (unpack(P) / s)          unpack(P)[k·R + r, o] = ((P[r, o] >> 2k) & 3) − 1
+
+in plain XLA: the shifts, masks and the division are elementwise ops XLA fuses into the weight
+operand of the dot, so the same ops as BitDense's W̃ = codes/s run and the logits are equal to the
+training model's. Weight memory is 1/8 of bf16 (plus 4 bytes per matrix). There is no Pallas kernel
+here: XLA materializes the unpacked operand per call, so decode speed is not the point on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bitjax.export.pack import pack_ternary_2bit
+from bitjax.nn.bitdense import BitDense
+from bitjax.quant.registry import QuantSpec
+from bitjax.quant.weights import EPS
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class Packed(nnx.Variable):
+    """Packed codes and scales: inference state, not trained."""
+
+
+def unpack_2bit(packed: jax.Array, rows: int) -> jax.Array:
+    """uint8 (R, out) → int8 (rows, out): the inverse of pack_ternary_2bit along axis 0, in jnp."""
+    slabs = [(packed >> jnp.uint8(2 * k)) & jnp.uint8(3) for k in range(4)]
+    return (jnp.concatenate(slabs, axis=0)[:rows].astype(jnp.int8) - 1)
+
+
+class PackedDense(nnx.Module):
+    """A b1.58 BitDense's inference twin: packed uint8 codes + 1/γ, activations quantized as before."""
+
+    def __init__(self, layer: BitDense):
+        spec = layer.quant
+        if spec.weight != "ternary_absmean" or layer.norm is not None or layer.bias is not None \
+                or dict(spec.weight_options or {}):
+            raise ValueError(f"PackedDense packs per-tensor ternary_absmean layers without norm/bias; got {spec}")
+        kernel = jnp.asarray(layer.kernel[...], jnp.float32)
+        inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(kernel)), EPS)  # as ternary_absmean: W̃ = round(W·s)/s
+        codes = np.asarray(jnp.clip(jnp.round(kernel * inv), -1, 1), np.int8)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.act = QuantSpec(act=spec.act, act_options=spec.act_options)
+        self.dtype = layer.dtype
+        self.packed = Packed(jnp.asarray(pack_ternary_2bit(codes)))
+        self.inv_scale = Packed(jnp.asarray(inv, jnp.float32))
+
+    def weight(self) -> jax.Array:
+        """W̃ (in, out) float32 = codes / s, the value BitDense.quantized_kernel() computes."""
+        return unpack_2bit(self.packed[...], self.in_features).astype(jnp.float32) / self.inv_scale[...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        x = self.act.quantize_act(x.astype(dtype))
+        return jnp.einsum("...i,io->...o", x, self.weight().astype(dtype),
+                          preferred_element_type=jnp.float32).astype(dtype)
+
+
+def pack_model(model):
+    """A deep copy of a b1.58 Transformer with every projection replaced by a PackedDense."""
+    packed = copy.deepcopy(model)  # nnx modules are Python objects: the training model stays as it is
+    for layer in packed.layers:
+        for owner in (layer.self_attn, layer.mlp):
+            for name in PROJECTIONS:
+                if hasattr(owner, name):
+                    setattr(owner, name, PackedDense(getattr(owner, name)))
+    return packed
+
+
+def projection_bytes(model) -> int:
+    """Bytes the projections' weights occupy in device memory (packed codes + scales, or latent kernels)."""
+    total = 0
+    for layer in model.layers:
+        for owner in (layer.self_attn, layer.mlp):
+            for name in PROJECTIONS:
+                if hasattr(owner, name):
+                    m = getattr(owner, name)
+                    leaves = jax.tree.leaves(nnx.state(m, nnx.Param)) if isinstance(m, BitDense) else \
+                        jax.tree.leaves(nnx.state(m, Packed))
+                    total += sum(x.nbytes for x in leaves)
+    return total
