@@ -334,18 +334,17 @@ def _plot(results, groups, group_keys, workdir):
     fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(groups)), 4))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups)), 4))
     labels, means, stds = [], [], []
     for g, rs in groups.items():
         xs = [r["eval_bpb"] for r in rs if r["eval_bpb"] is not None]
         labels.append(",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all")
         means.append(statistics.mean(xs) if xs else float("nan"))
         stds.append(statistics.stdev(xs) if len(xs) > 1 else 0.0)
-    ax.bar(range(len(means)), means, yerr=stds, capsize=4)
+    ax.errorbar(range(len(means)), means, yerr=stds, fmt="o", capsize=4)  # points: no bar from an arbitrary 0
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="eval bits/byte", title="final eval bits/byte (mean ± std)")
-    lo = min(m - s for m, s in zip(means, stds) if math.isfinite(m)) if any(map(math.isfinite, means)) else 0
-    ax.set_ylim(bottom=max(0.0, lo - 0.1))
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set(ylabel="eval bits/byte", title="eval bits/byte, mean ± std")
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "eval_bpb.png"), dpi=120)
     plt.close(fig)
@@ -365,7 +364,7 @@ def main(argv=None):
     p.add_argument("--collect", action="store_true", help="only write the results of the finished points")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     fixed = []
-    for r in rest:  # --config.a.b=V (or --config.a.b V is not supported: one token per flag)
+    for r in rest:  # --config.a.b=V, one token each
         m = re.fullmatch(r"--config\.([\w.]+)=(.*)", r, re.S)
         if not m:
             raise errors.UserError(f"unrecognized argument {r!r} (fields are set as --config.FIELD=VALUE)")
@@ -384,8 +383,13 @@ def main(argv=None):
         return points
     if not args.collect:
         for i, pt in enumerate(mine):
-            print(f"\n[{i + 1}/{len(mine)}]", end="")
-            run_point(pt, args.workdir)
+            print(f"\n[{i + 1}/{len(mine)}] ", end="")
+            config = pt.config()
+            if run_point(pt, args.workdir, config) is not None and \
+                    not finished(os.path.join(args.workdir, pt.name), config.total_steps):
+                # the trainer stopped early and checkpointed (SIGTERM/SIGINT): so does the sweep
+                print(f"\n{pt.name} stopped before step {config.total_steps}; the same command resumes the sweep")
+                break
     results = write_results(points, args.workdir)
     with open(os.path.join(args.workdir, "results.md")) as f:
         print("\n" + f.read())

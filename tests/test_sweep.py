@@ -107,13 +107,17 @@ def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, dat
     wd = str(tmp_path / "sw")
     argv = ["--config", config_file, "--grid", "quant=fp,b158", "--workdir", wd,
             f"--config.data.data_dir={data_dir}", "--config.total_steps=5"]
-    # b158 is interrupted after 2 of its 5 steps (as a preemption leaves it); the sweep resumes it
-    pts = sweep.make_points(config_file, [("quant", ["b158"])], [("data.data_dir", data_dir), ("total_steps", "5")])
-    trainer.train(pts[0].config(), os.path.join(wd, "quant=b158"), stop_after=2)
-    capsys.readouterr()
+    # fp is preempted after 2 of its 5 steps (the trainer checkpoints and returns): the sweep stops there
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda config, workdir: real_train(config, workdir, stop_after=2))
     sweep.main(argv)
+    assert "quant=fp stopped before step 5" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(wd, "quant=b158"))
+    assert "0 of 2 points finished" in open(os.path.join(wd, "results.md")).read()
+    monkeypatch.setattr(trainer, "train", real_train)
+    sweep.main(argv)  # the same command resumes fp and trains b158
     out = capsys.readouterr().out
-    assert "resumed from" in out and out.count("resumed from") == 1
+    assert out.count("resumed from") == 1
     for name in ("quant=fp", "quant=b158"):
         with open(os.path.join(wd, name, "metrics.jsonl")) as f:
             assert [json.loads(l)["step"] for l in f] == [1, 2, 3, 4, 5]  # each step once
