@@ -112,9 +112,20 @@ def test_a_missing_run_or_a_foreign_out_is_refused_and_kept(fp_run, tmp_path, ca
     assert e.value.code == 2
 
 
-def test_an_earlier_ptq_output_is_replaced(fp_run, tmp_path):
+def test_an_earlier_ptq_output_is_replaced(tmp_path):
     out = str(tmp_path / "out")
-    ptq.run(fp_run, "rtn", 4, out, calib_sequences=2)
-    open(os.path.join(out, "stale"), "w").close()
-    res = ptq.run(fp_run, "rtn", 3, out, calib_sequences=2)
-    assert sorted(os.listdir(out)) == [ptq.MARKER, "checkpoints", "ptq.json"] and res["bits"] == 3
+    ptq.fresh_out(out)
+    os.makedirs(os.path.join(out, "checkpoints", "30"))
+    ptq.fresh_out(out)  # its own earlier output: replaced
+    assert os.listdir(out) == [ptq.MARKER]
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_group_size_gives_one_grid_per_group_of_input_rows(method):
+    kw, kx = jax.random.split(jax.random.key(0))
+    w = jax.random.normal(kw, (64, 8))
+    h = ptq.hessian(jax.random.normal(kx, (256, 64)))
+    q = np.asarray(ptq.quantize_kernel(w, h, method, 2, 16))
+    groups = q.reshape(4, 16, 8)  # (group, row in group, output channel)
+    assert max(len(np.unique(groups[g, :, o])) for g in range(4) for o in range(8)) <= 4
+    assert max(len(np.unique(q[:, o])) for o in range(8)) > 4  # per channel it is not one 2-bit grid
