@@ -8,6 +8,9 @@ loss, eval loss and bits-per-byte on the held-out files, and training throughput
 
 Without --resume each run starts afresh: a WORKDIR/<method> left by an earlier comparison (it holds the
 marker file .bitjax_compare) is replaced; any other non-empty directory there is refused, never deleted.
+
+A special case of bitjax.sweep (`--grid quant=fp,b158` with `size=tiny`): points named by method,
+trained by the sweep's runner; see `python -m bitjax.sweep` for seeds, other fields, shards and plots.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ import os
 import shutil
 
 from bitjax import errors
-from bitjax.train import trainer
+from bitjax import sweep
 from bitjax.train import workdir as workdir_lib
 
 MARKER = ".bitjax_compare"  # in each WORKDIR/<method> this tool created: only those does it replace
 
 
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
+
+
+def _point(method: str, steps: int) -> sweep.Point:
+    """The sweep point of `method`: configs/transformer.py:quant=<method>,size=tiny,steps=<steps>, dir <method>."""
+    return sweep.Point(method, {"quant": method}, CONFIG_FILE, f"quant={method},size=tiny,steps={steps}", [])
+
+
 def _config(method: str, steps: int):
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
-    spec = importlib.util.spec_from_file_location("bitjax_configs_transformer", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(f"quant={method},size=tiny,steps={steps}")
+    return _point(method, steps).config()
 
 
 def fresh_workdir(wd: str) -> None:
@@ -56,15 +62,16 @@ def main(argv=None):
                    help="continue runs found in WORKDIR/<method> instead of starting them afresh")
     args = p.parse_args(argv)
     results = {}
-    methods = args.methods.split(",")
-    configs = {m: _config(m, args.steps) for m in methods}  # a bad method or step count fails before any run
-    for method in methods:
-        wd = os.path.join(args.workdir, method)
+    points = [_point(m, args.steps) for m in args.methods.split(",")]
+    configs = {p.name: p.config() for p in points}  # a bad method or step count fails before any run
+    for point in points:
         if not args.resume:
-            fresh_workdir(wd)
-        print(f"\n=== {method} → {wd}")
-        config = configs[method]
-        results[method] = {**trainer.train(config, wd), "peak_lr": config.optim.lr}
+            fresh_workdir(os.path.join(args.workdir, point.name))
+        config = configs[point.name]
+        trained = sweep.run_point(point, args.workdir, config)
+        # a run stopped early (SIGTERM) is not finished: the table shows where it stopped
+        final = sweep.point_result(point, args.workdir, config) or trained
+        results[point.name] = {**final, "peak_lr": config.optim.lr}
     print("\n| method | peak lr | final train loss | eval loss (nats/token) | eval bits/byte | tokens/s |")
     print("|---|---|---|---|---|---|")
     for method, r in results.items():

@@ -48,3 +48,8 @@ def get_config(arg=None):
         config.model.dtype = "bfloat16"
     return config
 
+
+
+def get_sweep():
+    """The grid of `python -m bitjax.sweep --config configs/transformer.py:size=tiny --workdir DIR` (no --grid)."""
+    return {"quant": ["fp", "b158"], "seed": [0, 1, 2]}

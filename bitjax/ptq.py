@@ -1,0 +1,240 @@
+"""Post-training quantization of a trained full-precision run, layer by layer (GPTQ's sequential procedure).
+
+    python -m bitjax.ptq --workdir runs/fp --method gptq --bits 3 [--group_size 128] \
+        [--calib_sequences 128] [--step N] --out runs/fp_gptq3
+
+Calibration: `--calib_sequences` sequences of the run's train split (its first batches, config.seq_len
+tokens each). The embedding runs once; then for each decoder layer in order, on the calibration
+activations that come out of the already-quantized earlier layers (and earlier projections of this
+layer), each projection's input X is captured, H = hessian(X) = 2XᵀX/n, and its kernel W (in, out) is
+replaced by W̃:
+    q/k/v_proj   share X = input_layernorm(h)           → one H for the three
+    o_proj       X = the attention output (after attn_sub_norm), with q/k/v already quantized
+    gate/up_proj share X = post_attention_layernorm(h)
+    down_proj    X = act(gate)·up (after ffn_sub_norm), with gate/up already quantized
+Only one H is held at a time. embed_tokens, lm_head and the norms stay full precision (as in GPTQ).
+
+Methods: `rtn` (round to nearest on GPTQ's grid; ignores H), `gptq` (bitjax.quant.gptq), both k-bit
+asymmetric per output channel or per `--group_size` input rows; `billm` (bitjax.quant.billm,
+binarization: --bits 1, the default for it).
+
+--out becomes an ordinary run directory: checkpoints/ holding the run's config (still method 'fp')
+with W̃ in place of each projection kernel (the fake-quantized weights are used as they are), so
+bitjax.sample, bitjax.eval and bitjax.eval.scoring.load read it as any run. DIR/ptq.json holds
+eval_loss / eval_bpb on the validation split (the trainer's eval, same batches), those of the FP run,
+and per projection the layer error tr((W − W̃)ᵀ H (W − W̃)) = 2‖XW − XW̃‖²/n.
+A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq) is refused, never deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bitjax import errors
+from bitjax.eval import scoring
+from bitjax.models import transformer
+from bitjax.quant import weights
+from bitjax.quant.billm import billm
+from bitjax.quant.gptq import gptq, hessian
+from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import trainer
+from bitjax.train import workdir as workdir_lib
+
+MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
+METHODS = ("rtn", "gptq", "billm")
+
+
+# ============================================================================ quantizers
+def quantize_kernel(w: jax.Array, h: jax.Array, method: str, bits: int, group_size: int | None) -> jax.Array:
+    """W̃ (in, out) of kernel w (in, out) given its input Hessian h (in, in)."""
+    if method == "rtn":
+        return weights.rtn(w, bits, "channel" if group_size is None else int(group_size))
+    if method == "gptq":
+        return gptq(w, h, bits, group_size)
+    # blocks of 128 input rows as the reference; billm() fails on a kernel with fewer rows than one block
+    return billm(w, h, block_size=min(128, w.shape[0]))
+
+
+_quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4))  # compiled once per kernel shape
+
+
+def layer_error(w: jax.Array, wq: jax.Array, h: jax.Array) -> float:
+    """tr((W − W̃)ᵀ H (W − W̃)): the output error GPTQ minimises, = 2‖XW − XW̃‖²/n for H = hessian(X)."""
+    d = (w - wq).astype(jnp.float32)
+    return float(jnp.sum(d * (h @ d)))
+
+
+# ============================================================================ calibration
+def calibration_tokens(setup: trainer.Setup, n: int) -> np.ndarray:
+    """The first `n` sequences of the train split (the trainer's batches 0, 1, …): int32 [n, seq_len]."""
+    rows, step = [], 0
+    while sum(len(r) for r in rows) < n:
+        rows.append(np.asarray(setup.train_data.batch(step, 0, 1)["inputs"]))
+        step += 1
+    return np.concatenate(rows)[:n]
+
+
+class _Recorder(nnx.Module):
+    """Stands in for a projection: records its input, returns the projection's output."""
+
+    def __init__(self, dense):
+        self.dense, self.inputs = dense, None
+
+    def __call__(self, x):
+        self.inputs = nnx.data(x)  # an array attribute of an NNX module must be declared data
+        return self.dense(x)
+
+
+@contextlib.contextmanager
+def captured(owner: nnx.Module, name: str):
+    """Within the block, owner.<name>'s input is recorded (yields the recorder; read `.inputs`)."""
+    dense = getattr(owner, name)
+    rec = _Recorder(dense)
+    setattr(owner, name, rec)
+    try:
+        yield rec
+    finally:
+        setattr(owner, name, dense)
+
+
+# ============================================================================ the pass
+def quantize_model(model: transformer.Transformer, tokens: np.ndarray, method: str, bits: int,
+                   group_size: int | None, log=print) -> dict[str, float]:
+    """Quantizes every projection kernel of `model` in place, in order; returns {param path: layer error}."""
+    cfg_l = tokens.shape[1]
+    cos, sin = transformer.rope_cos_sin(jnp.arange(cfg_l), model.head_dim, model.rope_theta)
+    errs = {}
+
+    def quantize(prefix, owner, names, x):
+        h = hessian(x)  # the only Hessian alive
+        for name in names:
+            dense = getattr(owner, name)
+            w = dense.kernel[...]
+            wq = _quantize_kernel(w, h, method, bits, group_size)
+            errs[f"{prefix}.{name}.kernel"] = layer_error(w, wq, h)
+            dense.kernel[...] = wq
+
+    x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
+    for i, layer in enumerate(model.layers):
+        t0 = time.perf_counter()
+        attn, mlp = layer.self_attn, layer.mlp
+        u = layer.input_layernorm(x)
+        quantize(f"layers.{i}.self_attn", attn, ("q_proj", "k_proj", "v_proj"), u)
+        with captured(attn, "o_proj") as rec:
+            attn(u, cos, sin)
+        quantize(f"layers.{i}.self_attn", attn, ("o_proj",), rec.inputs)
+        x = x + attn(u, cos, sin)[0]
+        u = layer.post_attention_layernorm(x)
+        quantize(f"layers.{i}.mlp", mlp, ("gate_proj", "up_proj"), u)
+        with captured(mlp, "down_proj") as rec:
+            mlp(u)
+        quantize(f"layers.{i}.mlp", mlp, ("down_proj",), rec.inputs)
+        x = x + mlp(u)
+        log(f"layer {i}: quantized in {time.perf_counter() - t0:.1f}s; error tr(ΔᵀHΔ) " + ", ".join(
+            f"{k.split('.')[-2]} {v:.3g}" for k, v in errs.items() if k.startswith(f"layers.{i}.")))
+    return errs
+
+
+# ============================================================================ output
+def fresh_out(out: str) -> None:
+    """Makes `out` an empty directory, deleting only an earlier output of this tool."""
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.exists(os.path.join(out, MARKER)):
+            raise errors.UserError(f"--out {out} exists and is not a bitjax.ptq output (it may hold a real "
+                                   f"run); nothing was deleted. Choose another --out.")
+        with workdir_lib.Lock(out):  # refuses if something still writes there
+            pass
+        shutil.rmtree(out)
+    workdir_lib.prepare(out)
+    open(os.path.join(out, MARKER), "w").close()
+
+
+def run(workdir: str, method: str, bits: int | None, out: str, group_size: int | None = None,
+        calib_sequences: int = 128, step: int | None = None) -> dict:
+    """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json."""
+    if method not in METHODS:
+        raise errors.UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    bits = (1 if method == "billm" else 4) if bits is None else bits
+    if method == "billm" and bits != 1:
+        raise errors.UserError(f"--bits {bits}: billm binarizes (--bits 1); use rtn or gptq for {bits} bits")
+    if method != "billm" and not 2 <= bits <= 8:
+        raise errors.UserError(f"--bits {bits}: {method} takes 2 to 8 bits")
+    if group_size is not None and group_size < 1:
+        raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
+    if calib_sequences < 1:
+        raise errors.UserError(f"--calib_sequences {calib_sequences}: must be ≥ 1")
+    if os.path.abspath(out) == os.path.abspath(workdir):
+        raise errors.UserError("--out must differ from --workdir (the trained run is never written)")
+
+    # one device: the calibration pass is eager and small next to training
+    setup, params = scoring.load(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    src = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        step = src.latest_step() if step is None else step
+        meta = src.restore_metadata(step)
+    finally:
+        src.close()
+    mcfg = setup.config.model
+    if mcfg.name != "transformer" or mcfg.quant.method != "fp":
+        raise errors.UserError(f"--workdir {workdir} trained {mcfg.name} with quant.method={mcfg.quant.method!r}: "
+                               f"PTQ starts from a full-precision ('fp') transformer run")
+    if group_size is not None:
+        dims = {mcfg.d_model, mcfg.mlp_dim, mcfg.n_heads * (mcfg.head_dim or mcfg.d_model // mcfg.n_heads)}
+        if method == "billm" or any(d % group_size for d in dims):
+            raise errors.UserError(f"--group_size {group_size}: " + ("billm has no groups" if method == "billm" else
+                                   f"must divide every projection's input size {sorted(dims)}"))
+    fresh_out(out)  # every check above passed: now the disk is touched
+
+    fp_eval = setup.evaluate(params)
+    model = setup.model(params)
+    tokens = calibration_tokens(setup, calib_sequences)
+    print(f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
+          f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers")
+    errs = quantize_model(model, tokens, method, bits, group_size)
+    qparams = nnx.to_pure_dict(nnx.state(model))
+    q_eval = setup.evaluate(qparams)
+
+    state = {"step": jnp.asarray(step, jnp.int32), "params": qparams, "opt_state": setup.tx.init(qparams),
+             "skipped": jnp.zeros((), jnp.int32)}
+    ptq = {"method": method, "bits": bits, "group_size": group_size, "calib_sequences": int(len(tokens)),
+           "source": os.path.abspath(workdir), "source_step": int(step)}
+    meta = {**meta, "ptq": ptq}  # the run's own config (its mesh, not this process's)
+    with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
+        ckpt.save(int(step), state, meta, force=True)
+        ckpt.wait()
+    result = {**ptq, "eval_loss": q_eval["eval_loss"], "eval_bpb": q_eval["eval_bpb"],
+              "eval_ppl": q_eval["eval_ppl"], "fp_eval_loss": fp_eval["eval_loss"], "fp_eval_bpb": fp_eval["eval_bpb"],
+              "layer_errors": errs}
+    with open(os.path.join(out, "ptq.json"), "w") as f:
+        json.dump(trainer.jsonable_metrics(result), f, indent=1)
+    print(f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
+          f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json")
+    return result
+
+
+@errors.cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a trained full-precision run")
+    p.add_argument("--method", required=True, help="rtn | gptq | billm")
+    p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq (default 4); billm: 1")
+    p.add_argument("--group_size", type=int, default=None, help="input rows per (scale, zero) (default: per channel)")
+    p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences from the train split")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
+    p.add_argument("--out", required=True, help="the quantized run's directory")
+    args = p.parse_args(argv)
+    return run(args.workdir, args.method, args.bits, args.out, args.group_size, args.calib_sequences, args.step)
+
+
+if __name__ == "__main__":
+    main()

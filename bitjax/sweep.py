@@ -1,0 +1,402 @@
+"""Sweeps: one training run per point of a grid, then a table and plots of all of them.
+
+    python -m bitjax.sweep --config configs/transformer.py:size=tiny --grid quant=fp,b158,a48 \
+        --grid seed=0,1,2 --workdir runs/sweep [--config.total_steps=300 ...] [--shard i/n]
+        [--print_commands] [--collect]
+
+`--grid KEY=V1,V2,…` (repeatable; repeated grids form the product, first key varying slowest):
+  * KEY a config argument (the part after `:`, e.g. `quant`, `size`, `steps`): each point's config
+    string gets KEY=V;
+  * otherwise a config field, `config.optim.lr` or just `optim.lr` (`seed` is config.seed): each point
+    gets `--config.KEY=V`, typed exactly as on bitjax.main's command line.
+Without --grid, the config file's `get_sweep()` (a dict KEY → list of values) defines the grid.
+`--config.x=y` flags apply to every point.
+
+Each point trains in WORKDIR/<point name> (`quant=b158,seed=1`), in this process, one after the other.
+Re-running skips finished points and resumes interrupted ones (the trainer's exact resume).
+For many machines, `--shard i/n` runs every n-th point from the i-th; `--print_commands` prints one
+`python -m bitjax.main` command per point instead of running (for a SLURM job array, a TPU queue);
+`--collect` only gathers what is on disk. Every invocation writes, over the finished points:
+  WORKDIR/results.csv   one row per point (final train loss, eval loss, eval bits/byte, tokens/s, step time)
+  WORKDIR/results.md    mean ± std over seeds per setting, with step time / fp's at the same other values
+  WORKDIR/loss_curves.png, WORKDIR/eval_bpb.png   with matplotlib (pip install 'bitjax[plots]')
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+
+from bitjax import errors
+
+SEED_KEYS = ("seed",)  # grid keys averaged over in results.md
+QUANT_KEYS = ("quant", "model.quant.method")  # the grid key whose 'fp' point is the step-time reference
+METRICS = ("train_loss", "eval_loss", "eval_bpb", "tokens_per_s", "step_time_s")
+
+
+# ============================================================================ points
+@dataclasses.dataclass
+class Point:
+    """One run: config file + argument string + typed field overrides, trained in WORKDIR/<name>."""
+    name: str
+    values: dict[str, str]  # grid key → value, as typed
+    config_file: str
+    arg: str  # the config argument, e.g. 'quant=b158,size=tiny'
+    overrides: list[tuple[str, str]]  # (field path, value) applied as --config.<path>=<value>
+
+    def flags(self) -> list[str]:
+        spec = f"{self.config_file}:{self.arg}" if self.arg else self.config_file
+        return [f"--config={spec}"] + [f"--config.{k}={v}" for k, v in self.overrides]
+
+    def config(self):
+        """The point's ConfigDict, parsed by ml_collections as bitjax.main parses its flags."""
+        return build_config(self.flags())
+
+    def command(self, workdir: str) -> str:
+        args = ["python", "-m", "bitjax.main", *self.flags(), f"--workdir={os.path.join(workdir, self.name)}"]
+        return " ".join(shlex.quote(a) for a in args)
+
+
+def build_config(flag_list: list[str]):
+    """`--config=FILE:ARG --config.a.b=V …` → ConfigDict, via a fresh absl FlagValues (typed overrides).
+
+    A bad file, argument or field raises UserError with one line naming it.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+    argv = ["bitjax.sweep", *flag_list]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    try:
+        fv(argv)
+    except flags.Error as e:  # a failing config file arrives as its traceback; its last line is the error
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        msg = re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if "Traceback" in str(e) else str(e)
+        raise errors.UserError(msg) from None
+    except KeyError as e:
+        raise errors.UserError(f"unknown config field {e.args[0] if e.args else e}") from None
+    except (AttributeError, TypeError, ValueError) as e:
+        raise errors.UserError(str(e)) from None
+    return fv.config
+
+
+def _split_config(spec: str) -> tuple[str, str]:
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise errors.UserError(f"--config {path}: no such file")
+    return path, arg
+
+
+def _parse_arg(arg: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in arg.split(",") if kv) if arg else {}
+
+
+def _has_field(config, path: str) -> bool:
+    node = config
+    for part in path.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False
+        node = node[part]
+    return True
+
+
+def _load_module(path: str):
+    spec = importlib.util.spec_from_file_location("bitjax_sweep_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def parse_grid(text: str) -> tuple[str, list[str]]:
+    """'quant=fp,b158' → ('quant', ['fp', 'b158'])."""
+    key, eq, values = text.partition("=")
+    vals = [v for v in values.split(",") if v]
+    if not eq or not key or not vals:
+        raise errors.UserError(f"--grid {text!r}: expected KEY=V1,V2,… (e.g. quant=fp,b158 or optim.lr=1e-3,3e-3)")
+    return key.strip(), vals
+
+
+def safe_name(values: dict[str, str]) -> str:
+    """A stable, filesystem-safe point name: 'quant=b158,seed=1' (other characters → '_')."""
+    return ",".join(re.sub(r"[^A-Za-z0-9._+-]", "_", f"{k}") + "=" + re.sub(r"[^A-Za-z0-9._+-]", "_", v)
+                    for k, v in values.items())
+
+
+def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: list[tuple[str, str]] = ()):
+    """The product of `grids` as Points (first grid slowest). `fixed`: (field, value) for every point.
+
+    A key is a config argument when the config file accepts it (`get_config('KEY=V')` does not fail
+    on it), else a config field (`config.` prefix optional; `seed` = config.seed); every point's
+    config is built here, so a bad key or value fails before anything trains.
+    """
+    path, base_arg = _split_config(config_spec)
+    base = build_config([f"--config={config_spec}"] + [f"--config.{k}={v}" for k, v in fixed])
+    get_config = _load_module(path).get_config
+    kinds = {}
+    for key, values in grids:
+        field = key[len("config."):] if key.startswith("config.") else key
+        if key.startswith("config."):
+            kinds[key] = ("field", field)
+            continue
+        try:
+            get_config(",".join(f"{k}={v}" for k, v in {**_parse_arg(base_arg), key: values[0]}.items()))
+            kinds[key] = ("arg", key)
+        except ValueError as e:  # not an argument (or a bad value of one): a field, if there is one
+            if not _has_field(base, field):
+                raise errors.UserError(f"--grid {key}={values[0]}: {errors.one_line(e)}") from None
+            kinds[key] = ("field", field)
+    if len({k for k, _ in grids}) < len(grids):
+        raise errors.UserError(f"--grid: a key appears twice in {[k for k, _ in grids]}")
+    points = []
+    for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in grids]):
+        values = dict(combo)
+        arg = _parse_arg(base_arg)
+        overrides = list(fixed)
+        for k, v in combo:
+            kind, target = kinds[k]
+            if kind == "arg":
+                arg[k] = v
+            else:
+                overrides = [(f, x) for f, x in overrides if f != target] + [(target, v)]
+        name = safe_name({(kinds[k][1] if kinds[k][0] == "field" else k): v for k, v in values.items()})
+        points.append(Point(name or "base", values, path, ",".join(f"{k}={v}" for k, v in arg.items()), overrides))
+    names = [p.name for p in points]
+    if len(set(names)) < len(names):
+        raise errors.UserError(f"two points share a directory name: {names}")
+    from bitjax import config as config_lib
+    from bitjax.train import mesh as mesh_lib
+    for p in points:  # every point parses and validates now, not after hours of the earlier ones
+        c = p.config()
+        with errors.as_user_errors():
+            try:
+                config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+            except ValueError as e:
+                raise ValueError(f"point {p.name}: {e}") from None
+    return points
+
+
+def shard(points: list[Point], spec: str | None) -> list[Point]:
+    """'i/n' → every n-th point from the i-th (0 ≤ i < n)."""
+    if not spec:
+        return points
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise errors.UserError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4")
+    return points[int(m[1])::int(m[2])]
+
+
+# ============================================================================ running
+def _metrics_rows(wd: str) -> list[dict]:
+    path = os.path.join(wd, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a row torn by a kill: the trainer drops it on resume
+                pass
+    return rows
+
+
+def finished(wd: str, total_steps: int) -> bool:
+    """The run in `wd` saved its final step and logged its final eval."""
+    rows = _metrics_rows(wd)
+    return (os.path.isdir(os.path.join(wd, "checkpoints", str(total_steps))) and bool(rows)
+            and rows[-1].get("step") == total_steps and rows[-1].get("eval_bpb") is not None)
+
+
+def run_point(point: Point, workdir: str, config=None) -> dict | None:
+    """Trains `point` in workdir/<name> unless finished there (resuming an interrupted run).
+
+    Returns the trainer's final metrics, or None when the point was already finished.
+    """
+    from bitjax.train import trainer  # jax only when something trains
+    config = point.config() if config is None else config
+    wd = os.path.join(workdir, point.name)
+    if finished(wd, config.total_steps):
+        print(f"=== {point.name}: finished in {wd}, skipped")
+        return None
+    print(f"\n=== {point.name} → {wd}")
+    return trainer.train(config, wd)
+
+
+# ============================================================================ results
+def point_result(point: Point, workdir: str, config=None) -> dict | None:
+    """Final metrics of a finished point from its metrics.jsonl, None if not finished.
+
+    step_time_s: the median over logged intervals of seconds per step (tokens/s → s/step), without the
+    file's first interval (it includes compilation), as the trainer's own step_time_s.
+    """
+    config = point.config() if config is None else config
+    wd = os.path.join(workdir, point.name)
+    if not finished(wd, config.total_steps):
+        return None
+    rows = _metrics_rows(wd)
+    last = rows[-1]
+    tokens = config.batch_size * config.seq_len
+    times = [tokens / r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s")]
+    out = {"point": point.name, **point.values, "step": last["step"]}
+    out.update({k: last.get(k) for k in METRICS if k != "step_time_s"})
+    out["step_time_s"] = statistics.median(times) if times else None
+    out["curve"] = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    return out
+
+
+def _fp_reference(results: list[dict], keys: list[str]) -> dict[str, float]:
+    """point → its step time / that of the fp point with the same other grid values (where one exists)."""
+    qkey = next((k for k in keys if k.removeprefix("config.") in QUANT_KEYS), None)
+    if qkey is None:
+        return {}
+    fp = {tuple((k, r[k]) for k in keys if k != qkey): r["step_time_s"] for r in results if r[qkey] == "fp"}
+    out = {}
+    for r in results:
+        ref = fp.get(tuple((k, r[k]) for k in keys if k != qkey))
+        if ref and r["step_time_s"]:
+            out[r["point"]] = r["step_time_s"] / ref
+    return out
+
+
+def _mean_std(xs: list[float], fmt: str) -> str:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return "–"
+    if len(xs) == 1:
+        return format(xs[0], fmt)
+    return f"{format(statistics.mean(xs), fmt)} ± {format(statistics.stdev(xs), fmt)}"
+
+
+def write_results(points: list[Point], workdir: str) -> list[dict]:
+    """WORKDIR/results.csv, results.md and the plots, over the finished points; returns their results."""
+    results = [r for r in (point_result(p, workdir) for p in points) if r is not None]
+    keys = list(points[0].values) if points else []
+    ratio = _fp_reference(results, keys)
+    for r in results:
+        r["step_time_vs_fp"] = ratio.get(r["point"])
+    os.makedirs(workdir, exist_ok=True)
+    cols = ["point", *keys, "step", *METRICS] + (["step_time_vs_fp"] if ratio else [])
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(results)
+
+    group_keys = [k for k in keys if k.removeprefix("config.") not in SEED_KEYS]
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(tuple(r[k] for k in group_keys), []).append(r)
+    head = [*group_keys, "runs", "final train loss", "eval loss (nats/token)", "eval bits/byte", "tokens/s"]
+    if ratio:
+        head.append("step time / fp's (same other grid values)")
+    lines = [f"{len(results)} of {len(points)} points finished; mean ± std over "
+             f"{', '.join(k for k in keys if k not in group_keys) or 'one run'}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g, rs in groups.items():
+        cells = [*g, str(len(rs)), _mean_std([r["train_loss"] for r in rs], ".4f"),
+                 _mean_std([r["eval_loss"] for r in rs], ".4f"), _mean_std([r["eval_bpb"] for r in rs], ".4f"),
+                 _mean_std([r["tokens_per_s"] for r in rs], ".0f")]
+        if ratio:
+            cells.append(_mean_std([r["step_time_vs_fp"] for r in rs], ".3f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _plot(results, groups, group_keys, workdir)
+    return results
+
+
+def _plot(results, groups, group_keys, workdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install 'bitjax[plots]'): no plots", file=sys.stderr)
+        return
+    if not results:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        steps, losses = zip(*r["curve"]) if r["curve"] else ((), ())
+        ax.plot(steps, losses, label=r["point"], lw=1)
+    ax.set(xlabel="step", ylabel="train loss (nats/token)", title="loss curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups)), 4))
+    labels, means, stds = [], [], []
+    for g, rs in groups.items():
+        xs = [r["eval_bpb"] for r in rs if r["eval_bpb"] is not None]
+        labels.append(",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all")
+        means.append(statistics.mean(xs) if xs else float("nan"))
+        stds.append(statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    ax.errorbar(range(len(means)), means, yerr=stds, fmt="o", capsize=4)  # points: no bar from an arbitrary 0
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set(ylabel="eval bits/byte", title="eval bits/byte, mean ± std")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "eval_bpb.png"), dpi=120)
+    plt.close(fig)
+
+
+# ============================================================================ CLI
+@errors.cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="python -m bitjax.sweep --config FILE[:ARG] --grid KEY=V1,V2 … "
+                                      "--workdir DIR [--config.FIELD=VALUE …]")
+    p.add_argument("--config", required=True, help="config file and argument, e.g. configs/transformer.py:size=tiny")
+    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,… (repeatable: the product)")
+    p.add_argument("--workdir", required=True, help="each point runs in WORKDIR/<point name>")
+    p.add_argument("--shard", default=None, help="i/n: run every n-th point from the i-th")
+    p.add_argument("--print_commands", action="store_true", help="print one bitjax.main command per point")
+    p.add_argument("--collect", action="store_true", help="only write the results of the finished points")
+    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    fixed = []
+    for r in rest:  # --config.a.b=V, one token each
+        m = re.fullmatch(r"--config\.([\w.]+)=(.*)", r, re.S)
+        if not m:
+            raise errors.UserError(f"unrecognized argument {r!r} (fields are set as --config.FIELD=VALUE)")
+        fixed.append((m[1], m[2]))
+    grids = [parse_grid(g) for g in args.grid]
+    if not grids:
+        mod = _load_module(_split_config(args.config)[0])
+        if not hasattr(mod, "get_sweep"):
+            raise errors.UserError(f"no --grid given and {args.config.partition(':')[0]} has no get_sweep()")
+        grids = [(k, [str(v) for v in vs]) for k, vs in mod.get_sweep().items()]
+    points = make_points(args.config, grids, fixed)
+    mine = shard(points, args.shard)
+    if args.print_commands:
+        for pt in mine:
+            print(pt.command(args.workdir))
+        return points
+    if not args.collect:
+        for i, pt in enumerate(mine):
+            print(f"\n[{i + 1}/{len(mine)}] ", end="")
+            config = pt.config()
+            if run_point(pt, args.workdir, config) is not None and \
+                    not finished(os.path.join(args.workdir, pt.name), config.total_steps):
+                # the trainer stopped early and checkpointed (SIGTERM/SIGINT): so does the sweep
+                print(f"\n{pt.name} stopped before step {config.total_steps}; the same command resumes the sweep")
+                break
+    results = write_results(points, args.workdir)
+    with open(os.path.join(args.workdir, "results.md")) as f:
+        print("\n" + f.read())
+    print(f"wrote {args.workdir}/results.csv, results.md" +
+          ("" if not results else " (+ plots where matplotlib is installed)"))
+    return results
+
+
+if __name__ == "__main__":
+    main()

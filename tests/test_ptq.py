@@ -1,0 +1,131 @@
+"""bitjax.ptq on a tiny trained FP run: rtn / gptq / billm write a run that loads and evaluates, GPTQ's
+layer error is at most RTN's, kernels lie on their grid, and nothing on disk is lost to a bad command."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from bitjax import ptq
+from bitjax.eval import scoring
+from bitjax.train import trainer
+from test_trainer import tiny_config
+
+CALIB = 8
+
+
+@pytest.fixture(scope="module")
+def fp_run(data_dir, tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("fp"))
+    trainer.train(tiny_config("fp", steps=30, data_dir=data_dir), wd)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def outs(fp_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ptq")
+    return {name: (str(root / name), ptq.run(fp_run, method, bits, str(root / name), calib_sequences=CALIB))
+            for name, method, bits in (("rtn2", "rtn", 2), ("gptq2", "gptq", 2), ("billm", "billm", None))}
+
+
+def kernels(params):
+    for i, layer in sorted(params["layers"].items()):
+        for block, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                             ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+            for n in names:
+                yield f"layers.{i}.{block}.{n}.kernel", np.asarray(layer[block][n]["kernel"])
+
+
+@pytest.mark.parametrize("name", ["rtn2", "gptq2", "billm"])
+def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
+    out, result = outs[name]
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert {"method", "bits", "group_size", "calib_sequences", "eval_loss", "eval_bpb", "fp_eval_loss",
+            "fp_eval_bpb", "layer_errors"} <= set(saved)
+    assert saved["calib_sequences"] == CALIB and len(saved["layer_errors"]) == 2 * 7
+    assert math.isfinite(saved["eval_bpb"]) and saved["eval_bpb"] > 0
+    # the written checkpoint is what was evaluated: loading it (as bitjax.sample/eval do) gives the same loss
+    setup, params = scoring.load(out, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    assert setup.config.model.quant.method == "fp"
+    assert setup.evaluate(params)["eval_loss"] == pytest.approx(saved["eval_loss"], rel=1e-5)
+    # every projection kernel changed; embeddings and lm_head did not
+    _, fp_params = scoring.load(fp_run, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    for (path, q), (_, w) in zip(kernels(params), kernels(fp_params)):
+        assert not np.array_equal(q, w), path
+    for key in ("embed_tokens", "lm_head"):
+        for a, b in zip(jax.tree.leaves(params[key]), jax.tree.leaves(fp_params[key])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name, levels", [("rtn2", 4), ("gptq2", 4), ("billm", None)])
+def test_quantized_kernels_are_on_their_grid(outs, name, levels):
+    _, params = scoring.load(outs[name][0], devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    for path, q in kernels(params):
+        per_channel = max(len(np.unique(q[:, o])) for o in range(q.shape[1]))
+        if levels is not None:  # k bits per output channel: at most 2^k values
+            assert per_channel <= levels, path
+        else:  # BiLLM: few values per (128-row block, channel) — far fewer than the rows
+            assert per_channel < q.shape[0] // 2, path
+
+
+def test_gptq_layer_error_is_at_most_rtns(outs):
+    rtn, gptq = outs["rtn2"][1]["layer_errors"], outs["gptq2"][1]["layer_errors"]
+    # layer 0's q/k/v see the embedding alone, so both methods quantize them against the same H
+    for name in ("q_proj", "k_proj", "v_proj"):
+        key = f"layers.0.self_attn.{name}.kernel"
+        assert 0 < gptq[key] <= rtn[key], (key, gptq[key], rtn[key])
+    assert outs["gptq2"][1]["eval_loss"] <= outs["rtn2"][1]["eval_loss"]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--method", "awq"], "--method 'awq'"),
+    (["--method", "gptq", "--bits", "1"], "--bits 1"),
+    (["--method", "billm", "--bits", "3"], "--bits 3"),
+    (["--method", "rtn", "--group_size", "5"], "--group_size 5"),
+])
+def test_bad_arguments_are_one_line_and_write_nothing(fp_run, tmp_path, capsys, args, match):
+    with pytest.raises(SystemExit) as e:
+        ptq.main(["--workdir", fp_run, "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and match in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_run_or_a_foreign_out_is_refused_and_kept(fp_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ptq.main(["--workdir", str(tmp_path / "nope"), "--method", "rtn", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "holds no checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        ptq.main(["--workdir", fp_run, "--method", "rtn", "--out", str(mine)])
+    assert e.value.code == 2 and "not a bitjax.ptq output" in capsys.readouterr().err
+    assert sorted(os.listdir(mine)) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit) as e:  # --out = the trained run itself
+        ptq.main(["--workdir", fp_run, "--method", "rtn", "--out", fp_run])
+    assert e.value.code == 2
+
+
+def test_an_earlier_ptq_output_is_replaced(tmp_path):
+    out = str(tmp_path / "out")
+    ptq.fresh_out(out)
+    os.makedirs(os.path.join(out, "checkpoints", "30"))
+    ptq.fresh_out(out)  # its own earlier output: replaced
+    assert os.listdir(out) == [ptq.MARKER]
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_group_size_gives_one_grid_per_group_of_input_rows(method):
+    kw, kx = jax.random.split(jax.random.key(0))
+    w = jax.random.normal(kw, (64, 8))
+    h = ptq.hessian(jax.random.normal(kx, (256, 64)))
+    q = np.asarray(ptq.quantize_kernel(w, h, method, 2, 16))
+    groups = q.reshape(4, 16, 8)  # (group, row in group, output channel)
+    assert max(len(np.unique(groups[g, :, o])) for g in range(4) for o in range(8)) <= 4
+    assert max(len(np.unique(q[:, o])) for o in range(8)) > 4  # per channel it is not one 2-bit grid
