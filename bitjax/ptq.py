@@ -61,8 +61,7 @@ def quantize_kernel(w: jax.Array, h: jax.Array, method: str, bits: int, group_si
         return weights.rtn(w, bits, "channel" if group_size is None else int(group_size))
     if method == "gptq":
         return gptq(w, h, bits, group_size)
-    # blocks of 128 input rows as the reference; billm() fails on a kernel with fewer rows than one block
-    return billm(w, h, block_size=min(128, w.shape[0]))
+    return billm(w, h)  # blocks of 128 input rows, as the reference
 
 
 _quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4))  # compiled once per kernel shape

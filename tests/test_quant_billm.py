@@ -96,6 +96,7 @@ def proxy_loss(w_hat, w, h):
     (200, 128, (), "hessian"),        # last block of 72 rows
     (160, 128, (), "hessian"),        # last block of 32 < up_lim rows: r ranges over 1..32
     (192, 64, (), "magnitude"),
+    (96, 128, (), "hessian"),         # fewer input rows than one block: a single short block
 ])
 def test_matches_reference_algorithm(n_in, block, dead, metric):
     w, h = problem(n_in, seed=n_in + block, dead=dead)

@@ -115,7 +115,9 @@ def _billm(w, u, block_size, up_lim, metric):
         return w, jax.lax.dynamic_update_slice_in_dim(q, qb, a, axis=0)
 
     n_full = n_in // block_size
-    w, q = jax.lax.fori_loop(0, n_full, body, (w, jnp.zeros_like(w)))
+    q = jnp.zeros_like(w)
+    if n_full:  # (a loop of 0 full blocks would still trace a block_size slice of a shorter w)
+        w, q = jax.lax.fori_loop(0, n_full, body, (w, q))
     a = n_full * block_size
     if a < n_in:  # the shorter last block (the reference's col_ed = min(col_st + blocksize, columns))
         q = q.at[a:].set(_block(w[a:], diag[a:], up_lim, metric)[0])
