@@ -28,6 +28,7 @@ from bitjax.export.hf import latent_from_codes, load_hf, save_hf  # noqa: E402
 from bitjax.import_hf import import_hf  # noqa: E402
 from bitjax.models import transformer as T  # noqa: E402
 from bitjax.quant.weights import ternary_absmean_codes  # noqa: E402
+from bitjax import errors
 from bitjax.train import trainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -227,6 +228,6 @@ def test_llama_import(tmp_path):
 def test_init_from_a_workdir_without_checkpoints_is_refused(tmp_path, data_dir):
     cfg = tiny_config("b158", steps=2, data_dir=data_dir, init_from=str(tmp_path / "nothing"),
                       **{"optim.warmup_steps": 0})
-    with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+    with pytest.raises(errors.UserError, match=r"config\.init_from=.*holds no checkpoints"):
         trainer.train(cfg, str(tmp_path / "run"))
-    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "0")
+    assert not os.path.exists(tmp_path / "run")  # refused before the workdir is touched
