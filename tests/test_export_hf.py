@@ -28,7 +28,7 @@ from bitjax.export.hf import latent_from_codes, load_hf, save_hf  # noqa: E402
 from bitjax.import_hf import import_hf  # noqa: E402
 from bitjax.models import transformer as T  # noqa: E402
 from bitjax.quant.weights import ternary_absmean_codes  # noqa: E402
-from bitjax import errors
+from bitjax import errors  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
