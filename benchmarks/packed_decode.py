@@ -28,7 +28,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bitjax.eval.sample import generate  # noqa: E402
 from bitjax.models import transformer  # noqa: E402
-from bitjax.nn.packed import PROJECTIONS, pack_model, projection_bytes  # noqa: E402
+from bitjax.nn.packed import PROJECTIONS, map_projections, pack_model, projection_bytes  # noqa: E402
 
 EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
 
@@ -46,14 +46,7 @@ class Bf16Dense(nnx.Module):
 
 
 def bf16_model(model):
-    import copy
-    out = copy.deepcopy(model)
-    for layer in out.layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for name in PROJECTIONS:
-                if hasattr(owner, name):
-                    setattr(owner, name, Bf16Dense(getattr(owner, name)))
-    return out
+    return map_projections(model, Bf16Dense)
 
 
 def bf16_bytes(model):

@@ -70,15 +70,20 @@ class PackedDense(nnx.Module):
                           preferred_element_type=jnp.float32).astype(dtype)
 
 
-def pack_model(model):
-    """A deep copy of a b1.58 Transformer with every projection replaced by a PackedDense."""
-    packed = copy.deepcopy(model)  # nnx modules are Python objects: the training model stays as it is
-    for layer in packed.layers:
+def map_projections(model, fn):
+    """A deep copy of a Transformer with every projection p replaced by fn(p)."""
+    out = copy.deepcopy(model)  # nnx modules are Python objects: the given model stays as it is
+    for layer in out.layers:
         for owner in (layer.self_attn, layer.mlp):
             for name in PROJECTIONS:
                 if hasattr(owner, name):
-                    setattr(owner, name, PackedDense(getattr(owner, name)))
-    return packed
+                    setattr(owner, name, fn(getattr(owner, name)))
+    return out
+
+
+def pack_model(model):
+    """A deep copy of a b1.58 Transformer with every projection replaced by a PackedDense."""
+    return map_projections(model, PackedDense)
 
 
 def projection_bytes(model) -> int:
