@@ -82,6 +82,25 @@ def max_skipped_steps(config: ConfigDict) -> int:
     return config.max_skipped_steps if config.max_skipped_steps is not None else max(config.total_steps // 10, 1)
 
 
+def with_defaults(saved: dict) -> ConfigDict:
+    """A config stored with a checkpoint, completed with today's defaults for fields added since.
+
+    Fields the stored config has win; fields it lacks (a trainer, data or model field added after the
+    run was written) take their defaults, so an older run still loads. Fields that no longer exist
+    are kept, so validation still names them.
+    """
+    from bitjax import models  # the model family's own defaults
+    base = trainer_config().to_dict()
+    base["model"] = models.default_config(saved.get("model", {}).get("name", "transformer")).to_dict()
+
+    def merge(default, stored):
+        if not (isinstance(default, dict) and isinstance(stored, dict)):
+            return stored
+        return {**default, **{k: merge(default.get(k), v) for k, v in stored.items()}}
+
+    return ConfigDict(merge(base, saved))
+
+
 def _need(ok: bool, field: str, value, fix: str):
     if not ok:
         raise ValueError(f"config.{field}={value!r} is invalid: {fix}")

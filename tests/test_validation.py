@@ -170,3 +170,17 @@ def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir,
     p = main_cli(wd, *TINY, f"--config.data.paths={paths}", f"--config.data.data_dir={data_dir}", *extra)
     assert_one_line_error(p, message)
     assert wd.is_file() if case == "workdir_is_a_file" else not wd.exists()
+
+
+def test_a_stored_config_from_before_a_field_existed_still_validates():
+    """Runs saved before a trainer/data/model field was added load with that field's default."""
+    from bitjax.train import mesh as mesh_lib
+    stored = tiny_config("b158").to_dict()
+    del stored["max_consecutive_skips"], stored["data"]["encoding"], stored["model"]["quant"]["stage1"]
+    stored["seed"] = 7
+    c = config_lib.with_defaults(stored)
+    assert (c.max_consecutive_skips, c.data.encoding, c.model.quant.stage1, c.seed) == (10, "utf-8", "", 7)
+    config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+    stored["model"]["quant"]["act_inner"] = "absmax8"  # a field that no longer exists is still named
+    with pytest.raises(ValueError, match="act_inner"):
+        config_lib.validate(config_lib.with_defaults(stored), mesh_lib.make_mesh(c.mesh))

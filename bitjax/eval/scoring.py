@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from bitjax import config as config_lib
 from bitjax import errors
 from bitjax.train import checkpoint as ckpt_lib
 from bitjax.train import mesh as mesh_lib
@@ -56,7 +57,7 @@ def load(workdir: str, step: int | None = None, *, devices=None, mesh: dict | No
             raise errors.UserError(f"--workdir {workdir!r} holds no finished checkpoint in {ckpt_dir}; train first")
         if step is not None and step not in steps:
             raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
-        config = ConfigDict(ckpt.restore_metadata(step)["config"])
+        config = config_lib.with_defaults(ckpt.restore_metadata(step)["config"])
         if mesh is not None:
             config.mesh = ConfigDict(dict(mesh))
         devices = jax.devices() if devices is None else list(devices)

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Callable
 
 from bitjax.models import transformer
-from bitjax.models.transformer import SIZES, Transformer, default_config, hf_param_names, validate_config
+from bitjax.models.transformer import SIZES, Transformer, hf_param_names, validate_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +21,12 @@ class Family:
     size_hints: dict[str, str]              # logical axis → config field that sets its size
     stage_configs: Callable[..., list]      # (cfg, total_steps) → [(first step, single-stage cfg)]
     quant_table: Callable[[Any], dict]      # cfg → {layer role: QuantSpec}
+    default_config: Callable[[], Any]       # () → the family's default config.model
 
 
 _MODELS = {"transformer": Family(Transformer, transformer.validate_config, transformer.SIZE_HINTS,
-                                 transformer.stage_configs, transformer.quant_table)}
+                                 transformer.stage_configs, transformer.quant_table,
+                                 transformer.default_config)}
 
 
 def _entry(name: str) -> Family:
@@ -46,6 +48,11 @@ def validate(cfg, seq_len: int | None = None) -> None:
 def size_hints(name: str) -> dict[str, str]:
     """Logical axis → the config field that sets its size (for mesh-divisibility errors)."""
     return dict(_entry(name).size_hints)
+
+
+def default_config(name: str = "transformer"):
+    """The default config.model of family `name`."""
+    return _entry(name).default_config()
 
 
 def stage_configs(cfg, total_steps: int) -> list[tuple[int, Any]]:
