@@ -50,7 +50,8 @@ def trainer_config() -> ConfigDict:
     or more than max_consecutive_skips in a row.
     init_from: '' or a workdir (e.g. one written by `python -m bitjax.import_hf`) whose latest
     checkpoint's parameters start a new run (fresh optimizer state, step 0); used only when the
-    run's own workdir holds no checkpoint. Optional in stored configs (older runs lack it).
+    run's own workdir holds no checkpoint. (Stored configs that predate a field load through
+    :func:`with_defaults`.)
     """
     c = ConfigDict()
     c.total_steps = 300
@@ -72,9 +73,6 @@ def trainer_config() -> ConfigDict:
     c.max_consecutive_skips = 10
     c.init_from = ""
     return c
-
-
-OPTIONAL_FIELDS = ("init_from",)  # absent from configs stored before they existed
 
 
 def max_skipped_steps(config: ConfigDict) -> int:
@@ -110,7 +108,7 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
     known = set(trainer_config().keys()) | {"model"}
     unknown = sorted(set(config.keys()) - known)
-    missing = sorted(known - set(config.keys()) - set(OPTIONAL_FIELDS))
+    missing = sorted(known - set(config.keys()))
     if unknown or missing:
         raise ValueError(f"config: unknown field(s) {unknown}, missing field(s) {missing} (a typo in the "
                          f"config file?); start from bitjax.config.trainer_config()")
@@ -145,7 +143,7 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
           f"{dict(mesh.shape)}); change config.batch_size or config.mesh")
     _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
           f"must be divisible by the number of processes ({process_count})")
-    init_from = config.get("init_from", "")
+    init_from = config.init_from
     _need(isinstance(init_from, str), "init_from", init_from, "must be '' or a run's workdir (a string)")
     _need(not init_from or os.path.isdir(os.path.join(init_from, "checkpoints")), "init_from", init_from,
           "holds no checkpoints/: name a bitjax run's workdir (e.g. one from python -m bitjax.import_hf)")

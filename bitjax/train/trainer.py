@@ -500,7 +500,7 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
             print(f"resumed from {workdir} at step {step0}")
     else:
         state = setup.init_fn(jax.random.key(config.seed))
-        if config.get("init_from"):
+        if config.init_from:
             state["params"] = params_from_run(config.init_from, setup)
             state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_sharding["opt_state"])(
                 state["params"])
