@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 
 from bitjax import errors
 from bitjax import sweep
@@ -40,16 +39,8 @@ def _config(method: str, steps: int):
 
 def fresh_workdir(wd: str) -> None:
     """Makes `wd` an empty directory for a new run, deleting only a previous run of this tool."""
-    if os.path.isdir(wd) and os.listdir(wd):
-        if not os.path.exists(os.path.join(wd, MARKER)):
-            raise errors.UserError(
-                f"{wd} exists and was not made by bitjax.compare (it may hold a real run); nothing was "
-                f"deleted. Pass --resume to continue the runs there, or choose another --workdir.")
-        with workdir_lib.Lock(wd):  # refuses if a run is still writing there
-            pass
-        shutil.rmtree(wd)
-    workdir_lib.prepare(wd)
-    open(os.path.join(wd, MARKER), "w").close()
+    workdir_lib.fresh(wd, MARKER, f"{wd} exists and was not made by bitjax.compare (it may hold a real run); "
+                      f"nothing was deleted. Pass --resume to continue the runs there, or choose another --workdir.")
 
 
 @errors.cli

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -147,15 +146,8 @@ def quantize_model(model: transformer.Transformer, tokens: np.ndarray, method: s
 # ============================================================================ output
 def fresh_out(out: str) -> None:
     """Makes `out` an empty directory, deleting only an earlier output of this tool."""
-    if os.path.isdir(out) and os.listdir(out):
-        if not os.path.exists(os.path.join(out, MARKER)):
-            raise errors.UserError(f"--out {out} exists and is not a bitjax.ptq output (it may hold a real "
-                                   f"run); nothing was deleted. Choose another --out.")
-        with workdir_lib.Lock(out):  # refuses if something still writes there
-            pass
-        shutil.rmtree(out)
-    workdir_lib.prepare(out)
-    open(os.path.join(out, MARKER), "w").close()
+    workdir_lib.fresh(out, MARKER, f"--out {out} exists and is not a bitjax.ptq output (it may hold a real "
+                      f"run); nothing was deleted. Choose another --out.")
 
 
 def run(workdir: str, method: str, bits: int | None, out: str, group_size: int | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 
@@ -32,6 +33,22 @@ def prepare(workdir: str) -> None:
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise UserError(f"--workdir {workdir} is not writable by this user; choose another --workdir "
                         f"or fix its permissions")
+
+
+def fresh(path: str, marker: str, refusal: str) -> None:
+    """Makes `path` an empty directory marked `marker`, deleting only a directory a tool marked so.
+
+    A non-empty `path` without the marker may hold a user's real run: UserError(`refusal`), nothing
+    deleted. A marked one is replaced, unless a live run still holds its lock.
+    """
+    if os.path.isdir(path) and os.listdir(path):
+        if not os.path.exists(os.path.join(path, marker)):
+            raise UserError(refusal)
+        with Lock(path):  # refuses if a run is still writing there
+            pass
+        shutil.rmtree(path)
+    prepare(path)
+    open(os.path.join(path, marker), "w").close()
 
 
 def _proc_start(pid: int) -> str | None:
