@@ -136,6 +136,12 @@ class Progress:
 
 
 # ============================================================================ state
+def same_tree(a, b) -> bool:
+    """Whether two parameter trees have the same structure, shapes and dtypes (values aside)."""
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -192,10 +198,8 @@ class Setup:
         splits = [nnx.split(nnx.eval_shape(lambda b=b: b(jax.random.key(0)))) for b in builds]
         self.graphdefs = [graphdef for graphdef, _ in splits]
         abstract_params = splits[-1][1]
-        shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
         for (start, c), (_, other) in zip(self.stages, splits):
-            if jax.tree.structure(other) != jax.tree.structure(abstract_params) or \
-                    shapes(other) != shapes(abstract_params):
+            if not same_tree(other, abstract_params):
                 raise ValueError(f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
                                  f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
                                  f"stages must share one parameter tree; choose another stage1 or 'none'")
@@ -457,8 +461,7 @@ def params_from_run(workdir: str, setup: Setup):
     from bitjax.sample import load
     _, params = load(workdir)
     want = setup.abstract_state["params"]
-    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
-    if jax.tree.structure(params) != jax.tree.structure(want) or shapes(params) != shapes(want):
+    if not same_tree(params, want):
         raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
                                "(config.model shapes and learned quantizer parameters must match the "
                                "source run's)")
