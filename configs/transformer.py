@@ -3,7 +3,7 @@
     python -m bitjax.main --config configs/transformer.py:quant=b158,size=tiny --workdir /tmp/run
 
 Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | … (bitjax.quant.METHODS),
-size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = total steps (0 = size default).
+size = nano | tiny | mini (CPU) | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = total steps (0 = size default).
 """
 
 from bitjax import config as config_lib
@@ -11,12 +11,15 @@ from bitjax.models import transformer
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {
+    "nano": (300, 16, 128, 3e-3, 30),
     "tiny": (300, 16, 128, 3e-3, 30),
+    "mini": (300, 16, 128, 3e-3, 30),
     "small": (20_000, 256, 1024, 1.5e-3, 750),
     "1b": (50_000, 512, 2048, 1.2e-3, 1000),
     "3b": (100_000, 1024, 2048, 1.5e-3, 2000),
     "7b": (100_000, 1024, 2048, 1e-3, 2000),
 }
+CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32
 
 
 def get_config(arg=None):
@@ -32,7 +35,7 @@ def get_config(arg=None):
     # Warmup is the same fraction of any run length (a lazy reference: --config.total_steps=20 gets 2
     # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
     config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
-    config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size != "tiny" else "cosine"
+    config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size not in CPU_SIZES else "cosine"
     config.model = transformer.default_config()
     for k, v in transformer.SIZES[arg.size].items():
         config.model[k] = v
@@ -40,7 +43,7 @@ def get_config(arg=None):
     config.model.quant.method = arg.quant
     if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
         config.model.activation = "relu2"
-    if arg.size == "tiny":
+    if arg.size in CPU_SIZES:
         config.eval_every = 100
         config.data.eval_batches = 16
     else:

@@ -90,8 +90,12 @@ _2B4T = dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, head_dim=None,
              tie_embeddings=True, remat=True)
 # Size presets: overrides of default_config().
 SIZES = {
+    # nano / tiny / mini: CPU sizes for the scale study (experiments/scale_cpu), ~0.1M / 0.8M / 4.7M
+    # non-embedding params; nano is a cheap smoke-test size, mini takes ~6× tiny's step time.
+    "nano": dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=None, mlp_dim=192),
     # ~0.8M non-embedding params: a few hundred steps of B=16, L=128 in well under 2 min on 2 CPU cores.
     "tiny": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=None, mlp_dim=384),
+    "mini": dict(d_model=256, n_layers=6, n_heads=4, n_kv_heads=2, head_dim=None, mlp_dim=768),
     # GPT-2-small / Llama-style ~125M (85M non-embedding + a 32k vocab).
     "small": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=None, mlp_dim=2048),
     # Llama 3.2 1B shapes.
