@@ -324,11 +324,21 @@ def _plot(results, groups, group_keys, workdir):
         return
     if not results:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        steps, losses = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax.plot(steps, losses, label=r["point"], lw=1)
-    ax.set(xlabel="step", ylabel="train loss (nats/token)", title="loss curves")
+    # One line per setting (seeds averaged, their min–max shaded): 30 single-run lines are unreadable.
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for g, rs in groups.items():
+        curves = [dict(r["curve"]) for r in rs if r["curve"]]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not steps:
+            continue
+        ys = [[c[s] for s in steps] for c in curves]
+        mean = [statistics.mean(col) for col in zip(*ys)]
+        label = ",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all"
+        (line,) = ax.plot(steps, mean, label=f"{label} (n={len(ys)})", lw=1.2, marker="o" if len(steps) < 3 else None)
+        if len(ys) > 1:
+            ax.fill_between(steps, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)],
+                            color=line.get_color(), alpha=0.15, lw=0)
+    ax.set(xlabel="step", ylabel="train loss (nats/token)", title="loss curves (mean over seeds, min–max shaded)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=120)
