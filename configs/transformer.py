@@ -19,6 +19,11 @@ RUN = {
     "3b": (100_000, 1024, 2048, 1.5e-3, 2000),
     "7b": (100_000, 1024, 2048, 1e-3, 2000),
 }
+# Peak LR per method at `tiny`: the best eval bits/byte of {1e-3, 3e-3, 1e-2} (fp, b158: over 3 seeds,
+# experiments/compare_tiny; the others: seed 0, experiments/quantizer_choice_tiny). Methods not listed
+# (e.g. rtn5) get 3e-3.
+TINY_LR = {"fp": 1e-3, "b158": 3e-3, "bitnet": 3e-3, "a48": 3e-3, "fbi": 3e-3, "onebit": 1e-3,
+           "pb_llm": 3e-3, "rtn2": 1e-3, "rtn3": 1e-3, "rtn4": 1e-3}
 CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32
 
 
@@ -29,9 +34,9 @@ def get_config(arg=None):
     config = config_lib.trainer_config()
     steps, config.batch_size, config.seq_len, lr, warmup = RUN[arg.size]
     config.total_steps = arg.steps or steps
-    # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips); at `tiny` the
-    # best of {1e-3, 3e-3, 1e-2} is 3e-3 for b158 and 1e-3 for fp over 3 seeds (experiments/compare_tiny).
-    config.optim.lr = lr / 3 if arg.quant == "fp" else lr
+    # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips): FP gets a third of
+    # the quantized methods' peak LR, except at `tiny`, where each method has its own tuned LR.
+    config.optim.lr = TINY_LR.get(arg.quant, lr) if arg.size == "tiny" else lr / 3 if arg.quant == "fp" else lr
     # Warmup is the same fraction of any run length (a lazy reference: --config.total_steps=20 gets 2
     # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
     config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
