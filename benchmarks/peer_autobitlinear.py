@@ -111,8 +111,9 @@ def main():
     try:
         import torch
         import transformers
-        from transformers.integrations.bitnet import AutoBitLinear  # noqa: F401
-    except ImportError as e:
+        import transformers.integrations.bitnet as hf_bitnet
+        hf_bitnet.AutoBitLinear
+    except (ImportError, AttributeError) as e:
         print(f"skipped: torch and transformers (with transformers.integrations.bitnet) are needed ({e})")
         return
     import jax
@@ -127,10 +128,10 @@ def main():
         ("bitjax", "b158+int8"): jax_variant("b158+int8", args.d, args.blocks, x_np),
     }
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads) · transformers {transformers.__version__} · "
-          f"jax {jax.__version__} ({jax.devices()[0].platform})")
-    print(f"# {args.blocks} residual MLP blocks d={args.d} → {4 * args.d} → {args.d}, {args.tokens} tokens, float32, "
-          f"forward + backward + AdamW; {args.reps} interleaved rounds of {args.steps} steps, median")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads) · "
+          f"transformers {transformers.__version__} · jax {jax.__version__} ({jax.devices()[0].platform})")
+    print(f"# {args.blocks} residual MLP blocks d={args.d} → {4 * args.d} → {args.d}, {args.tokens} tokens, "
+          f"float32, forward + backward + AdamW; {args.reps} interleaved rounds of {args.steps} steps, median")
     first_loss = {}
     for key, (step, finish) in variants.items():  # warm up (jit compile) and check both libraries train
         first_loss[key] = finish(step())

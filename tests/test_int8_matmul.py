@@ -13,7 +13,7 @@ from flax import nnx
 from bitjax import config as config_lib
 from bitjax.models import transformer as T
 from bitjax.nn import BitDense
-from bitjax.quant import QuantSpec, integer_forms
+from bitjax.quant import QuantSpec
 
 B158 = QuantSpec("ternary_absmean", "absmax8")
 SPECS = {
