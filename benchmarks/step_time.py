@@ -1,6 +1,10 @@
 """Train-step cost of each quantization method relative to FP, measured side by side in one run.
 
     python benchmarks/step_time.py [--sizes tiny,cpu_m] [--methods fp,b158,bitnet,a48,fbi] [--reps 5]
+    python benchmarks/step_time.py --sizes small_2l,1b_1l --methods fp,b158,b158+int8 --dtype bfloat16
+
+A method written `NAME+int8` is NAME with `config.model.int8_matmul=True` (the forward of every
+quantized projection as an int8 × int8 → int32 dot, bitjax.quant.int8_matmul).
 
 For each size, every method's jitted train step (forward + backward + AdamW, the trainer's own
 `Setup.train_step`) is compiled, warmed up, then timed in interleaved rounds (fp, b158, …, fp, b158, …)
@@ -25,16 +29,25 @@ from bitjax.models import transformer  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
 
 # Extra CPU-sized shapes beside the model presets (d_model, n_layers, n_heads, n_kv_heads, mlp_dim).
-EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
+# small_2l / 1b_1l: the `small` / `1b` presets' layer shapes with fewer layers (the per-layer cost ratio
+# is the model's; a CPU runs them in seconds per step).
+EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536),
+         "small_2l": {**transformer.SIZES["small"], "n_layers": 2},
+         "1b_1l": {**transformer.SIZES["1b"], "n_layers": 1, "remat": False}}
 
 
-def make_config(method, size, batch, seq_len):
+def make_config(method, size, batch, seq_len, dtype="float32"):
     c = config_lib.trainer_config()
     c.total_steps, c.batch_size, c.seq_len = 1000, batch, seq_len
     c.model = transformer.default_config()
     c.model.update(transformer.SIZES.get(size) or EXTRA[size])
     c.model.vocab_size = None
+    c.model.dtype = dtype
+    method, _, variant = method.partition("+")
+    if variant not in ("", "int8"):
+        raise ValueError(f"unknown method variant {variant!r} (only NAME+int8)")
     c.model.quant.method = method
+    c.model.int8_matmul = variant == "int8"
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
     return c
 
@@ -47,15 +60,17 @@ def main():
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay float32)")
     args = p.parse_args()
     dev = jax.devices()[0]
     print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
-          f" · {os.cpu_count()} cores · jax {jax.__version__} · batch {args.batch}×{args.seq_len}")
+          f" · {os.cpu_count()} cores · jax {jax.__version__} · batch {args.batch}×{args.seq_len}"
+          f" · compute {args.dtype}")
     methods = args.methods.split(",")
     for size in args.sizes.split(","):
         setups, states, batches = {}, {}, {}
         for m in methods:
-            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len), devices=jax.devices()[:1])
+            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len, args.dtype), devices=jax.devices()[:1])
             setups[m] = s
             states[m] = s.init_fn(jax.random.key(0))
             batches[m] = [s.train_batch(i) for i in range(args.steps)]
@@ -76,6 +91,10 @@ def main():
         for m in methods:
             t = statistics.median(times[m])
             print(f"| {m} | {t * 1e3:.2f} | {t / base:.3f}× |" if base else f"| {m} | {t * 1e3:.2f} | – |")
+        for m in methods:
+            plain = m.partition("+")[0]
+            if m != plain and plain in times:
+                print(f"\n{m} / {plain}: {statistics.median(times[m]) / statistics.median(times[plain]):.3f}×")
 
 
 if __name__ == "__main__":

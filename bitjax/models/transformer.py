@@ -35,6 +35,7 @@ from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param, quant_state
 from bitjax.quant import recipes
+from bitjax.quant.int8_matmul import integer_forms
 from bitjax.quant.registry import QuantSpec, check_rule
 
 ACTIVATIONS = {
@@ -74,6 +75,8 @@ def default_config() -> ConfigDict:
     quant.stage2_frac: fraction of total_steps where the method itself takes over (None = the method's).
     dtype: compute dtype 'float32' | 'bfloat16' (parameters stay float32).
     remat: rematerialise each layer in the backward pass (nnx.remat) to save memory.
+    int8_matmul: every quantized projection's forward matmul runs on its integer codes (int8 × int8 →
+      int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
     """
     # Fields that may be None are typed, so `--config.model.head_dim=64` etc. work on the CLI.
     return ConfigDict(dict(
@@ -82,7 +85,7 @@ def default_config() -> ConfigDict:
         rope_theta=10000.0, norm_eps=1e-5, sub_norm=False, tie_embeddings=False,
         quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="",
                               stage2_frac=placeholder(float))),
-        dtype="float32", remat=False))
+        dtype="float32", remat=False, int8_matmul=False))
 
 
 _2B4T = dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, head_dim=None, mlp_dim=6912,
@@ -175,7 +178,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     for f in ("rope_theta", "norm_eps"):
         need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
              "must be a positive number")
-    for f in ("sub_norm", "tie_embeddings", "remat"):
+    for f in ("sub_norm", "tie_embeddings", "remat", "int8_matmul"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
@@ -201,6 +204,22 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
             quant_table(c)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{name}.quant (method={q.method!r}, rules={q.rules!r}) is invalid: {e}") from None
+    if cfg.int8_matmul:  # every quantized BitDense of every stage must be integer-coded
+        dense_roles = [r for r in ROLES if r != "embed" and not (r == "lm_head" and cfg.tie_embeddings)]
+        for _, c in stage_configs(cfg):
+            table = quant_table(c)
+            try:
+                quantized = [r for r in dense_roles if not table[r].is_fp]
+                if not quantized:
+                    raise ValueError("no projection is quantized")
+                for role in quantized:
+                    try:
+                        integer_forms(table[role])
+                    except ValueError as e:
+                        raise ValueError(f"{role}: {e}") from None
+            except ValueError as e:
+                raise ValueError(f"{name}.int8_matmul=True is invalid for quant.method={c.quant.method!r}: {e}; "
+                                 f"use int8_matmul=False, or method 'b158' / 'a48'") from None
 
 
 # ============================================================================ RoPE
@@ -268,7 +287,8 @@ class Embed(nnx.Module):
 
 
 def _dense(cfg, din, dout, specs, role, axes, dtype, rngs):
-    return BitDense(din, dout, quant=specs[role], norm_eps=cfg.norm_eps, axes=axes, dtype=dtype, rngs=rngs)
+    return BitDense(din, dout, quant=specs[role], norm_eps=cfg.norm_eps, axes=axes, dtype=dtype,
+                    int8_matmul=cfg.int8_matmul and not specs[role].is_fp, rngs=rngs)
 
 
 class Attention(nnx.Module):

@@ -7,7 +7,9 @@ quantizers return dequantized values (x̃ = codes/s, W̃ = codes·γ), so the
 rescale of BitNet eq. 8 / b1.58 is already inside the product and the layer
 agrees value for value with HF transformers' ``AutoBitLinear`` (online quant).
 The kernel is quantized once per call (once per step in training) and XLA
-fuses the elementwise quantizer ops around the matmul.
+fuses the elementwise quantizer ops around the matmul. With ``int8_matmul`` the
+forward product runs on the integer codes instead (int8 × int8 → int32, one
+rescale; :mod:`bitjax.quant.int8_matmul`), the backward unchanged.
 
 Latent parameters are float32 (`param_dtype`); the matmul runs in `dtype`
 (e.g. bfloat16 on accelerators) with float32 accumulation.
@@ -21,6 +23,7 @@ from flax import nnx
 
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import param, quant_state
+from bitjax.quant.int8_matmul import int8_matmul, integer_forms
 from bitjax.quant.registry import QuantSpec
 from bitjax.quant.weights import sign
 
@@ -40,15 +43,21 @@ class BitDense(nnx.Module):
       dtype: compute dtype of the matmul (None → the input's dtype).
       param_dtype: latent parameter dtype (float32).
       axes: logical axis names of the kernel, e.g. ('embed', 'mlp').
+      int8_matmul: run the forward matmul on the int8 codes with int32 accumulation and one rescale
+        (bitjax.quant.int8_matmul; the backward stays the fake-quant path's). Needs integer-coded
+        quantizers (b158; a4.8), else ValueError.
     Input (…, in) → output (…, out).
     """
 
     def __init__(self, in_features: int, out_features: int, *, quant: QuantSpec = QuantSpec(),
                  norm_eps: float | None = None, use_bias: bool = False,
                  dtype=None, param_dtype=jnp.float32, axes=("embed", "mlp"),
-                 kernel_init=default_kernel_init, rngs: nnx.Rngs):
+                 kernel_init=default_kernel_init, int8_matmul: bool = False, rngs: nnx.Rngs):
         if not isinstance(quant, QuantSpec):
             raise TypeError(f"quant must be a QuantSpec, got {type(quant).__name__}")
+        if int8_matmul:
+            integer_forms(quant)  # ValueError unless both quantizers are integer-coded
+        self.int8_matmul = bool(int8_matmul)
         self.in_features, self.out_features = in_features, out_features
         self.quant, self.dtype, self.axes = quant, dtype, tuple(axes)
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
@@ -74,9 +83,14 @@ class BitDense(nnx.Module):
         dtype = self.dtype or x.dtype
         if self.norm is not None:
             x = self.norm(x)
-        x = self.quant.quantize_act(x.astype(dtype))
-        w = self.quantized_kernel().astype(dtype)
-        y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(dtype)
+        if self.int8_matmul:
+            x = x.astype(dtype)
+            y = int8_matmul(self.quant.quantize_act(x), self.quantized_kernel().astype(dtype), x,
+                            self.kernel[...], self.quant)
+        else:
+            x = self.quant.quantize_act(x.astype(dtype))
+            w = self.quantized_kernel().astype(dtype)
+            y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(dtype)
         if self.output_norm is not None:  # OneBit: LayerNorm (no affine) on the output, before the bias
             y = self.output_norm(y)
         if self.bias is not None:

@@ -1,6 +1,7 @@
 """Quantizers: pure functions with straight-through gradient rules, a name registry, and recipes."""
 from bitjax.quant.billm import billm
 from bitjax.quant.gptq import gptq, gptq_codes, hessian
+from bitjax.quant.int8_matmul import fake_quant_matmul, int8_matmul, integer_forms
 from bitjax.quant.activations import (absmax_act, absmax_codes, absmax_v1_act, absmean_act, absmean_codes,
                                       topk_absmax_act, topk_mask)
 from bitjax.quant.recipes import METHODS, Recipe, Rule, get_method, parse_rules, plan, recipe

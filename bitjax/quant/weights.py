@@ -77,9 +77,14 @@ def ternary_absmean_codes(w: jax.Array, granularity="tensor"):
     shape, γ float32 broadcastable to W).
     """
     wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
-    inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(wg), axis=axes, keepdims=True), EPS)
+    inv = absmean_inv(wg, axes)
     codes = jnp.clip(jnp.round(wg * inv), -1, 1)
     return back(codes).astype(jnp.int8), _scale_back(1.0 / inv, w, granularity)
+
+
+def absmean_inv(wg: jax.Array, axes) -> jax.Array:
+    """1/γ = 1 / max(mean|W|, ε) over `axes` (keepdims), float32: the multiplier b1.58's codes use."""
+    return 1.0 / jnp.maximum(jnp.mean(jnp.abs(wg), axis=axes, keepdims=True), EPS)
 
 
 def ternary_absmean(w: jax.Array, granularity="tensor", rule: str = "identity") -> jax.Array:
@@ -92,7 +97,7 @@ def ternary_absmean(w: jax.Array, granularity="tensor", rule: str = "identity") 
     (identity = the paper's STE). W̃ ∈ {−γ, 0, γ}.
     """
     wg, axes, back = _grouped(w.astype(jnp.float32), granularity)
-    inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(wg), axis=axes, keepdims=True), EPS)
+    inv = absmean_inv(wg, axes)
     u = wg * inv
     q = back(jnp.clip(jnp.round(u), -1, 1) / inv).astype(w.dtype)
     return straight_through(w, q, back(u).astype(w.dtype), rule)
