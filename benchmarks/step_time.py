@@ -20,7 +20,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax import config as config_lib  # noqa: E402
+from bitjax.train import config as train_config  # noqa: E402
 from bitjax.models import transformer  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
 
@@ -29,7 +29,7 @@ EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim
 
 
 def make_config(method, size, batch, seq_len):
-    c = config_lib.trainer_config()
+    c = train_config.trainer_config()
     c.total_steps, c.batch_size, c.seq_len = 1000, batch, seq_len
     c.model = transformer.default_config()
     c.model.update(transformer.SIZES.get(size) or EXTRA[size])

@@ -173,13 +173,13 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     names = [p.name for p in points]
     if len(set(names)) < len(names):
         raise errors.UserError(f"two points share a directory name: {names}")
-    from bitjax import config as config_lib
+    from bitjax.train import config as train_config
     from bitjax.train import mesh as mesh_lib
     for p in points:  # every point parses and validates now, not after hours of the earlier ones
         c = p.config()
         with errors.as_user_errors():
             try:
-                config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+                train_config.validate(c, mesh_lib.make_mesh(c.mesh))
             except ValueError as e:
                 raise ValueError(f"point {p.name}: {e}") from None
     return points

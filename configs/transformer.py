@@ -7,6 +7,7 @@ size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = to
 """
 
 from bitjax import config as config_lib
+from bitjax.train import config as train_config
 from bitjax.models import transformer
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
@@ -23,7 +24,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, quant="b158", size="tiny", steps=0)
     if arg.size not in RUN:
         raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(RUN)}")
-    config = config_lib.trainer_config()
+    config = train_config.trainer_config()
     steps, config.batch_size, config.seq_len, lr, warmup = RUN[arg.size]
     config.total_steps = arg.steps or steps
     # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips); at `tiny` the

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bitjax import config as config_lib
+from bitjax.train import config as train_config
 from bitjax.train import trainer
 from test_trainer import tiny_config
 
@@ -178,9 +179,9 @@ def test_a_stored_config_from_before_a_field_existed_still_validates():
     stored = tiny_config("b158").to_dict()
     del stored["max_consecutive_skips"], stored["data"]["encoding"], stored["model"]["quant"]["stage1"]
     stored["seed"] = 7
-    c = config_lib.with_defaults(stored)
+    c = train_config.with_defaults(stored)
     assert (c.max_consecutive_skips, c.data.encoding, c.model.quant.stage1, c.seed) == (10, "utf-8", "", 7)
-    config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+    train_config.validate(c, mesh_lib.make_mesh(c.mesh))
     stored["model"]["quant"]["act_inner"] = "absmax8"  # a field that no longer exists is still named
     with pytest.raises(ValueError, match="act_inner"):
-        config_lib.validate(config_lib.with_defaults(stored), mesh_lib.make_mesh(c.mesh))
+        train_config.validate(train_config.with_defaults(stored), mesh_lib.make_mesh(c.mesh))
