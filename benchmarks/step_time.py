@@ -1,7 +1,10 @@
 """Train-step cost of each quantization method relative to FP, measured side by side in one run.
 
     python benchmarks/step_time.py [--sizes tiny,cpu_m] [--methods fp,b158,bitnet,a48,fbi] [--reps 5]
+                                   [--config configs/transformer.py[:ARG=V,…]]
 
+Each (size, method) is the config file's `get_config('quant=<method>,size=<size>')` (any model family's
+config taking those arguments, e.g. configs/mamba2.py), with --batch × --seq_len and one device.
 For each size, every method's jitted train step (forward + backward + AdamW, the trainer's own
 `Setup.train_step`) is compiled, warmed up, then timed in interleaved rounds (fp, b158, …, fp, b158, …)
 so drift in machine load hits all methods alike. Reports the median step time and the ratio to fp.
@@ -20,27 +23,31 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax.train import config as train_config  # noqa: E402
-from bitjax.models import transformer  # noqa: E402
+from bitjax import sweep  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
 
-# Extra CPU-sized shapes beside the model presets (d_model, n_layers, n_heads, n_kv_heads, mlp_dim).
-EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
+# Extra CPU-sized transformer shapes beside the presets: size → (preset it starts from, config.model overrides).
+EXTRA = {"cpu_m": ("tiny", dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536))}
 
 
-def make_config(method, size, batch, seq_len):
-    c = train_config.trainer_config()
+def make_config(method, size, batch, seq_len, config=CONFIG):
+    """config = 'FILE[:ARG=V,…]': FILE's config at quant=<method>, size=<size>, on one device."""
+    path, _, extra = config.partition(":")
+    base, over = EXTRA.get(size, (size, {}))
+    args = {**sweep._parse_arg(extra), "quant": method, "size": base}
+    c = sweep.build_config([f"--config={path}:" + ",".join(f"{k}={v}" for k, v in args.items())])
+    if over and c.model.name != "transformer":
+        raise SystemExit(f"--sizes {size}: a transformer shape; {path} builds a {c.model.name!r} model")
     c.total_steps, c.batch_size, c.seq_len = 1000, batch, seq_len
-    c.model = transformer.default_config()
-    c.model.update(transformer.SIZES.get(size) or EXTRA[size])
-    c.model.vocab_size = None
-    c.model.quant.method = method
+    c.model.update(over)
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
     return c
 
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--config", default=CONFIG, help="config file[:ARG=V,…] taking quant and size arguments")
     p.add_argument("--sizes", default="tiny,cpu_m")
     p.add_argument("--methods", default="fp,b158,bitnet,a48,fbi")
     p.add_argument("--batch", type=int, default=16)
@@ -55,7 +62,7 @@ def main():
     for size in args.sizes.split(","):
         setups, states, batches = {}, {}, {}
         for m in methods:
-            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len), devices=jax.devices()[:1])
+            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len, args.config), devices=jax.devices()[:1])
             setups[m] = s
             states[m] = s.init_fn(jax.random.key(0))
             batches[m] = [s.train_batch(i) for i in range(args.steps)]

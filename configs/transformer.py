@@ -3,12 +3,12 @@
     python -m bitjax.main --config configs/transformer.py:quant=b158,size=tiny --workdir /tmp/run
 
 Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | … (bitjax.quant.METHODS),
-size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = total steps (0 = size default).
+size = tiny | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES, via bitjax.models.preset), steps = total steps (0 = size default).
 """
 
 from bitjax import config as config_lib
 from bitjax.train import config as train_config
-from bitjax.models import transformer
+from bitjax import models
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {
@@ -34,9 +34,7 @@ def get_config(arg=None):
     # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
     config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
     config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size != "tiny" else "cosine"
-    config.model = transformer.default_config()
-    for k, v in transformer.SIZES[arg.size].items():
-        config.model[k] = v
+    config.model = models.preset("transformer", arg.size)
     config.model.vocab_size = None  # None → the tokenizer's vocabulary size
     config.model.quant.method = arg.quant
     if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
@@ -48,7 +46,6 @@ def get_config(arg=None):
         config.eval_every, config.checkpoint_every, config.log_every = 1000, 1000, 50
         config.model.dtype = "bfloat16"
     return config
-
 
 
 def get_sweep():
