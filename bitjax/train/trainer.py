@@ -161,6 +161,23 @@ def _get_datasets_once(dcfg, pi: int, pc: int):
     return out if pi == 0 else data_lib.get_datasets(dcfg)
 
 
+class TrainStep:
+    """A jitted step(state, batch, teacher_params) used as step(state, batch): the frozen teacher's
+    parameters ({} without one) are passed along each call, never donated, never checkpointed."""
+
+    def __init__(self, jitted, teacher_params):
+        self.jitted, self.teacher_params = jitted, teacher_params
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.teacher_params)
+
+    def trace(self, state, batch):
+        return self.jitted.trace(state, batch, self.teacher_params)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.teacher_params)
+
+
 class Setup:
     """Everything derived from a config before the loop: mesh, data, model, optimizer, jitted fns."""
 
@@ -241,10 +258,8 @@ class Setup:
         batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), dt, sharding=self.batch_sharding)
                  for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
         state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_sharding)
-        teacher = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                               self.teacher_params)
-        for train_step in self._train_jits:
-            train_step.trace(state, batch, teacher)
+        for train_step in self.train_steps:
+            train_step.trace(state, batch)
 
     # ------------------------------------------------------------------------ steps
     def _jit(self):
@@ -298,10 +313,8 @@ class Setup:
                             out_shardings=repl))
 
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-        self._train_jits, self.eval_steps = zip(*map(make_steps, self.graphdefs))
-        # train_steps[i](state, batch): the teacher's parameters (if any) are passed along, never donated
-        self.train_steps = tuple(lambda state, batch, f=f: f(state, batch, self.teacher_params)
-                                 for f in self._train_jits)
+        train_jits, self.eval_steps = zip(*map(make_steps, self.graphdefs))
+        self.train_steps = tuple(TrainStep(f, self.teacher_params) for f in train_jits)
         self.train_step, self.eval_step = self.train_steps[-1], self.eval_steps[-1]  # the final stage's
 
     def stage_at(self, step: int) -> int:
