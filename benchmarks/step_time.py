@@ -35,7 +35,7 @@ def make_config(method, size, batch, seq_len, config=CONFIG):
     """config = 'FILE[:ARG=V,…]': FILE's config at quant=<method>, size=<size>, on one device."""
     path, _, extra = config.partition(":")
     base, over = EXTRA.get(size, (size, {}))
-    args = {**sweep._parse_arg(extra), "quant": method, "size": base}
+    args = {**sweep.split_arg(extra), "quant": method, "size": base}
     c = sweep.build_config([f"--config={path}:" + ",".join(f"{k}={v}" for k, v in args.items())])
     if over and c.model.name != "transformer":
         raise SystemExit(f"--sizes {size}: a transformer shape; {path} builds a {c.model.name!r} model")

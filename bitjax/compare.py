@@ -35,7 +35,7 @@ def _point(method: str, steps: int, config: str = CONFIG_FILE) -> sweep.Point:
     """The sweep point of `method`: FILE:quant=<method>,size=tiny,steps=<steps> (+ the ARGs of
     `config` = 'FILE[:ARG=V,…]', which may set another size), trained in WORKDIR/<method>."""
     path, _, extra = config.partition(":")
-    args = {"quant": method, "size": "tiny", "steps": steps, **sweep._parse_arg(extra)}
+    args = {"quant": method, "size": "tiny", "steps": steps, **sweep.split_arg(extra)}
     args.update(quant=method, steps=steps)  # --methods and --steps decide these
     return sweep.Point(method, {"quant": method}, path, ",".join(f"{k}={v}" for k, v in args.items()), [])
 

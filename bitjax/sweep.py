@@ -97,7 +97,8 @@ def _split_config(spec: str) -> tuple[str, str]:
     return path, arg
 
 
-def _parse_arg(arg: str) -> dict[str, str]:
+def split_arg(arg: str) -> dict[str, str]:
+    """'quant=b158,size=tiny' → {'quant': 'b158', 'size': 'tiny'} (values as typed; '' → {})."""
     return dict(kv.split("=", 1) for kv in arg.split(",") if kv) if arg else {}
 
 
@@ -149,7 +150,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
             kinds[key] = ("field", field)
             continue
         try:
-            get_config(",".join(f"{k}={v}" for k, v in {**_parse_arg(base_arg), key: values[0]}.items()))
+            get_config(",".join(f"{k}={v}" for k, v in {**split_arg(base_arg), key: values[0]}.items()))
             kinds[key] = ("arg", key)
         except ValueError as e:  # not an argument (or a bad value of one): a field, if there is one
             if not _has_field(base, field):
@@ -160,7 +161,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     points = []
     for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in grids]):
         values = dict(combo)
-        arg = _parse_arg(base_arg)
+        arg = split_arg(base_arg)
         overrides = list(fixed)
         for k, v in combo:
             kind, target = kinds[k]

@@ -75,3 +75,24 @@ def test_a_new_family_trains_and_is_distilled_from_a_transformer(bigram_family, 
     from bitjax.train import checkpoint as ckpt_lib
     meta = ckpt_lib.Checkpointer(str(tmp_path / "bigram" / "checkpoints")).restore_metadata()
     assert meta["config"]["model"]["name"] == "bigram" and meta["teacher_step"] == 4
+
+
+def test_compare_and_step_time_take_any_config_file_and_the_demo_is_unchanged():
+    import importlib.util
+    import os
+    import sys
+    from bitjax import compare
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    demo = compare._point("fp", 0)  # `make demo`: the transformer config, quant=fp, size tiny
+    assert (demo.config_file, demo.arg) == (compare.CONFIG_FILE, "quant=fp,size=tiny,steps=0")
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(root, "configs", "transformer.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # another file or size: the file's own get_config, with --methods/--steps deciding quant and steps
+    c = compare._config("b158", 7, os.path.join(root, "configs", "transformer.py") + ":size=small,quant=fp")
+    assert c.to_dict() == mod.get_config("quant=b158,size=small,steps=7").to_dict()
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import step_time
+    c = step_time.make_config("a48", "small", 4, 32, os.path.join(root, "configs", "transformer.py"))
+    assert (c.model.quant.method, c.model.d_model, c.batch_size, c.seq_len) == ("a48", 768, 4, 32)
+    assert step_time.make_config("fp", "cpu_m", 4, 32).model.d_model == 512
