@@ -193,3 +193,21 @@ def test_a_distilled_run_loads_for_eval_without_its_teacher(data_dir, teacher, t
     setup, params = scoring.load(str(tmp_path / "s"), devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
     assert setup.teacher is None and setup.config.distill.teacher_workdir == ""
     assert os.path.isdir(teacher)
+
+
+@pytest.mark.slow
+def test_resume_after_the_teacher_trained_on_is_refused(data_dir, teacher, tmp_path):
+    """The teacher checkpoint is part of the run: a resume that would distill from another one stops."""
+    import shutil
+    t = str(tmp_path / "teacher")
+    shutil.copytree(teacher, t)
+    cfg = student(data_dir, t, steps=4)
+    trainer.train(cfg, str(tmp_path / "s"), stop_after=1)
+    t_cfg = tiny_config("fp", steps=7, data_dir=data_dir, **{"optim.warmup_steps": 1})
+    t_cfg.model.update(dict(d_model=48, n_layers=1))
+    trainer.train(t_cfg, t)  # the teacher run goes on to step 7
+    listing = sorted(os.listdir(tmp_path / "s" / "checkpoints"))
+    with pytest.raises(errors.UserError, match=r"was distilled from step 6 of config\.distill\.teacher_workdir=.*"
+                                               r"now step 7: resuming would change the teacher mid-run"):
+        trainer.train(cfg, str(tmp_path / "s"))
+    assert sorted(os.listdir(tmp_path / "s" / "checkpoints")) == listing  # nothing changed
