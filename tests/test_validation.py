@@ -136,6 +136,9 @@ def assert_one_line_error(p, message):
     (["--config", "configs/transformer.py:quant=b158,size=huge"], "unknown size 'huge'; choose one of"),
     (["--config.total_steps=abc"], "--config.total_steps=abc"),
     (["--config.data.eval_batches=0"], "config.data.eval_batches=0 is invalid"),
+    (["--config.distill.teacher_workdir=runs/no_such_teacher"],
+     "config.distill.teacher_workdir='runs/no_such_teacher' is invalid: holds no checkpoints/"),
+    (["--config.distill.loss=mse"], "config.distill.loss='mse' is invalid: choose one of ('ce', 'kl')"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
     p = main_cli(tmp_path / "wd", *args)
