@@ -3,7 +3,9 @@
 It knows nothing about model type or quantization: a model is any Flax NNX
 module registered in `bitjax.models` that maps int32 tokens [B, L] to logits
 [B, L, V]. Data batches are a pure function of (seed, step), so resuming needs
-only the step stored in the checkpoint.
+only the step stored in the checkpoint. With config.distill, another run's model (any family) is a
+frozen teacher inside the same jitted step (bitjax.train.distill); `load_run` loads it, as it does
+config.init_from's parameters.
 
 Sections: setup → state & shardings → steps → restore → loop.
 """
