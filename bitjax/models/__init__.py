@@ -16,7 +16,9 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
        ``bitjax.config.check_fields(cfg, default_config(), "config.model", "bitjax.models.mamba2.default_config()")``;
      * ``SIZE_HINTS``: logical axis → the config field that sets its size (mesh-divisibility errors);
      * ``stage_configs(cfg, total_steps)`` and ``quant_table(cfg)``: the quantization stages and
-       {layer role: QuantSpec} (bitjax.quant.recipes; the transformer's are a template over its ROLES);
+       {layer role: QuantSpec} (bitjax.quant.recipes). ``transformer.stage_configs`` reads only
+       ``cfg.quant`` and serves any family with that section as is; ``transformer.quant_table`` is
+       one line over the family's layer roles (``recipes.recipe(method, rules, grad).table(ROLES)``);
      * optional ``SIZES`` (size name → overrides of default_config: what ``preset`` and config files use),
        ``hf_param_names(model)`` (its HF transformers state-dict names, for export), and
        ``init_cache`` / ``decode`` methods on the module (bitjax.eval.sample's fast generation).
