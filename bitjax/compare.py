@@ -1,10 +1,13 @@
 """The main job: train an FP baseline and BitNet b1.58 (`tiny`) on the embedded corpus, then compare.
 
     python -m bitjax.compare [--methods fp,b158] [--steps N] [--workdir workdirs/compare]
+                             [--config configs/transformer.py[:ARG=V,…]]
 
-Each method trains from configs/transformer.py with identical data, seed and schedule shape, at its own
-peak LR (b1.58 wants a higher one than FP, see experiments/compare_tiny); the table shows final train
-loss, eval loss and bits-per-byte on the held-out files, and training throughput.
+Each method trains from the config file (default configs/transformer.py; any model family's config that
+takes the arguments quant, size and steps, e.g. configs/mamba2.py) at size `tiny` unless ARG sets
+another, with identical data, seed and schedule shape, at its own peak LR (b1.58 wants a higher one
+than FP, see experiments/compare_tiny); the table shows final train loss, eval loss and bits-per-byte
+on the held-out files, and training throughput.
 
 Without --resume each run starts afresh: a WORKDIR/<method> left by an earlier comparison (it holds the
 marker file .bitjax_compare) is replaced; any other non-empty directory there is refused, never deleted.
@@ -28,13 +31,17 @@ MARKER = ".bitjax_compare"  # in each WORKDIR/<method> this tool created: only t
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
 
 
-def _point(method: str, steps: int) -> sweep.Point:
-    """The sweep point of `method`: configs/transformer.py:quant=<method>,size=tiny,steps=<steps>, dir <method>."""
-    return sweep.Point(method, {"quant": method}, CONFIG_FILE, f"quant={method},size=tiny,steps={steps}", [])
+def _point(method: str, steps: int, config: str = CONFIG_FILE) -> sweep.Point:
+    """The sweep point of `method`: FILE:quant=<method>,size=tiny,steps=<steps> (+ the ARGs of
+    `config` = 'FILE[:ARG=V,…]', which may set another size), trained in WORKDIR/<method>."""
+    path, _, extra = config.partition(":")
+    args = {"quant": method, "size": "tiny", "steps": steps, **sweep.split_arg(extra)}
+    args.update(quant=method, steps=steps)  # --methods and --steps decide these
+    return sweep.Point(method, {"quant": method}, path, ",".join(f"{k}={v}" for k, v in args.items()), [])
 
 
-def _config(method: str, steps: int):
-    return _point(method, steps).config()
+def _config(method: str, steps: int, config: str = CONFIG_FILE):
+    return _point(method, steps, config).config()
 
 
 def fresh_workdir(wd: str) -> None:
@@ -49,11 +56,15 @@ def main(argv=None):
     p.add_argument("--methods", default="fp,b158", help="comma-separated quantization methods")
     p.add_argument("--steps", type=int, default=0, help="steps per run (0 = the tiny preset's)")
     p.add_argument("--workdir", default="workdirs/compare", help="runs go to WORKDIR/<method>")
+    p.add_argument("--config", default=CONFIG_FILE,
+                   help="config file[:ARG=V,…] taking the arguments quant, size, steps (default: the transformer's)")
     p.add_argument("--resume", action="store_true",
                    help="continue runs found in WORKDIR/<method> instead of starting them afresh")
     args = p.parse_args(argv)
     results = {}
-    points = [_point(m, args.steps) for m in args.methods.split(",")]
+    if not os.path.isfile(args.config.partition(":")[0]):
+        raise errors.UserError(f"--config {args.config.partition(':')[0]}: no such file")
+    points = [_point(m, args.steps, args.config) for m in args.methods.split(",")]
     configs = {p.name: p.config() for p in points}  # a bad method or step count fails before any run
     for point in points:
         if not args.resume:

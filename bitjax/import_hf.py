@@ -30,12 +30,13 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
     that already holds checkpoints (nothing there is overwritten).
     """
     from bitjax import config as config_lib
+    from bitjax.train import config as train_config
     from bitjax.export.hf import load_hf
     from bitjax.train import checkpoint as ckpt_lib
     from bitjax.train import trainer
 
     model_cfg, model = load_hf(hf_dir)
-    config = ConfigDict(config_lib.to_dict(config)) if config is not None else config_lib.trainer_config()
+    config = ConfigDict(config_lib.to_dict(config)) if config is not None else train_config.trainer_config()
     config.model = model_cfg
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
     setup = trainer.Setup(config, devices=jax.devices()[:1])

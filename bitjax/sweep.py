@@ -97,7 +97,8 @@ def _split_config(spec: str) -> tuple[str, str]:
     return path, arg
 
 
-def _parse_arg(arg: str) -> dict[str, str]:
+def split_arg(arg: str) -> dict[str, str]:
+    """'quant=b158,size=tiny' → {'quant': 'b158', 'size': 'tiny'} (values as typed; '' → {})."""
     return dict(kv.split("=", 1) for kv in arg.split(",") if kv) if arg else {}
 
 
@@ -149,7 +150,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
             kinds[key] = ("field", field)
             continue
         try:
-            get_config(",".join(f"{k}={v}" for k, v in {**_parse_arg(base_arg), key: values[0]}.items()))
+            get_config(",".join(f"{k}={v}" for k, v in {**split_arg(base_arg), key: values[0]}.items()))
             kinds[key] = ("arg", key)
         except ValueError as e:  # not an argument (or a bad value of one): a field, if there is one
             if not _has_field(base, field):
@@ -160,7 +161,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     points = []
     for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in grids]):
         values = dict(combo)
-        arg = _parse_arg(base_arg)
+        arg = split_arg(base_arg)
         overrides = list(fixed)
         for k, v in combo:
             kind, target = kinds[k]
@@ -173,13 +174,13 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     names = [p.name for p in points]
     if len(set(names)) < len(names):
         raise errors.UserError(f"two points share a directory name: {names}")
-    from bitjax import config as config_lib
+    from bitjax.train import config as train_config
     from bitjax.train import mesh as mesh_lib
     for p in points:  # every point parses and validates now, not after hours of the earlier ones
         c = p.config()
         with errors.as_user_errors():
             try:
-                config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+                train_config.validate(c, mesh_lib.make_mesh(c.mesh))
             except ValueError as e:
                 raise ValueError(f"point {p.name}: {e}") from None
     return points

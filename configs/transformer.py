@@ -3,11 +3,12 @@
     python -m bitjax.main --config configs/transformer.py:quant=b158,size=tiny --workdir /tmp/run
 
 Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | … (bitjax.quant.METHODS),
-size = nano | tiny | mini (CPU) | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES), steps = total steps (0 = size default).
+size = nano | tiny | mini (CPU) | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES, via bitjax.models.preset), steps = total steps (0 = size default).
 """
 
 from bitjax import config as config_lib
-from bitjax.models import transformer
+from bitjax.train import config as train_config
+from bitjax import models
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {
@@ -31,7 +32,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, quant="b158", size="tiny", steps=0)
     if arg.size not in RUN:
         raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(RUN)}")
-    config = config_lib.trainer_config()
+    config = train_config.trainer_config()
     steps, config.batch_size, config.seq_len, lr, warmup = RUN[arg.size]
     config.total_steps = arg.steps or steps
     # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips): FP gets a third of
@@ -41,9 +42,7 @@ def get_config(arg=None):
     # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
     config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
     config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size not in CPU_SIZES else "cosine"
-    config.model = transformer.default_config()
-    for k, v in transformer.SIZES[arg.size].items():
-        config.model[k] = v
+    config.model = models.preset("transformer", arg.size)
     config.model.vocab_size = None  # None → the tokenizer's vocabulary size
     config.model.quant.method = arg.quant
     if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
@@ -55,7 +54,6 @@ def get_config(arg=None):
         config.eval_every, config.checkpoint_every, config.log_every = 1000, 1000, 50
         config.model.dtype = "bfloat16"
     return config
-
 
 
 def get_sweep():

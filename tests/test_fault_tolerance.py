@@ -130,3 +130,26 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 6
     np.testing.assert_allclose(a, b, rtol=1e-5)  # same math; cross-process reductions may reorder sums
+
+
+def test_sigkill_then_resume_with_a_teacher_is_bitwise_identical(data_dir, tmp_path):
+    """Distillation (config.distill): the frozen teacher is reloaded on resume, so the run stays exact."""
+    teacher, ref, cut = str(tmp_path / "teacher"), str(tmp_path / "ref"), str(tmp_path / "cut")
+    run(cli(teacher, data_dir, 4, **{"model.quant.method": "fp", "model.n_layers": 1}), env=env())
+    over = {"checkpoint_every": 3, "distill.teacher_workdir": teacher, "distill.label_weight": 0.25}
+    run(cli(ref, data_dir, 12, **over), env=env())
+    proc = subprocess.Popen(cli(cut, data_dir, 12, **over), cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(cut, 7, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run(cli(cut, data_dir, 12, **over), env=env())
+    rows = {}
+    for wd in (ref, cut):
+        with open(os.path.join(wd, "metrics.jsonl")) as f:
+            rows[wd] = [(r["step"], r["train_loss"], r["distill_loss"], r["label_loss"]) for r in map(json.loads, f)]
+    assert rows[cut] == rows[ref] and len(rows[ref]) == 12
+    (s1, p1), (s2, p2) = final_params(ref), final_params(cut)
+    assert s1 == s2 == 12
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a, b)

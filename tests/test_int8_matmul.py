@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bitjax import config as config_lib
+from bitjax.train import config as config_lib
 from bitjax.models import transformer as T
 from bitjax.nn import BitDense
 from bitjax.quant import QuantSpec

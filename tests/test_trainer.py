@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bitjax import config as config_lib
+from bitjax.train import config as train_config
 from bitjax.models import transformer
 from bitjax.train import trainer
 
@@ -18,7 +18,7 @@ FILES = [os.path.join(STDLIB, f) for f in ("json/decoder.py", "json/encoder.py",
 
 
 def tiny_config(method="b158", steps=30, data_dir=None, **over):
-    c = config_lib.trainer_config()
+    c = train_config.trainer_config()
     c.total_steps, c.batch_size, c.seq_len = steps, 8, 32
     c.log_every, c.eval_every = 1, 0
     c.optim.lr, c.optim.warmup_steps = 3e-3, 5

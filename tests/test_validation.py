@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bitjax import config as config_lib
+from bitjax.train import config as train_config
 from bitjax.train import trainer
 from test_trainer import tiny_config
 
@@ -135,6 +136,9 @@ def assert_one_line_error(p, message):
     (["--config", "configs/transformer.py:quant=b158,size=huge"], "unknown size 'huge'; choose one of"),
     (["--config.total_steps=abc"], "--config.total_steps=abc"),
     (["--config.data.eval_batches=0"], "config.data.eval_batches=0 is invalid"),
+    (["--config.distill.teacher_workdir=runs/no_such_teacher"],
+     "config.distill.teacher_workdir='runs/no_such_teacher' is invalid: holds no checkpoints/"),
+    (["--config.distill.loss=mse"], "config.distill.loss='mse' is invalid: choose one of ('ce', 'kl')"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
     p = main_cli(tmp_path / "wd", *args)
@@ -178,9 +182,9 @@ def test_a_stored_config_from_before_a_field_existed_still_validates():
     stored = tiny_config("b158").to_dict()
     del stored["max_consecutive_skips"], stored["data"]["encoding"], stored["model"]["quant"]["stage1"]
     stored["seed"] = 7
-    c = config_lib.with_defaults(stored)
+    c = train_config.with_defaults(stored)
     assert (c.max_consecutive_skips, c.data.encoding, c.model.quant.stage1, c.seed) == (10, "utf-8", "", 7)
-    config_lib.validate(c, mesh_lib.make_mesh(c.mesh))
+    train_config.validate(c, mesh_lib.make_mesh(c.mesh))
     stored["model"]["quant"]["act_inner"] = "absmax8"  # a field that no longer exists is still named
     with pytest.raises(ValueError, match="act_inner"):
-        config_lib.validate(config_lib.with_defaults(stored), mesh_lib.make_mesh(c.mesh))
+        train_config.validate(train_config.with_defaults(stored), mesh_lib.make_mesh(c.mesh))

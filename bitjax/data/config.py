@@ -6,6 +6,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from bitjax import config as bitjax_config
+
 ENV_DATA_DIR = "BITJAX_DATA_DIR"
 _DEFAULT_DATA_DIR = "~/.cache/bitjax/tensorflow_datasets"
 
@@ -79,10 +81,8 @@ def complete(cfg) -> ml_collections.ConfigDict:
     """
     given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     full = default_config().to_dict()
-    unknown = sorted(set(given) - set(full))
-    if unknown:
-        raise ValueError(f"config.data: unknown field(s) {unknown}; known: "
-                         f"{sorted(full)}.")
+    bitjax_config.check_fields(given, full, "config.data", "bitjax.data.config.default_config()",
+                               missing_ok=True)
     full.update(given)
     paths = full["paths"] or []
     full["paths"] = [paths] if isinstance(paths, str) else list(paths)

@@ -52,6 +52,9 @@ def generate(model, prompt: jax.Array, max_new_tokens: int, *, rng=None, tempera
     bitjax.models.transformer.Transformer). temperature 0 → greedy (rng unused);
     top_k keeps the k most likely tokens before sampling.
     """
+    if not (hasattr(model, "init_cache") and hasattr(model, "decode")):
+        raise ValueError(f"{type(model).__name__} has no init_cache/decode methods (a KV or state cache): this "
+                         f"model family does not support generation yet (see bitjax.models)")
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be int32[B, P] with P ≥ 1, got shape {prompt.shape}")

@@ -24,9 +24,9 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from bitjax import config as config_lib
 from bitjax import errors
 from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import config as train_config
 from bitjax.train import mesh as mesh_lib
 from bitjax.train import trainer
 
@@ -57,7 +57,8 @@ def load(workdir: str, step: int | None = None, *, devices=None, mesh: dict | No
             raise errors.UserError(f"--workdir {workdir!r} holds no finished checkpoint in {ckpt_dir}; train first")
         if step is not None and step not in steps:
             raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
-        config = config_lib.with_defaults(ckpt.restore_metadata(step)["config"])
+        config = train_config.with_defaults(ckpt.restore_metadata(step)["config"])
+        config.distill.teacher_workdir = ""  # a distilled run evaluates (and samples) without its teacher
         if mesh is not None:
             config.mesh = ConfigDict(dict(mesh))
         devices = jax.devices() if devices is None else list(devices)

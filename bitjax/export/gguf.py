@@ -137,8 +137,8 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
 
     kernels = {}  # HF name → latent kernel (in, out), for W̃
     from flax import nnx
-    from bitjax.models.transformer import hf_param_names
-    names = hf_param_names(model)
+    from bitjax import models
+    names = models.hf_param_names(model)
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         kernels[names[".".join(map(str, p))]] = np.asarray(var.get_value())
     types, fallback, bits, n_proj = {}, [], 0, 0

@@ -3,7 +3,8 @@
     arch, hf_cfg = hf_config(config.model)      # 'LlamaForCausalLM' | 'BitNetForCausalLM', config kwargs
     state = hf_state_dict(model)                # {HF name: numpy array}, latent (unquantized) weights
 
-`hf_state_dict` maps every parameter through `bitjax.models.transformer.hf_param_names` and transposes
+`hf_state_dict` maps every parameter through its family's HF names (`bitjax.models.hf_param_names`; the
+transformer's, the one family with an HF layout today, are Llama/BitNet's) and transposes
 kernels to torch's (out, in). Loaded into HF's BitNetForCausalLM with AutoBitLinear in online mode (or
 LlamaForCausalLM for `fp`), it reproduces bitjax's logits (tests/test_hf_parity.py). Packed 1/1.6/2-bit
 export builds on this.
@@ -17,13 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitjax.models.transformer import ROLES, hf_param_names, quant_table
+from bitjax import models
 from bitjax.quant.registry import QuantSpec
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
     """{HF state-dict name: float32 array} of a Transformer's parameters (kernels transposed)."""
-    names = hf_param_names(model)
+    names = models.hf_param_names(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(var.get_value())
@@ -39,6 +40,7 @@ def hf_config(cfg) -> tuple[str, dict]:
     BitNetForCausalLM always has attn_sub_norm/ffn_sub_norm and Llama never does, so `sub_norm`
     decides. Quantization (BitNetQuantConfig) is not part of this dict.
     """
+    models.require_hf(cfg.name)
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.sub_norm and head_dim * cfg.n_heads != cfg.d_model:
         raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs "
@@ -59,12 +61,13 @@ def hf_quantized(cfg) -> bool:
     absmax activations, no in-layer norm, embeddings and lm_head full precision: b1.58 exactly.
     The gradient rule does not change the forward, so it is ignored here.
     """
+    models.require_hf(cfg.name)
     plain = lambda spec: dataclasses.replace(spec, grad="identity")
-    table = {role: plain(spec) for role, spec in quant_table(cfg).items()}
+    table = {role: plain(spec) for role, spec in models.quant_table(cfg).items()}
     if all(spec.is_fp for spec in table.values()):
         return False
     b158 = QuantSpec("ternary_absmean", "absmax8")
-    if all(table[r] == (QuantSpec() if r in ("embed", "lm_head") else b158) for r in ROLES):
+    if all(spec == (QuantSpec() if r in ("embed", "lm_head") else b158) for r, spec in table.items()):
         return True
     recipe = "; ".join(f"{r}: {s}" for r, s in table.items())
     raise ValueError(f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r} → {recipe}) has "
@@ -310,7 +313,7 @@ def load_hf(hf_dir: str):
     bitlinear = q.get("linear_class", "bitlinear") == "bitlinear"
     state = _read_state(hf_dir)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
-    names = hf_param_names(model)
+    names = models.hf_param_names(model)
     used = set()
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name = names[".".join(map(str, path))]

@@ -1,8 +1,36 @@
-"""Model registry: config.model.name → the family's model class, validator, size hints and stages.
+"""Model registry: config.model.name → the family's :class:`Family` entry; everything family-specific
+that code outside the family needs goes through it.
 
-The trainer uses :func:`get_model`, :func:`validate`, :func:`size_hints`, :func:`stage_configs` and
-:func:`describe`; a model is any Flax NNX module ``Model(cfg, *, rngs)`` mapping int32 tokens [B, L]
-to float32 logits [B, L, V].
+A model is any Flax NNX module ``Model(cfg, *, rngs)`` mapping int32 tokens [B, L] to float32 logits
+[B, L, V], its parameters annotated with logical axis names (bitjax.train.mesh). The trainer uses
+:func:`get_model`, :func:`validate`, :func:`size_hints`, :func:`stage_configs` and :func:`describe`;
+config files use :func:`preset`; stored runs load through :func:`default_config`; HF/GGUF export
+uses :func:`hf_param_names`; distillation takes any family as teacher or student.
+
+Adding a family (e.g. ``mamba2``) is two files and one registry entry:
+
+1. ``bitjax/models/mamba2.py``: the module ``Mamba2(cfg, *, rngs)``, and beside it
+     * ``default_config()``: its ConfigDict (``name='mamba2'``, ``vocab_size`` (None → the tokenizer's,
+       typed ``FieldReference(…, field_type=int)``), a ``quant`` section as the transformer's);
+     * ``validate_config(cfg, seq_len=None)``: ValueError naming the field; start with
+       ``bitjax.config.check_fields(cfg, default_config(), "config.model", "bitjax.models.mamba2.default_config()")``;
+     * ``SIZE_HINTS``: logical axis → the config field that sets its size (mesh-divisibility errors);
+     * ``stage_configs(cfg, total_steps)`` and ``quant_table(cfg)``: the quantization stages and
+       {layer role: QuantSpec} (bitjax.quant.recipes). ``transformer.stage_configs`` reads only
+       ``cfg.quant`` and serves any family with that section as is; ``transformer.quant_table`` is
+       one line over the family's layer roles (``recipes.recipe(method, rules, grad).table(ROLES)``);
+     * optional ``SIZES`` (size name → overrides of default_config: what ``preset`` and config files use),
+       ``hf_param_names(model)`` (its HF transformers state-dict names, for export), and
+       ``init_cache`` / ``decode`` methods on the module (bitjax.eval.sample's fast generation).
+2. One entry in ``_MODELS`` below: ``"mamba2": Family(mamba2.Mamba2, mamba2.validate_config,
+   mamba2.SIZE_HINTS, mamba2.stage_configs, mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES)``.
+3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.train.config.trainer_config()`` with
+   ``config.model = models.preset("mamba2", size)``; accept the arguments ``quant``, ``size`` and
+   ``steps`` (``bitjax.config.parse_arg``) and ``python -m bitjax.compare --config configs/mamba2.py``
+   and ``python benchmarks/step_time.py --config configs/mamba2.py`` work unchanged.
+
+Nothing else changes: the trainer, checkpoints, eval, sampling, sweeps, distillation (either side)
+and the mesh errors read the family from config.model.name.
 """
 
 from __future__ import annotations
@@ -11,7 +39,7 @@ import dataclasses
 from typing import Any, Callable
 
 from bitjax.models import transformer
-from bitjax.models.transformer import SIZES, Transformer, hf_param_names, validate_config
+from bitjax.models.transformer import SIZES, Transformer, validate_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,11 +50,14 @@ class Family:
     stage_configs: Callable[..., list]      # (cfg, total_steps) → [(first step, single-stage cfg)]
     quant_table: Callable[[Any], dict]      # cfg → {layer role: QuantSpec}
     default_config: Callable[[], Any]       # () → the family's default config.model
+    sizes: dict[str, dict] = dataclasses.field(default_factory=dict)  # size → default_config overrides
+    hf_param_names: Callable[[Any], dict] | None = None  # model → {param path: HF name}; None: no HF layout
 
 
 _MODELS = {"transformer": Family(Transformer, transformer.validate_config, transformer.SIZE_HINTS,
                                  transformer.stage_configs, transformer.quant_table,
-                                 transformer.default_config)}
+                                 transformer.default_config, sizes=transformer.SIZES,
+                                 hf_param_names=transformer.hf_param_names)}
 
 
 def _entry(name: str) -> Family:
@@ -55,6 +86,16 @@ def default_config(name: str = "transformer"):
     return _entry(name).default_config()
 
 
+def preset(name: str, size: str):
+    """config.model of family `name` at size `size`: its default_config with the size's overrides."""
+    fam = _entry(name)
+    if size not in fam.sizes:
+        raise ValueError(f"unknown size {size!r} of model family {name!r}; choose one of {sorted(fam.sizes)}")
+    cfg = fam.default_config()
+    cfg.update(fam.sizes[size])
+    return cfg
+
+
 def stage_configs(cfg, total_steps: int) -> list[tuple[int, Any]]:
     """[(first step, model config)]: the model the trainer runs from each step on (one entry unless
     the quantization method trains in stages, e.g. a48 after b158). All stages share parameters."""
@@ -66,5 +107,27 @@ def describe(cfg) -> dict[str, str]:
     return {role: str(spec) for role, spec in _entry(cfg.name).quant_table(cfg).items()}
 
 
-__all__ = ["SIZES", "Transformer", "default_config", "describe", "get_model", "hf_param_names",
-           "size_hints", "stage_configs", "validate", "validate_config"]
+def quant_table(cfg) -> dict:
+    """{layer role: QuantSpec} of config.model's method (its final stage)."""
+    return _entry(cfg.name).quant_table(cfg)
+
+
+def require_hf(name: str) -> None:
+    """ValueError unless family `name` has an HF transformers layout (export to HF / GGUF)."""
+    if _entry(name).hf_param_names is None:
+        have = tuple(n for n, f in _MODELS.items() if f.hf_param_names is not None)
+        raise ValueError(f"config.model.name={name!r} has no HF transformers layout (its Family registers no "
+                         f"hf_param_names): HF and GGUF export cover {have}")
+
+
+def hf_param_names(model) -> dict[str, str]:
+    """{our parameter path: HF transformers state-dict name} of `model`, by its family."""
+    for name, fam in _MODELS.items():
+        if isinstance(model, fam.model):
+            require_hf(name)
+            return fam.hf_param_names(model)
+    raise ValueError(f"{type(model).__name__} is no registered model family ({tuple(_MODELS)})")
+
+
+__all__ = ["Family", "SIZES", "Transformer", "default_config", "describe", "get_model", "hf_param_names",
+           "preset", "quant_table", "require_hf", "size_hints", "stage_configs", "validate", "validate_config"]

@@ -31,6 +31,7 @@ from flax import nnx
 from ml_collections import ConfigDict, FieldReference
 from ml_collections.config_dict import placeholder
 
+from bitjax import config as config_lib
 from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param, quant_state
@@ -152,11 +153,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
             value = cfg.get(field) if "." not in field else cfg.quant.get(field.split(".", 1)[1])
             raise ValueError(f"{name}.{field}={value!r} is invalid: {fix}")
 
-    known = set(default_config().keys())
-    keys = set(cfg.keys())
-    if keys - known or known - keys:
-        raise ValueError(f"{name}: unknown field(s) {sorted(keys - known)}, missing field(s) "
-                         f"{sorted(known - keys)}; start from bitjax.models.transformer.default_config()")
+    config_lib.check_fields(cfg, default_config(), name, "bitjax.models.transformer.default_config()")
     need(cfg.name == "transformer", "name", "must be 'transformer' for this model")
     need(cfg.vocab_size is None or _is_pos_int(cfg.vocab_size), "vocab_size",
          "must be a positive int (or None = the tokenizer's size)")
@@ -185,10 +182,8 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
     # quantization: name the field whose value the registry or a recipe rejects
     q = cfg.quant
-    extra = set(q.keys()) - set(default_config().quant.keys())
-    if extra:
-        raise ValueError(f"{name}.quant: unknown field(s) {sorted(extra)}; known: "
-                         f"{', '.join(default_config().quant.keys())}")
+    config_lib.check_fields(q, default_config().quant, f"{name}.quant",
+                            "bitjax.models.transformer.default_config().quant", missing_ok=True)
     need(q.method in recipes.METHODS, "quant.method", f"choose one of {tuple(recipes.METHODS)}")
     need(q.stage1 in ("", "none") or q.stage1 in recipes.METHODS, "quant.stage1",
          f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}")

@@ -203,6 +203,18 @@ class Checkpointer:
                 f'target; the newest failed with the error above.') from failed[0][1]
         return None
 
+    def restore_params(self, step: int, abstract_params):
+        """Only ``state['params']`` of ``step`` (no optimizer state is read), placed as ``abstract_params``
+        says (a pytree of ``jax.ShapeDtypeStruct(..., sharding=...)``): for another run's model (a
+        distillation teacher, config.init_from) where the optimizer state would only cost memory."""
+        self.wait()
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
+        out = ocp.PyTreeCheckpointer().restore(
+            os.path.join(self.directory, str(step), 'state'),
+            args=ocp.args.PyTreeRestore({'params': abstract_params}, restore_args={'params': restore_args},
+                                        partial_restore=True))
+        return out['params']
+
     def restore_metadata(self, step: int | None = None) -> dict:
         """The JSON dict saved with ``step``.
 

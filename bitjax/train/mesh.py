@@ -27,6 +27,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from bitjax import config as config_lib
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 MeshAxes = Union[None, str, tuple[str, ...]]
@@ -73,12 +75,8 @@ def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None, *, name: str = 'co
     n = len(devices)
     cfg = mesh_cfg.to_dict() if hasattr(mesh_cfg, 'to_dict') else dict(mesh_cfg)
 
-    unknown = sorted(set(cfg) - set(MESH_AXES))
-    missing = [a for a in MESH_AXES if a not in cfg]
-    if unknown or missing:
-        raise ValueError(
-            f'{name} must have exactly the fields {", ".join(MESH_AXES)}; '
-            f'unknown: {unknown}, missing: {missing}.')
+    config_lib.check_fields(cfg, dict.fromkeys(MESH_AXES), name,
+                            "{data, fsdp, tensor} (sizes; one may be -1 = the rest of the devices)")
     for a in MESH_AXES:
         v = cfg[a]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 1 and v != -1):

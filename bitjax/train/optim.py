@@ -42,6 +42,8 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
+from bitjax import config as config_lib
+
 SCHEDULES = ('cosine', 'linear', 'constant', 'two_stage')
 
 # A param is NOT decayed when any component of its path (module or attribute
@@ -73,11 +75,7 @@ def validate_config(opt_cfg, total_steps: int, name: str = 'config.optim') -> Co
     Raises ``ValueError`` naming the field (``config.optim.<field> = <value>: <why>``).
     """
     cfg = ConfigDict(opt_cfg.to_dict() if hasattr(opt_cfg, 'to_dict') else dict(opt_cfg))
-    known = set(default_config().keys())
-    unknown, missing = sorted(set(cfg.keys()) - known), sorted(known - set(cfg.keys()))
-    if unknown or missing:
-        raise ValueError(f'{name}: unknown field(s) {unknown}, missing field(s) {missing}; '
-                         f'start from bitjax.train.optim.default_config().')
+    config_lib.check_fields(cfg, default_config(), name, 'bitjax.train.optim.default_config()')
 
     def need(ok, field, why):
         if not ok:

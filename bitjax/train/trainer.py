@@ -3,7 +3,9 @@
 It knows nothing about model type or quantization: a model is any Flax NNX
 module registered in `bitjax.models` that maps int32 tokens [B, L] to logits
 [B, L, V]. Data batches are a pure function of (seed, step), so resuming needs
-only the step stored in the checkpoint.
+only the step stored in the checkpoint. With config.distill, another run's model (any family) is a
+frozen teacher inside the same jitted step (bitjax.train.distill); `load_run` loads it, as it does
+config.init_from's parameters.
 
 Sections: setup → state & shardings → steps → restore → loop.
 """
@@ -17,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,8 @@ from bitjax import errors
 from bitjax import models
 from bitjax.data import pipeline as data_lib
 from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import config as train_config
+from bitjax.train import distill
 from bitjax.train import distributed
 from bitjax.train import mesh as mesh_lib
 from bitjax.train import optim
@@ -159,6 +163,23 @@ def _get_datasets_once(dcfg, pi: int, pc: int):
     return out if pi == 0 else data_lib.get_datasets(dcfg)
 
 
+class TrainStep:
+    """A jitted step(state, batch, teacher_params) used as step(state, batch): the frozen teacher's
+    parameters ({} without one) are passed along each call, never donated, never checkpointed."""
+
+    def __init__(self, jitted, teacher_params):
+        self.jitted, self.teacher_params = jitted, teacher_params
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.teacher_params)
+
+    def trace(self, state, batch):
+        return self.jitted.trace(state, batch, self.teacher_params)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.teacher_params)
+
+
 class Setup:
     """Everything derived from a config before the loop: mesh, data, model, optimizer, jitted fns."""
 
@@ -172,7 +193,7 @@ class Setup:
 
     def _check(self, config: ConfigDict):
         """Validates the config, opens the data, builds the model abstractly and traces the train step."""
-        config_lib.validate(config, self.mesh, self.pc)
+        train_config.validate(config, self.mesh, self.pc)
 
         # ---- data (fails with a DataError on bad input, before any compile)
         dcfg = ConfigDict({**config.data.to_dict(), "batch_size": config.batch_size,
@@ -208,6 +229,17 @@ class Setup:
         mesh_lib.check_divisible(abstract_params, self.mesh, self.rules, hints=models.size_hints(mcfg.name))
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps)
 
+        # ---- teacher (config.distill): another run's model (any family), frozen, sharded on this mesh by
+        # these rules; its tokenizer and vocabulary are checked against this run's before anything loads
+        self.teacher: Run | None = None
+        if config.distill.teacher_workdir:
+            now_fp = data_fingerprint(config.data, self.tokenizer.name)
+            check = lambda meta: distill.check_teacher(
+                config.distill.teacher_workdir, meta.get("data") or data_fingerprint(meta["config"]["data"]),
+                meta["config"]["model"].get("vocab_size"), now_fp, mcfg.vocab_size)
+            self.teacher = load_run(config.distill.teacher_workdir, self.mesh, self.rules,
+                                    "config.distill.teacher_workdir", check)
+
         param_sh = nnx.to_pure_dict(mesh_lib.param_shardings(abstract_params, self.mesh, self.rules))
         abstract_pure = nnx.to_pure_dict(abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_pure)
@@ -219,6 +251,7 @@ class Setup:
         self.abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_pure,
                                "opt_state": abstract_opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)}
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
+        self.teacher_params = {} if self.teacher is None else self.teacher.params  # {}: no teacher
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_pure))
         self._jit()
         # Trace (no compile) each stage's train step on abstract inputs: a model error that only shows when the
@@ -234,6 +267,7 @@ class Setup:
     def _jit(self):
         tx, lr_fn = self.tx, self.lr_fn
         skip_nonfinite = self.config.nonfinite == "skip"
+        dcfg, teacher_graphdef = self.config.distill, self.teacher and self.teacher.graphdef
 
         def init(key):
             params = nnx.to_pure_dict(nnx.state(self.build(key)))
@@ -241,13 +275,22 @@ class Setup:
                     "skipped": jnp.zeros((), jnp.int32)}
 
         def make_steps(graphdef):
-            def loss_fn(params, batch):
-                model = nnx.merge(graphdef, params)
-                total, count = cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
-                return total / jnp.maximum(count, 1.0)
+            def loss_fn(params, batch, teacher_params):
+                """(the loss minimised, its parts): label CE, or with a teacher (1 − w)·distill + w·label CE."""
+                logits = nnx.merge(graphdef, params)(batch["inputs"])
+                total, count = cross_entropy(logits, batch["targets"], batch["mask"])
+                label = total / jnp.maximum(count, 1.0)
+                if teacher_graphdef is None:
+                    return label, {}
+                teacher_logits = nnx.merge(teacher_graphdef, teacher_params)(batch["inputs"])  # frozen: no grad
+                total, count = distill.loss(logits, teacher_logits, batch["mask"], dcfg.loss, dcfg.temperature)
+                dist = total / jnp.maximum(count, 1.0)
+                w = dcfg.label_weight
+                return (1.0 - w) * dist + w * label, {"label_loss": label, "distill_loss": dist}
 
-            def train_step(state, batch):
-                loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+            def train_step(state, batch, teacher_params):
+                (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch,
+                                                                                 teacher_params)
                 grad_norm = optax.tree.norm(grads)
                 updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
                 params = optax.apply_updates(state["params"], updates)
@@ -257,7 +300,7 @@ class Setup:
                     params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
                 new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                        "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
-                return new, {"train_loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
+                return new, {"train_loss": loss, **parts, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
                              "finite": finite}
 
             def eval_step(params, batch):
@@ -265,13 +308,15 @@ class Setup:
                 return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
 
             repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-            return (jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+            teacher_sh = jax.tree.map(lambda x: x.sharding, self.teacher_params)
+            return (jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding, teacher_sh),
                             out_shardings=(self.state_sharding, repl), donate_argnums=0),
                     jax.jit(eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding),
                             out_shardings=repl))
 
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-        self.train_steps, self.eval_steps = zip(*map(make_steps, self.graphdefs))
+        train_jits, self.eval_steps = zip(*map(make_steps, self.graphdefs))
+        self.train_steps = tuple(TrainStep(f, self.teacher_params) for f in train_jits)
         self.train_step, self.eval_step = self.train_steps[-1], self.eval_steps[-1]  # the final stage's
 
     def stage_at(self, step: int) -> int:
@@ -343,7 +388,7 @@ def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str, token
     saved = meta.get("config", {})
     now = json.loads(json.dumps(config_lib.to_dict(config)))
     diffs = []
-    for key in ("model", "seq_len", "batch_size", "seed"):
+    for key in ("model", "seq_len", "batch_size", "seed", "distill"):
         if key in saved:
             diffs += _diffs(saved[key], now[key], f"config.{key}")
     # checkpoints from before the fingerprint was stored: compare the data fields of their config
@@ -448,6 +493,53 @@ def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.L
     return lock
 
 
+class Run(NamedTuple):
+    """Another run's model as `load_run` restores it: frozen parameters and what runs them."""
+    workdir: str
+    step: int            # of the checkpoint restored
+    config: ConfigDict   # its stored config, completed with today's defaults
+    graphdef: Any        # its model as trained at `step` (the stage in force then)
+    params: Any          # pure dict of jax.Arrays, sharded on the caller's mesh by its rules
+
+
+def load_run(workdir: str, mesh, rules, field: str, check=None) -> Run:
+    """`workdir`'s latest checkpoint as a :class:`Run`: parameters only (no optimizer state is read).
+
+    The model (any registered family) comes from the config stored with the checkpoint; its
+    parameters are placed on `mesh` by `rules` (logical axes → mesh axes), like this run's own.
+    field: the config field that named `workdir` (for errors). check(meta): called on the
+    checkpoint's metadata before anything else loads (raise UserError to refuse the run).
+    """
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise errors.UserError(f"{field}={workdir!r} holds no checkpoints/ (the workdir of a bitjax run, or "
+                               "one written by python -m bitjax.import_hf, is expected)")
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise errors.UserError(f"{field}={workdir!r} holds no finished checkpoint in {ckpt_dir}: "
+                                   "train that run first (or name another)")
+        meta = ckpt.restore_metadata(step)
+        if check is not None:
+            check(meta)
+        config = train_config.with_defaults(meta["config"])
+        try:
+            models.validate(config.model)
+            stages = models.stage_configs(config.model, config.total_steps)
+        except ValueError as e:
+            raise errors.UserError(f"{field}={workdir!r}: its stored model config is invalid today: {e}") from None
+        mcfg = stages[max(i for i, (start, _) in enumerate(stages) if start <= step)][1]
+        model_cls = models.get_model(mcfg.name)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(mcfg, rngs=nnx.Rngs(params=0))))
+        mesh_lib.check_divisible(abstract, mesh, rules, hints=models.size_hints(mcfg.name))
+        shardings = nnx.to_pure_dict(mesh_lib.param_shardings(abstract, mesh, rules))
+        params = ckpt.restore_params(step, ckpt_lib.abstract_with_shardings(nnx.to_pure_dict(abstract), shardings))
+    finally:
+        ckpt.close()
+    return Run(workdir, step, config, graphdef, params)
+
+
 def params_from_run(workdir: str, setup: Setup):
     """Parameters of `workdir`'s latest checkpoint, placed with `setup`'s shardings (config.init_from).
 
@@ -455,11 +547,7 @@ def params_from_run(workdir: str, setup: Setup):
     tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
     imported fp model).
     """
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise errors.UserError(f"config.init_from={workdir!r} holds no checkpoints/ (a bitjax workdir, "
-                               "e.g. from python -m bitjax.import_hf, is expected)")
-    from bitjax.sample import load
-    _, params = load(workdir)
+    params = load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
     want = setup.abstract_state["params"]
     if not same_tree(params, want):
         raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
@@ -495,9 +583,18 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
     lead = setup.pi == 0
     meta = {"config": config_lib.to_dict(config), "data": data_fingerprint(config.data, setup.tokenizer.name),
             "quant_recipe": setup.quant_table}
+    if setup.teacher is not None:  # which teacher checkpoint: a resume must distill from the same one
+        meta["teacher_step"] = setup.teacher.step
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     if ckpt.latest_step() is not None:
-        _check_resume_compatible(config, ckpt.restore_metadata(), workdir, setup.tokenizer.name)
+        saved_meta = ckpt.restore_metadata()
+        _check_resume_compatible(config, saved_meta, workdir, setup.tokenizer.name)
+        if saved_meta.get("teacher_step", meta.get("teacher_step")) != meta.get("teacher_step"):
+            raise errors.UserError(
+                f"{workdir} was distilled from step {saved_meta['teacher_step']} of "
+                f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}, whose latest checkpoint is "
+                f"now step {setup.teacher.step}: resuming would change the teacher mid-run. Use a new --workdir, "
+                f"or restore that teacher checkpoint. Nothing was changed on disk.")
         step0, state = ckpt.restore_latest(restore_target)
         if lead:
             print(f"resumed from {workdir} at step {step0}")
@@ -514,6 +611,11 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
         print(f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
               f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens")
         print(describe_stages(setup))
+        if setup.teacher is not None:
+            d = config.distill
+            print(f"distilling from {d.teacher_workdir} (step {setup.teacher.step}, model "
+                  f"{setup.teacher.config.model.name} {setup.teacher.config.model.quant.method}): loss {d.loss}, "
+                  f"temperature {d.temperature:g}, label_weight {d.label_weight:g}")
 
     if start >= config.total_steps:  # already finished: report, do not train further
         last = _last_logged(workdir)
@@ -552,14 +654,16 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
             if log_now:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t_log
-                last = {"train_loss": float(m["train_loss"]), "lr": float(m["lr"]),
+                last = {"train_loss": float(m["train_loss"]),
+                        **{k: float(m[k]) for k in ("label_loss", "distill_loss") if k in m},  # with a teacher
+                        "lr": float(m["lr"]),
                         "grad_norm": float(m["grad_norm"]),
                         "tokens_per_s": steps_since * tokens_per_step / dt,
                         "skipped_steps": int(state["skipped"])}
                 if not first_interval:  # the first interval includes compilation
                     step_times.append(dt / steps_since)
                 t_log, steps_since, first_interval = time.perf_counter(), 0, False
-                limit = config_lib.max_skipped_steps(config)
+                limit = train_config.max_skipped_steps(config)
                 if last["skipped_steps"] > limit:
                     raise FloatingPointError(
                         f"{last['skipped_steps']} of {done} steps skipped for non-finite values (more than "
