@@ -310,8 +310,8 @@ class Mamba2LM(nnx.Module):
         specs = quant_table(cfg)
         self.dtype = dtype = DTYPES[cfg.dtype]
         self.remat, self.d_conv = cfg.remat, cfg.d_conv
-        self.widths = dims(cfg)
-        self.headdim, self.d_state = cfg.headdim, cfg.d_state
+        w = dims(cfg)
+        self.conv_dim, self.heads, self.headdim, self.d_state = w["conv"], w["heads"], cfg.headdim, cfg.d_state
         quantized = lambda role: None if specs[role].is_fp else specs[role]
         self.embeddings = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
                                 head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
@@ -348,8 +348,8 @@ class Mamba2LM(nnx.Module):
         `max_len` is accepted for the sampler's interface: the state does not grow with the sequence.
         """
         del max_len
-        conv = (batch, self.d_conv - 1, self.widths["conv"])
-        ssm = (batch, self.widths["heads"], self.headdim, self.d_state)
+        conv = (batch, self.d_conv - 1, self.conv_dim)
+        ssm = (batch, self.heads, self.headdim, self.d_state)
         return [{"conv": jnp.zeros(conv, jnp.float32), "ssm": jnp.zeros(ssm, jnp.float32)} for _ in self.layers]
 
     def decode(self, tokens: jax.Array, cache, index=None) -> tuple[jax.Array, list]:
