@@ -80,17 +80,16 @@ def default_config() -> ConfigDict:
         dtype="float32", remat=False))
 
 
-_BIG = dict(dtype="bfloat16", remat=True)
 # Size presets: overrides of default_config().
 SIZES = {
     # ~1M non-embedding params: 300 steps of B=16, L=128 in a couple of minutes on 2 CPU cores.
-    "tiny": dict(d_model=128, n_layers=4, d_state=32, headdim=32, expand=2, ngroups=1, chunk_size=64),
+    "tiny": dict(d_model=128, n_layers=4, d_state=16, headdim=32, expand=2, ngroups=1, chunk_size=32),
     # state-spaces/mamba2-130m shapes (~130M with a 50k vocab).
     "small": dict(d_model=768, n_layers=24),
     # Bi-Mamba's sizes (Tang et al. 2024, Table 1) = state-spaces/mamba2-{780m, 1.3b, 2.7b} shapes.
-    "780m": dict(d_model=1536, n_layers=48, **_BIG),
-    "1.3b": dict(d_model=2048, n_layers=48, **_BIG),
-    "2.7b": dict(d_model=2560, n_layers=64, **_BIG),
+    "780m": dict(d_model=1536, n_layers=48, remat=True),
+    "1.3b": dict(d_model=2048, n_layers=48, remat=True),
+    "2.7b": dict(d_model=2560, n_layers=64, remat=True),
 }
 
 
