@@ -65,3 +65,17 @@ def test_quantized_mamba2_has_no_hf_twin():
     cfg.quant.method = "bimamba"
     with pytest.raises(ValueError, match="Mamba2ForCausalLM is full precision"):
         hf_quantized(cfg)
+
+
+def test_saved_checkpoint_loads_in_hf_with_the_same_logits(tmp_path):
+    """save_hf (python -m bitjax.export --format hf) of an fp run: Mamba2ForCausalLM.from_pretrained reproduces it."""
+    from bitjax.export.hf import save_hf
+    cfg, ours, _ = model_pair(ngroups=2)
+    info = save_hf(ours, cfg, str(tmp_path), token_ids={"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2})
+    assert info["architecture"] == "Mamba2ForCausalLM"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert type(hf).__name__ == "Mamba2ForCausalLM"
+    tokens = np.random.default_rng(4).integers(0, V, (1, 11))
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(tokens)).logits.float().numpy()
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens, jnp.int32))), ref, rtol=0, atol=1e-5)
