@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import os
+import sys
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ from flax import nnx
 from bitjax import models
 from bitjax.models import mamba2 as M
 from bitjax.train import trainer
-from test_trainer import losses, tiny_config
+from test_trainer import FILES, losses, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,3 +84,38 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
     la = losses(str(tmp_path / "a"))
     assert la == losses(str(tmp_path / "b"))  # bitwise
     assert np.mean(la[-3:]) < np.mean(la[:3]) and np.isfinite(out["eval_bpb"])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical_through_the_cli(data_dir, tmp_path):
+    """tests/test_fault_tolerance.py's SIGKILL test, small, for `configs/mamba2.py:quant=bimamba` on 8 devices
+    with a data × fsdp × tensor mesh."""
+    import signal
+    import subprocess
+
+    from test_fault_tolerance import env, final_params, run, wait_for_step
+    from test_fault_tolerance import losses as cli_losses
+
+    def cli(workdir):
+        return [sys.executable, "-m", "bitjax.main", "--config", "configs/mamba2.py:quant=bimamba,size=tiny",
+                f"--workdir={workdir}", "--config.total_steps=16", "--config.batch_size=8", "--config.seq_len=32",
+                "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=4",
+                "--config.data.name=text_files", f"--config.data.paths={tuple(FILES)!r}",
+                f"--config.data.data_dir={data_dir}", "--config.data.eval_batches=1", "--config.model.d_model=32",
+                "--config.model.n_layers=2", "--config.model.d_state=8", "--config.model.headdim=16",
+                "--config.model.chunk_size=8", "--config.optim.warmup_steps=2", "--config.mesh.data=2",
+                "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    run(cli(ref), env=env())
+    proc = subprocess.Popen(cli(cut), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(cut, 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(cli_losses(cut)) < 16
+    run(cli(cut), env=env())
+    assert cli_losses(cut) == cli_losses(ref)
+    (s1, p1), (s2, p2) = final_params(ref), final_params(cut)
+    assert s1 == s2 == 16
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a, b)
