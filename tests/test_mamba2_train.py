@@ -1,4 +1,4 @@
-"""Mamba-2 through the trainer: presets (configs/mamba2.py), sharded == single-device loss, exact resume."""
+"""Mamba-2 through the trainer: presets (configs/mamba2.py), sharded == single-device loss, exact resume, sampling."""
 
 import importlib.util
 import math
@@ -84,6 +84,12 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
     la = losses(str(tmp_path / "a"))
     assert la == losses(str(tmp_path / "b"))  # bitwise
     assert np.mean(la[-3:]) < np.mean(la[:3]) and np.isfinite(out["eval_bpb"])
+    # python -m bitjax.sample on the run: prefill + O(1) state steps, greedy is deterministic
+    from bitjax import sample
+    texts = sample.main(["--workdir", str(tmp_path / "a"), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
+    assert len(texts) == 1 and texts[0].startswith("def ")
+    assert sample.main(["--workdir", str(tmp_path / "b"), "--prompt", "def ", "--tokens", "8",
+                        "--temperature", "0"]) == texts  # the resumed run's parameters are the same
 
 
 @pytest.mark.slow
