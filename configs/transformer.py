@@ -6,9 +6,7 @@ Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | â
 size = nano | tiny | mini (CPU) | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES, via bitjax.models.preset), steps = total steps (0 = size default).
 """
 
-from bitjax import config as config_lib
 from bitjax.train import config as train_config
-from bitjax import models
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {
@@ -29,30 +27,14 @@ CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequ
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, quant="b158", size="tiny", steps=0)
-    if arg.size not in RUN:
-        raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(RUN)}")
-    config = train_config.trainer_config()
-    steps, config.batch_size, config.seq_len, lr, warmup = RUN[arg.size]
-    config.total_steps = arg.steps or steps
+    config, arg = train_config.preset(arg, "transformer", RUN, quant="b158", cpu_sizes=CPU_SIZES)
     # b1.58 trains best at a higher LR than its FP twin (BitNet b1.58 training tips): FP gets a third of
     # the quantized methods' peak LR, except at `tiny`, where each method has its own tuned LR.
+    lr = config.optim.lr
     config.optim.lr = TINY_LR.get(arg.quant, lr) if arg.size == "tiny" else lr / 3 if arg.quant == "fp" else lr
-    # Warmup is the same fraction of any run length (a lazy reference: --config.total_steps=20 gets 2
-    # steps, not 30, and short runs stay valid); --config.optim.warmup_steps=N sets it outright.
-    config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
     config.optim.schedule = "two_stage" if arg.quant in ("b158", "a48") and arg.size not in CPU_SIZES else "cosine"
-    config.model = models.preset("transformer", arg.size)
-    config.model.vocab_size = None  # None â†’ the tokenizer's vocabulary size
-    config.model.quant.method = arg.quant
     if arg.quant == "a48":  # BitNet a4.8's FFN: squared-ReLU GLU, whose sparse output feeds down_proj
         config.model.activation = "relu2"
-    if arg.size in CPU_SIZES:
-        config.eval_every = 100
-        config.data.eval_batches = 16
-    else:
-        config.eval_every, config.checkpoint_every, config.log_every = 1000, 1000, 50
-        config.model.dtype = "bfloat16"
     return config
 
 

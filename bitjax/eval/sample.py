@@ -1,4 +1,5 @@
-"""Autoregressive sampling with a KV cache: one prefill, then a `lax.fori_loop` of one-token decodes.
+"""Autoregressive sampling with the model's decode cache (a transformer's KV cache, Mamba-2's conv + SSM
+state): one prefill, then a `lax.fori_loop` of one-token decodes.
 
 Everything (prefill, loop, sampling) is one jitted function, compiled once per
 (model structure, prompt shape, max_new_tokens, temperature, top_k).
@@ -49,7 +50,7 @@ def generate(model, prompt: jax.Array, max_new_tokens: int, *, rng=None, tempera
     """Continue `prompt` int32[B, P] by `max_new_tokens` tokens → int32[B, P + max_new_tokens].
 
     `model` needs `init_cache(batch, max_len)` and `decode(tokens, cache, index)` (see
-    bitjax.models.transformer.Transformer). temperature 0 → greedy (rng unused);
+    bitjax.models.transformer.Transformer and bitjax.models.mamba2.Mamba2LM). temperature 0 → greedy (rng unused);
     top_k keeps the k most likely tokens before sampling.
     """
     if not (hasattr(model, "init_cache") and hasattr(model, "decode")):

@@ -1,4 +1,4 @@
-"""bitjax transformer ↔ HF transformers (Llama / BitNet): names, layout and config, unpacked.
+"""bitjax transformer ↔ HF transformers (Llama / BitNet), and mamba2 → Mamba2ForCausalLM: names, layout, config.
 
     arch, hf_cfg = hf_config(config.model)      # 'LlamaForCausalLM' | 'BitNetForCausalLM', config kwargs
     state = hf_state_dict(model)                # {HF name: numpy array}, latent (unquantized) weights
@@ -19,17 +19,23 @@ import numpy as np
 from flax import nnx
 
 from bitjax import models
+from bitjax.models import mamba2
 from bitjax.quant.registry import QuantSpec
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
-    """{HF state-dict name: float32 array} of a Transformer's parameters (kernels transposed)."""
+    """{HF state-dict name: float32 array} of a Transformer's or Mamba2LM's parameters (kernels transposed).
+
+    A Mamba-2 conv1d kernel (K, C) becomes torch Conv1d's depthwise weight (C, 1, K).
+    """
     names = models.hf_param_names(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(var.get_value())
         if path[-1] == "kernel":
             value = value.T  # (in, out) → (out, in)
+            if path[-2] == "conv1d":
+                value = value[:, None, :]
         out[names[".".join(map(str, path))]] = np.ascontiguousarray(value)
     return out
 
@@ -38,9 +44,18 @@ def hf_config(cfg) -> tuple[str, dict]:
     """(HF architecture, config kwargs) for config.model: BitNet when it has sub-norms, else Llama.
 
     BitNetForCausalLM always has attn_sub_norm/ffn_sub_norm and Llama never does, so `sub_norm`
-    decides. Quantization (BitNetQuantConfig) is not part of this dict.
+    decides. Quantization (BitNetQuantConfig) is not part of this dict. A mamba2 config → Mamba2ForCausalLM.
     """
     models.require_hf(cfg.name)
+    if cfg.get("name") == "mamba2":
+        w = mamba2.dims(cfg)
+        return "Mamba2ForCausalLM", dict(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+            state_size=cfg.d_state, conv_kernel=cfg.d_conv, expand=cfg.expand, head_dim=cfg.headdim,
+            num_heads=w["heads"], n_groups=cfg.ngroups, chunk_size=cfg.chunk_size, use_bias=False,
+            use_conv_bias=cfg.conv_bias, layer_norm_epsilon=cfg.norm_eps, residual_in_fp32=True,
+            time_step_min=cfg.dt_min, time_step_max=cfg.dt_max, time_step_floor=cfg.dt_init_floor,
+            time_step_limit=(0.0, float("inf")), tie_word_embeddings=cfg.tie_embeddings)
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.sub_norm and head_dim * cfg.n_heads != cfg.d_model:
         raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs "
@@ -59,9 +74,15 @@ def hf_quantized(cfg) -> bool:
 
     HF's BitNet quantizes every projection with per-tensor ternary absmean weights and per-token int8
     absmax activations, no in-layer norm, embeddings and lm_head full precision: b1.58 exactly.
-    The gradient rule does not change the forward, so it is ignored here.
+    The gradient rule does not change the forward, so it is ignored here. HF's Mamba2 is full precision
+    only: a quantized mamba2 config (e.g. bimamba's FBI projections) has no HF twin.
     """
     models.require_hf(cfg.name)
+    if cfg.get("name") == "mamba2":
+        if all(spec.is_fp for spec in mamba2.quant_table(cfg).values()):
+            return False
+        raise ValueError(f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r}) has no HF "
+                         "transformers equivalent: HF's Mamba2ForCausalLM is full precision; use 'fp'")
     plain = lambda spec: dataclasses.replace(spec, grad="identity")
     table = {role: plain(spec) for role, spec in models.quant_table(cfg).items()}
     if all(spec.is_fp for spec in table.values()):
@@ -81,7 +102,8 @@ def to_hf_model(model, cfg):
     `fp` → LlamaForCausalLM (or BitNetForCausalLM with plain Linear when sub_norm); `b158` →
     BitNetForCausalLM whose projections are HF's AutoBitLinear in online mode (ternary WeightQuant and
     int8 ActQuant of the latent weights every call), lm_head full precision: b1.58 as HF runs it. Other
-    methods have no HF twin (ValueError, see :func:`hf_quantized`).
+    methods have no HF twin (ValueError, see :func:`hf_quantized`). A mamba2 `fp` model →
+    Mamba2ForCausalLM (torch path; without the mamba_ssm kernels it runs HF's torch_forward).
     """
     quantized = hf_quantized(cfg)
     import torch
@@ -170,7 +192,8 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
     arch, kwargs = hf_config(cfg)
     quantized = hf_quantized(cfg)
     state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
-    config = dict(architectures=[arch], model_type="bitnet" if arch.startswith("BitNet") else "llama",
+    model_type = {"BitNetForCausalLM": "bitnet", "Mamba2ForCausalLM": "mamba2"}.get(arch, "llama")
+    config = dict(architectures=[arch], model_type=model_type,
                   dtype="float32", max_position_embeddings=2048, **kwargs, **(token_ids or {}))
     if quantized:
         config["quantization_config"] = dict(quant_method="bitnet", linear_class=linear_class,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from bitjax.models import transformer
+from bitjax.models import mamba2, transformer
 from bitjax.models.transformer import SIZES, Transformer, validate_config
 
 
@@ -57,7 +57,10 @@ class Family:
 _MODELS = {"transformer": Family(Transformer, transformer.validate_config, transformer.SIZE_HINTS,
                                  transformer.stage_configs, transformer.quant_table,
                                  transformer.default_config, sizes=transformer.SIZES,
-                                 hf_param_names=transformer.hf_param_names)}
+                                 hf_param_names=transformer.hf_param_names),
+           "mamba2": Family(mamba2.Mamba2LM, mamba2.validate_config, mamba2.SIZE_HINTS, mamba2.stage_configs,
+                            mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES,
+                            hf_param_names=mamba2.hf_param_names)}
 
 
 def _entry(name: str) -> Family:

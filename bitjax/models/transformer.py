@@ -143,6 +143,36 @@ def quant_table(cfg) -> dict[str, QuantSpec]:
     return recipes.recipe(q.method, q.rules, q.grad).table(ROLES)
 
 
+def validate_quant(cfg, name: str, table_fn, start_from: str, family: str = "") -> None:
+    """Check config.model.quant of any family: fields, method, stages, rules; ValueError naming the field.
+
+    table_fn: the family's cfg → {role: QuantSpec}; every stage's table must resolve (rules that match
+    none of the family's roles, bad options, … are refused here, before anything compiles).
+    """
+    q = cfg.quant
+
+    def need(ok, field, fix):
+        if not ok:
+            raise ValueError(f"{name}.quant.{field}={q.get(field)!r} is invalid: {fix}")
+
+    config_lib.check_fields(q, default_config().quant, f"{name}.quant", start_from, missing_ok=True)
+    need(q.method in recipes.METHODS, "method", f"choose one of {tuple(recipes.METHODS)}")
+    need(q.stage1 in ("", "none") or q.stage1 in recipes.METHODS, "stage1",
+         f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}")
+    need(q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
+         "stage2_frac", "must be in [0, 1] or None (= the method's)")
+    for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
+        try:
+            check(q[field])
+        except ValueError as e:
+            raise ValueError(f"{name}.quant.{field}={q[field]!r} is invalid: {e}") from None
+    try:  # every stage's recipe resolves for every role (bad options, rules matching no role, …)
+        for _, c in stage_configs(cfg):
+            table_fn(c)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name}.quant (method={q.method!r}, rules={q.rules!r}) is invalid{family}: {e}") from None
+
+
 def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
     """Raise ValueError naming the bad field (e.g. `config.model.n_kv_heads=3`), its value and a fix.
 
@@ -180,25 +210,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
-    # quantization: name the field whose value the registry or a recipe rejects
-    q = cfg.quant
-    config_lib.check_fields(q, default_config().quant, f"{name}.quant",
-                            "bitjax.models.transformer.default_config().quant", missing_ok=True)
-    need(q.method in recipes.METHODS, "quant.method", f"choose one of {tuple(recipes.METHODS)}")
-    need(q.stage1 in ("", "none") or q.stage1 in recipes.METHODS, "quant.stage1",
-         f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}")
-    need(q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
-         "quant.stage2_frac", "must be in [0, 1] or None (= the method's)")
-    for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
-        try:
-            check(q[field])
-        except ValueError as e:
-            raise ValueError(f"{name}.quant.{field}={q[field]!r} is invalid: {e}") from None
-    try:  # every stage's recipe resolves for every role (bad options, rules matching no role, …)
-        for _, c in stage_configs(cfg):
-            quant_table(c)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name}.quant (method={q.method!r}, rules={q.rules!r}) is invalid: {e}") from None
+    validate_quant(cfg, name, quant_table, "bitjax.models.transformer.default_config().quant")
     if cfg.int8_matmul:  # every quantized BitDense of every stage must be integer-coded
         dense_roles = [r for r in ROLES if r != "embed" and not (r == "lm_head" and cfg.tie_embeddings)]
         for _, c in stage_configs(cfg):

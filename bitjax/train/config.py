@@ -65,6 +65,38 @@ def trainer_config() -> ConfigDict:
     return c
 
 
+def preset(arg: str | None, family: str, run: dict, *, quant: str,
+           cpu_sizes: tuple[str, ...] = ("tiny",)) -> tuple[ConfigDict, ConfigDict]:
+    """The shared body of a model family's `configs/<name>.py:get_config(arg)`: (config, parsed arg).
+
+    arg: 'quant=…,size=…,steps=…' (defaults: `quant`, 'tiny', 0 = the size's steps). config.model is the
+    family's preset at that size (bitjax.models.preset) with vocab_size None (the tokenizer's) and
+    quant.method = quant. run[size] = (total_steps, batch_size, seq_len, peak lr, warmup steps at that
+    total_steps). Warmup is the same fraction of any run length (a lazy reference: --config.total_steps=20
+    gets 2 steps of tiny's 30 of 300, and short runs stay valid); --config.optim.warmup_steps=N sets it
+    outright. `cpu_sizes` (short runs on the embedded corpus) evaluate every 100 steps on 16 batches in
+    float32; larger sizes run in bfloat16 and log/evaluate/checkpoint on a slower cadence.
+    """
+    from bitjax import models  # the family's presets (models imports nothing from here)
+    arg = config_lib.parse_arg(arg, quant=quant, size="tiny", steps=0)
+    if arg.size not in run:
+        raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(run)}")
+    config = trainer_config()
+    steps, config.batch_size, config.seq_len, config.optim.lr, warmup = run[arg.size]
+    config.total_steps = arg.steps or steps
+    config.optim.warmup_steps = config.get_ref("total_steps") * warmup // steps
+    config.model = models.preset(family, arg.size)
+    config.model.vocab_size = None  # None → the tokenizer's vocabulary size
+    config.model.quant.method = arg.quant
+    if arg.size in cpu_sizes:
+        config.eval_every = 100
+        config.data.eval_batches = 16
+    else:
+        config.eval_every, config.checkpoint_every, config.log_every = 1000, 1000, 50
+        config.model.dtype = "bfloat16"
+    return config, arg
+
+
 def max_skipped_steps(config: ConfigDict) -> int:
     """config.max_skipped_steps, or by default a tenth of the run: 8 of 10 steps skipped is no run."""
     return config.max_skipped_steps if config.max_skipped_steps is not None else max(config.total_steps // 10, 1)
