@@ -239,6 +239,8 @@ def point_result(point: Point, workdir: str, config=None) -> dict | None:
 
     step_time_s: the median over logged intervals of seconds per step (tokens/s → s/step), without the
     file's first interval (it includes compilation), as the trainer's own step_time_s.
+    train_loss and the curve are the label cross-entropy: a distilled run (config.distill) logs its
+    objective as train_loss and the label CE as label_loss, and only the latter compares across runs.
     """
     config = point.config() if config is None else config
     wd = os.path.join(workdir, point.name)
@@ -249,9 +251,11 @@ def point_result(point: Point, workdir: str, config=None) -> dict | None:
     tokens = config.batch_size * config.seq_len
     times = [tokens / r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s")]
     out = {"point": point.name, **point.values, "step": last["step"]}
-    out.update({k: last.get(k) for k in METRICS if k != "step_time_s"})
+    label = lambda r: r.get("label_loss", r.get("train_loss"))
+    out.update({k: last.get(k) for k in METRICS if k not in ("train_loss", "step_time_s")})
+    out["train_loss"] = label(last)
     out["step_time_s"] = statistics.median(times) if times else None
-    out["curve"] = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    out["curve"] = [(r["step"], label(r)) for r in rows if label(r) is not None]
     return out
 
 
@@ -311,11 +315,15 @@ def write_results(points: list[Point], workdir: str) -> list[dict]:
         lines.append("| " + " | ".join(cells) + " |")
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    _plot(results, groups, group_keys, workdir)
+    plot(results, groups, group_keys, workdir)
     return results
 
 
-def _plot(results, groups, group_keys, workdir):
+def plot(results, groups, group_keys, workdir):
+    """loss_curves.png (one seed-averaged line per group) and eval_bpb.png (mean ± std) in workdir.
+
+    results: point_result dicts; groups: {group values: [results]}; group_keys: the names of those values.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")

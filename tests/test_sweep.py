@@ -102,6 +102,23 @@ def test_results_mean_std_over_seeds_and_fp_step_time_ratio(config_file, tmp_pat
         assert os.path.exists(os.path.join(wd, png)) == has_mpl
 
 
+def test_a_distilled_points_train_loss_is_its_label_loss(config_file, tmp_path):
+    """With a teacher, train_loss in metrics.jsonl is the distillation objective; the sweep reports the
+    label CE (label_loss), the quantity a run without a teacher logs as train_loss."""
+    wd = str(tmp_path / "sw")
+    (point,) = sweep.make_points(config_file, [("quant", ["b158"])])
+    _fake_run(os.path.join(wd, point.name), 4, 1.0, 2.0, 1000)  # the config file's 4 steps
+    path = os.path.join(wd, point.name, "metrics.jsonl")
+    rows = [json.loads(line) for line in open(path)]
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5,
+                                "distill_loss": 9.0}) + "\n")
+    r = sweep.point_result(point, wd)
+    assert r["train_loss"] == pytest.approx(1.5)
+    assert r["curve"] == [(s, pytest.approx(5.5 - s)) for s in (1, 2, 3, 4)]
+
+
 def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, data_dir, tmp_path, monkeypatch,
                                                                 capsys):
     wd = str(tmp_path / "sw")
