@@ -1,6 +1,7 @@
 """Peak device memory of the train step, b1.58 vs FP, from XLA's compiled memory analysis.
 
     python benchmarks/memory.py [--sizes small,1b] [--methods fp,b158,b158+int8] [--batch 8] [--seq_len 512]
+                                [--remat_policy none|full|save_quantized|save_dots]
 
 For each size and method the trainer's own jitted step (`trainer.Setup.train_step`: forward + backward
 + AdamW, float32 latent parameters and both Adam moments, the state donated) is lowered and compiled on
@@ -34,10 +35,11 @@ FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes
           "generated_code_size_in_bytes")
 
 
-def analyse(method, size, batch, seq_len, dtype, vocab):
-    """(memory stats dict, parameter count) of one compiled train step."""
+def analyse(method, size, batch, seq_len, dtype, vocab, remat_policy=None):
+    """(memory stats dict, parameter count, layout) of one compiled train step."""
     c = make_config(method, size, batch, seq_len, dtype)
     c.model.vocab_size = vocab
+    c.model.remat_policy = remat_policy or c.model.remat_policy
     setup = trainer.Setup(c, devices=jax.devices()[:1])
     state = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq_len), dt, sharding=setup.batch_sharding)
@@ -46,7 +48,7 @@ def analyse(method, size, batch, seq_len, dtype, vocab):
     out = {f: int(getattr(stats, f)) for f in FIELDS}
     out["peak"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"] + out["temp_size_in_bytes"]
                    - out["alias_size_in_bytes"])
-    return out, setup.num_params, c.model.remat
+    return out, setup.num_params, f"{c.model.remat_policy}, scan_layers={c.model.scan_layers}"
 
 
 def main():
@@ -57,6 +59,7 @@ def main():
     p.add_argument("--seq_len", type=int, default=512)
     p.add_argument("--dtype", default="bfloat16", help="compute dtype (parameters stay float32)")
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--remat_policy", help="config.model.remat_policy for every size (default: each preset's)")
     args = p.parse_args()
     dev = jax.devices()[0]
     print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · jax {jax.__version__} · "
@@ -67,9 +70,10 @@ def main():
         rows = {}
         for m in methods:
             t0 = time.perf_counter()
-            rows[m], n, remat = analyse(m, size, args.batch, args.seq_len, args.dtype, args.vocab)
+            rows[m], n, remat = analyse(m, size, args.batch, args.seq_len, args.dtype, args.vocab,
+                                          args.remat_policy)
             print(f"  compiled {size}/{m} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        print(f"\n## size {size} ({n / 1e6:.1f}M params, remat={remat})\n\n"
+        print(f"\n## size {size} ({n / 1e6:.1f}M params, remat_policy={remat})\n\n"
               "| method | argument MiB | output MiB | alias MiB | temp MiB | code MiB | peak MiB | vs fp |\n"
               "|---|---|---|---|---|---|---|---|")
         base = rows["fp"]["peak"] if "fp" in rows else None

@@ -68,7 +68,7 @@ def main():
     for size in args.sizes.split(","):
         cfg = transformer.default_config()
         cfg.update(transformer.SIZES.get(size) or EXTRA[size])
-        cfg.update(dict(vocab_size=args.vocab, dtype="bfloat16", remat=False))
+        cfg.update(dict(vocab_size=args.vocab, dtype="bfloat16", remat_policy="none"))
         cfg.quant.method = "b158"
         latent = transformer.Transformer(cfg, rngs=nnx.Rngs(0))
         models = {"bf16": bf16_model(latent), "packed": pack_model(latent), "latent": latent}

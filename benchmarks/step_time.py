@@ -36,7 +36,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # is the model's; a CPU runs them in seconds per step).
 EXTRA = {"cpu_m": ("tiny", dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)),
          "small_2l": ("small", dict(n_layers=2)),
-         "1b_1l": ("1b", dict(n_layers=1, remat=False))}
+         "1b_1l": ("1b", dict(n_layers=1, remat_policy="none"))}
 
 
 def make_config(method, size, batch, seq_len, dtype=None, config=CONFIG):

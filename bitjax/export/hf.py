@@ -20,14 +20,17 @@ from flax import nnx
 
 from bitjax import models
 from bitjax.models import mamba2
+from bitjax.models.transformer import unstack_layers
 from bitjax.quant.registry import QuantSpec
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
     """{HF state-dict name: float32 array} of a Transformer's or Mamba2LM's parameters (kernels transposed).
 
-    A Mamba-2 conv1d kernel (K, C) becomes torch Conv1d's depthwise weight (C, 1, K).
+    A scan_layers model's stacked parameters come out per layer, as the loop layout's; a Mamba-2 conv1d
+    kernel (K, C) becomes torch Conv1d's depthwise weight (C, 1, K).
     """
+    model = unstack_layers(model)
     names = models.hf_param_names(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

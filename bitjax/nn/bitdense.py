@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import param, quant_state
@@ -28,6 +29,8 @@ from bitjax.quant.registry import QuantSpec
 from bitjax.quant.weights import sign
 
 default_kernel_init = nnx.initializers.normal(stddev=0.02)
+# checkpoint_name of W̃ in the compute dtype: remat_policy='save_quantized' keeps it for the backward
+QUANTIZED_WEIGHT = "quantized_weight"
 
 
 class BitDense(nnx.Module):
@@ -83,14 +86,15 @@ class BitDense(nnx.Module):
         dtype = self.dtype or x.dtype
         if self.norm is not None:
             x = self.norm(x)
+        x = x.astype(dtype)
+        w = self.quantized_kernel().astype(dtype)
+        if self.quant.weight != "none":  # an fp kernel is no work to redo: saving it would only cost memory
+            w = checkpoint_name(w, QUANTIZED_WEIGHT)
         if self.int8_matmul:
-            x = x.astype(dtype)
-            y = int8_matmul(self.quant.quantize_act(x), self.quantized_kernel().astype(dtype), x,
-                            self.kernel[...], self.quant)
+            y = int8_matmul(self.quant.quantize_act(x), w, x, self.kernel[...], self.quant)
         else:
-            x = self.quant.quantize_act(x.astype(dtype))
-            w = self.quantized_kernel().astype(dtype)
-            y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(dtype)
+            y = jnp.einsum("...i,io->...o", self.quant.quantize_act(x), w,
+                           preferred_element_type=jnp.float32).astype(dtype)
         if self.output_norm is not None:  # OneBit: LayerNorm (no affine) on the output, before the bias
             y = self.output_norm(y)
         if self.bias is not None:

@@ -71,8 +71,9 @@ class PackedDense(nnx.Module):
 
 
 def map_projections(model, fn):
-    """A deep copy of a Transformer with every projection p replaced by fn(p)."""
-    out = copy.deepcopy(model)  # nnx modules are Python objects: the given model stays as it is
+    """A deep copy of a Transformer, in the loop layout, with every projection p replaced by fn(p)."""
+    from bitjax.models.transformer import unstack_layers
+    out = copy.deepcopy(unstack_layers(model))  # nnx modules are Python objects: the given model stays as it is
     for layer in out.layers:
         for owner in (layer.self_attn, layer.mlp):
             for name in PROJECTIONS:
@@ -88,8 +89,9 @@ def pack_model(model):
 
 def projection_bytes(model) -> int:
     """Bytes the projections' weights occupy in device memory (packed codes + scales, or latent kernels)."""
+    from bitjax.models.transformer import unstack_layers
     total = 0
-    for layer in model.layers:
+    for layer in unstack_layers(model).layers:
         for owner in (layer.self_attn, layer.mlp):
             for name in PROJECTIONS:
                 if hasattr(owner, name):

@@ -13,7 +13,7 @@ read 'embed' as a mesh axis). With it off, ``out_sharding`` is plain metadata
 that :func:`param_shardings` turns into ``NamedSharding`` s here.
 
 Logical names: batch, length, embed, mlp, heads, kv_heads, head_dim, vocab,
-state, ssm_in, ssm_conv. Mesh axes: data, fsdp, tensor. The mapping between them is a tuple of
+state, ssm_in, ssm_conv, layers. Mesh axes: data, fsdp, tensor. The mapping between them is a tuple of
 ``(logical_name, mesh_axes)`` rules (MaxText style), see :data:`DEFAULT_RULES`.
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ DEFAULT_RULES: Rules = (
     ('state', None),
     ('ssm_in', 'tensor'),    # Mamba-2 in_proj outputs (z | x | B | C | dt)
     ('ssm_conv', 'tensor'),  # Mamba-2 conv1d channels (x | B | C)
+    ('layers', None),  # the stacked layer axis of a scan_layers model: every device holds all layers
 )
 
 

@@ -545,10 +545,11 @@ def params_from_run(workdir: str, setup: Setup):
 
     The source run is restored with its own stored config (its optimizer may differ); its parameter
     tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
-    imported fp model).
+    imported fp model); per-layer and stacked (config.model.scan_layers) layouts are converted.
     """
     params = load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
     want = setup.abstract_state["params"]
+    params = models.layers_like(params, want)
     if not same_tree(params, want):
         raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
                                "(config.model shapes and learned quantizer parameters must match the "
