@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax import config as config_lib  # noqa: E402
+from bitjax.train import config as config_lib  # noqa: E402
 from bitjax.models import transformer  # noqa: E402
 from bitjax.train import checkpoint as ckpt_lib  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
@@ -78,7 +78,7 @@ def main():
                 state = s.init_fn(jax.random.key(0))
                 batches = [s.train_batch(i) for i in range(args.steps)]
                 for b in batches[:2]:  # warm up: the AOT-compiled step itself runs (no second compile)
-                    state, out = compiled(state, b)
+                    state, out = compiled(state, b, s.teacher_params)
                 jax.block_until_ready(out)
                 runs[layout, method, policy] = dict(
                     step=compiled, state=state, batches=batches, times=[], temp=mem.temp_size_in_bytes / 2**20,
@@ -87,7 +87,7 @@ def main():
         for r in runs.values():
             t0 = time.perf_counter()
             for b in r["batches"]:
-                r["state"], out = r["step"](r["state"], b)
+                r["state"], out = r["step"](r["state"], b, {})
             jax.block_until_ready(out)
             r["times"].append((time.perf_counter() - t0) / args.steps)
     print(f"\n| layout | method | remat_policy | step (ms, median of {args.reps}) | vs none | temp MB | "
