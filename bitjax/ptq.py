@@ -42,6 +42,7 @@ from flax import nnx
 from bitjax import errors
 from bitjax.eval import scoring
 from bitjax.models import transformer
+from bitjax.nn import layer_stack
 from bitjax.quant import weights
 from bitjax.quant.billm import billm
 from bitjax.quant.gptq import gptq, hessian
@@ -187,12 +188,12 @@ def run(workdir: str, method: str, bits: int | None, out: str, group_size: int |
     fresh_out(out)  # every check above passed: now the disk is touched
 
     fp_eval = setup.evaluate(params)
-    model = transformer.unstack_layers(setup.model(params))  # quantized layer by layer
+    model = layer_stack.unstack_layers(setup.model(params))  # quantized layer by layer
     tokens = calibration_tokens(setup, calib_sequences)
     print(f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
           f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers")
     errs = quantize_model(model, tokens, method, bits, group_size)
-    qparams = transformer.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
+    qparams = layer_stack.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
     q_eval = setup.evaluate(qparams)
 
     state = {"step": jnp.asarray(step, jnp.int32), "params": qparams, "opt_state": setup.tx.init(qparams),

@@ -125,3 +125,28 @@ def test_sigkill_then_resume_is_bitwise_identical_through_the_cli(data_dir, tmp_
     assert s1 == s2 == 16
     for a, b in zip(p1, p2):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # ~30 s
+def test_a_stacked_bimamba_student_distils_from_a_transformer_teacher(data_dir, tmp_path):
+    """Bi-Mamba's recipe (FBI-LLM's loss: CE to the teacher's softmax) with a teacher of another family: the
+    step's distill_loss equals a numpy restatement over both models' logits, and the run trains on it."""
+    import json
+    from test_distill import np_distill
+    teacher = str(tmp_path / "teacher")
+    trainer.train(tiny_config("fp", steps=4, data_dir=data_dir, **{"optim.warmup_steps": 1}), teacher)
+    cfg = mamba_config("bimamba", steps=6, data_dir=data_dir,
+                       **{"distill.teacher_workdir": teacher, "optim.warmup_steps": 1})
+    cfg.model.scan_layers = True
+    setup = trainer.Setup(cfg)
+    state = setup.init_fn(jax.random.key(0))
+    batch = setup.train_batch(0)
+    s = np.asarray(setup.model(state["params"])(batch["inputs"]), np.float64)
+    t = np.asarray(nnx.merge(setup.teacher.graphdef, setup.teacher.params)(batch["inputs"]), np.float64)
+    _, m = setup.train_step(state, batch)
+    np.testing.assert_allclose(float(m["distill_loss"]), np_distill(s, t, np.asarray(batch["mask"]), "ce", 1.0),
+                               rtol=2e-5)
+    out = trainer.train(cfg, str(tmp_path / "student"))
+    with open(tmp_path / "student" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert all(r["train_loss"] == r["distill_loss"] for r in rows) and math.isfinite(out["eval_bpb"])

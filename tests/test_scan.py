@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 from bitjax.train import config as config_lib
 from bitjax.export.hf import hf_state_dict
 from bitjax.models import transformer as T
+from bitjax.nn import layer_stack as LS
 from bitjax.nn.packed import pack_model
 from bitjax.train import mesh as M
 from bitjax.train import trainer
@@ -31,7 +32,7 @@ def pair(method="b158", **kw):
     """(loop model, scan model) holding the same parameters (the scan one's init, unstacked)."""
     scan = T.Transformer(config(True, method, **kw), rngs=nnx.Rngs(1))
     loop = T.Transformer(config(False, method, **kw), rngs=nnx.Rngs(0))
-    nnx.update(loop, T.layers_like(nnx.to_pure_dict(nnx.state(scan)), nnx.to_pure_dict(nnx.state(loop))))
+    nnx.update(loop, LS.layers_like(nnx.to_pure_dict(nnx.state(scan)), nnx.to_pure_dict(nnx.state(loop))))
     return loop, scan
 
 
@@ -61,8 +62,8 @@ def test_scan_forward_equals_loop(method):
 
 def test_unstack_layers_is_the_loop_layout():
     loop, scan = pair(tie_embeddings=True)
-    un = T.unstack_layers(scan)
-    assert T.unstack_layers(loop) is loop and scan.scan_layers  # the scan model is left as it was
+    un = LS.unstack_layers(scan)
+    assert LS.unstack_layers(loop) is loop and scan.scan_layers  # the scan model is left as it was
     f_un, f_loop = flat(un), flat(loop)
     assert f_un.keys() == f_loop.keys()
     for k, v in f_loop.items():
@@ -75,11 +76,11 @@ def test_unstack_layers_is_the_loop_layout():
 def test_layers_like_round_trip():
     loop, scan = pair()
     p_loop, p_scan = nnx.to_pure_dict(nnx.state(loop)), nnx.to_pure_dict(nnx.state(scan))
-    back = T.layers_like(T.layers_like(p_scan, p_loop), p_scan)
+    back = LS.layers_like(LS.layers_like(p_scan, p_loop), p_scan)
     assert jax.tree.structure(back) == jax.tree.structure(p_scan)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(p_scan)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert T.layers_like(p_loop, p_loop) is p_loop
+    assert LS.layers_like(p_loop, p_loop) is p_loop
 
 
 @pytest.mark.parametrize("method", ["fp", "b158"])
@@ -127,9 +128,9 @@ def test_ptq_of_a_scan_model_equals_the_loop_models():
     loop, scan = pair("fp")
     x = np.asarray(tokens(b=4, l=16))
     quantize_model(loop, x, "rtn", 3, None, log=lambda *_: None)
-    per_layer = T.unstack_layers(scan)  # what bitjax.ptq.run quantizes, then stores in the run's layout
+    per_layer = LS.unstack_layers(scan)  # what bitjax.ptq.run quantizes, then stores in the run's layout
     quantize_model(per_layer, x, "rtn", 3, None, log=lambda *_: None)
-    nnx.update(scan, T.layers_like(nnx.to_pure_dict(nnx.state(per_layer)), nnx.to_pure_dict(nnx.state(scan))))
+    nnx.update(scan, LS.layers_like(nnx.to_pure_dict(nnx.state(per_layer)), nnx.to_pure_dict(nnx.state(scan))))
     a, b = hf_state_dict(loop), hf_state_dict(scan)
     for k in a:  # the same quantized kernels, bit for bit
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
@@ -178,11 +179,11 @@ def test_save_quantized_does_not_quantize_weights_twice(scan):
 
 
 def test_config_fields_and_the_remat_alias():
-    assert T.remat_policy(config(True)) == "none"
+    assert LS.remat_policy(config(True)) == "none"
     old = config(False, remat_policy="none")
     old.remat = True  # a stored config from before remat_policy
     T.validate_config(old)
-    assert T.remat_policy(old) == "full"
+    assert LS.remat_policy(old) == "full"
     with pytest.raises(ValueError, match=r"config\.model\.remat_policy='dots' is invalid: choose one of"):
         T.validate_config(config(False, remat_policy="dots"))
     bad = config(False, remat_policy="full")
@@ -197,7 +198,7 @@ def test_config_fields_and_the_remat_alias():
     saved["model"] = {k: v for k, v in config(False).to_dict().items() if k not in ("scan_layers", "remat_policy")}
     saved["model"]["remat"] = True
     stored = config_lib.with_defaults(saved).model
-    assert stored.scan_layers is False and T.remat_policy(stored) == "full"
+    assert stored.scan_layers is False and LS.remat_policy(stored) == "full"
 
 
 def test_stacked_params_shard_as_their_layer():
@@ -221,7 +222,7 @@ def test_train_steps_scan_equal_loop_and_checkpoint_round_trip(data_dir, tmp_pat
         setups[scan] = s = trainer.Setup(c)
         states[scan] = s.init_fn(jax.random.key(0))
     st = states[True]  # the loop run starts from the scan run's parameters, unstacked
-    params = jax.device_put(jax.tree.map(np.asarray, T.layers_like(st["params"], setups[False].abstract_state[
+    params = jax.device_put(jax.tree.map(np.asarray, LS.layers_like(st["params"], setups[False].abstract_state[
         "params"])), setups[False].state_sharding["params"])  # fresh arrays: each step donates its state
     states[False] = {**states[False], "params": params, "opt_state": setups[False].tx.init(params)}
     for scan, s in setups.items():
@@ -263,3 +264,64 @@ def test_gguf_of_a_scan_model_is_the_loop_models_file(tmp_path):
         save_gguf(model, config(name == "scan", "b158", **kw), str(tmp_path / f"{name}.gguf"),
                   tokenizer=ByteTokenizer())
     assert (tmp_path / "scan.gguf").read_bytes() == (tmp_path / "loop.gguf").read_bytes()
+
+
+# ============================================================================ Mamba-2 (same layer_stack)
+def mamba_pair(method="bimamba", **kw):
+    """(loop, scan) Mamba2LMs holding the same parameters (the scan one's init, unstacked)."""
+    from bitjax.models import mamba2 as M
+
+    def cfg(scan):
+        c = M.default_config()
+        c.update(dict(vocab_size=V, d_model=32, n_layers=3, d_state=8, headdim=16, chunk_size=8, scan_layers=scan))
+        c.quant.method = method
+        c.update(kw)
+        return c
+    scan, loop = M.Mamba2LM(cfg(True), rngs=nnx.Rngs(1)), M.Mamba2LM(cfg(False), rngs=nnx.Rngs(0))
+    nnx.update(loop, LS.layers_like(nnx.to_pure_dict(nnx.state(scan)), nnx.to_pure_dict(nnx.state(loop))))
+    return loop, scan
+
+
+@pytest.mark.parametrize("method", ["fp", "bimamba"])
+def test_mamba2_scan_equals_loop_forward_decode_and_hf_names(method):
+    from bitjax.eval.sample import generate
+    loop, scan = mamba_pair(method, ngroups=2, tie_embeddings=False)
+    assert flat(scan)["layers.mixer.in_proj.kernel"].get_metadata()["out_sharding"] == ("layers", "embed", "ssm_in")
+    x = tokens(l=13)
+    a, b = np.asarray(nnx.jit(lambda m: m(x))(loop)), np.asarray(nnx.jit(lambda m: m(x))(scan))
+    assert np.abs(a).mean() > 1e-2
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    cache = scan.init_cache(2)
+    assert cache["ssm"].shape == (3, 2, scan.heads, 16, 8)  # [layers, B, H, P, N]
+    np.testing.assert_array_equal(np.asarray(generate(scan, tokens(l=5), 6, temperature=0)),
+                                  np.asarray(generate(loop, tokens(l=5), 6, temperature=0)))
+    hf_a, hf_b = hf_state_dict(loop), hf_state_dict(scan)
+    assert hf_a.keys() == hf_b.keys() and "backbone.layers.2.mixer.out_proj.weight" in hf_a
+    for k in hf_a:
+        np.testing.assert_array_equal(hf_a[k], hf_b[k], err_msg=k)
+
+
+@pytest.mark.slow  # ~20 s: three compiles
+def test_mamba2_remat_policies_same_grads_and_presets():
+    from bitjax.models import mamba2 as M
+    _, scan = mamba_pair("bimamba")
+    x = tokens()
+    graphdef, params = nnx.split(scan)
+
+    def loss_grad(policy):
+        model = nnx.merge(graphdef, params)
+        model.remat_policy = policy
+        return nnx.jit(lambda m: nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(m))(model)
+
+    l0, g0 = loss_grad("none")
+    for policy in ("full", "save_quantized"):
+        l1, g1 = loss_grad(policy)
+        np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    for size in ("780m", "1.3b", "2.7b"):
+        assert M.SIZES[size]["scan_layers"] and M.SIZES[size]["remat_policy"] == "full"
+    old = M.default_config()
+    old.remat = True  # a stored config from before remat_policy
+    M.validate_config(old)
+    assert LS.remat_policy(old) == "full"

@@ -138,7 +138,7 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
     kernels = {}  # HF name → latent kernel (in, out), for W̃
     from flax import nnx
     from bitjax import models
-    from bitjax.models.transformer import unstack_layers
+    from bitjax.nn.layer_stack import unstack_layers
     model = unstack_layers(model)  # per-layer tensors (blk.N.*) from a scan_layers model too
     names = models.hf_param_names(model)
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -20,7 +20,7 @@ from flax import nnx
 
 from bitjax import models
 from bitjax.models import mamba2
-from bitjax.models.transformer import unstack_layers
+from bitjax.nn.layer_stack import unstack_layers
 from bitjax.quant.registry import QuantSpec
 
 

@@ -40,9 +40,6 @@ from typing import Any, Callable
 
 from bitjax.models import mamba2, transformer
 from bitjax.models.transformer import SIZES, Transformer, validate_config
-# Per-layer {'layers': {0: …}} ↔ stacked (scan_layers) parameter trees; any family keeping its blocks
-# under 'layers' in either form can use it.
-from bitjax.models.transformer import layers_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,4 +133,4 @@ def hf_param_names(model) -> dict[str, str]:
 
 
 __all__ = ["Family", "SIZES", "Transformer", "default_config", "describe", "get_model", "hf_param_names",
-           "layers_like", "preset", "quant_table", "require_hf", "size_hints", "stage_configs", "validate", "validate_config"]
+           "preset", "quant_table", "require_hf", "size_hints", "stage_configs", "validate", "validate_config"]

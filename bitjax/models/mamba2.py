@@ -36,6 +36,7 @@ from ml_collections.config_dict import placeholder
 
 from bitjax import config as config_lib
 from bitjax.models.transformer import DTYPES, Embed, stage_configs, validate_quant  # noqa: F401 (stage_configs: this family's too)
+from bitjax.nn import layer_stack
 from bitjax.nn.bitdense import BitDense
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param
@@ -70,7 +71,9 @@ def default_config() -> ConfigDict:
     tie_embeddings: logits = h · embeddingsᵀ (no lm_head), as state-spaces' MambaLMHeadModel.
     quant.*: as the transformer's (bitjax.models.transformer.default_config), over the roles in ROLES.
     dtype: compute dtype of the projections 'float32' | 'bfloat16' (parameters, residual and SSD stay float32).
-    remat: rematerialise each block in the backward pass.
+    scan_layers, remat_policy, remat: how the blocks are built and rematerialised, as the transformer's
+      (bitjax.nn.layer_stack: stacked under lax.scan, on for the 780m–2.7b presets; remat_policy none |
+      full | save_quantized | save_dots; remat = the old bool, True = 'full').
     """
     return ConfigDict(dict(
         name="mamba2", vocab_size=FieldReference(259, field_type=int), d_model=128, n_layers=4,
@@ -78,7 +81,7 @@ def default_config() -> ConfigDict:
         dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, norm_eps=1e-5, tie_embeddings=True,
         quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="",
                               stage2_frac=placeholder(float))),
-        dtype="float32", remat=False))
+        dtype="float32", scan_layers=False, remat_policy="none", remat=placeholder(bool)))
 
 
 # Size presets: overrides of default_config().
@@ -88,9 +91,9 @@ SIZES = {
     # state-spaces/mamba2-130m shapes (~130M with a 50k vocab).
     "small": dict(d_model=768, n_layers=24),
     # Bi-Mamba's sizes (Tang et al. 2024, Table 1) = state-spaces/mamba2-{780m, 1.3b, 2.7b} shapes.
-    "780m": dict(d_model=1536, n_layers=48, remat=True),
-    "1.3b": dict(d_model=2048, n_layers=48, remat=True),
-    "2.7b": dict(d_model=2560, n_layers=64, remat=True),
+    "780m": dict(d_model=1536, n_layers=48, scan_layers=True, remat_policy="full"),
+    "1.3b": dict(d_model=2048, n_layers=48, scan_layers=True, remat_policy="full"),
+    "2.7b": dict(d_model=2560, n_layers=64, scan_layers=True, remat_policy="full"),
 }
 
 
@@ -139,8 +142,9 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
              "must be a positive number")
     need(cfg.dt_min <= cfg.dt_max, "dt_min", f"must be ≤ config.model.dt_max={cfg.dt_max}")
-    for f in ("conv_bias", "tie_embeddings", "remat"):
+    for f in ("conv_bias", "tie_embeddings"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
+    layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
@@ -270,13 +274,6 @@ class Mamba2Block(nnx.Module):
         return h + out.astype(jnp.float32), cache
 
 
-def _block_fwd(block, h):
-    return block(h)[0]
-
-
-_block_fwd_remat = nnx.remat(_block_fwd)
-
-
 class Mamba2LM(nnx.Module):
     """Mamba-2 LM: tokens int32[B, L] → logits float32[B, L, vocab]. See default_config()."""
 
@@ -287,14 +284,16 @@ class Mamba2LM(nnx.Module):
                              "it from the tokenizer)")
         specs = quant_table(cfg)
         self.dtype = dtype = DTYPES[cfg.dtype]
-        self.remat, self.d_conv = cfg.remat, cfg.d_conv
+        self.n_layers, self.scan_layers, self.d_conv = cfg.n_layers, cfg.scan_layers, cfg.d_conv
+        self.remat_policy = layer_stack.remat_policy(cfg)
         w = dims(cfg)
         self.conv_dim, self.heads, self.headdim, self.d_state = w["conv"], w["heads"], cfg.headdim, cfg.d_state
         quantized = lambda role: None if specs[role].is_fp else specs[role]
         self.embeddings = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
                                 head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
                                 rngs=rngs)
-        self.layers = nnx.List([Mamba2Block(cfg, specs, dtype, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.layers = layer_stack.make_layers(lambda rngs: Mamba2Block(cfg, specs, dtype, rngs=rngs),
+                                              cfg.n_layers, cfg.scan_layers, rngs)
         self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else BitDense(
             cfg.d_model, cfg.vocab_size, quant=specs["lm_head"], norm_eps=cfg.norm_eps, axes=("embed", "vocab"),
@@ -302,13 +301,8 @@ class Mamba2LM(nnx.Module):
 
     def _forward(self, tokens, caches=None):
         h = self.embeddings(tokens).astype(jnp.float32)
-        new_caches = []
-        for i, block in enumerate(self.layers):
-            if caches is None:
-                h = (_block_fwd_remat if self.remat else _block_fwd)(block, h)
-            else:
-                h, c = block(h, caches[i])
-                new_caches.append(c)
+        h, new_caches = layer_stack.apply_layers(self.layers, h, lambda block, h, cache: block(h, cache),
+                                                 self.remat_policy, caches)
         h = self.norm_f(h).astype(self.dtype)
         if self.lm_head is None:
             logits = self.embeddings.attend(h)
@@ -320,15 +314,18 @@ class Mamba2LM(nnx.Module):
         """int32[B, L] → float32 logits [B, L, vocab]; causal (each position sees only earlier tokens)."""
         return self._forward(tokens)[0]
 
-    def init_cache(self, batch: int, max_len: int | None = None) -> list[dict[str, jax.Array]]:
-        """Zero state per layer: {'conv': [batch, d_conv − 1, conv channels], 'ssm': [batch, H, P, N]}, float32.
+    def init_cache(self, batch: int, max_len: int | None = None):
+        """Zero state per layer: {'conv': [batch, d_conv − 1, conv channels], 'ssm': [batch, H, P, N]}, float32,
+        a list, or with scan_layers one dict of those shapes with a leading n_layers axis.
 
         `max_len` is accepted for the sampler's interface: the state does not grow with the sequence.
         """
         del max_len
         conv = (batch, self.d_conv - 1, self.conv_dim)
         ssm = (batch, self.heads, self.headdim, self.d_state)
-        return [{"conv": jnp.zeros(conv, jnp.float32), "ssm": jnp.zeros(ssm, jnp.float32)} for _ in self.layers]
+        zeros = lambda *lead: {"conv": jnp.zeros((*lead, *conv), jnp.float32),
+                               "ssm": jnp.zeros((*lead, *ssm), jnp.float32)}
+        return zeros(self.n_layers) if self.scan_layers else [zeros() for _ in range(self.n_layers)]
 
     def decode(self, tokens: jax.Array, cache, index=None) -> tuple[jax.Array, list]:
         """Run tokens int32[B, T] that follow the tokens `cache` has seen → (float32 logits [B, T, vocab], cache).
@@ -348,8 +345,10 @@ def hf_param_names(model: Mamba2LM) -> dict[str, str]:
     'layers.0.mixer.conv1d.kernel' → '….conv1d.weight' ((C, 1, K) = kernelᵀ[:, None]), norm 'scale' →
     'weight', 'embeddings.embedding' → 'backbone.embeddings.weight', 'norm_f.scale' → 'backbone.norm_f.weight',
     'lm_head.kernel' → 'lm_head.weight'; A_log, D, dt_bias, conv1d.bias keep their names. Learned quantizer
-    params drop 'qparams' ('…in_proj.qparams.alpha' → '…in_proj.alpha'; no HF twin).
+    params drop 'qparams' ('…in_proj.qparams.alpha' → '…in_proj.alpha'; no HF twin). Paths are the loop
+    layout's (layer_stack.unstack_layers), whatever `model.scan_layers` is.
     """
+    model = layer_stack.unstack_layers(model)
     out = {}
     for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         parts = [str(p) for p in path if p != "qparams"]

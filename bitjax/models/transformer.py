@@ -19,13 +19,9 @@ explicit einsum + causal mask (fp 5.2 vs 5.2 steps/s, b158 5.2 vs 4.7).
 A functional KV cache (:meth:`Transformer.init_cache` / :meth:`Transformer.decode`)
 serves bitjax.eval.sample.
 
-With ``scan_layers`` the n_layers decoder layers are one module whose parameters carry a leading
-layer axis (logical name 'layers', e.g. q_proj.kernel (n_layers, D, H·hd) with axes ('layers',
-'embed', 'heads')), made by ``nnx.vmap`` and applied by ``jax.lax.scan``: the train step's HLO holds one layer body,
-so compile time is flat in depth (7b on an 8-device CPU mesh: 6.5 s CPU at 8, 16 and 32 layers vs
-13 → 26 → 91 s for the loop; benchmarks/compile_time.py). :func:`unstack_layers` turns such a model
-into the loop layout ('layers.0…', what HF/GGUF export, packing and PTQ read); :func:`layers_like`
-converts a parameter tree (checkpoints of the other layout).
+With ``scan_layers`` the decoder layers are one module whose parameters carry a leading layer axis
+(logical name 'layers', e.g. q_proj.kernel (n_layers, D, H·hd) with axes ('layers', 'embed', 'heads')),
+run by ``jax.lax.scan``; ``remat_policy`` picks what the backward keeps (bitjax.nn.layer_stack).
 """
 
 from __future__ import annotations
@@ -40,7 +36,8 @@ from ml_collections import ConfigDict, FieldReference
 from ml_collections.config_dict import placeholder
 
 from bitjax import config as config_lib
-from bitjax.nn.bitdense import QUANTIZED_WEIGHT, BitDense, default_kernel_init
+from bitjax.nn import layer_stack
+from bitjax.nn.bitdense import BitDense, default_kernel_init
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param, quant_state
 from bitjax.quant import recipes
@@ -55,20 +52,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The layer roles a quantization recipe can name (bitjax.quant.recipes).
 ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed", "lm_head")
 
-# config.model.remat_policy → the jax.checkpoint policy of each layer ('none': no remat, the backward
-# keeps every intermediate; 'full': policy None, only the layer's input is kept). 'save_quantized' keeps
-# the quantized weights W̃ that BitDense names QUANTIZED_WEIGHT, so b1.58 does not quantize its weights
-# again in the backward (for fp layers it is 'full': nothing to save); 'save_dots' keeps every
-# projection's output (dots without batch dims), yet the backward's dx = dy·W̃ᵀ still re-quantizes W.
-# Measured in benchmarks/remat.py (d_model 512, 4 layers, 16×128, b158 temp memory: none 785 MB, full
-# 243 MB, save_quantized 289 MB, save_dots 339 MB).
-REMAT_POLICIES = {
-    "none": None,
-    "full": None,
-    "save_quantized": jax.checkpoint_policies.save_only_these_names(QUANTIZED_WEIGHT),
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-LAYERS_AXIS = "layers"  # logical name of the stacked layer axis (mesh rule: replicated)
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
 SIZE_HINTS = {"embed": "config.model.d_model", "heads": "config.model.n_heads (× head_dim)",
@@ -98,15 +81,9 @@ def default_config() -> ConfigDict:
     quant.stage1: method trained first ('' = the method's own: a48 → b158; 'none' = no first stage).
     quant.stage2_frac: fraction of total_steps where the method itself takes over (None = the method's).
     dtype: compute dtype 'float32' | 'bfloat16' (parameters stay float32).
-    scan_layers: stack the layers' parameters on a leading 'layers' axis and run them with lax.scan
-      (compile time ~flat in depth; on for the ≥ 1b presets). Checkpoints hold the stacked arrays;
-      HF/GGUF export and packing see the per-layer layout (unstack_layers).
-    remat_policy: what the backward pass keeps of each layer's forward (REMAT_POLICIES): 'none' (all:
-      most memory), 'full' (only the layer input: everything is recomputed, the quantizers included),
-      'save_quantized' (also the quantized weights W̃: b1.58 quantizes once per step),
-      'save_dots' (also every projection's output).
-    remat: the former switch, kept so stored configs load: None (use remat_policy); True = 'full'
-      (or remat_policy when that is set); False with a remat_policy other than 'none' is refused.
+    scan_layers, remat_policy, remat: how the layers are built and rematerialised
+      (bitjax.nn.layer_stack: stacked under lax.scan, on for the ≥ 1b presets; remat_policy none | full |
+      save_quantized | save_dots; remat = the old bool, True = 'full').
     int8_matmul: every quantized projection's forward matmul runs on its integer codes (int8 × int8 →
       int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
     """
@@ -148,13 +125,6 @@ SIZES = {
 # ============================================================================ config validation
 def _is_pos_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-
-
-def remat_policy(cfg) -> str:
-    """The effective remat policy name of config.model (the old `remat` bool read as its alias)."""
-    if cfg.get("remat") is None or cfg.remat_policy != "none":
-        return cfg.remat_policy
-    return "full" if cfg.remat else "none"
 
 
 def stage_configs(cfg, total_steps: int = 1) -> list[tuple[int, ConfigDict]]:
@@ -243,14 +213,9 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     for f in ("rope_theta", "norm_eps"):
         need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
              "must be a positive number")
-    for f in ("sub_norm", "tie_embeddings", "scan_layers", "int8_matmul"):
+    for f in ("sub_norm", "tie_embeddings", "int8_matmul"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
-    need(cfg.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {tuple(REMAT_POLICIES)}")
-    need(cfg.remat is None or isinstance(cfg.remat, bool), "remat",
-         "must be None (use config.model.remat_policy), True or False")
-    need(not (cfg.remat is False and cfg.remat_policy != "none"), "remat",
-         f"False contradicts config.model.remat_policy={cfg.remat_policy!r}; remat is the old name of "
-         f"remat_policy: set --config.model.remat=None and choose remat_policy ('none' = no remat)")
+    layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
@@ -416,37 +381,6 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
-def _layer_fwd(layer, x, cos, sin):
-    return layer(x, cos, sin)[0]
-
-
-# The loop path's layer function per policy ('none' and 'full' are the functions used before remat_policy).
-_LOOP_FWD = {name: _layer_fwd if name == "none" else nnx.remat(_layer_fwd, policy=policy)
-             for name, policy in REMAT_POLICIES.items()}
-_SCAN_META = {nnx.PARTITION_NAME: LAYERS_AXIS}
-
-
-def _scan(layers, x, cos, sin, policy: str, cache=None, index=None):
-    """x [B, T, D] through stacked layers with jax.lax.scan over their leading axis (x is the carry).
-
-    cache None: training/scoring forward, each step rematerialised by `policy`. Else cache {'k', 'v'}
-    [n_layers, B, S, K, hd] is scanned alongside and returned updated. A plain lax.scan over
-    nnx.split state (not nnx.scan): the model may then be closed over by an outer jax loop (the
-    sampler's fori_loop) like the loop-layout one.
-    """
-    graphdef, state = nnx.split(layers)
-
-    def body(x, xs):
-        layer_state, layer_cache = xs
-        return nnx.merge(graphdef, layer_state)(x, cos, sin, layer_cache, index)
-
-    if cache is None and policy != "none":
-        # prevent_cse=False: the scan boundary already keeps XLA from folding the recomputation
-        # into the forward (jax.checkpoint docs), and the barrier would cost speed.
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[policy], prevent_cse=False)
-    return jax.lax.scan(body, x, (state, cache))
-
-
 class Transformer(nnx.Module):
     """Decoder-only LM: tokens int32[B, L] → logits float32[B, L, vocab]. See default_config()."""
 
@@ -459,19 +393,14 @@ class Transformer(nnx.Module):
         self.dtype = dtype = DTYPES[cfg.dtype]
         self.head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
         self.n_kv_heads, self.rope_theta = cfg.n_kv_heads, float(cfg.rope_theta)
-        self.n_layers, self.scan_layers, self.remat_policy = cfg.n_layers, cfg.scan_layers, remat_policy(cfg)
+        self.n_layers, self.scan_layers = cfg.n_layers, cfg.scan_layers
+        self.remat_policy = layer_stack.remat_policy(cfg)
         quantized = lambda role: None if specs[role].is_fp else specs[role]
         self.embed_tokens = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
                                   head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
                                   rngs=rngs)
-        if cfg.scan_layers:  # one DecoderLayer whose every variable has a leading (n_layers,) axis
-            @nnx.split_rngs(splits=cfg.n_layers)
-            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_SCAN_META)
-            def stacked(rngs):
-                return DecoderLayer(cfg, specs, dtype, rngs=rngs)
-            self.layers = stacked(rngs)
-        else:
-            self.layers = nnx.List([DecoderLayer(cfg, specs, dtype, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.layers = layer_stack.make_layers(lambda rngs: DecoderLayer(cfg, specs, dtype, rngs=rngs),
+                                              cfg.n_layers, cfg.scan_layers, rngs)
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else _dense(
             cfg, cfg.d_model, cfg.vocab_size, specs, "lm_head", ("embed", "vocab"), dtype, rngs)
@@ -479,16 +408,8 @@ class Transformer(nnx.Module):
     def _forward(self, tokens, positions, caches=None, index=None):
         x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
-        new_caches = []
-        if self.scan_layers:
-            x, new_caches = _scan(self.layers, x, cos, sin, self.remat_policy, caches, index)
-        else:
-            for i, layer in enumerate(self.layers):
-                if caches is None:
-                    x = _LOOP_FWD[self.remat_policy](layer, x, cos, sin)
-                else:
-                    x, c = layer(x, cos, sin, caches[i], index)
-                    new_caches.append(c)
+        call = lambda layer, x, cache: layer(x, cos, sin, cache, index)
+        x, new_caches = layer_stack.apply_layers(self.layers, x, call, self.remat_policy, caches)
         x = self.norm(x)
         if self.lm_head is None:
             logits = self.embed_tokens.attend(x)
@@ -504,10 +425,8 @@ class Transformer(nnx.Module):
         """Zero KV cache {'k', 'v'}: [batch, max_len, n_kv_heads, head_dim] in the compute dtype, one per
         layer (a list) or, with scan_layers, one dict of [n_layers, batch, max_len, n_kv_heads, head_dim]."""
         shape = (batch, max_len, self.n_kv_heads, self.head_dim)
-        if self.scan_layers:
-            shape = (self.n_layers, *shape)
-            return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
-        return [{"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)} for _ in self.layers]
+        zeros = lambda *lead: {"k": jnp.zeros((*lead, *shape), self.dtype), "v": jnp.zeros((*lead, *shape), self.dtype)}
+        return zeros(self.n_layers) if self.scan_layers else [zeros() for _ in range(self.n_layers)]
 
     def decode(self, tokens: jax.Array, cache, index) -> tuple[jax.Array, list]:
         """Run tokens int32[B, T] at positions index..index+T−1 against `cache`.
@@ -519,53 +438,6 @@ class Transformer(nnx.Module):
         return self._forward(tokens, index + jnp.arange(tokens.shape[1]), cache, index)
 
 
-# ============================================================================ stacked ↔ per-layer
-def unstack_layers(model: Transformer) -> Transformer:
-    """`model` in the loop layout: a copy whose `layers` is an nnx.List of per-layer modules holding
-    slices of the stacked parameters (scan_layers off); `model` itself when it has no stacked layers.
-
-    Everything that reads per-layer parameters (HF/GGUF export, packing, PTQ) goes through this.
-    """
-    if not getattr(model, "scan_layers", False):  # also any family without a scan layout
-        return model
-    out = nnx.clone(model)
-    layers = []
-    for i in range(model.n_layers):
-        layer = nnx.clone(model.layers)
-        for _, var in nnx.iter_graph(layer):
-            if isinstance(var, nnx.Variable):
-                var.set_value(var.get_value()[i])
-                names = var.get_metadata().get("out_sharding")
-                if names:
-                    if names[0] != LAYERS_AXIS:
-                        raise ValueError(f"a stacked variable's leading axis is {names[0]!r}, not {LAYERS_AXIS!r}")
-                    var.set_metadata(out_sharding=tuple(names[1:]))
-        layers.append(layer)
-    out.layers, out.scan_layers = nnx.List(layers), False
-    return out
-
-
-def layers_like(params: dict, like: dict) -> dict:
-    """A pure parameter dict (nnx.to_pure_dict) in the layer layout of `like`: per-layer
-    {'layers': {0: {…}, 1: {…}}} ↔ stacked {'layers': {…: [n_layers, …]}}; other entries as they are.
-
-    For checkpoints written by a run of the other layout (e.g. an imported HF model, per-layer,
-    fine-tuned with scan_layers). Arrays come back as jax arrays (stacking copies).
-    """
-    if "layers" not in params or "layers" not in like:
-        return params
-    per_layer = lambda tree: all(isinstance(k, int) for k in tree)
-    src, dst = params["layers"], like["layers"]
-    if per_layer(src) == per_layer(dst):
-        return params
-    if per_layer(src):
-        layers = jax.tree.map(lambda *xs: jnp.stack(xs), *(src[i] for i in sorted(src)))
-    else:
-        n = len(jax.tree.leaves(src)[0])
-        layers = {i: jax.tree.map(lambda x, i=i: x[i], src) for i in range(n)}
-    return {**params, "layers": layers}
-
-
 # ============================================================================ HF names
 def _path_str(path) -> str:
     return ".".join(str(p) for p in path)
@@ -574,14 +446,14 @@ def _path_str(path) -> str:
 def hf_param_names(model: Transformer) -> dict[str, str]:
     """Our param path → HF transformers (Llama / BitNet) state-dict name, one entry per param.
 
-    Paths are the loop layout's (:func:`unstack_layers`), whatever `model.scan_layers` is:
+    Paths are the loop layout's (layer_stack.unstack_layers), whatever `model.scan_layers` is:
     'layers.0.self_attn.q_proj.kernel' → 'model.layers.0.self_attn.q_proj.weight' (HF weight
     = kernelᵀ), norm 'scale' → 'weight', 'embed_tokens.embedding' → 'model.embed_tokens.weight',
     'lm_head.kernel' → 'lm_head.weight'. Learned quantizer params drop 'qparams'
     ('…q_proj.qparams.alpha' → '…q_proj.alpha'). A BitDense's in-layer norm is named as HF
     AutoBitLinear's 'rms_norm' (RMSNorm) or 'layer_norm' (BitNet v1 LayerNorm; no HF twin).
     """
-    model = unstack_layers(model)
+    model = layer_stack.unstack_layers(model)
     out = {}
     for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         parts = [str(p) for p in path]

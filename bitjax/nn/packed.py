@@ -26,6 +26,7 @@ from flax import nnx
 
 from bitjax.export.pack import pack_ternary_2bit
 from bitjax.nn.bitdense import BitDense
+from bitjax.nn.layer_stack import unstack_layers
 from bitjax.quant.registry import QuantSpec
 from bitjax.quant.weights import EPS
 
@@ -72,7 +73,6 @@ class PackedDense(nnx.Module):
 
 def map_projections(model, fn):
     """A deep copy of a Transformer, in the loop layout, with every projection p replaced by fn(p)."""
-    from bitjax.models.transformer import unstack_layers
     out = copy.deepcopy(unstack_layers(model))  # nnx modules are Python objects: the given model stays as it is
     for layer in out.layers:
         for owner in (layer.self_attn, layer.mlp):
@@ -89,7 +89,6 @@ def pack_model(model):
 
 def projection_bytes(model) -> int:
     """Bytes the projections' weights occupy in device memory (packed codes + scales, or latent kernels)."""
-    from bitjax.models.transformer import unstack_layers
     total = 0
     for layer in unstack_layers(model).layers:
         for owner in (layer.self_attn, layer.mlp):

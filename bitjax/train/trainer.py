@@ -32,6 +32,7 @@ from bitjax import config as config_lib
 from bitjax import errors
 from bitjax import models
 from bitjax.data import pipeline as data_lib
+from bitjax.nn import layer_stack
 from bitjax.train import checkpoint as ckpt_lib
 from bitjax.train import config as train_config
 from bitjax.train import distill
@@ -549,7 +550,7 @@ def params_from_run(workdir: str, setup: Setup):
     """
     params = load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
     want = setup.abstract_state["params"]
-    params = models.layers_like(params, want)
+    params = layer_stack.layers_like(params, want)
     if not same_tree(params, want):
         raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
                                "(config.model shapes and learned quantizer parameters must match the "
