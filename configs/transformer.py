@@ -18,9 +18,10 @@ RUN = {
     "3b": (100_000, 1024, 2048, 1.5e-3, 2000),
     "7b": (100_000, 1024, 2048, 1e-3, 2000),
 }
-# Peak LR per method at `tiny`: the best eval bits/byte of {1e-3, 3e-3, 1e-2} (fp, b158: over 3 seeds,
-# experiments/compare_tiny; the others: seed 0, experiments/quantizer_choice_tiny). Methods not listed
-# (e.g. rtn5) get 3e-3.
+# Peak LR per method at `tiny`: fp and b158 the best eval bits/byte of {1e-3, 3e-3, 1e-2} over 3 seeds
+# (experiments/compare_tiny); rtn2/rtn4 from the 1e-3 controls of experiments/methods_tiny (seed 0); the
+# others from a seed-0 sweep of {1e-3, 3e-3} whose table was not committed (to be redone with the
+# quantizer-choice study). Methods not listed (e.g. rtn5) get 3e-3.
 TINY_LR = {"fp": 1e-3, "b158": 3e-3, "bitnet": 3e-3, "a48": 3e-3, "fbi": 3e-3, "onebit": 1e-3,
            "pb_llm": 3e-3, "rtn2": 1e-3, "rtn3": 1e-3, "rtn4": 1e-3}
 CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32
