@@ -40,6 +40,7 @@ REMAT_POLICIES = {
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+
 def remat_policy(cfg) -> str:
     """The effective remat policy name of config.model (the old `remat` bool read as its alias)."""
     if cfg.get("remat") is None or cfg.remat_policy != "none":
