@@ -84,12 +84,12 @@ def main(qc_workdir, ptq_workdir, out):
         bs = sorted(d)
         ax.errorbar([b + dx for b in bs], [statistics.mean(d[b]) for b in bs],
                     yerr=[statistics.stdev(d[b]) for b in bs], marker=mk, capsize=3, label=name,
-                    ls="-" if len(bs) > 1 else "none")
+                    ls="-" if len(bs) > 1 and name != "QAT" else "none")  # QAT rows are different methods
     for b, m in QAT.items():
         ax.annotate(m, (b + 0.06, statistics.mean(qat[b])), fontsize=7, xytext=(4, -3), textcoords="offset points")
     ax.set(xlabel="weight bits", ylabel="eval bits/byte (lower is better)",
            title="tiny: PTQ of a trained FP model vs QAT, mean ± std over 3 seeds")
-    ax.set_xticks([1, 1.58, 2, 3, 4])
+    ax.set_xticks([1, 1.58, 2, 3, 4], ["1", "1.58", "2", "3", "4"])
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ptq_vs_qat.png"), dpi=120)
