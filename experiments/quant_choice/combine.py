@@ -2,9 +2,9 @@
 
     python experiments/quant_choice/combine.py WORKDIR OUT_DIR
 
-Reads WORKDIR/<point> for every point of run.sh's two steps: the LR tuning at `tiny` (seed 0) and the
-three seeds of each method at its CPU_LR (configs/transformer.py) at `tiny` and `mini`. Fails naming the
-first unfinished point.
+Reads WORKDIR/<point> for run.sh's steps: the LR tuning at `tiny` (seed 0); the seeds of each method at
+its CPU_LR (configs/transformer.py) at `tiny` (all three required) and `mini` (those that finished); the
+seed-0 runs at 1e-3 and 3e-3 at `mini`. Fails naming the first missing `tiny` point.
 """
 
 import csv
@@ -20,10 +20,10 @@ from bitjax import sweep  # noqa: E402
 
 METHODS = ["fp", "b158", "bitnet", "a48", "fbi", "onebit", "pb_llm", "rtn2", "rtn3", "rtn4"]
 TUNING_LRS = ["3e-4", "1e-3", "3e-3", "1e-2"]  # run.sh step 1: {1e-3, 3e-3}, then one more past the better
-SIZES = ["tiny", "mini"]
+MINI_LRS = ["1e-3", "3e-3"]  # run.sh step 3
 SEEDS = ["0", "1", "2"]
 WHAT = {"fp": "full precision", "b158": "ternary absmean W, int8 absmax acts",
-        "bitnet": "sign(W − mean W)·mean|W|, int8 acts after a LayerNorm", "a48": "b158 → 4-bit absmean/sparse acts (ReLU² GLU)",
+        "bitnet": "sign(W − mean W)·β (β = mean abs W), int8 acts after a LayerNorm", "a48": "b158 → 4-bit absmean/sparse acts (ReLU² GLU)",
         "fbi": "α ⊙ sign W + β, learnable per input feature", "onebit": "g ⊙ sign W ⊙ h (SVID init), output LayerNorm",
         "pb_llm": "10% salient weights 8-bit (frozen), the rest α·sign W", "rtn2": "2-bit GPTQ grid (QAT)",
         "rtn3": "3-bit GPTQ grid (QAT)", "rtn4": "4-bit GPTQ grid (QAT)"}
@@ -46,44 +46,62 @@ def ms(xs, f=".4f"):
     return f"{statistics.mean(xs):{f}} ± {statistics.stdev(xs):{f}}" if len(xs) > 1 else format(xs[0], f)
 
 
+def lr_table(workdir, size, lrs, chosen):
+    """Markdown rows: each method's seed-0 eval bits/byte at every LR of `lrs` that ran; chosen(m) last."""
+    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | chosen |", "|---|" + "---|" * (len(lrs) + 1)]
+    for m in METHODS:
+        cells = [f"{results(workdir, size, m, lr, ['0'])[0]['eval_bpb']:.4f}"
+                 if os.path.isdir(os.path.join(workdir, f"size={size},quant={m},optim.lr={lr},seed=0")) else ""
+                 for lr in lrs]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {chosen(m)} |")
+    return lines
+
+
+def mini_lr(workdir, m):
+    """The better of the LRs `m` ran at `mini` with seed 0 (run.sh step 3)."""
+    ran = [lr for lr in MINI_LRS if os.path.isdir(os.path.join(workdir, f"size=mini,quant={m},optim.lr={lr},seed=0"))]
+    return min(ran, key=lambda lr: results(workdir, "mini", m, lr, ["0"])[0]["eval_bpb"])
+
+
 def main(workdir, out):
     os.chdir(ROOT)  # the point names hold configs/transformer.py relative to the repository root
-    lines = ["## LR tuning at `tiny` (seed 0): eval bits/byte", "",
-             "| method | " + " | ".join(f"lr {lr}" for lr in TUNING_LRS) + " | chosen (CPU_LR) |",
-             "|---|" + "---|" * (len(TUNING_LRS) + 1)]
-    for m in METHODS:
-        cells = [f"{results(workdir, 'tiny', m, lr, ['0'])[0]['eval_bpb']:.4f}"
-                 if os.path.isdir(os.path.join(workdir, f"size=tiny,quant={m},optim.lr={lr},seed=0")) else ""
-                 for lr in TUNING_LRS]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {cpu_lr(m)} |")
+    lines = ["## LR tuning at `tiny` (seed 0): eval bits/byte", ""]
+    lines += lr_table(workdir, "tiny", TUNING_LRS, cpu_lr)
+    lines += ["", "## The same two LRs at `mini` (seed 0): eval bits/byte", ""]
+    lines += lr_table(workdir, "mini", MINI_LRS, lambda m: mini_lr(workdir, m))
 
     rows, groups = [], {}
-    for size in SIZES:
+    for key, size, lr_of, seeds in [("tiny", "tiny", cpu_lr, SEEDS), ("mini", "mini", cpu_lr, SEEDS),
+                                    ("mini, best LR", "mini", lambda m: mini_lr(workdir, m), ["0"])]:
         for m in METHODS:
-            rs = results(workdir, size, m, cpu_lr(m), SEEDS, partial=size != "tiny")
+            rs = results(workdir, size, m, lr_of(m), seeds, partial=size != "tiny")
             if not rs:
                 raise SystemExit(f"no finished {size} run of {m} in {workdir}: run run.sh first")
-            groups[(size, m)] = rs
-            rows += [{"size": size, "quant": m, "lr": cpu_lr(m), "seed": r["seed"], "train_loss": r["train_loss"],
-                      "eval_loss": r["eval_loss"], "eval_bpb": r["eval_bpb"], "tokens_per_s": r["tokens_per_s"]}
-                     for r in rs]
+            groups[(key, m)] = rs
+            rows += [{"size": size, "quant": m, "lr": lr_of(m), "seed": r["seed"], "train_loss": r["train_loss"],
+                      "eval_loss": r["eval_loss"], "eval_bpb": r["eval_bpb"]} for r in rs]
+    rows = list({(r["size"], r["quant"], r["lr"], r["seed"]): r for r in rows}.values())
     bpb = {k: [r["eval_bpb"] for r in rs] for k, rs in groups.items()}
-    lines += ["", "## Each method at its tuned LR: eval bits/byte (mean ± std over n seeds; Δ = mean − fp's mean)",
-              "", "| method | what | lr | " + " | ".join(f"{s} | n | Δ {s}" for s in SIZES) + " |",
-              "|---|---|---|" + "---|---|---|" * len(SIZES)]
+    keys = ["tiny", "mini", "mini, best LR"]
+    lines += ["", "## Each method: eval bits/byte (mean ± std over n seeds; Δ = mean − fp's mean in the same column)",
+              "", "`tiny` and `mini`: each method at its LR tuned at `tiny` (CPU_LR); `mini, best LR`: at the "
+              "better of 1e-3 and 3e-3 at `mini` (seed 0).", "",
+              "| method | what | CPU_LR | tiny | n | Δ | mini | n | Δ | mini, best LR | lr | Δ |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in METHODS:
         cells = []
-        for s in SIZES:
-            d = statistics.mean(bpb[(s, m)]) - statistics.mean(bpb[(s, "fp")])
-            cells += [ms(bpb[(s, m)]), str(len(bpb[(s, m)])), "" if m == "fp" else f"{d:+.3f}"]
+        for k in keys:
+            d = statistics.mean(bpb[(k, m)]) - statistics.mean(bpb[(k, "fp")])
+            delta = "" if m == "fp" else f"{d:+.3f}"
+            cells += [ms(bpb[(k, m)]), mini_lr(workdir, m) if k == "mini, best LR" else str(len(bpb[(k, m)])), delta]
         lines.append(f"| {m} | {WHAT[m]} | {cpu_lr(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Final train loss and eval loss (nats/token), mean ± std over the same seeds:", "",
-              "| method | " + " | ".join(f"{s} train | {s} eval" for s in SIZES) + " |",
-              "|---|" + "---|---|" * len(SIZES)]
+              "| method | " + " | ".join(f"{k} train | {k} eval" for k in keys) + " |",
+              "|---|" + "---|---|" * len(keys)]
     for m in METHODS:
         cells = []
-        for s in SIZES:
-            cells += [ms([r["train_loss"] for r in groups[(s, m)]]), ms([r["eval_loss"] for r in groups[(s, m)]])]
+        for k in keys:
+            cells += [ms([r["train_loss"] for r in groups[(k, m)]]), ms([r["eval_loss"] for r in groups[(k, m)]])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -93,16 +111,16 @@ def main(workdir, out):
         w.writeheader()
         w.writerows(rows)
     print("\n".join(lines))
-    plot(groups, bpb, out)
+    plot(groups, bpb, keys, out)
 
 
-def plot(groups, bpb, out):
+def plot(groups, bpb, keys, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SIZES), figsize=(11, 4.2))
-    for ax, s in zip(axes, SIZES):
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 4.4))
+    for ax, s in zip(axes, keys):
         means = [statistics.mean(bpb[(s, m)]) for m in METHODS]
         stds = [statistics.stdev(bpb[(s, m)]) if len(bpb[(s, m)]) > 1 else 0.0 for m in METHODS]
         ax.axhspan(means[0] - stds[0], means[0] + stds[0], color="grey", alpha=0.2, lw=0, label="fp ± std")
@@ -111,14 +129,14 @@ def plot(groups, bpb, out):
             ax.plot([i] * len(bpb[(s, m)]), bpb[(s, m)], ".", color="k", ms=3)
         ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, ha="right")
         n = sorted({len(bpb[(s, m)]) for m in METHODS})
-        ax.set(title=f"{s}: eval bits/byte (mean ± std, {'/'.join(map(str, n))} seeds)", ylabel="eval bits/byte")
+        ax.set(title=f"{s}: eval bits/byte ({'/'.join(map(str, n))} seed{'s' if n != [1] else ''})", ylabel="eval bits/byte")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(SIZES), figsize=(11, 4.2), sharey=True)
-    for ax, s in zip(axes, SIZES):
+    fig, axes = plt.subplots(1, len(keys), figsize=(15, 4.4), sharey=True)
+    for ax, s in zip(axes, keys):
         for m in METHODS:
             curves = [dict(r["curve"]) for r in groups[(s, m)]]
             steps = sorted(set.intersection(*(set(c) for c in curves)))
