@@ -14,16 +14,12 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "quant_choice"))
-from combine import results  # noqa: E402
+from combine import ms, results  # noqa: E402
 from lr import ROOT, cpu_lr  # noqa: E402
 
 SEEDS = ["0", "1", "2"]
 PTQ = {"rtn": (2, 3, 4), "gptq": (2, 3, 4), "billm": (1,)}
 QAT = {4: "rtn4", 3: "rtn3", 2: "rtn2", 1.58: "b158", 1: "fbi"}  # fbi: the best 1-bit QAT row of quant_choice
-
-
-def ms(xs):
-    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
 def main(qc_workdir, ptq_workdir, out):

@@ -7,8 +7,9 @@ W=${W:-workdirs/quant_choice}
 P=${P:-workdirs/ptq_vs_qat_tiny}
 # Single-threaded XLA, two processes at a time: 1.5× the throughput of one 2-thread process on 2 cores.
 export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+lr=$(python experiments/quant_choice/lr.py fp)
 for s in 0 1 2; do
-  fp="$W/size=tiny,quant=fp,optim.lr=1e-3,seed=$s"
+  fp="$W/size=tiny,quant=fp,optim.lr=$lr,seed=$s"
   for m in rtn gptq; do for b in 2 3 4; do
     [ -f "$P/seed=$s/$m$b/ptq.json" ] || echo "python -m bitjax.ptq --workdir '$fp' --method $m --bits $b --out '$P/seed=$s/$m$b'"
   done; done

@@ -43,42 +43,50 @@ def results(workdir, size, method, lr, seeds, partial=False):
 
 
 def ms(xs, f=".4f"):
-    return f"{statistics.mean(xs):{f}} ± {statistics.stdev(xs):{f}}" if len(xs) > 1 else format(xs[0], f)
+    return sweep._mean_std(xs, f)  # 'mean ± std', or the value alone for one run: as the sweep's tables
 
 
-def lr_table(workdir, size, lrs, chosen):
-    """Markdown rows: each method's seed-0 eval bits/byte at every LR of `lrs` that ran; chosen(m) last."""
+def seed0_bpb(workdir, size, method, lr):
+    """Eval bits/byte of the seed-0 point, None if that point never started (a half-run one is an error)."""
+    name = sweep.safe_name({"size": size, "quant": method, "optim.lr": lr, "seed": "0"})
+    if not os.path.isdir(os.path.join(workdir, name)):
+        return None
+    return results(workdir, size, method, lr, ["0"])[0]["eval_bpb"]
+
+
+def lr_table(bpb0, lrs, chosen):
+    """Markdown rows: each method's seed-0 eval bits/byte at every LR of `lrs` that ran; chosen[m] last.
+
+    bpb0: {(method, lr): eval bits/byte or None}."""
     lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | chosen |", "|---|" + "---|" * (len(lrs) + 1)]
     for m in METHODS:
-        cells = [f"{results(workdir, size, m, lr, ['0'])[0]['eval_bpb']:.4f}"
-                 if os.path.isdir(os.path.join(workdir, f"size={size},quant={m},optim.lr={lr},seed=0")) else ""
-                 for lr in lrs]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {chosen(m)} |")
+        cells = ["" if bpb0[(m, lr)] is None else f"{bpb0[(m, lr)]:.4f}" for lr in lrs]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {chosen[m]} |")
     return lines
-
-
-def mini_lr(workdir, m):
-    """The better of the LRs `m` ran at `mini` with seed 0 (run.sh step 3)."""
-    ran = [lr for lr in MINI_LRS if os.path.isdir(os.path.join(workdir, f"size=mini,quant={m},optim.lr={lr},seed=0"))]
-    return min(ran, key=lambda lr: results(workdir, "mini", m, lr, ["0"])[0]["eval_bpb"])
 
 
 def main(workdir, out):
     os.chdir(ROOT)  # the point names hold configs/transformer.py relative to the repository root
+    tiny0 = {(m, lr): seed0_bpb(workdir, "tiny", m, lr) for m in METHODS for lr in TUNING_LRS}
+    mini0 = {(m, lr): seed0_bpb(workdir, "mini", m, lr) for m in METHODS for lr in MINI_LRS}
+    tuned = {m: cpu_lr(m) for m in METHODS}
+    # run.sh step 3: the better of the LRs each method ran at `mini` with seed 0
+    mini_best = {m: min((lr for lr in MINI_LRS if mini0[(m, lr)] is not None), key=lambda lr: mini0[(m, lr)])
+                 for m in METHODS}
     lines = ["## LR tuning at `tiny` (seed 0): eval bits/byte", ""]
-    lines += lr_table(workdir, "tiny", TUNING_LRS, cpu_lr)
+    lines += lr_table(tiny0, TUNING_LRS, tuned)
     lines += ["", "## The same two LRs at `mini` (seed 0): eval bits/byte", ""]
-    lines += lr_table(workdir, "mini", MINI_LRS, lambda m: mini_lr(workdir, m))
+    lines += lr_table(mini0, MINI_LRS, mini_best)
 
     rows, groups = [], {}
-    for key, size, lr_of, seeds in [("tiny", "tiny", cpu_lr, SEEDS), ("mini", "mini", cpu_lr, SEEDS),
-                                    ("mini, best LR", "mini", lambda m: mini_lr(workdir, m), ["0"])]:
+    for key, size, lr_of, seeds in [("tiny", "tiny", tuned, SEEDS), ("mini", "mini", tuned, SEEDS),
+                                    ("mini, best LR", "mini", mini_best, ["0"])]:
         for m in METHODS:
-            rs = results(workdir, size, m, lr_of(m), seeds, partial=size != "tiny")
+            rs = results(workdir, size, m, lr_of[m], seeds, partial=size != "tiny")
             if not rs:
                 raise SystemExit(f"no finished {size} run of {m} in {workdir}: run run.sh first")
             groups[(key, m)] = rs
-            rows += [{"size": size, "quant": m, "lr": lr_of(m), "seed": r["seed"], "train_loss": r["train_loss"],
+            rows += [{"size": size, "quant": m, "lr": lr_of[m], "seed": r["seed"], "train_loss": r["train_loss"],
                       "eval_loss": r["eval_loss"], "eval_bpb": r["eval_bpb"]} for r in rs]
     rows = list({(r["size"], r["quant"], r["lr"], r["seed"]): r for r in rows}.values())
     bpb = {k: [r["eval_bpb"] for r in rs] for k, rs in groups.items()}
@@ -93,8 +101,8 @@ def main(workdir, out):
         for k in keys:
             d = statistics.mean(bpb[(k, m)]) - statistics.mean(bpb[(k, "fp")])
             delta = "" if m == "fp" else f"{d:+.3f}"
-            cells += [ms(bpb[(k, m)]), mini_lr(workdir, m) if k == "mini, best LR" else str(len(bpb[(k, m)])), delta]
-        lines.append(f"| {m} | {WHAT[m]} | {cpu_lr(m)} | " + " | ".join(cells) + " |")
+            cells += [ms(bpb[(k, m)]), mini_best[m] if k == "mini, best LR" else str(len(bpb[(k, m)])), delta]
+        lines.append(f"| {m} | {WHAT[m]} | {tuned[m]} | " + " | ".join(cells) + " |")
     lines += ["", "Final train loss and eval loss (nats/token), mean ± std over the same seeds:", "",
               "| method | " + " | ".join(f"{k} train | {k} eval" for k in keys) + " |",
               "|---|" + "---|---|" * len(keys)]
