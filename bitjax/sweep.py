@@ -319,6 +319,13 @@ def write_results(points: list[Point], workdir: str) -> list[dict]:
     return results
 
 
+def seed_curves(rs: list[dict]) -> tuple[list[int], list[list[float]]]:
+    """The steps every run in `rs` (point_result dicts) logged, and each run's train loss at them."""
+    curves = [dict(r["curve"]) for r in rs if r["curve"]]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return steps, [[c[s] for s in steps] for c in curves]
+
+
 def plot(results, groups, group_keys, workdir):
     """loss_curves.png (one seed-averaged line per group) and eval_bpb.png (mean ± std) in workdir.
 
@@ -336,11 +343,9 @@ def plot(results, groups, group_keys, workdir):
     # One line per setting (seeds averaged, their min–max shaded): 30 single-run lines are unreadable.
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for g, rs in groups.items():
-        curves = [dict(r["curve"]) for r in rs if r["curve"]]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        steps, ys = seed_curves(rs)
         if not steps:
             continue
-        ys = [[c[s] for s in steps] for c in curves]
         mean = [statistics.mean(col) for col in zip(*ys)]
         label = ",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all"
         (line,) = ax.plot(steps, mean, label=f"{label} (n={len(ys)})", lw=1.2, marker="o" if len(steps) < 3 else None)

@@ -146,9 +146,8 @@ def plot(groups, bpb, keys, out):
     fig, axes = plt.subplots(1, len(keys), figsize=(15, 4.4), sharey=True)
     for ax, s in zip(axes, keys):
         for m in METHODS:
-            curves = [dict(r["curve"]) for r in groups[(s, m)]]
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            ax.plot(steps, [statistics.mean(c[t] for c in curves) for t in steps], lw=1.1, label=m,
+            steps, ys = sweep.seed_curves(groups[(s, m)])
+            ax.plot(steps, [statistics.mean(col) for col in zip(*ys)], lw=1.1, label=m,
                     ls="-" if m in ("fp", "b158") else "--")
         ax.set(title=f"{s}: train loss, mean over seeds", xlabel="step", ylabel="train loss (nats/token)",
                ylim=(1.5, 3.5))
