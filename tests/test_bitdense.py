@@ -80,6 +80,22 @@ def test_integer_weights_reconstruct_quantized_kernel(weight):
     np.testing.assert_allclose(np.asarray(rec), np.asarray(layer.quantized_kernel()), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("weight", ["none", "ternary_absmean"])
+def test_out_norm_layer_is_affine_free_layernorm_of_the_output_before_the_bias(weight):
+    # OneBit's output LayerNorm (Xu et al. 2024, bitnet.py l. 47) on any layer: y = LN(x·W̃) + b
+    spec = QuantSpec(weight, out_norm="layer")
+    layer = BitDense(16, 8, quant=spec, use_bias=True, rngs=nnx.Rngs(0))
+    layer.bias[...] = jnp.arange(8.0)
+    x = rand((3, 16), 7)
+    z = x @ np.asarray(layer.quantized_kernel(), np.float64)
+    want = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) + np.arange(8.0)
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), want, rtol=1e-4, atol=1e-5)
+    assert not spec.is_fp and str(spec).endswith("out_norm=layer")
+    assert QuantSpec("onebit").output_norm() is QuantSpec("onebit", out_norm="layer").output_norm()
+    with pytest.raises(ValueError, match="unknown output norm 'rms'"):
+        QuantSpec(out_norm="rms")
+
+
 def test_params_carry_logical_axes_and_float32():
     layer = BitDense(16, 8, quant=QuantSpec("fbi", norm="rms"), use_bias=True, axes=("mlp", "embed"),
                      rngs=nnx.Rngs(0))

@@ -235,6 +235,17 @@ def test_recipe_rules_override_roles_and_reach_embeddings():
     assert np.isfinite(np.asarray(fwd(tied, tokens()))).all()
 
 
+def test_out_norm_rule_reaches_projections_and_is_refused_on_table_lookups():
+    model = build(quant_method="fp", quant_rules="*_proj: out_norm=layer")
+    assert model.layers[0].mlp.down_proj.quant == QuantSpec(out_norm="layer")
+    assert model.layers[0].mlp.down_proj.output_norm is not None and model.lm_head.quant.is_fp
+    assert np.isfinite(np.asarray(fwd(model, tokens()))).all()
+    with pytest.raises(ValueError, match="the embed role .* has no input or output norm"):
+        build(quant_method="fp", quant_rules="embed: out_norm=layer")
+    with pytest.raises(ValueError, match="the lm_head role .*tied head.* drop norm / out_norm"):
+        build(quant_method="fp", tie_embeddings=True, quant_rules="lm_head: weight=onebit")
+
+
 def test_a_recipe_for_another_family_is_refused():
     with pytest.raises(ValueError, match=r"'in_proj\|out_proj: weight=fbi' matches no layer of this model"):
         build(quant_method="bimamba")

@@ -273,6 +273,11 @@ class Embed(nnx.Module):
 
     def __init__(self, vocab: int, d_model: int, *, quant: QuantSpec | None = None,
                  head_quant: QuantSpec | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+        for role, s in (("embed", quant), ("lm_head", head_quant)):
+            if s is not None and (s.norm != "none" or s.output_norm() is not None):
+                raise ValueError(f"the {role} role (a table lookup{' of a tied head' * (role == 'lm_head')}) "
+                                 f"has no input or output norm, got {s}: drop norm / out_norm / weight=onebit "
+                                 f"from the rules that match {role}")
         self.quant, self.head_quant, self.dtype = quant, head_quant, dtype
         table = default_kernel_init(rngs.params(), (vocab, d_model), jnp.float32)  # HF: N(0, 0.02)
         self.embedding = param(table, ("vocab", "embed"))

@@ -40,7 +40,8 @@ class BitDense(nnx.Module):
       in_features, out_features: kernel shape (in, out) (HF weight = kernelᵀ).
       quant: a :class:`QuantSpec` (weight / act quantizer names, gradient rule, and the in-layer
         norm on the input: 'rms' = HF AutoBitLinear's `use_rms_norm`, 'layer' = BitNet v1's
-        BitLinear LayerNorm without affine parameters).
+        BitLinear LayerNorm without affine parameters; out_norm='layer', implied by weight='onebit',
+        adds OneBit's affine-free LayerNorm on the output).
       norm_eps: eps of that norm (None → 1e-6 for 'rms', 1e-5 for 'layer').
       use_bias: add a bias (BitNet uses none).
       dtype: compute dtype of the matmul (None → the input's dtype).
@@ -73,7 +74,7 @@ class BitDense(nnx.Module):
         self.qstate = nnx.Dict({name: quant_state(value, self.axes)
                                 for name, value in quant.init_state(kernel).items()})
         self.norm = make_norm(quant.norm, in_features, eps=norm_eps, axis=self.axes[0], affine=False)
-        self.output_norm = quant.weight_quantizer()[0].output_norm
+        self.output_norm = quant.output_norm()
         self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
 
     def quantized_kernel(self) -> jax.Array:
@@ -95,7 +96,7 @@ class BitDense(nnx.Module):
         else:
             y = jnp.einsum("...i,io->...o", self.quant.quantize_act(x), w,
                            preferred_element_type=jnp.float32).astype(dtype)
-        if self.output_norm is not None:  # OneBit: LayerNorm (no affine) on the output, before the bias
+        if self.output_norm is not None:  # OneBit's LayerNorm (no affine), before the bias
             y = self.output_norm(y)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)

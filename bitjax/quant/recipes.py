@@ -8,7 +8,7 @@ below, by ``--config.model.quant.rules`` and in what the trainer prints and stor
     PATTERN: key=value, key=value; PATTERN: ...
 
 PATTERN is an fnmatch pattern over role names, with ``|`` for alternatives (``*_proj``,
-``q_proj|k_proj|v_proj``). Keys: ``weight``, ``act``, ``grad``, ``norm`` (quantizer names, see
+``q_proj|k_proj|v_proj``). Keys: ``weight``, ``act``, ``grad``, ``norm``, ``out_norm`` (names, see
 :mod:`bitjax.quant.registry`) and ``weight.<option>`` / ``act.<option>`` for quantizer options
 (``act.keep=0.25``, ``weight.granularity=group128``). A role's spec starts full precision and every
 matching rule, in order, updates the fields it names (naming a quantizer resets that quantizer's
@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from bitjax.quant.registry import QuantSpec, parse_options
 
-SPEC_KEYS = ("weight", "act", "grad", "norm")
+SPEC_KEYS = ("weight", "act", "grad", "norm", "out_norm")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,9 @@ act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``) | ``absmean<b>`` (a4.8's INT
 grad:   ``identity`` | ``clipped`` | ``approx_sign``
 norm:   ``none`` | ``rms`` (HF AutoBitLinear's affine RMSNorm) | ``layer`` (BitNet v1's LayerNorm
         without affine parameters), applied to the layer's input inside BitDense.
+out_norm: ``none`` | ``layer``: OneBit's affine-free LayerNorm on the layer's output, before any bias.
+        ``weight=onebit`` always has it (it is part of OneBit's layer); the key adds it to any other
+        layer, e.g. an FP control for OneBit (``*_proj: out_norm=layer`` on ``fp``).
 
 Which layer gets which spec is a recipe (:mod:`bitjax.quant.recipes`, with the named methods).
 """
@@ -71,6 +74,7 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
 WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
 ACT_NAMES = ("none", "absmax<b>", "absmean<b>", "topk_absmax<b>", "absmax_v1_<b>")
 NORMS = ("none", "rms", "layer")
+OUT_NORMS = {"none": None, "layer": W.onebit_layernorm}
 
 
 def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
@@ -136,6 +140,7 @@ class QuantSpec:
     weight_options: tuple[tuple[str, Any], ...] = ()
     act_options: tuple[tuple[str, Any], ...] = ()
     norm: str = "none"
+    out_norm: str = "none"
 
     def __post_init__(self):  # validate eagerly: a typo fails at config time, not at compile
         wq, _ = get_weight_quantizer(self.weight)
@@ -143,6 +148,8 @@ class QuantSpec:
         check_rule(self.grad)
         if self.norm not in NORMS:
             raise ValueError(f"unknown in-layer norm {self.norm!r}; choose one of {NORMS}")
+        if self.out_norm not in OUT_NORMS:
+            raise ValueError(f"unknown output norm {self.out_norm!r}; choose one of {tuple(OUT_NORMS)}")
         for key, _ in self.weight_options:
             if key not in wq.options:
                 raise ValueError(f"weight quantizer {self.weight!r} has no option {key!r}; "
@@ -154,7 +161,7 @@ class QuantSpec:
 
     @property
     def is_fp(self) -> bool:
-        return self.weight == "none" and self.act == "none" and self.norm == "none"
+        return self.weight == "none" and self.act == "none" and self.norm == "none" and self.out_norm == "none"
 
     def __str__(self) -> str:
         """'weight=ternary_absmean, act=absmax8' (non-default fields, the recipe syntax)."""
@@ -163,12 +170,18 @@ class QuantSpec:
         parts = [f"weight={self.weight}", *(f"weight.{k}={v}" for k, v in self.weight_options),
                  f"act={self.act}", *(f"act.{k}={v}" for k, v in self.act_options)]
         parts += [f"norm={self.norm}"] if self.norm != "none" else []
+        parts += [f"out_norm={self.out_norm}"] if self.out_norm != "none" else []
         parts += [f"grad={self.grad}"] if self.grad != "identity" else []
         return ", ".join(parts)
 
     def weight_quantizer(self) -> tuple[WeightQuantizer, dict]:
         wq, fixed = get_weight_quantizer(self.weight)
         return wq, {**fixed, **dict(self.weight_options)}
+
+    def output_norm(self) -> Callable[[jax.Array], jax.Array] | None:
+        """The norm the layer applies to its matmul output: the weight quantizer's own (OneBit's), else
+        `out_norm`'s, else None."""
+        return self.weight_quantizer()[0].output_norm or OUT_NORMS[self.out_norm]
 
     def init_learned(self, w: jax.Array) -> dict[str, tuple[jax.Array, str]]:
         """Learned quantizer params initialised from kernel w: {name: (value, 'in' | 'out' axis)}."""
