@@ -9,7 +9,6 @@ its label_loss), so the curves compare.
 """
 
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -38,7 +37,7 @@ def main(workdir: str, out: str):
             if r is None:
                 raise SystemExit(f"{os.path.join(wd, p.name)} is not finished: run run.sh first")
             groups.setdefault((setting(p),), []).append(r)
-    ms = lambda xs, f: f"{statistics.mean(xs):{f}} ± {statistics.stdev(xs):{f}}"
+    ms = sweep._mean_std  # "mean ± std", as the sweep's own tables
     lines = ["| setting | runs | final train loss (label CE) | eval loss (nats/token) | eval bits/byte | tokens/s |",
              "|---|---|---|---|---|---|"]
     for (name,), rs in groups.items():
