@@ -56,7 +56,6 @@ def final_params(workdir):
     return step, jax.tree.leaves(tree["params"])
 
 
-
 def run(args, **kw):
     p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
