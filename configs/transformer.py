@@ -21,7 +21,9 @@ RUN = {
 # Peak LR per method at the CPU sizes, tuned at `tiny` (eval bits/byte after 300 steps): fp and b158 over
 # {1e-3, 3e-3, 1e-2} × 3 seeds (experiments/compare_tiny); the others over {1e-3, 3e-3} and one step past
 # the better one, seed 0 (experiments/quant_choice, where fp at 3e-4 lost too). nano and mini reuse
-# tiny's. Methods not listed (e.g. rtn5) get the size's lr.
+# tiny's, so that the committed studies reproduce, but they do not transfer: at mini, 1e-3 beats 3e-3 for
+# b158, bitnet, fbi and pb_llm as well (experiments/quant_choice's mini LR table; pass
+# --config.optim.lr=1e-3 there). Methods not listed (e.g. rtn5) get the size's lr.
 CPU_LR = {"fp": 1e-3, "b158": 3e-3, "bitnet": 3e-3, "a48": 3e-3, "fbi": 3e-3, "onebit": 1e-3,
           "pb_llm": 3e-3, "rtn2": 1e-3, "rtn3": 1e-3, "rtn4": 1e-3}
 CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact commands behind experiments/quant_choice/README.md (from the repository root, ~2.5 h on 2 cores).
+# The exact commands behind experiments/quant_choice/README.md (from the repository root, ~4.5 h on 2 cores).
 set -euo pipefail
 W=${W:-workdirs/quant_choice}
 # Single-threaded XLA, two runs at a time: 1.5× the throughput of one 2-thread run on 2 cores. Every run
@@ -17,20 +17,27 @@ sweep --grid size=tiny --grid quant=bitnet,a48,fbi,pb_llm --grid optim.lr=1e-2 -
 sweep --grid size=tiny --grid quant=onebit,rtn2,rtn3,rtn4,fp --grid optim.lr=3e-4 --grid seed=0 | run2
 # 2. Each method's best LR of step 1 goes into CPU_LR (configs/transformer.py) by hand (they were already
 #    there: the uncommitted seed-0 sweep of stop 21 had found the same). Then 3 seeds of every method at its
-#    CPU_LR at `tiny` (seed 0 is step 1's run), and seed 0 at `mini` (seed 1 too for fp and b158: the
-#    session's time ran out there; `--grid seed=0,1,2` for all is the full study, ~1.5 h more).
+#    CPU_LR at `tiny` (seed 0 is step 1's run).
 for q in fp b158 bitnet a48 fbi onebit pb_llm rtn2 rtn3 rtn4; do
   sweep --grid size=tiny --grid quant=$q --grid optim.lr=$(python experiments/quant_choice/lr.py $q) --grid seed=0,1,2
 done | run2
-for q in fp b158 bitnet a48 fbi onebit pb_llm rtn2 rtn3 rtn4; do
-  sweep --grid size=mini --grid quant=$q --grid optim.lr=$(python experiments/quant_choice/lr.py $q) --grid seed=0
-done | run2
-{ sweep --grid size=mini --grid quant=fp --grid optim.lr=1e-3 --grid seed=1
-  sweep --grid size=mini --grid quant=b158 --grid optim.lr=3e-3 --grid seed=1; } | run2
-# 3. Does tiny's LR transfer to mini? Seed 0 at the other of {1e-3, 3e-3} at `mini`, for every method
-#    but onebit and rtn2/3/4 (the session's time ran out; at tiny they lost at their other LR by 0.0006
-#    and 0.15–0.24 bits/byte).
-{ sweep --grid size=mini --grid quant=fp --grid optim.lr=3e-3 --grid seed=0
-  sweep --grid size=mini --grid quant=b158,bitnet,a48,fbi,pb_llm --grid optim.lr=1e-3 --grid seed=0; } | run2
-# 4. Tables and plots.
+# 3. LR tuning at `mini`, seed 0: every method at 1e-3 (onebit and rtn2/3/4 only there: at tiny they lost
+#    at 3e-3, and every method that ran both at mini did better at 1e-3 but a48), 3e-3 for the others, and
+#    3e-4 where 1e-3 won (fp and b158 first; the others as far as the session's time allowed).
+{ sweep --grid size=mini --grid quant=fp,b158,bitnet,a48,fbi,onebit,pb_llm,rtn2,rtn3,rtn4 --grid optim.lr=1e-3 \
+      --grid seed=0
+  sweep --grid size=mini --grid quant=fp,b158,bitnet,a48,fbi,pb_llm --grid optim.lr=3e-3 --grid seed=0
+  sweep --grid size=mini --grid quant=fp,b158 --grid optim.lr=3e-4 --grid seed=0; } | run2
+# 4. Seeds 1 and 2 of every method at its best LR of step 3 at `mini` (combine.py reads that LR off step
+#    3's runs and says which it took).
+{ sweep --grid size=mini --grid quant=fp,b158,bitnet,fbi,onebit,pb_llm,rtn2,rtn3,rtn4 --grid optim.lr=1e-3 \
+      --grid seed=1,2
+  sweep --grid size=mini --grid quant=a48 --grid optim.lr=3e-3 --grid seed=1,2; } | run2
+# 5. Architecture-matched FP controls at `mini`: fp with OneBit's output LayerNorm on every projection, and
+#    fp with a4.8's ReLU² GLU, at fp's LR (3 seeds), and the ReLU² one at a48's LR too (seed 0).
+{ sweep --grid size=mini --grid quant=fp --grid model.quant.rules='*_proj:out_norm=layer' --grid optim.lr=1e-3 \
+      --grid seed=0,1,2
+  sweep --grid size=mini --grid quant=fp --grid model.activation=relu2 --grid optim.lr=1e-3 --grid seed=0,1,2
+  sweep --grid size=mini --grid quant=fp --grid model.activation=relu2 --grid optim.lr=3e-3 --grid seed=0; } | run2
+# 6. Tables and plots.
 python experiments/quant_choice/combine.py "$W" experiments/quant_choice
