@@ -101,10 +101,10 @@ def main(workdir, out):
         if not rs:
             raise SystemExit(f"no finished run of {grid} in {workdir}: run run.sh first")
         groups[(key, label)] = rs
-        extra = dict(grid[2:-1])
-        rows.extend({"size": dict(grid)["size"], "quant": label if extra else dict(grid)["quant"],
-                     "lr": dict(grid)["optim.lr"], "seed": r["seed"], "train_loss": r["train_loss"],
-                     "eval_loss": r["eval_loss"], "eval_bpb": r["eval_bpb"]} for r in rs)
+        g = dict(grid)  # label: the method, or the control's name (fp + an architecture change)
+        rows.extend({"size": g["size"], "quant": label, "lr": g["optim.lr"], "seed": r["seed"],
+                     "train_loss": r["train_loss"], "eval_loss": r["eval_loss"], "eval_bpb": r["eval_bpb"]}
+                    for r in rs)
 
     for m in METHODS:
         collect("tiny", m, point("tiny", m, tuned[m]), SEEDS, partial=False)
