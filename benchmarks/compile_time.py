@@ -47,15 +47,22 @@ def measure(size: str, n_layers: int, scan: bool, method: str, batch: int, seq_l
     setup = trainer.Setup(c)  # validates, builds the model abstractly, traces the step
     t1 = time.perf_counter()
     state = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-    batch_in = {k: jax.ShapeDtypeStruct((batch, seq_len), dt, sharding=setup.batch_sharding)
-                for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+    batch_in = {
+        k: jax.ShapeDtypeStruct((batch, seq_len), dt, sharding=setup.batch_sharding)
+        for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+    }
     c1 = time.process_time()
     lowered = setup.train_step.trace(state, batch_in).lower()
     t2 = time.perf_counter()
     lowered.compile()
     t3, c3 = time.perf_counter(), time.process_time()
-    return {"setup_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2, "cpu_s": c3 - c1,
-            "params_b": setup.num_params / 1e9}
+    return {
+        "setup_s": t1 - t0,
+        "lower_s": t2 - t1,
+        "compile_s": t3 - t2,
+        "cpu_s": c3 - c1,
+        "params_b": setup.num_params / 1e9,
+    }
 
 
 def main():
@@ -73,23 +80,46 @@ def main():
         print(json.dumps(measure(args.size, int(n), layout == "scan", args.method, args.batch, args.seq_len)))
         return
     import jax
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores"
-          f" · load {os.getloadavg()[0]:.1f} · jax {jax.__version__} · {args.size} {args.method} train step "
-          f"(fwd+bwd+AdamW), batch {args.batch}×{args.seq_len}, mesh fsdp=8 (8 emulated CPU devices)")
-    print("\n| layout | layers | params | setup+trace (s) | lower (s) | compile (s) | lower+compile (s) | "
-          "lower+compile CPU (s) |")
+
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores"
+        f" · load {os.getloadavg()[0]:.1f} · jax {jax.__version__} · {args.size} {args.method} train step "
+        f"(fwd+bwd+AdamW), batch {args.batch}×{args.seq_len}, mesh fsdp=8 (8 emulated CPU devices)"
+    )
+    print(
+        "\n| layout | layers | params | setup+trace (s) | lower (s) | compile (s) | lower+compile (s) | "
+        "lower+compile CPU (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for layout in args.layouts.split(","):
         for n in map(int, args.layers.split(",")):
-            out = subprocess.run([sys.executable, __file__, "--one", f"{layout},{n}", "--size", args.size,
-                                  "--method", args.method, "--batch", str(args.batch), "--seq_len",
-                                  str(args.seq_len)], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{layout},{n}",
+                    "--size",
+                    args.size,
+                    "--method",
+                    args.method,
+                    "--batch",
+                    str(args.batch),
+                    "--seq_len",
+                    str(args.seq_len),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 print(f"| {layout} | {n} | failed: {out.stderr.strip().splitlines()[-1][:200]} ||||||")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {layout} | {n} | {r['params_b']:.2f}B | {r['setup_s']:.1f} | {r['lower_s']:.1f} | "
-                  f"{r['compile_s']:.1f} | {r['lower_s'] + r['compile_s']:.1f} | {r['cpu_s']:.1f} |", flush=True)
+            print(
+                f"| {layout} | {n} | {r['params_b']:.2f}B | {r['setup_s']:.1f} | {r['lower_s']:.1f} | "
+                f"{r['compile_s']:.1f} | {r['lower_s'] + r['compile_s']:.1f} | {r['cpu_s']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

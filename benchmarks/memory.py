@@ -31,8 +31,13 @@ from benchmarks.step_time import make_config  # noqa: E402
 from bitjax.train import checkpoint as ckpt_lib  # noqa: E402
 from bitjax.train import trainer  # noqa: E402
 
-FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-          "generated_code_size_in_bytes")
+FIELDS = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+)
 
 
 def analyse(method, size, batch, seq_len, dtype, vocab, remat_policy=None):
@@ -42,12 +47,18 @@ def analyse(method, size, batch, seq_len, dtype, vocab, remat_policy=None):
     c.model.remat_policy = remat_policy or c.model.remat_policy
     setup = trainer.Setup(c, devices=jax.devices()[:1])
     state = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq_len), dt, sharding=setup.batch_sharding)
-                      for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct((batch, seq_len), dt, sharding=setup.batch_sharding)
+        for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+    }
     stats = setup.train_step.lower(state, abstract_batch).compile().memory_analysis()
     out = {f: int(getattr(stats, f)) for f in FIELDS}
-    out["peak"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"] + out["temp_size_in_bytes"]
-                   - out["alias_size_in_bytes"])
+    out["peak"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+    )
     return out, setup.num_params, f"{c.model.remat_policy}, scan_layers={c.model.scan_layers}"
 
 
@@ -62,26 +73,31 @@ def main():
     p.add_argument("--remat_policy", help="config.model.remat_policy for every size (default: each preset's)")
     args = p.parse_args()
     dev = jax.devices()[0]
-    print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · jax {jax.__version__} · "
-          f"batch {args.batch}×{args.seq_len} · compute {args.dtype} · float32 params + AdamW · vocab {args.vocab}")
-    mib = lambda b: f"{b / 2 ** 20:.1f}"
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · jax {jax.__version__} · "
+        f"batch {args.batch}×{args.seq_len} · compute {args.dtype} · float32 params + AdamW · vocab {args.vocab}"
+    )
+    mib = lambda b: f"{b / 2**20:.1f}"
     methods = args.methods.split(",")
     for size in args.sizes.split(","):
         rows = {}
         for m in methods:
             t0 = time.perf_counter()
-            rows[m], n, remat = analyse(m, size, args.batch, args.seq_len, args.dtype, args.vocab,
-                                          args.remat_policy)
+            rows[m], n, remat = analyse(m, size, args.batch, args.seq_len, args.dtype, args.vocab, args.remat_policy)
             print(f"  compiled {size}/{m} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        print(f"\n## size {size} ({n / 1e6:.1f}M params, remat_policy={remat})\n\n"
-              "| method | argument MiB | output MiB | alias MiB | temp MiB | code MiB | peak MiB | vs fp |\n"
-              "|---|---|---|---|---|---|---|---|")
+        print(
+            f"\n## size {size} ({n / 1e6:.1f}M params, remat_policy={remat})\n\n"
+            "| method | argument MiB | output MiB | alias MiB | temp MiB | code MiB | peak MiB | vs fp |\n"
+            "|---|---|---|---|---|---|---|---|"
+        )
         base = rows["fp"]["peak"] if "fp" in rows else None
         for m, r in rows.items():
-            print(f"| {m} | {mib(r['argument_size_in_bytes'])} | {mib(r['output_size_in_bytes'])} | "
-                  f"{mib(r['alias_size_in_bytes'])} | {mib(r['temp_size_in_bytes'])} | "
-                  f"{r['generated_code_size_in_bytes'] / 2 ** 20:.2f} | {mib(r['peak'])} | "
-                  + (f"{r['peak'] / base:.3f}× |" if base else "– |"))
+            print(
+                f"| {m} | {mib(r['argument_size_in_bytes'])} | {mib(r['output_size_in_bytes'])} | "
+                f"{mib(r['alias_size_in_bytes'])} | {mib(r['temp_size_in_bytes'])} | "
+                f"{r['generated_code_size_in_bytes'] / 2**20:.2f} | {mib(r['peak'])} | "
+                + (f"{r['peak'] / base:.3f}× |" if base else "– |")
+            )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,13 @@ def bf16_model(model):
 
 
 def bf16_bytes(model):
-    return sum(getattr(o, n).w[...].nbytes for l in model.layers for o in (l.self_attn, l.mlp) for n in PROJECTIONS
-               if hasattr(o, n))
+    return sum(
+        getattr(o, n).w[...].nbytes
+        for l in model.layers
+        for o in (l.self_attn, l.mlp)
+        for n in PROJECTIONS
+        if hasattr(o, n)
+    )
 
 
 def main():
@@ -82,11 +87,16 @@ def main():
                 jax.block_until_ready(generate(m, prompt, args.tokens, temperature=0))
                 times[k].append(time.perf_counter() - t)
         tps = {k: args.tokens * args.batch / statistics.median(v) for k, v in times.items()}
-        nbytes = {"bf16": bf16_bytes(models["bf16"]), "packed": projection_bytes(models["packed"]),
-                  "latent": projection_bytes(latent)}
+        nbytes = {
+            "bf16": bf16_bytes(models["bf16"]),
+            "packed": projection_bytes(models["packed"]),
+            "latent": projection_bytes(latent),
+        }
         for k in models:
-            print(f"| {size} | {k} | {nbytes[k] / 2**20:.2f} MiB | {nbytes[k] / nbytes['bf16']:.3f} | "
-                  f"{tps[k]:.0f} | {tps[k] / tps['bf16']:.2f} |")
+            print(
+                f"| {size} | {k} | {nbytes[k] / 2**20:.2f} MiB | {nbytes[k] / nbytes['bf16']:.3f} | "
+                f"{tps[k]:.0f} | {tps[k] / tps['bf16']:.2f} |"
+            )
         print(f"<!-- {size}: greedy tokens identical across the three: {same} -->")
 
 

@@ -37,8 +37,11 @@ def torch_variant(quantized: bool, d: int, blocks: int, x_np):
     from transformers.integrations.bitnet import AutoBitLinear
 
     torch.manual_seed(0)
-    make = (lambda i, o: AutoBitLinear(i, o, bias=False, online_quant=True)) if quantized else \
-        (lambda i, o: nn.Linear(i, o, bias=False))
+    make = (
+        (lambda i, o: AutoBitLinear(i, o, bias=False, online_quant=True))
+        if quantized
+        else (lambda i, o: nn.Linear(i, o, bias=False))
+    )
     layers = nn.ModuleList([nn.ModuleDict({"up": make(d, 4 * d), "down": make(4 * d, d)}) for _ in range(blocks)])
     opt = torch.optim.AdamW(layers.parameters(), lr=1e-3, weight_decay=0.01)
     x = torch.from_numpy(x_np)
@@ -69,8 +72,12 @@ def jax_variant(spec_name: str, d: int, blocks: int, x_np):
     int8 = spec_name == "b158+int8"
     rngs = nnx.Rngs(0)
     make = lambda i, o, axes: BitDense(i, o, quant=spec, dtype=jnp.float32, axes=axes, int8_matmul=int8, rngs=rngs)
-    model = nnx.List([nnx.Dict({"up": make(d, 4 * d, ("embed", "mlp")), "down": make(4 * d, d, ("mlp", "embed"))})
-                      for _ in range(blocks)])
+    model = nnx.List(
+        [
+            nnx.Dict({"up": make(d, 4 * d, ("embed", "mlp")), "down": make(4 * d, d, ("mlp", "embed"))})
+            for _ in range(blocks)
+        ]
+    )
     graphdef, params = nnx.split(model)
     tx = optax.adamw(1e-3, weight_decay=0.01)
     state = {"params": params, "opt": tx.init(params)}
@@ -104,14 +111,19 @@ def main():
     p.add_argument("--tokens", type=int, default=1024, help="rows of the batch (batch × sequence)")
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds")
-    p.add_argument("--torch_threads", type=int, default=1,
-                   help="torch intra-op threads; on a shared 2-core VM 2 OpenMP threads spin against the other "
-                        "jobs (one 128×512 linear took 265 ms with 2 threads vs 5.5 ms with 1)")
+    p.add_argument(
+        "--torch_threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; on a shared 2-core VM 2 OpenMP threads spin against the other "
+        "jobs (one 128×512 linear took 265 ms with 2 threads vs 5.5 ms with 1)",
+    )
     args = p.parse_args()
     try:
         import torch
         import transformers
         import transformers.integrations.bitnet as hf_bitnet
+
         hf_bitnet.AutoBitLinear
     except (ImportError, AttributeError) as e:
         print(f"skipped: torch and transformers (with transformers.integrations.bitnet) are needed ({e})")
@@ -127,11 +139,15 @@ def main():
         ("bitjax", "b158"): jax_variant("b158", args.d, args.blocks, x_np),
         ("bitjax", "b158+int8"): jax_variant("b158+int8", args.d, args.blocks, x_np),
     }
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads) · "
-          f"transformers {transformers.__version__} · jax {jax.__version__} ({jax.devices()[0].platform})")
-    print(f"# {args.blocks} residual MLP blocks d={args.d} → {4 * args.d} → {args.d}, {args.tokens} tokens, "
-          f"float32, forward + backward + AdamW; {args.reps} interleaved rounds of {args.steps} steps, median")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores · "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads) · "
+        f"transformers {transformers.__version__} · jax {jax.__version__} ({jax.devices()[0].platform})"
+    )
+    print(
+        f"# {args.blocks} residual MLP blocks d={args.d} → {4 * args.d} → {args.d}, {args.tokens} tokens, "
+        f"float32, forward + backward + AdamW; {args.reps} interleaved rounds of {args.steps} steps, median"
+    )
     first_loss = {}
     for key, (step, finish) in variants.items():  # warm up (jit compile) and check both libraries train
         first_loss[key] = finish(step())
@@ -148,9 +164,11 @@ def main():
     print("\n| library | layer | step time (ms) | vs the library's fp | first loss |\n|---|---|---|---|---|")
     for (lib, name), t in med.items():
         print(f"| {lib} | {name} | {t * 1e3:.1f} | {t / med[(lib, 'fp')]:.3f}× | {first_loss[(lib, name)]:.5f} |")
-    print(f"\nb1.58/FP: torch AutoBitLinear {med[('torch', 'b158')] / med[('torch', 'fp')]:.3f}×, "
-          f"bitjax BitDense {med[('bitjax', 'b158')] / med[('bitjax', 'fp')]:.3f}× "
-          f"(int8 matmul {med[('bitjax', 'b158+int8')] / med[('bitjax', 'fp')]:.3f}×)")
+    print(
+        f"\nb1.58/FP: torch AutoBitLinear {med[('torch', 'b158')] / med[('torch', 'fp')]:.3f}×, "
+        f"bitjax BitDense {med[('bitjax', 'b158')] / med[('bitjax', 'fp')]:.3f}× "
+        f"(int8 matmul {med[('bitjax', 'b158+int8')] / med[('bitjax', 'fp')]:.3f}×)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,18 @@ def make_config(args, layout, method, policy):
     c = config_lib.trainer_config()
     c.total_steps, c.batch_size, c.seq_len = 1000, args.batch, args.seq_len
     c.model = transformer.default_config()
-    c.model.update(dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.d_model // 64,
-                        n_kv_heads=args.d_model // 128, mlp_dim=3 * args.d_model, vocab_size=None,
-                        scan_layers=layout == "scan", remat_policy=policy))
+    c.model.update(
+        dict(
+            d_model=args.d_model,
+            n_layers=args.n_layers,
+            n_heads=args.d_model // 64,
+            n_kv_heads=args.d_model // 128,
+            mlp_dim=3 * args.d_model,
+            vocab_size=None,
+            scan_layers=layout == "scan",
+            remat_policy=policy,
+        )
+    )
     c.model.quant.method = method
     c.mesh.update(dict(data=1, fsdp=1, tensor=1))
     return c
@@ -46,8 +55,7 @@ def make_config(args, layout, method, policy):
 def backward_weight_roundings(hlo: str, batch: int, seq_len: int) -> int:
     """Rounding ops of non-activation shape in the backward (op_name with 'transpose(')."""
     act = f"[{batch},{seq_len},"
-    return sum(1 for line in hlo.splitlines()
-               if "round-nearest" in line and act not in line and "transpose(" in line)
+    return sum(1 for line in hlo.splitlines() if "round-nearest" in line and act not in line and "transpose(" in line)
 
 
 def main():
@@ -62,17 +70,21 @@ def main():
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     args = p.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores"
-          f" · load {os.getloadavg()[0]:.1f} · jax {jax.__version__} · d_model {args.d_model}, {args.n_layers} "
-          f"layers, batch {args.batch}×{args.seq_len}, 1 CPU device")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores"
+        f" · load {os.getloadavg()[0]:.1f} · jax {jax.__version__} · d_model {args.d_model}, {args.n_layers} "
+        f"layers, batch {args.batch}×{args.seq_len}, 1 CPU device"
+    )
     runs = {}
     for layout in args.layouts.split(","):
         for method in args.methods.split(","):
             for policy in args.policies.split(","):
                 s = trainer.Setup(make_config(args, layout, method, policy), devices=jax.devices()[:1])
                 abstract = ckpt_lib.abstract_with_shardings(s.abstract_state, s.state_sharding)
-                batch = {k: jax.ShapeDtypeStruct((args.batch, args.seq_len), dt, sharding=s.batch_sharding)
-                         for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+                batch = {
+                    k: jax.ShapeDtypeStruct((args.batch, args.seq_len), dt, sharding=s.batch_sharding)
+                    for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+                }
                 compiled = s.train_step.lower(abstract, batch).compile()
                 mem = compiled.memory_analysis()
                 state = s.init_fn(jax.random.key(0))
@@ -81,8 +93,13 @@ def main():
                     state, out = compiled(state, b, s.teacher_params)
                 jax.block_until_ready(out)
                 runs[layout, method, policy] = dict(
-                    step=compiled, state=state, batches=batches, times=[], temp=mem.temp_size_in_bytes / 2**20,
-                    bwd=backward_weight_roundings(compiled.as_text(), args.batch, args.seq_len))
+                    step=compiled,
+                    state=state,
+                    batches=batches,
+                    times=[],
+                    temp=mem.temp_size_in_bytes / 2**20,
+                    bwd=backward_weight_roundings(compiled.as_text(), args.batch, args.seq_len),
+                )
     for _ in range(args.reps):
         for r in runs.values():
             t0 = time.perf_counter()
@@ -90,8 +107,10 @@ def main():
                 r["state"], out = r["step"](r["state"], b, {})
             jax.block_until_ready(out)
             r["times"].append((time.perf_counter() - t0) / args.steps)
-    print(f"\n| layout | method | remat_policy | step (ms, median of {args.reps}) | vs none | temp MB | "
-          f"bwd W̃ ops |\n|---|---|---|---|---|---|---|")
+    print(
+        f"\n| layout | method | remat_policy | step (ms, median of {args.reps}) | vs none | temp MB | "
+        f"bwd W̃ ops |\n|---|---|---|---|---|---|---|"
+    )
     for (layout, method, policy), r in runs.items():
         t = statistics.median(r["times"])
         base = runs.get((layout, method, "none"))

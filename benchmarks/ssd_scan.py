@@ -53,8 +53,9 @@ def main():
     ref = jax.block_until_ready(fns["sequential scan"](x, dt, A, B, C))
     for k, f in fns.items():  # compile, warm up, and check each agrees with the scan
         out = jax.block_until_ready(f(x, dt, A, B, C))
-        err = max(float(jnp.abs(u - v).max() / jnp.abs(v).max()) for u, v in zip(jax.tree.leaves(out),
-                                                                                 jax.tree.leaves(ref)))
+        err = max(
+            float(jnp.abs(u - v).max() / jnp.abs(v).max()) for u, v in zip(jax.tree.leaves(out), jax.tree.leaves(ref))
+        )
         assert err < 1e-4, (k, err)
     times = {k: [] for k in fns}
     for _ in range(args.reps):
@@ -63,9 +64,11 @@ def main():
             jax.block_until_ready(f(x, dt, A, B, C))
             times[k].append(time.perf_counter() - t0)
     dev = jax.devices()[0]
-    print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
-          f" · {os.cpu_count()} cores · jax {jax.__version__} · {'value+grad' if args.grad else 'forward'} · "
-          f"B={b} L={l} H={h} P={pd} N={n} G={g}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
+        f" · {os.cpu_count()} cores · jax {jax.__version__} · {'value+grad' if args.grad else 'forward'} · "
+        f"B={b} L={l} H={h} P={pd} N={n} G={g}"
+    )
     scan = statistics.median(times["sequential scan"])
     print("| variant | median ms | speed-up vs scan |\n|---|---|---|")
     for k, ts in times.items():

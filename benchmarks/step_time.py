@@ -34,9 +34,11 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # Extra CPU-sized transformer shapes beside the presets: size → (preset it starts from, config.model overrides).
 # small_2l / 1b_1l: the `small` / `1b` presets' layer shapes with fewer layers (the per-layer cost ratio
 # is the model's; a CPU runs them in seconds per step).
-EXTRA = {"cpu_m": ("tiny", dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)),
-         "small_2l": ("small", dict(n_layers=2)),
-         "1b_1l": ("1b", dict(n_layers=1, remat_policy="none"))}
+EXTRA = {
+    "cpu_m": ("tiny", dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)),
+    "small_2l": ("small", dict(n_layers=2)),
+    "1b_1l": ("1b", dict(n_layers=1, remat_policy="none")),
+}
 
 
 def make_config(method, size, batch, seq_len, dtype=None, config=CONFIG):
@@ -71,15 +73,18 @@ def main():
     p.add_argument("--dtype", default=None, help="compute dtype (default: the config's; parameters stay float32)")
     args = p.parse_args()
     dev = jax.devices()[0]
-    print(f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
-          f" · {os.cpu_count()} cores · jax {jax.__version__} · batch {args.batch}×{args.seq_len}"
-          f" · compute {args.dtype or 'as configured'}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {dev.platform} ({dev.device_kind}) · {platform.processor() or platform.machine()}"
+        f" · {os.cpu_count()} cores · jax {jax.__version__} · batch {args.batch}×{args.seq_len}"
+        f" · compute {args.dtype or 'as configured'}"
+    )
     methods = args.methods.split(",")
     for size in args.sizes.split(","):
         setups, states, batches = {}, {}, {}
         for m in methods:
-            s = trainer.Setup(make_config(m, size, args.batch, args.seq_len, args.dtype, args.config),
-                              devices=jax.devices()[:1])
+            s = trainer.Setup(
+                make_config(m, size, args.batch, args.seq_len, args.dtype, args.config), devices=jax.devices()[:1]
+            )
             setups[m] = s
             states[m] = s.init_fn(jax.random.key(0))
             batches[m] = [s.train_batch(i) for i in range(args.steps)]
@@ -96,7 +101,9 @@ def main():
                 times[m].append((time.perf_counter() - t0) / args.steps)
         base = statistics.median(times["fp"]) if "fp" in times else None
         n = setups[methods[0]].num_params
-        print(f"\n## size {size} ({n / 1e6:.2f}M params)\n\n| method | step time (ms, median of {args.reps}) | vs fp |\n|---|---|---|")
+        print(
+            f"\n## size {size} ({n / 1e6:.2f}M params)\n\n| method | step time (ms, median of {args.reps}) | vs fp |\n|---|---|---|"
+        )
         for m in methods:
             t = statistics.median(times[m])
             print(f"| {m} | {t * 1e3:.2f} | {t / base:.3f}× |" if base else f"| {m} | {t * 1e3:.2f} | – |")

@@ -46,8 +46,12 @@ def _config(method: str, steps: int, config: str = CONFIG_FILE):
 
 def fresh_workdir(wd: str) -> None:
     """Makes `wd` an empty directory for a new run, deleting only a previous run of this tool."""
-    workdir_lib.fresh(wd, MARKER, f"{wd} exists and was not made by bitjax.compare (it may hold a real run); "
-                      f"nothing was deleted. Pass --resume to continue the runs there, or choose another --workdir.")
+    workdir_lib.fresh(
+        wd,
+        MARKER,
+        f"{wd} exists and was not made by bitjax.compare (it may hold a real run); "
+        f"nothing was deleted. Pass --resume to continue the runs there, or choose another --workdir.",
+    )
 
 
 @errors.cli
@@ -56,10 +60,14 @@ def main(argv=None):
     p.add_argument("--methods", default="fp,b158", help="comma-separated quantization methods")
     p.add_argument("--steps", type=int, default=0, help="steps per run (0 = the tiny preset's)")
     p.add_argument("--workdir", default="workdirs/compare", help="runs go to WORKDIR/<method>")
-    p.add_argument("--config", default=CONFIG_FILE,
-                   help="config file[:ARG=V,…] taking the arguments quant, size, steps (default: the transformer's)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue runs found in WORKDIR/<method> instead of starting them afresh")
+    p.add_argument(
+        "--config",
+        default=CONFIG_FILE,
+        help="config file[:ARG=V,…] taking the arguments quant, size, steps (default: the transformer's)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue runs found in WORKDIR/<method> instead of starting them afresh"
+    )
     args = p.parse_args(argv)
     results = {}
     if not os.path.isfile(args.config.partition(":")[0]):
@@ -77,8 +85,10 @@ def main(argv=None):
     print("\n| method | peak lr | final train loss | eval loss (nats/token) | eval bits/byte | tokens/s |")
     print("|---|---|---|---|---|---|")
     for method, r in results.items():
-        print(f"| {method} | {r['peak_lr']:g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
-              f"{r['eval_bpb']:.4f} | {r['tokens_per_s']:.0f} |")
+        print(
+            f"| {method} | {r['peak_lr']:g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
+            f"{r['eval_bpb']:.4f} | {r['tokens_per_s']:.0f} |"
+        )
     print("\n(Step-time ratios measured side by side: python benchmarks/step_time.py → benchmarks/RESULTS.md)")
     return results
 

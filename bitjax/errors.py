@@ -44,6 +44,7 @@ def report(e: BaseException, code: int = EXIT_USER_ERROR):
 def cli(fn):
     """Decorates a CLI `main`: UserError → one line + exit 2; a non-finite stop → one line + exit 1;
     a forced interrupt → exit 130."""
+
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -54,5 +55,6 @@ def cli(fn):
         except KeyboardInterrupt:  # a second Ctrl-C (the first one checkpoints and exits 0)
             print("interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
+
     wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
     return wrapped

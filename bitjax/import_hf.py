@@ -45,10 +45,17 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
         ckpt.close()
         raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
     params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), setup.state_sharding["params"])
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
-             "skipped": jnp.zeros((), jnp.int32)}
-    meta = {"config": config_lib.to_dict(config), "quant_recipe": setup.quant_table,
-            "imported_from": os.path.abspath(hf_dir)}
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": setup.tx.init(params),
+        "skipped": jnp.zeros((), jnp.int32),
+    }
+    meta = {
+        "config": config_lib.to_dict(config),
+        "quant_recipe": setup.quant_table,
+        "imported_from": os.path.abspath(hf_dir),
+    }
     ckpt.save(0, state, meta, force=True)
     ckpt.wait()
     ckpt.close()
@@ -57,20 +64,24 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
 
 def main(argv):
     from absl import flags, logging
+
     if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO (as bitjax.main)
         logging.set_verbosity(logging.WARNING)
     if len(argv) != 2:
         raise SystemExit("usage: python -m bitjax.import_hf HF_DIR --workdir W [--config FILE ...]")
     config = flags.FLAGS["config"].value if flags.FLAGS["config"].present else None
     cfg = import_hf(argv[1], flags.FLAGS.workdir, config)
-    print(f"imported {argv[1]} → {flags.FLAGS.workdir} (model {cfg.model.quant.method}, "
-          f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}); sample with "
-          f"python -m bitjax.sample --workdir {flags.FLAGS.workdir}")
+    print(
+        f"imported {argv[1]} → {flags.FLAGS.workdir} (model {cfg.model.quant.method}, "
+        f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}); sample with "
+        f"python -m bitjax.sample --workdir {flags.FLAGS.workdir}"
+    )
 
 
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
+
     config_flags.DEFINE_config_file("config", None, "run config (data, optimizer); its model is replaced")
     flags.DEFINE_string("workdir", None, "the bitjax workdir to create")
     flags.mark_flags_as_required(["workdir"])

@@ -16,8 +16,9 @@ from ml_collections import config_flags
 from bitjax import errors
 from bitjax.train import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/transformer.py:quant=b158",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/transformer.py:quant=b158", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard events go.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -50,6 +51,7 @@ def main(argv):
     with errors.as_user_errors():  # incomplete --coordinator_address/--num_processes/--process_id
         distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
     from bitjax.train import trainer  # after distributed init: it touches devices
+
     metrics = trainer.train(_CONFIG.value, _WORKDIR.value)
     # strict JSON (NaN → null): the output is meant to be read by other tools
     print(json.dumps(trainer.jsonable_metrics(metrics), indent=1))

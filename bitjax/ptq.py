@@ -107,8 +107,9 @@ def captured(owner: nnx.Module, name: str):
 
 
 # ============================================================================ the pass
-def quantize_model(model: transformer.Transformer, tokens: np.ndarray, method: str, bits: int,
-                   group_size: int | None, log=print) -> dict[str, float]:
+def quantize_model(
+    model: transformer.Transformer, tokens: np.ndarray, method: str, bits: int, group_size: int | None, log=print
+) -> dict[str, float]:
     """Quantizes every projection kernel of `model` in place, in order; returns {param path: layer error}."""
     cfg_l = tokens.shape[1]
     cos, sin = transformer.rope_cos_sin(jnp.arange(cfg_l), model.head_dim, model.rope_theta)
@@ -139,20 +140,33 @@ def quantize_model(model: transformer.Transformer, tokens: np.ndarray, method: s
             mlp(u)
         quantize(f"layers.{i}.mlp", mlp, ("down_proj",), rec.inputs)
         x = x + mlp(u)
-        log(f"layer {i}: quantized in {time.perf_counter() - t0:.1f}s; error tr(ΔᵀHΔ) " + ", ".join(
-            f"{k.split('.')[-2]} {v:.3g}" for k, v in errs.items() if k.startswith(f"layers.{i}.")))
+        log(
+            f"layer {i}: quantized in {time.perf_counter() - t0:.1f}s; error tr(ΔᵀHΔ) "
+            + ", ".join(f"{k.split('.')[-2]} {v:.3g}" for k, v in errs.items() if k.startswith(f"layers.{i}."))
+        )
     return errs
 
 
 # ============================================================================ output
 def fresh_out(out: str) -> None:
     """Makes `out` an empty directory, deleting only an earlier output of this tool."""
-    workdir_lib.fresh(out, MARKER, f"--out {out} exists and is not a bitjax.ptq output (it may hold a real "
-                      f"run); nothing was deleted. Choose another --out.")
+    workdir_lib.fresh(
+        out,
+        MARKER,
+        f"--out {out} exists and is not a bitjax.ptq output (it may hold a real "
+        f"run); nothing was deleted. Choose another --out.",
+    )
 
 
-def run(workdir: str, method: str, bits: int | None, out: str, group_size: int | None = None,
-        calib_sequences: int = 128, step: int | None = None) -> dict:
+def run(
+    workdir: str,
+    method: str,
+    bits: int | None,
+    out: str,
+    group_size: int | None = None,
+    calib_sequences: int = 128,
+    step: int | None = None,
+) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json."""
     if method not in METHODS:
         raise errors.UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -178,39 +192,67 @@ def run(workdir: str, method: str, bits: int | None, out: str, group_size: int |
         src.close()
     mcfg = setup.config.model
     if mcfg.name != "transformer" or mcfg.quant.method != "fp":
-        raise errors.UserError(f"--workdir {workdir} trained {mcfg.name} with quant.method={mcfg.quant.method!r}: "
-                               f"PTQ starts from a full-precision ('fp') transformer run")
+        raise errors.UserError(
+            f"--workdir {workdir} trained {mcfg.name} with quant.method={mcfg.quant.method!r}: "
+            f"PTQ starts from a full-precision ('fp') transformer run"
+        )
     if group_size is not None:
         dims = {mcfg.d_model, mcfg.mlp_dim, mcfg.n_heads * (mcfg.head_dim or mcfg.d_model // mcfg.n_heads)}
         if method == "billm" or any(d % group_size for d in dims):
-            raise errors.UserError(f"--group_size {group_size}: " + ("billm has no groups" if method == "billm" else
-                                   f"must divide every projection's input size {sorted(dims)}"))
+            raise errors.UserError(
+                f"--group_size {group_size}: "
+                + (
+                    "billm has no groups"
+                    if method == "billm"
+                    else f"must divide every projection's input size {sorted(dims)}"
+                )
+            )
     fresh_out(out)  # every check above passed: now the disk is touched
 
     fp_eval = setup.evaluate(params)
     model = layer_stack.unstack_layers(setup.model(params))  # quantized layer by layer
     tokens = calibration_tokens(setup, calib_sequences)
-    print(f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
-          f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers")
+    print(
+        f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
+        f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers"
+    )
     errs = quantize_model(model, tokens, method, bits, group_size)
     qparams = layer_stack.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
     q_eval = setup.evaluate(qparams)
 
-    state = {"step": jnp.asarray(step, jnp.int32), "params": qparams, "opt_state": setup.tx.init(qparams),
-             "skipped": jnp.zeros((), jnp.int32)}
-    ptq = {"method": method, "bits": bits, "group_size": group_size, "calib_sequences": int(len(tokens)),
-           "source": os.path.abspath(workdir), "source_step": int(step)}
+    state = {
+        "step": jnp.asarray(step, jnp.int32),
+        "params": qparams,
+        "opt_state": setup.tx.init(qparams),
+        "skipped": jnp.zeros((), jnp.int32),
+    }
+    ptq = {
+        "method": method,
+        "bits": bits,
+        "group_size": group_size,
+        "calib_sequences": int(len(tokens)),
+        "source": os.path.abspath(workdir),
+        "source_step": int(step),
+    }
     meta = {**meta, "ptq": ptq}  # the run's own config (its mesh, not this process's)
     with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
         ckpt.save(int(step), state, meta, force=True)
         ckpt.wait()
-    result = {**ptq, "eval_loss": q_eval["eval_loss"], "eval_bpb": q_eval["eval_bpb"],
-              "eval_ppl": q_eval["eval_ppl"], "fp_eval_loss": fp_eval["eval_loss"], "fp_eval_bpb": fp_eval["eval_bpb"],
-              "layer_errors": errs}
+    result = {
+        **ptq,
+        "eval_loss": q_eval["eval_loss"],
+        "eval_bpb": q_eval["eval_bpb"],
+        "eval_ppl": q_eval["eval_ppl"],
+        "fp_eval_loss": fp_eval["eval_loss"],
+        "fp_eval_bpb": fp_eval["eval_bpb"],
+        "layer_errors": errs,
+    }
     with open(os.path.join(out, "ptq.json"), "w") as f:
         json.dump(trainer.jsonable_metrics(result), f, indent=1)
-    print(f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
-          f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json")
+    print(
+        f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
+        f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"
+    )
     return result
 
 

@@ -40,8 +40,14 @@ def main(argv=None):
     setup, params = load(args.workdir, args.step)
     ids = setup.tokenizer.encode(args.prompt)
     prompt = jnp.asarray(np.tile(ids[None], (args.num, 1)), jnp.int32)
-    out = sample.generate(setup.model(params), prompt, args.tokens, rng=jax.random.key(args.seed),
-                          temperature=args.temperature, top_k=args.top_k or None)
+    out = sample.generate(
+        setup.model(params),
+        prompt,
+        args.tokens,
+        rng=jax.random.key(args.seed),
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+    )
     texts = [setup.tokenizer.decode(np.asarray(row)) for row in out]
     for t in texts:
         print(t)

@@ -48,6 +48,7 @@ METRICS = ("train_loss", "eval_loss", "eval_bpb", "tokens_per_s", "step_time_s")
 @dataclasses.dataclass
 class Point:
     """One run: config file + argument string + typed field overrides, trained in WORKDIR/<name>."""
+
     name: str
     values: dict[str, str]  # grid key → value, as typed
     config_file: str
@@ -74,6 +75,7 @@ def build_config(flag_list: list[str]):
     """
     from absl import flags
     from ml_collections import config_flags
+
     argv = ["bitjax.sweep", *flag_list]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
@@ -129,8 +131,9 @@ def parse_grid(text: str) -> tuple[str, list[str]]:
 
 def safe_name(values: dict[str, str]) -> str:
     """A stable, filesystem-safe point name: 'quant=b158,seed=1' (other characters → '_')."""
-    return ",".join(re.sub(r"[^A-Za-z0-9._+-]", "_", f"{k}") + "=" + re.sub(r"[^A-Za-z0-9._+-]", "_", v)
-                    for k, v in values.items())
+    return ",".join(
+        re.sub(r"[^A-Za-z0-9._+-]", "_", f"{k}") + "=" + re.sub(r"[^A-Za-z0-9._+-]", "_", v) for k, v in values.items()
+    )
 
 
 def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: list[tuple[str, str]] = ()):
@@ -145,7 +148,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     get_config = _load_module(path).get_config
     kinds = {}
     for key, values in grids:
-        field = key[len("config."):] if key.startswith("config.") else key
+        field = key[len("config.") :] if key.startswith("config.") else key
         if key.startswith("config."):
             kinds[key] = ("field", field)
             continue
@@ -176,6 +179,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
         raise errors.UserError(f"two points share a directory name: {names}")
     from bitjax.train import config as train_config
     from bitjax.train import mesh as mesh_lib
+
     for p in points:  # every point parses and validates now, not after hours of the earlier ones
         c = p.config()
         with errors.as_user_errors():
@@ -193,7 +197,7 @@ def shard(points: list[Point], spec: str | None) -> list[Point]:
     m = re.fullmatch(r"(\d+)/(\d+)", spec)
     if not m or not 0 <= int(m[1]) < int(m[2]):
         raise errors.UserError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4")
-    return points[int(m[1])::int(m[2])]
+    return points[int(m[1]) :: int(m[2])]
 
 
 # ============================================================================ running
@@ -214,8 +218,12 @@ def _metrics_rows(wd: str) -> list[dict]:
 def finished(wd: str, total_steps: int) -> bool:
     """The run in `wd` saved its final step and logged its final eval."""
     rows = _metrics_rows(wd)
-    return (os.path.isdir(os.path.join(wd, "checkpoints", str(total_steps))) and bool(rows)
-            and rows[-1].get("step") == total_steps and rows[-1].get("eval_bpb") is not None)
+    return (
+        os.path.isdir(os.path.join(wd, "checkpoints", str(total_steps)))
+        and bool(rows)
+        and rows[-1].get("step") == total_steps
+        and rows[-1].get("eval_bpb") is not None
+    )
 
 
 def run_point(point: Point, workdir: str, config=None) -> dict | None:
@@ -224,6 +232,7 @@ def run_point(point: Point, workdir: str, config=None) -> dict | None:
     Returns the trainer's final metrics, or None when the point was already finished.
     """
     from bitjax.train import trainer  # jax only when something trains
+
     config = point.config() if config is None else config
     wd = os.path.join(workdir, point.name)
     if finished(wd, config.total_steps):
@@ -303,13 +312,22 @@ def write_results(points: list[Point], workdir: str) -> list[dict]:
     head = [*group_keys, "runs", "final train loss", "eval loss (nats/token)", "eval bits/byte", "tokens/s"]
     if ratio:
         head.append("step time / fp's (same other grid values)")
-    lines = [f"{len(results)} of {len(points)} points finished; mean ± std over "
-             f"{', '.join(k for k in keys if k not in group_keys) or 'one run'}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"{len(results)} of {len(points)} points finished; mean ± std over "
+        f"{', '.join(k for k in keys if k not in group_keys) or 'one run'}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for g, rs in groups.items():
-        cells = [*g, str(len(rs)), _mean_std([r["train_loss"] for r in rs], ".4f"),
-                 _mean_std([r["eval_loss"] for r in rs], ".4f"), _mean_std([r["eval_bpb"] for r in rs], ".4f"),
-                 _mean_std([r["tokens_per_s"] for r in rs], ".0f")]
+        cells = [
+            *g,
+            str(len(rs)),
+            _mean_std([r["train_loss"] for r in rs], ".4f"),
+            _mean_std([r["eval_loss"] for r in rs], ".4f"),
+            _mean_std([r["eval_bpb"] for r in rs], ".4f"),
+            _mean_std([r["tokens_per_s"] for r in rs], ".0f"),
+        ]
         if ratio:
             cells.append(_mean_std([r["step_time_vs_fp"] for r in rs], ".3f"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -333,6 +351,7 @@ def plot(results, groups, group_keys, workdir):
     """
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -350,8 +369,14 @@ def plot(results, groups, group_keys, workdir):
         label = ",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all"
         (line,) = ax.plot(steps, mean, label=f"{label} (n={len(ys)})", lw=1.2, marker="o" if len(steps) < 3 else None)
         if len(ys) > 1:
-            ax.fill_between(steps, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)],
-                            color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(
+                steps,
+                [min(col) for col in zip(*ys)],
+                [max(col) for col in zip(*ys)],
+                color=line.get_color(),
+                alpha=0.15,
+                lw=0,
+            )
     ax.set(xlabel="step", ylabel="train loss (nats/token)", title="loss curves (mean over seeds, min–max shaded)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -377,9 +402,11 @@ def plot(results, groups, group_keys, workdir):
 # ============================================================================ CLI
 @errors.cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                usage="python -m bitjax.sweep --config FILE[:ARG] --grid KEY=V1,V2 … "
-                                      "--workdir DIR [--config.FIELD=VALUE …]")
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="python -m bitjax.sweep --config FILE[:ARG] --grid KEY=V1,V2 … --workdir DIR [--config.FIELD=VALUE …]",
+    )
     p.add_argument("--config", required=True, help="config file and argument, e.g. configs/transformer.py:size=tiny")
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,… (repeatable: the product)")
     p.add_argument("--workdir", required=True, help="each point runs in WORKDIR/<point name>")
@@ -409,16 +436,19 @@ def main(argv=None):
         for i, pt in enumerate(mine):
             print(f"\n[{i + 1}/{len(mine)}] ", end="")
             config = pt.config()
-            if run_point(pt, args.workdir, config) is not None and \
-                    not finished(os.path.join(args.workdir, pt.name), config.total_steps):
+            if run_point(pt, args.workdir, config) is not None and not finished(
+                os.path.join(args.workdir, pt.name), config.total_steps
+            ):
                 # the trainer stopped early and checkpointed (SIGTERM/SIGINT): so does the sweep
                 print(f"\n{pt.name} stopped before step {config.total_steps}; the same command resumes the sweep")
                 break
     results = write_results(points, args.workdir)
     with open(os.path.join(args.workdir, "results.md")) as f:
         print("\n" + f.read())
-    print(f"wrote {args.workdir}/results.csv, results.md" +
-          ("" if not results else " (+ plots where matplotlib is installed)"))
+    print(
+        f"wrote {args.workdir}/results.csv, results.md"
+        + ("" if not results else " (+ plots where matplotlib is installed)")
+    )
     return results
 
 

@@ -24,8 +24,18 @@ RUN = {
 # tiny's, so that the committed studies reproduce, but they do not transfer: at mini, 1e-3 beats 3e-3 for
 # b158, bitnet, fbi and pb_llm as well (experiments/quant_choice's mini LR table; pass
 # --config.optim.lr=1e-3 there). Methods not listed (e.g. rtn5) get the size's lr.
-CPU_LR = {"fp": 1e-3, "b158": 3e-3, "bitnet": 3e-3, "a48": 3e-3, "fbi": 3e-3, "onebit": 1e-3,
-          "pb_llm": 3e-3, "rtn2": 1e-3, "rtn3": 1e-3, "rtn4": 1e-3}
+CPU_LR = {
+    "fp": 1e-3,
+    "b158": 3e-3,
+    "bitnet": 3e-3,
+    "a48": 3e-3,
+    "fbi": 3e-3,
+    "onebit": 1e-3,
+    "pb_llm": 3e-3,
+    "rtn2": 1e-3,
+    "rtn3": 1e-3,
+    "rtn4": 1e-3,
+}
 CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32
 
 

@@ -1,4 +1,5 @@
 """Every test sees 8 emulated CPU devices: set before jax is imported anywhere."""
+
 import os
 import sys
 
@@ -25,6 +26,7 @@ def subprocess_compilation_cache(tmp_path_factory):
     persistent XLA compilation cache: a resumed or repeated run loads its programs instead of recompiling
     them (~25% of those tests' time). Set after this process imported jax, so only subprocesses see it."""
     import jax  # noqa: F401  (jax reads its env flags at import: this process keeps compiling afresh)
+
     cache = str(tmp_path_factory.mktemp("jax_cache"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAX_COMPILATION_CACHE_DIR", cache)

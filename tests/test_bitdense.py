@@ -44,8 +44,7 @@ def test_b158_with_rms_norm_matches_hf():
 
 
 def test_forward_equals_composed_primitives():
-    layer = BitDense(16, 8, quant=QuantSpec("ternary_absmean", "absmax4", "clipped", norm="rms"),
-                     rngs=nnx.Rngs(2))
+    layer = BitDense(16, 8, quant=QuantSpec("ternary_absmean", "absmax4", "clipped", norm="rms"), rngs=nnx.Rngs(2))
     x = jnp.asarray(rand((4, 16), 3))
     norm = RMSNorm(16)
     expect = absmax_act(norm(x), 4) @ ternary_absmean(layer.kernel[...])
@@ -56,8 +55,7 @@ def test_dense_is_plain_matmul_and_rejects_quant():
     layer = Dense(16, 8, use_bias=True, rngs=nnx.Rngs(3))
     layer.bias[...] = jnp.arange(8.0)
     x = jnp.asarray(rand((4, 16), 4))
-    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(x @ layer.kernel[...] + jnp.arange(8.0)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(x @ layer.kernel[...] + jnp.arange(8.0)), rtol=1e-6)
     with pytest.raises(ValueError, match="full precision"):
         Dense(4, 4, quant=B158, rngs=nnx.Rngs(0))
 
@@ -97,14 +95,21 @@ def test_out_norm_layer_is_affine_free_layernorm_of_the_output_before_the_bias(w
 
 
 def test_params_carry_logical_axes_and_float32():
-    layer = BitDense(16, 8, quant=QuantSpec("fbi", norm="rms"), use_bias=True, axes=("mlp", "embed"),
-                     rngs=nnx.Rngs(0))
-    meta = {"/".join(map(str, p)): v.get_metadata()["out_sharding"]
-            for p, v in nnx.to_flat_state(nnx.state(layer, nnx.Param))}
-    assert meta == {"kernel": ("mlp", "embed"), "bias": ("embed",), "qparams/alpha": ("mlp",),
-                    "qparams/beta": ("mlp",), "norm/scale": ("mlp",)}
-    out = BitDense(16, 8, quant=QuantSpec("fbi", weight_options=(("axis", "out"),)), axes=("mlp", "embed"),
-                   rngs=nnx.Rngs(0))
+    layer = BitDense(16, 8, quant=QuantSpec("fbi", norm="rms"), use_bias=True, axes=("mlp", "embed"), rngs=nnx.Rngs(0))
+    meta = {
+        "/".join(map(str, p)): v.get_metadata()["out_sharding"]
+        for p, v in nnx.to_flat_state(nnx.state(layer, nnx.Param))
+    }
+    assert meta == {
+        "kernel": ("mlp", "embed"),
+        "bias": ("embed",),
+        "qparams/alpha": ("mlp",),
+        "qparams/beta": ("mlp",),
+        "norm/scale": ("mlp",),
+    }
+    out = BitDense(
+        16, 8, quant=QuantSpec("fbi", weight_options=(("axis", "out"),)), axes=("mlp", "embed"), rngs=nnx.Rngs(0)
+    )
     assert out.qparams["alpha"].get_metadata()["out_sharding"] == ("embed",)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(layer, nnx.Param)))
 

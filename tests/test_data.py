@@ -1,4 +1,5 @@
 """Tests of bitjax.data: tokenizers, corpora, packing, shuffling, sharding."""
+
 import os
 import time
 
@@ -10,8 +11,7 @@ import tensorflow_datasets as tfds
 from bitjax import data
 from bitjax.data import builders, text
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
-         "héllo wörld naïve café 東京 😀").split()
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu héllo wörld naïve café 東京 😀").split()
 
 
 def write_corpus(root, n_files=40, lines=12, seed=0):
@@ -60,8 +60,7 @@ def fixture_datasets(tmp_path, corpus):
 
 def test_byte_tokenizer_roundtrip():
     tok = data.ByteTokenizer()
-    assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id) == (259, 256,
-                                                                    257, 258)
+    assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id) == (259, 256, 257, 258)
     s = "héllo wörld 東京 😀\n\tx"
     ids = tok.encode(s)
     assert ids.dtype == np.int32 and len(ids) == len(s.encode())
@@ -88,8 +87,7 @@ def test_split_tail_partitions_text(s, fraction):
     assert bool(head) == bool(s) and bool(tail) == (len(s) >= 2)
 
 
-SPM_DOCS = [f"def f{i}(x):\n    return x * {i}  # {' '.join(WORDS[i % 9:])}\n"
-            for i in range(300)]
+SPM_DOCS = [f"def f{i}(x):\n    return x * {i}  # {' '.join(WORDS[i % 9 :])}\n" for i in range(300)]
 
 
 @pytest.fixture(name="spm", scope="module")
@@ -102,8 +100,7 @@ def test_sentencepiece_trains_roundtrips_and_is_reused(tmp_path, spm):
     assert os.path.exists(spm.model_path) and spm.vocab_size <= 400
     assert (spm.pad_id, spm.bos_id, spm.eos_id) == (0, 2, 3)
     # Lossless even for whitespace runs, newlines and unseen characters.
-    for s in ["def f7(x):\n    return x * 7\n", "  two  spaces\t\ttabs\n\n",
-              "unseen: ß Ω ✓ 😀 東京", SPM_DOCS[5]]:
+    for s in ["def f7(x):\n    return x * 7\n", "  two  spaces\t\ttabs\n\n", "unseen: ß Ω ✓ 😀 東京", SPM_DOCS[5]]:
         ids = spm.encode(s)
         assert ids.dtype == np.int32 and spm.decode(ids) == s
         assert spm.token_bytes[ids].sum() == len(s.encode())
@@ -139,8 +136,7 @@ def test_make_tokenizer_rejects_bad_config(tmp_path):
 
 
 def test_sentencepiece_pipeline(tmp_path, corpus):
-    cfg = make_cfg(tmp_path, paths=[corpus], tokenizer="sentencepiece",
-                   vocab_size=320)
+    cfg = make_cfg(tmp_path, paths=[corpus], tokenizer="sentencepiece", vocab_size=320)
     train, evaluation, tok = data.get_datasets(cfg)
     assert isinstance(tok, data.SentencePieceTokenizer)
     batch = train.batch(0)
@@ -161,8 +157,10 @@ def test_batch_format_and_shift(datasets):
     b = train.batch(3)
     shape = (cfg.batch_size, cfg.seq_len)
     assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
-        "inputs": (shape, np.int32), "targets": (shape, np.int32),
-        "mask": (shape, np.float32)}
+        "inputs": (shape, np.int32),
+        "targets": (shape, np.int32),
+        "mask": (shape, np.float32),
+    }
     np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
     assert (b["mask"] == 1).all()
     assert b["inputs"].max() < tok.vocab_size
@@ -170,8 +168,8 @@ def test_batch_format_and_shift(datasets):
     # continues in the stream.
     stream = train.tokens
     row = np.concatenate([b["inputs"][0], b["targets"][0, -1:]])
-    starts = np.flatnonzero(np.asarray(stream[:-cfg.seq_len]) == row[0])
-    assert any((stream[s:s + cfg.seq_len + 1] == row).all() for s in starts)
+    starts = np.flatnonzero(np.asarray(stream[: -cfg.seq_len]) == row[0])
+    assert any((stream[s : s + cfg.seq_len + 1] == row).all() for s in starts)
 
 
 def test_batch_is_pure_function_of_seed_and_step(tmp_path, corpus, datasets):
@@ -180,11 +178,9 @@ def test_batch_is_pure_function_of_seed_and_step(tmp_path, corpus, datasets):
     # A fresh pipeline (e.g. after a restart) gives the same batches.
     fresh, _, _ = data.get_datasets(cfg)
     np.testing.assert_equal(fresh.batch(5), train.batch(5))
-    assert not np.array_equal(train.batch(5)["inputs"],
-                              train.batch(6)["inputs"])
+    assert not np.array_equal(train.batch(5)["inputs"], train.batch(6)["inputs"])
     other, _, _ = data.get_datasets(make_cfg(tmp_path, paths=[corpus], seed=1))
-    assert not np.array_equal(other.batch(5)["inputs"],
-                              train.batch(5)["inputs"])
+    assert not np.array_equal(other.batch(5)["inputs"], train.batch(5)["inputs"])
     # Resuming at step k == iterating from step 0 and skipping k.
     from_zero = train.iterate(0)
     for _ in range(4):
@@ -197,11 +193,10 @@ def test_batch_is_pure_function_of_seed_and_step(tmp_path, corpus, datasets):
 def test_epochs_are_fresh_permutations(datasets):
     cfg, (train, _, _) = datasets
     n = train.num_sequences
-    rows = np.concatenate([train.batch(s)["inputs"]
-                           for s in range(2 * n // cfg.batch_size + 1)])
+    rows = np.concatenate([train.batch(s)["inputs"] for s in range(2 * n // cfg.batch_size + 1)])
     first = {tuple(w[:-1]) for w in train.windows}
     epoch0 = [tuple(r) for r in rows[:n]]
-    epoch1 = [tuple(r) for r in rows[n:2 * n]]
+    epoch1 = [tuple(r) for r in rows[n : 2 * n]]
     assert set(epoch0) == first and set(epoch1) == first
     assert epoch0 != epoch1
 
@@ -210,20 +205,16 @@ def test_epochs_are_fresh_permutations(datasets):
 def test_host_slices_concatenate_to_global_batch(datasets, process_count):
     _, (train, evaluation, _) = datasets
     for step in (0, 7):
-        parts = [train.batch(step, pi, process_count)
-                 for pi in range(process_count)]
+        parts = [train.batch(step, pi, process_count) for pi in range(process_count)]
         glob = train.batch(step)
         for k in glob:
-            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]),
-                                          glob[k])
-            np.testing.assert_array_equal(
-                data.shard_batch(glob, 1, process_count)[k], parts[1][k])
-    local = [list(evaluation.batches(pi, process_count))
-             for pi in range(process_count)]
+            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), glob[k])
+            np.testing.assert_array_equal(data.shard_batch(glob, 1, process_count)[k], parts[1][k])
+    local = [list(evaluation.batches(pi, process_count)) for pi in range(process_count)]
     for i, glob in enumerate(evaluation.batches()):
         np.testing.assert_array_equal(
-            np.concatenate([local[pi][i]["targets"]
-                            for pi in range(process_count)]), glob["targets"])
+            np.concatenate([local[pi][i]["targets"] for pi in range(process_count)]), glob["targets"]
+        )
 
 
 def test_host_slice_errors():
@@ -248,11 +239,9 @@ def test_eval_covers_validation_deterministically(tmp_path, corpus):
     np.testing.assert_array_equal(targets[mask == 1], stream[1:])
     assert (targets[mask == 0] == tok.pad_id).all() and mask[-1] == 0
     assert evaluation.num_bytes == tok.token_bytes[stream[1:]].sum()
-    assert np.isclose(evaluation.bits_per_byte(np.log(2)),
-                      1 / evaluation.bytes_per_token)
+    assert np.isclose(evaluation.bits_per_byte(np.log(2)), 1 / evaluation.bytes_per_token)
     # A limited number of batches is a prefix of the full evaluation.
-    _, short, _ = data.get_datasets(make_cfg(tmp_path, paths=[corpus],
-                                             batch_size=4, eval_batches=2))
+    _, short, _ = data.get_datasets(make_cfg(tmp_path, paths=[corpus], batch_size=4, eval_batches=2))
     np.testing.assert_equal(list(short.batches()), batches[:2])
     assert short.num_tokens == 2 * 4 * cfg.seq_len
 
@@ -273,8 +262,7 @@ def test_validation_split_is_disjoint_by_file(tmp_path):
     train, val = _paths(corpus.sources["train"]), _paths(corpus.sources["eval"])
     assert train and val and not train & val
     assert len(train | val) == 120
-    assert val == {p for p in train | val
-                   if text.in_validation(p.decode(), cfg.validation_fraction)}
+    assert val == {p for p in train | val if text.in_validation(p.decode(), cfg.validation_fraction)}
 
 
 def test_single_file_is_split_by_text(tmp_path):
@@ -301,8 +289,7 @@ def test_text_files_data_dir_depends_on_files(tmp_path):
     b = tmp_path / "b.txt"
     a.write_text("aaa\n")
     b.write_text("bbb\n")
-    names = {builders.text_files_config(p).name
-             for p in ([str(a)], [str(b)], [str(a), str(b)])}
+    names = {builders.text_files_config(p).name for p in ([str(a)], [str(b)], [str(a), str(b)])}
     assert len(names) == 3
     # Same files however they are spelled; a new name once a file changes.
     same = builders.text_files_config([str(tmp_path / "*.txt")])
@@ -321,23 +308,20 @@ def test_registered_tfds_dataset_via_mock_data(tmp_path):
         # 'validation' (with metadata: 'test' for lm1b, which has no
         # 'validation'); the mock serves any split name.
         assert corpus.split_names == {"train": "train", "eval": "validation"}
-        explicit = data.load_corpus(data.complete(make_cfg(
-            tmp_path, name="lm1b", eval_split="test")), cfg.data_dir)
+        explicit = data.load_corpus(data.complete(make_cfg(tmp_path, name="lm1b", eval_split="test")), cfg.data_dir)
         assert explicit.split_names["eval"] == "test"
         b = train.batch(2)
         assert b["inputs"].shape == (4, 8)
         np.testing.assert_equal(b, train.batch(2))
         assert evaluation.num_batches > 0
         with pytest.raises(data.DataError, match="no feature 'sentence'"):
-            data.get_datasets(make_cfg(tmp_path / "x", name="lm1b",
-                                       text_key="sentence"))
+            data.get_datasets(make_cfg(tmp_path / "x", name="lm1b", text_key="sentence"))
 
 
 def test_data_dir_config(tmp_path, monkeypatch):
     monkeypatch.delenv(data.config.ENV_DATA_DIR, raising=False)
     cfg = data.default_config()
-    assert data.resolve_data_dir(cfg) == os.path.expanduser(
-        "~/.cache/bitjax/tensorflow_datasets")
+    assert data.resolve_data_dir(cfg) == os.path.expanduser("~/.cache/bitjax/tensorflow_datasets")
     monkeypatch.setenv(data.config.ENV_DATA_DIR, str(tmp_path))
     assert data.resolve_data_dir(cfg) == str(tmp_path)
     cfg.data_dir = str(tmp_path / "explicit")
@@ -355,13 +339,14 @@ class TinyTextDs(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict({
-                "sentence": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(num_classes=2)}))
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"sentence": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}
+            ),
+        )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(0, 50),
-                "test": self._generate_examples(50, 60)}
+        return {"train": self._generate_examples(0, 50), "test": self._generate_examples(50, 60)}
 
     def _generate_examples(self, start, stop):
         for i in range(start, stop):
@@ -369,21 +354,17 @@ class TinyTextDs(tfds.core.GeneratorBasedBuilder):
 
 
 def test_registered_tfds_dataset_prepared_locally(tmp_path):
-    cfg = make_cfg(tmp_path, name="tiny_text_ds", text_key="sentence",
-                   seq_len=8, batch_size=4)
+    cfg = make_cfg(tmp_path, name="tiny_text_ds", text_key="sentence", seq_len=8, batch_size=4)
     msg = _error(tmp_path, name="tiny_text_ds", text_key="sentence")
     assert "could not be read" in msg
-    tfds.builder("tiny_text_ds", data_dir=cfg.data_dir,
-                 file_format="array_record").download_and_prepare()
+    tfds.builder("tiny_text_ds", data_dir=cfg.data_dir, file_format="array_record").download_and_prepare()
     train, evaluation, tok = data.get_datasets(cfg)
     corpus = data.load_corpus(data.complete(cfg), cfg.data_dir)
     assert corpus.split_names == {"train": "train", "eval": "test"}
     assert sorted(corpus.texts("eval"))[0] == "sentence number 50 é"
     assert "sentence number" in tok.decode(np.asarray(train.tokens))
-    assert "'label' is not text" in _error(tmp_path, name="tiny_text_ds",
-                                           text_key="label")
-    assert "no split 'dev'" in _error(tmp_path, name="tiny_text_ds",
-                                      text_key="sentence", eval_split="dev")
+    assert "'label' is not text" in _error(tmp_path, name="tiny_text_ds", text_key="label")
+    assert "no split 'dev'" in _error(tmp_path, name="tiny_text_ds", text_key="sentence", eval_split="dev")
 
 
 # ----------------------------------------------------------------------------
@@ -392,10 +373,8 @@ def test_registered_tfds_dataset_prepared_locally(tmp_path):
 
 
 def test_error_missing_path_or_glob(tmp_path):
-    assert "'nope/*.txt' matches no file" in _error(tmp_path,
-                                                    paths=["nope/*.txt"])
-    assert "missing.txt' matches no file" in _error(
-        tmp_path, paths=[str(tmp_path / "missing.txt")])
+    assert "'nope/*.txt' matches no file" in _error(tmp_path, paths=["nope/*.txt"])
+    assert "missing.txt' matches no file" in _error(tmp_path, paths=[str(tmp_path / "missing.txt")])
     assert "no input files" in _error(tmp_path, paths=[])
     assert "is a directory" in _error(tmp_path, paths=[str(tmp_path)])
 
@@ -403,8 +382,7 @@ def test_error_missing_path_or_glob(tmp_path):
 def test_error_empty_corpus(tmp_path):
     for i in range(3):
         (tmp_path / f"e{i}.txt").write_text(" \n" * i)
-    assert "corpus is empty" in _error(tmp_path,
-                                       paths=[str(tmp_path / "*.txt")])
+    assert "corpus is empty" in _error(tmp_path, paths=[str(tmp_path / "*.txt")])
 
 
 def test_error_binary_file(tmp_path):
@@ -429,8 +407,7 @@ def test_non_utf8_text_is_refused_or_decoded_as_asked(tmp_path):
     assert "not valid ascii text" in _error(tmp_path, paths=[str(f)], encoding="ascii")
     assert "config.data.encoding='klingon'" in _error(tmp_path, paths=[str(f)], encoding="klingon")
     g = tmp_path / "random.bin"
-    g.write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 500,
-                                                          dtype=np.uint8)))
+    g.write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 500, dtype=np.uint8)))
     assert "not UTF-8 text" in _error(tmp_path, paths=[str(g)])
 
 
@@ -472,4 +449,3 @@ def test_python_stdlib_builds_fast_and_once(tmp_path):
     again, _, _ = data.get_datasets(cfg)
     assert time.time() - start < 5
     np.testing.assert_equal(again.batch(9), train.batch(9))
-

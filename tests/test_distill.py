@@ -69,15 +69,18 @@ def teacher(data_dir, tmp_path_factory):
 
 
 def student(data_dir, teacher_wd, steps=8, **over):
-    return tiny_config("b158", steps=steps, data_dir=data_dir, **{"distill.teacher_workdir": teacher_wd,
-                                                                  "optim.warmup_steps": 1, **over})
+    return tiny_config(
+        "b158",
+        steps=steps,
+        data_dir=data_dir,
+        **{"distill.teacher_workdir": teacher_wd, "optim.warmup_steps": 1, **over},
+    )
 
 
 @pytest.mark.slow
 def test_the_train_step_minimises_the_mix_of_distillation_and_label_loss(data_dir, teacher):
     """train_loss = (1 − w)·distill + w·label CE, each restated in numpy from the two models' logits."""
-    cfg = student(data_dir, teacher, **{"distill.loss": "kl", "distill.temperature": 2.0,
-                                        "distill.label_weight": 0.3})
+    cfg = student(data_dir, teacher, **{"distill.loss": "kl", "distill.temperature": 2.0, "distill.label_weight": 0.3})
     setup = trainer.Setup(cfg)
     state = setup.init_fn(jax.random.key(0))
     batch = setup.train_batch(0)
@@ -108,6 +111,7 @@ def test_a_b158_student_learns_from_an_fp_teacher_and_resumes_bit_exactly(data_d
     meta = state.restore_metadata()
     assert meta["teacher_step"] == 6 and meta["config"]["distill"]["teacher_workdir"] == teacher
     import orbax.checkpoint as ocp
+
     saved = ocp.StandardCheckpointer().restore(str(tmp_path / "a" / "checkpoints" / "10" / "state"))
     assert set(saved) == {"step", "params", "opt_state", "skipped"}
     assert saved["params"]["embed_tokens"]["embedding"].shape[1] == 32  # the student's width, not the teacher's 48
@@ -139,8 +143,11 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_anything_runs(data_
     teacher = fake_run(tmp_path / "teacher", t_cfg)
     wd = tmp_path / "student"
     cfg = student(data_dir, teacher, **{"model.vocab_size": 512})
-    with pytest.raises(errors.UserError, match=r"another tokenizer or vocabulary \(config\.model\.vocab_size: "
-                                               r"teacher 384, student 512\).*--config\.model\.vocab_size=384"):
+    with pytest.raises(
+        errors.UserError,
+        match=r"another tokenizer or vocabulary \(config\.model\.vocab_size: "
+        r"teacher 384, student 512\).*--config\.model\.vocab_size=384",
+    ):
         trainer.train(cfg, str(wd))
     assert not wd.exists()  # nothing created
 
@@ -162,17 +169,26 @@ def test_a_missing_or_empty_teacher_workdir_is_one_clear_error(case, data_dir, t
     if case == "empty":
         (t / "checkpoints").mkdir(parents=True)
     cfg = student(data_dir, str(t))
-    with pytest.raises(errors.UserError, match=(r"config\.distill\.teacher_workdir=.* holds no checkpoints/"
-                                                if case == "missing" else r"holds no finished checkpoint")):
+    with pytest.raises(
+        errors.UserError,
+        match=(
+            r"config\.distill\.teacher_workdir=.* holds no checkpoints/"
+            if case == "missing"
+            else r"holds no finished checkpoint"
+        ),
+    ):
         trainer.train(cfg, str(tmp_path / "student"))
     assert not (tmp_path / "student").exists()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("loss", "mse", r"config\.distill\.loss='mse' is invalid: choose one of \('ce', 'kl'\)"),
-    ("temperature", 0.0, r"config\.distill\.temperature=0\.0 is invalid: must be a number > 0"),
-    ("label_weight", 1.5, r"config\.distill\.label_weight=1\.5 is invalid: must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("loss", "mse", r"config\.distill\.loss='mse' is invalid: choose one of \('ce', 'kl'\)"),
+        ("temperature", 0.0, r"config\.distill\.temperature=0\.0 is invalid: must be a number > 0"),
+        ("label_weight", 1.5, r"config\.distill\.label_weight=1\.5 is invalid: must be in \[0, 1\]"),
+    ],
+)
 def test_bad_distill_fields_are_named(field, value, message):
     c = distill.default_config()
     c[field] = value
@@ -188,6 +204,7 @@ def test_bad_distill_fields_are_named(field, value, message):
 def test_a_distilled_run_loads_for_eval_without_its_teacher(data_dir, teacher, tmp_path):
     """Sampling/eval of a distilled run read only its own checkpoint (the teacher may be gone)."""
     from bitjax.eval import scoring
+
     cfg = student(data_dir, teacher, steps=1, **{"optim.warmup_steps": 0})
     trainer.train(cfg, str(tmp_path / "s"))
     setup, params = scoring.load(str(tmp_path / "s"), devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
@@ -199,6 +216,7 @@ def test_a_distilled_run_loads_for_eval_without_its_teacher(data_dir, teacher, t
 def test_resume_after_the_teacher_trained_on_is_refused(data_dir, teacher, tmp_path):
     """The teacher checkpoint is part of the run: a resume that would distill from another one stops."""
     import shutil
+
     t = str(tmp_path / "teacher")
     shutil.copytree(teacher, t)
     cfg = student(data_dir, t, steps=4)
@@ -207,7 +225,10 @@ def test_resume_after_the_teacher_trained_on_is_refused(data_dir, teacher, tmp_p
     t_cfg.model.update(dict(d_model=48, n_layers=1))
     trainer.train(t_cfg, t)  # the teacher run goes on to step 7
     listing = sorted(os.listdir(tmp_path / "s" / "checkpoints"))
-    with pytest.raises(errors.UserError, match=r"was distilled from step 6 of config\.distill\.teacher_workdir=.*"
-                                               r"now step 7: resuming would change the teacher mid-run"):
+    with pytest.raises(
+        errors.UserError,
+        match=r"was distilled from step 6 of config\.distill\.teacher_workdir=.*"
+        r"now step 7: resuming would change the teacher mid-run",
+    ):
         trainer.train(cfg, str(tmp_path / "s"))
     assert sorted(os.listdir(tmp_path / "s" / "checkpoints")) == listing  # nothing changed

@@ -76,7 +76,7 @@ def test_rolling_windows_predict_every_token_once_within_the_context():
     assert [n for _, n in wins] == [32, 32, 7]
     assert wins[0][0] == [7] + toks[:32]
     assert sum((seq[-n:] for seq, n in wins), []) == toks  # each token predicted once, in order
-    assert all(len(seq) <= 33 for seq, _ in wins) and wins[1][0] == toks[31:64] and wins[2][0] == toks[71 - 33:]
+    assert all(len(seq) <= 33 for seq, _ in wins) and wins[1][0] == toks[31:64] and wins[2][0] == toks[71 - 33 :]
     assert list(scoring.rolling_windows([], 7, 32)) == []
 
 
@@ -101,13 +101,16 @@ def test_perplexity_cli_writes_consistent_bits_per_byte(run, direct, tmp_path):
     short, long = "def f(x):\n    return x\n", "import os\n" + "print(os.getcwd())  # é\n" * 4  # 2 windows+
     for name, text in (("a.txt", short), ("b.txt", long)):
         (tmp_path / name).write_text(text, encoding="utf-8")
-    out = eval_cli.main(["--workdir", run[0], "--text_files", str(tmp_path / "*.txt"),
-                         "--out", str(tmp_path / "ppl.json")])
+    out = eval_cli.main(
+        ["--workdir", run[0], "--text_files", str(tmp_path / "*.txt"), "--out", str(tmp_path / "ppl.json")]
+    )
     saved = json.loads((tmp_path / "ppl.json").read_text())
     assert {"bits_per_byte", "nats_per_token", "token_ppl"} <= set(saved)
     n_bytes = len(short.encode()) + len(long.encode())
     assert saved["bytes"] == n_bytes and saved["tokens"] == n_bytes  # byte tokenizer
-    np.testing.assert_allclose(saved["bits_per_byte"], saved["nats_per_token"] * saved["tokens"] / (n_bytes * math.log(2)))
+    np.testing.assert_allclose(
+        saved["bits_per_byte"], saved["nats_per_token"] * saved["tokens"] / (n_bytes * math.log(2))
+    )
     np.testing.assert_allclose(saved["token_ppl"], math.exp(saved["nats_per_token"]))
     # the short file is one window: <eos> + its bytes; the long one as the harness windows it
     ids = lambda s: list(s.encode())
@@ -124,6 +127,7 @@ def test_perplexity_cli_writes_consistent_bits_per_byte(run, direct, tmp_path):
 def lm(scorer):
     pytest.importorskip("lm_eval")
     from bitjax.eval.harness import BitjaxLM
+
     return BitjaxLM(scorer=scorer, max_gen_toks=8)
 
 
@@ -136,6 +140,7 @@ def test_harness_registers_bitjax_and_loads_a_workdir(run):
     pytest.importorskip("lm_eval")
     from lm_eval.api.registry import get_model
     from bitjax.eval.harness import BitjaxLM
+
     assert get_model("bitjax") is BitjaxLM
     # lm-eval's CLI passes its own --batch_size too: --model_args win
     lm = BitjaxLM.create_from_arg_string(f"workdir={run[0]},step=3,batch_size=16", {"device": "cpu", "batch_size": 1})
@@ -151,9 +156,11 @@ def test_loglikelihood_matches_direct_log_probs(lm, direct):
     got = lm.loglikelihood([Req(c, x) for c, x in reqs])
     enc = lambda s: list(s.encode())
     # the trailing space moves into the continuation; an empty context is <eos>
-    want = [direct_logprob(direct, enc(reqs[0][0] + reqs[0][1]), 2),
-            direct_logprob(direct, enc("def f(x): return x"), len(" return x")),
-            direct_logprob(direct, [eos] + enc("hello"), 5)]
+    want = [
+        direct_logprob(direct, enc(reqs[0][0] + reqs[0][1]), 2),
+        direct_logprob(direct, enc("def f(x): return x"), len(" return x")),
+        direct_logprob(direct, [eos] + enc("hello"), 5),
+    ]
     for (g_lp, g_greedy), (w_lp, w_greedy) in zip(got, want):
         np.testing.assert_allclose(g_lp, w_lp, rtol=1e-5, atol=1e-4)
         assert g_greedy == w_greedy
@@ -161,12 +168,14 @@ def test_loglikelihood_matches_direct_log_probs(lm, direct):
 
 def test_loglikelihood_rolling_matches_lm_evals_windows_scored_directly(lm, direct):
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
     texts = ["short text", "x = [i * i for i in range(10)]\n" * 3]  # the second spans 3 windows
     got = lm.loglikelihood_rolling([Req(t) for t in texts])
     for text, g in zip(texts, got):
         want = 0.0
-        for ctx, pred in map(make_disjoint_window,
-                             get_rolling_token_windows(list(text.encode()), lm.eot_token_id, SEQ, 1)):
+        for ctx, pred in map(
+            make_disjoint_window, get_rolling_token_windows(list(text.encode()), lm.eot_token_id, SEQ, 1)
+        ):
             want += direct_logprob(direct, ctx + pred, len(pred))[0]
         np.testing.assert_allclose(g, want, rtol=1e-5)
 
@@ -178,38 +187,43 @@ def test_generate_until_is_the_greedy_sampler_cut_at_stop_sequences(lm, run):
 
     def greedy_text(p):
         out = np.asarray(sample.generate(model, jnp.asarray([list(p.encode())], jnp.int32), 8, temperature=0))[0]
-        new = out[len(p.encode()):]
+        new = out[len(p.encode()) :]
         cut = np.flatnonzero(new == setup.tokenizer.eos_id)
-        return setup.tokenizer.decode(new[:cut[0]] if len(cut) else new)
+        return setup.tokenizer.decode(new[: cut[0]] if len(cut) else new)
 
     full = [greedy_text(p) for p in prompts]
     assert lm.generate_until([Req(p, {"until": [], "max_gen_toks": 8}) for p in prompts]) == full
     stop = full[1][3:5]  # a stop sequence inside the second continuation
     got = lm.generate_until([Req(p, {"until": [stop], "max_gen_toks": 8}) for p in prompts])
-    assert got[1] == full[1][:full[1].index(stop)] and len(got[1]) <= 3
-    assert got[0] == full[0][:full[0].find(stop)] if stop in full[0] else got[0] == full[0]
+    assert got[1] == full[1][: full[1].index(stop)] and len(got[1]) <= 3
+    assert got[0] == full[0][: full[0].find(stop)] if stop in full[0] else got[0] == full[0]
 
 
 def _task_files(tmp_path):
     """Three local tasks (multiple_choice, loglikelihood_rolling, generate_until) over JSONL data."""
     docs = {
         # equal lengths keep the direct checks to one compilation
-        "mc": [{"q": "1 + 1 =", "choices": [" 2", " 3", " 4"], "label": 0},
-               {"q": "2 * 3 =", "choices": [" 5", " 6"], "label": 1},
-               {"q": "9 - 4 =", "choices": [" 5", " 4"], "label": 0},
-               {"q": "8 / 2 =", "choices": [" 2", " 6", " 4"], "label": 2}],
+        "mc": [
+            {"q": "1 + 1 =", "choices": [" 2", " 3", " 4"], "label": 0},
+            {"q": "2 * 3 =", "choices": [" 5", " 6"], "label": 1},
+            {"q": "9 - 4 =", "choices": [" 5", " 4"], "label": 0},
+            {"q": "8 / 2 =", "choices": [" 2", " 6", " 4"], "label": 2},
+        ],
         "ppl": [{"text": "def add(a, b):\n    return a + b\n"}, {"text": "for i in range(3):\n    print(i)\n" * 2}],
-        "gen": [{"prompt": "def ", "answer": "f"}, {"prompt": "for ", "answer": "i"},
-                {"prompt": "x = ", "answer": "1"}],
+        "gen": [
+            {"prompt": "def ", "answer": "f"},
+            {"prompt": "for ", "answer": "i"},
+            {"prompt": "x = ", "answer": "1"},
+        ],
     }
     task = {
         "mc": "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\n"
-              "doc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n",
+        "doc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n",
         "ppl": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
-               "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
         "gen": "output_type: generate_until\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\n"
-               "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 8\n  do_sample: false\n"
-               "metric_list:\n  - metric: exact_match\n",
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n",
     }
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
@@ -218,7 +232,8 @@ def _task_files(tmp_path):
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tasks_dir / f"tiny_{name}.yaml").write_text(
             f"task: tiny_{name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            f"  cache_dir: {tmp_path / 'hf_cache'}\ntest_split: test\n" + task[name])
+            f"  cache_dir: {tmp_path / 'hf_cache'}\ntest_split: test\n" + task[name]
+        )
     return tasks_dir, docs
 
 
@@ -227,15 +242,29 @@ def test_simple_evaluate_on_local_tasks_all_three_request_types(run, scorer, dir
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tasks_dir, docs = _task_files(tmp_path)
-    out = eval_cli.main(["--workdir", run[0], "--tasks", "tiny_mc,tiny_ppl,tiny_gen", "--include_path",
-                         str(tasks_dir), "--bootstrap_iters", "0", "--out", str(tmp_path / "res.json")])
+    out = eval_cli.main(
+        [
+            "--workdir",
+            run[0],
+            "--tasks",
+            "tiny_mc,tiny_ppl,tiny_gen",
+            "--include_path",
+            str(tasks_dir),
+            "--bootstrap_iters",
+            "0",
+            "--out",
+            str(tmp_path / "res.json"),
+        ]
+    )
     res = json.loads((tmp_path / "res.json").read_text())["results"]
     assert res == json.loads(json.dumps(out["results"]))
     # multiple choice: acc from log-probs computed directly (the harness puts a space-free target
     # after the context: context = q, continuation = choice)
     enc = lambda s: list(s.encode())
-    right = [int(np.argmax([direct_logprob(direct, enc(d["q"] + c), len(enc(c)))[0] for c in d["choices"]])
-                 == d["label"]) for d in docs["mc"]]
+    right = [
+        int(np.argmax([direct_logprob(direct, enc(d["q"] + c), len(enc(c)))[0] for c in d["choices"]]) == d["label"])
+        for d in docs["mc"]
+    ]
     np.testing.assert_allclose(res["tiny_mc"]["acc,none"], np.mean(right))
     # rolling: bits/byte over the documents = the perplexity code's on the same texts
     texts = [d["text"] for d in docs["ppl"]]

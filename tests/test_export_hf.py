@@ -33,14 +33,18 @@ from bitjax.train import trainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 os.environ["HF_HUB_OFFLINE"] = "1"
-B158_2B4T = {"model.sub_norm": True, "model.activation": "relu2", "model.tie_embeddings": True,
-             "model.rope_theta": 500000.0}
+B158_2B4T = {
+    "model.sub_norm": True,
+    "model.activation": "relu2",
+    "model.tie_embeddings": True,
+    "model.rope_theta": 500000.0,
+}
 
 
 def held_out_tokens(n=256):
     """n byte tokens of a stdlib file outside the training files (tests/test_trainer.py FILES)."""
     with open(os.path.join(sysconfig.get_paths()["stdlib"], "calendar.py"), "rb") as f:
-        text = f.read()[4000:4000 + n].decode("utf-8", "replace")
+        text = f.read()[4000 : 4000 + n].decode("utf-8", "replace")
     return ByteTokenizer().encode(text)[None, :n]
 
 
@@ -49,8 +53,12 @@ def logit_gap(model, hf, tokens):
     with torch.no_grad():
         ref = hf(torch.from_numpy(np.asarray(tokens, np.int64))).logits.float().numpy()
     d = np.abs(mine - ref)
-    return dict(mean=float(d.mean()), max=float(d.max()), top1=float((mine.argmax(-1) == ref.argmax(-1)).mean()),
-                scale=float(np.abs(ref).mean()))
+    return dict(
+        mean=float(d.mean()),
+        max=float(d.max()),
+        top1=float((mine.argmax(-1) == ref.argmax(-1)).mean()),
+        scale=float(np.abs(ref).mean()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,7 @@ def trained(tmp_path_factory, data_dir):
     cfg = tiny_config("b158", steps=60, data_dir=data_dir, **B158_2B4T)
     trainer.train(cfg, workdir)
     from bitjax.sample import load
+
     setup, params = load(workdir)
     return workdir, setup.model(params), setup.config
 
@@ -72,9 +81,13 @@ def test_exported_directory_loads_in_transformers_with_bitjax_logits(trained, tm
     with open(os.path.join(out, "config.json")) as f:
         hf_cfg = json.load(f)
     assert hf_cfg["architectures"] == ["BitNetForCausalLM"]
-    assert hf_cfg["quantization_config"] == {"quant_method": "bitnet", "linear_class": linear_class,
-                                             "quantization_mode": "offline"}
+    assert hf_cfg["quantization_config"] == {
+        "quant_method": "bitnet",
+        "linear_class": linear_class,
+        "quantization_mode": "offline",
+    }
     from safetensors.numpy import load_file
+
     state = load_file(os.path.join(out, "model.safetensors"))
     q = state["model.layers.0.self_attn.q_proj.weight"]
     assert q.dtype == np.uint8 and q.shape == (config.model.d_model // 4, config.model.d_model)
@@ -147,6 +160,7 @@ def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
     base = tiny_config("b158", steps=60, data_dir=data_dir)
     import_hf(hf_dir, imported, base)
     from bitjax.sample import load, main as sample_main
+
     setup, params = load(imported)
     back = setup.model(params)
     # every projection's quantized weight is the original run's (codes equal, γ to float32 round-off)
@@ -160,8 +174,7 @@ def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
     assert len(texts) == 1 and texts[0].startswith("def ")
     # fine-tune a new run from the import: its first loss is the imported model's (≈ 3.2), far below a
     # fresh init's ln(384) ≈ 5.95 (the 3-step fresh run in the log above starts at 5.87)
-    ft = tiny_config("b158", steps=2, data_dir=data_dir, init_from=imported, **{"optim.warmup_steps": 0},
-                     **B158_2B4T)
+    ft = tiny_config("b158", steps=2, data_dir=data_dir, init_from=imported, **{"optim.warmup_steps": 0}, **B158_2B4T)
     trainer.train(ft, str(tmp_path / "ft"))
     with open(tmp_path / "ft" / "metrics.jsonl") as f:
         assert json.loads(f.readline())["train_loss"] < np.log(384) - 2.0
@@ -174,9 +187,18 @@ def torch_bitnet_dir(tmp_path, mode, dtype=torch.float32):
     (2B4T ships bfloat16)."""
     from safetensors.torch import save_file
     from transformers.integrations.bitnet import pack_weights
-    conf = transformers.BitNetConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                     bos_token_id=257, eos_token_id=258)
+
+    conf = transformers.BitNetConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=257,
+        eos_token_id=258,
+    )
     torch.manual_seed(0)
     hf = transformers.BitNetForCausalLM(conf)
     state = {}
@@ -192,16 +214,23 @@ def torch_bitnet_dir(tmp_path, mode, dtype=torch.float32):
             state[k[:-6] + "weight_scale"] = scale.reshape(1).to(dtype)
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     d = conf.to_dict()
-    d.update(architectures=["BitNetForCausalLM"], dtype=str(dtype).removeprefix("torch."), quantization_config=dict(
-        quant_method="bitnet", linear_class="bitlinear" if mode == "offline" else "autobitlinear",
-        quantization_mode=mode))
+    d.update(
+        architectures=["BitNetForCausalLM"],
+        dtype=str(dtype).removeprefix("torch."),
+        quantization_config=dict(
+            quant_method="bitnet",
+            linear_class="bitlinear" if mode == "offline" else "autobitlinear",
+            quantization_mode=mode,
+        ),
+    )
     with open(tmp_path / "config.json", "w") as f:
         json.dump(d, f)
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("mode, dtype", [("offline", torch.float32), ("online", torch.float32),
-                                         ("offline", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "mode, dtype", [("offline", torch.float32), ("online", torch.float32), ("offline", torch.bfloat16)]
+)
 def test_import_of_a_checkpoint_built_by_transformers(tmp_path, mode, dtype):
     hf_dir = torch_bitnet_dir(tmp_path, mode, dtype)
     cfg, model = load_hf(hf_dir)
@@ -214,8 +243,15 @@ def test_import_of_a_checkpoint_built_by_transformers(tmp_path, mode, dtype):
 
 
 def test_llama_import(tmp_path):
-    conf = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    conf = transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(1)
     hf = transformers.LlamaForCausalLM(conf).eval()
     hf.save_pretrained(str(tmp_path))
@@ -226,8 +262,9 @@ def test_llama_import(tmp_path):
 
 
 def test_init_from_a_workdir_without_checkpoints_is_refused(tmp_path, data_dir):
-    cfg = tiny_config("b158", steps=2, data_dir=data_dir, init_from=str(tmp_path / "nothing"),
-                      **{"optim.warmup_steps": 0})
+    cfg = tiny_config(
+        "b158", steps=2, data_dir=data_dir, init_from=str(tmp_path / "nothing"), **{"optim.warmup_steps": 0}
+    )
     with pytest.raises(errors.UserError, match=r"config\.init_from=.*holds no checkpoints"):
         trainer.train(cfg, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")  # refused before the workdir is touched

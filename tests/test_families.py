@@ -17,8 +17,14 @@ from test_trainer import tiny_config
 
 
 def bigram_config():
-    return ConfigDict(dict(name="bigram", vocab_size=FieldReference(259, field_type=int), d_model=16,
-                           quant=transformer.default_config().quant))
+    return ConfigDict(
+        dict(
+            name="bigram",
+            vocab_size=FieldReference(259, field_type=int),
+            d_model=16,
+            quant=transformer.default_config().quant,
+        )
+    )
 
 
 def validate_bigram(cfg, seq_len=None):
@@ -37,10 +43,15 @@ class Bigram(nnx.Module):
         return jnp.take(self.embedding[...], tokens, axis=0) @ self.head[...]
 
 
-BIGRAM = models.Family(Bigram, validate_bigram, {"embed": "config.model.d_model",
-                                                 "vocab": "config.model.vocab_size"},
-                       stage_configs=lambda cfg, total_steps: [(0, cfg)], quant_table=lambda cfg: {},
-                       default_config=bigram_config, sizes={"tiny": dict(d_model=8)})
+BIGRAM = models.Family(
+    Bigram,
+    validate_bigram,
+    {"embed": "config.model.d_model", "vocab": "config.model.vocab_size"},
+    stage_configs=lambda cfg, total_steps: [(0, cfg)],
+    quant_table=lambda cfg: {},
+    default_config=bigram_config,
+    sizes={"tiny": dict(d_model=8)},
+)
 
 
 @pytest.fixture
@@ -56,8 +67,11 @@ def test_a_registered_family_has_presets_and_is_named_in_errors(bigram_family):
         models.hf_param_names(Bigram(bigram_config(), rngs=nnx.Rngs(0)))
     cfg = bigram_config()
     cfg.d_modle = 3
-    with pytest.raises(ValueError, match=r"config\.model: unknown field\(s\) \['d_modle'\] \(a typo\? known: "
-                                         r"d_model, name, quant, vocab_size\); start from"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.model: unknown field\(s\) \['d_modle'\] \(a typo\? known: "
+        r"d_model, name, quant, vocab_size\); start from",
+    ):
         models.validate(cfg)
 
 
@@ -65,14 +79,19 @@ def test_a_registered_family_has_presets_and_is_named_in_errors(bigram_family):
 def test_a_new_family_trains_and_is_distilled_from_a_transformer(bigram_family, data_dir, tmp_path):
     teacher = str(tmp_path / "teacher")
     trainer.train(tiny_config("fp", steps=4, data_dir=data_dir, **{"optim.warmup_steps": 1}), teacher)
-    cfg = tiny_config("fp", steps=6, data_dir=data_dir, **{"optim.warmup_steps": 1, "optim.lr": 3e-2,
-                                                           "distill.teacher_workdir": teacher})
+    cfg = tiny_config(
+        "fp",
+        steps=6,
+        data_dir=data_dir,
+        **{"optim.warmup_steps": 1, "optim.lr": 3e-2, "distill.teacher_workdir": teacher},
+    )
     cfg.model = models.preset("bigram", "tiny")
     cfg.model.vocab_size = None
     out = trainer.train(cfg, str(tmp_path / "bigram"))
     assert np.isfinite(out["distill_loss"]) and np.isfinite(out["eval_bpb"])
     # the student is the bigram (its own parameter tree), the teacher a transformer
     from bitjax.train import checkpoint as ckpt_lib
+
     meta = ckpt_lib.Checkpointer(str(tmp_path / "bigram" / "checkpoints")).restore_metadata()
     assert meta["config"]["model"]["name"] == "bigram" and meta["teacher_step"] == 4
 
@@ -82,6 +101,7 @@ def test_compare_and_step_time_take_any_config_file_and_the_demo_is_unchanged():
     import os
     import sys
     from bitjax import compare
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     demo = compare._point("fp", 0)  # `make demo`: the transformer config, quant=fp, size tiny
     assert (demo.config_file, demo.arg) == (compare.CONFIG_FILE, "quant=fp,size=tiny,steps=0")
@@ -93,6 +113,7 @@ def test_compare_and_step_time_take_any_config_file_and_the_demo_is_unchanged():
     assert c.to_dict() == mod.get_config("quant=b158,size=small,steps=7").to_dict()
     sys.path.insert(0, os.path.join(root, "benchmarks"))
     import step_time
+
     c = step_time.make_config("a48", "small", 4, 32, os.path.join(root, "configs", "transformer.py"))
     assert (c.model.quant.method, c.model.d_model, c.batch_size, c.seq_len) == ("a48", 768, 4, 32)
     assert step_time.make_config("fp", "cpu_m", 4, 32).model.d_model == 512

@@ -21,13 +21,27 @@ FILES = [os.path.join(STDLIB, f) for f in ("json/decoder.py", "json/encoder.py",
 
 
 def cli(workdir, data_dir, steps, **over):
-    args = [sys.executable, "-m", "bitjax.main", "--config", "configs/transformer.py:quant=b158,size=tiny",
-            f"--workdir={workdir}", f"--config.total_steps={steps}", "--config.batch_size=8",
-            "--config.seq_len=32", "--config.log_every=1", "--config.eval_every=0",
-            "--config.data.name=text_files", f"--config.data.paths={tuple(FILES)!r}",
-            f"--config.data.data_dir={data_dir}", "--config.data.eval_batches=1",
-            "--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.mlp_dim=64",
-            "--config.optim.warmup_steps=2"]
+    args = [
+        sys.executable,
+        "-m",
+        "bitjax.main",
+        "--config",
+        "configs/transformer.py:quant=b158,size=tiny",
+        f"--workdir={workdir}",
+        f"--config.total_steps={steps}",
+        "--config.batch_size=8",
+        "--config.seq_len=32",
+        "--config.log_every=1",
+        "--config.eval_every=0",
+        "--config.data.name=text_files",
+        f"--config.data.paths={tuple(FILES)!r}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.eval_batches=1",
+        "--config.model.d_model=32",
+        "--config.model.n_layers=2",
+        "--config.model.mlp_dim=64",
+        "--config.optim.warmup_steps=2",
+    ]
     return args + [f"--config.{k}={v}" for k, v in over.items()]
 
 
@@ -49,10 +63,12 @@ def losses(workdir):
 
 def final_params(workdir):
     import orbax.checkpoint as ocp
+
     ckdir = os.path.join(workdir, "checkpoints")
     step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
     tree = ocp.StandardCheckpointer().restore(os.path.join(ckdir, str(step), "state"))
     import jax
+
     return step, jax.tree.leaves(tree["params"])
 
 
@@ -76,8 +92,14 @@ def wait_for_step(workdir, step, proc, timeout=300):
 def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     run(cli(ref, data_dir, 30, checkpoint_every=5), env=env())
-    proc = subprocess.Popen(cli(cut, data_dir, 30, checkpoint_every=5), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(cut, data_dir, 30, checkpoint_every=5),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(cut, 17, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -94,12 +116,19 @@ def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
 
 def test_sigterm_checkpoints_and_exits_zero(data_dir, tmp_path):
     wd = str(tmp_path / "term")
-    proc = subprocess.Popen(cli(wd, data_dir, 100_000, checkpoint_every=100_000), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(wd, data_dir, 100_000, checkpoint_every=100_000),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(wd, 5, proc)
     # meanwhile, a second run on the same workdir is refused: one line, exit 2, nothing touched
-    second = subprocess.run(cli(wd, data_dir, 100_000), cwd=ROOT, env=env(), capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(
+        cli(wd, data_dir, 100_000), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 2 and "in use by a live run" in second.stderr, second.stderr[-3000:]
     assert proc.poll() is None  # the first run is still going
     proc.send_signal(signal.SIGTERM)
@@ -119,10 +148,17 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run(cli(one, data_dir, 6), env=env(8))
     port = free_port()
-    procs = [subprocess.Popen(cli(two, data_dir, 6), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env(4, BITJAX_COORDINATOR=f"localhost:{port}",
-                                                 BITJAX_NUM_PROCESSES="2", BITJAX_PROCESS_ID=str(i)))
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cli(two, data_dir, 6),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(4, BITJAX_COORDINATOR=f"localhost:{port}", BITJAX_NUM_PROCESSES="2", BITJAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-5000:]
@@ -137,8 +173,9 @@ def test_sigkill_then_resume_with_a_teacher_is_bitwise_identical(data_dir, tmp_p
     run(cli(teacher, data_dir, 4, **{"model.quant.method": "fp", "model.n_layers": 1}), env=env())
     over = {"checkpoint_every": 3, "distill.teacher_workdir": teacher, "distill.label_weight": 0.25}
     run(cli(ref, data_dir, 12, **over), env=env())
-    proc = subprocess.Popen(cli(cut, data_dir, 12, **over), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(cut, data_dir, 12, **over), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for_step(cut, 7, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -15,8 +15,22 @@ from bitjax.quant.weights import ternary_absmean_codes  # noqa: E402
 
 def b158(**kw):
     cfg = T.default_config()
-    cfg.update({**dict(vocab_size=384, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=512,
-                       sub_norm=True, tie_embeddings=True, rope_theta=500000.0), **kw})
+    cfg.update(
+        {
+            **dict(
+                vocab_size=384,
+                d_model=256,
+                n_layers=2,
+                n_heads=4,
+                n_kv_heads=2,
+                mlp_dim=512,
+                sub_norm=True,
+                tie_embeddings=True,
+                rope_theta=500000.0,
+            ),
+            **kw,
+        }
+    )
     cfg.quant.method = "b158"
     return cfg, T.Transformer(cfg, rngs=nnx.Rngs(0))
 
@@ -33,10 +47,15 @@ def projections(model):
     """{gguf name: latent kernel (in, out)} of every projection."""
     out = {}
     for i, layer in enumerate(model.layers):
-        for name, mod in [("attn_q", layer.self_attn.q_proj), ("attn_k", layer.self_attn.k_proj),
-                          ("attn_v", layer.self_attn.v_proj), ("attn_output", layer.self_attn.o_proj),
-                          ("ffn_gate", layer.mlp.gate_proj), ("ffn_up", layer.mlp.up_proj),
-                          ("ffn_down", layer.mlp.down_proj)]:
+        for name, mod in [
+            ("attn_q", layer.self_attn.q_proj),
+            ("attn_k", layer.self_attn.k_proj),
+            ("attn_v", layer.self_attn.v_proj),
+            ("attn_output", layer.self_attn.o_proj),
+            ("ffn_gate", layer.mlp.gate_proj),
+            ("ffn_up", layer.mlp.up_proj),
+            ("ffn_down", layer.mlp.down_proj),
+        ]:
             out[f"blk.{i}.{name}.weight"] = np.asarray(mod.kernel[...])
     return out
 
@@ -61,10 +80,10 @@ def test_gguf_dequantizes_to_bitjax_wtilde(tmp_path, gguf_type, bpw):
         np.testing.assert_array_equal(got, want)
         assert np.abs(np.asarray(codes)).sum() > 0
     emb = tensors["token_embd.weight"]
-    np.testing.assert_array_equal(np.asarray(emb.data).reshape(384, 256),
-                                  np.asarray(model.embed_tokens.embedding[...]))
-    np.testing.assert_array_equal(np.asarray(tensors["blk.1.ffn_sub_norm.weight"].data),
-                                  np.asarray(model.layers[1].mlp.ffn_sub_norm.scale[...]))
+    np.testing.assert_array_equal(np.asarray(emb.data).reshape(384, 256), np.asarray(model.embed_tokens.embedding[...]))
+    np.testing.assert_array_equal(
+        np.asarray(tensors["blk.1.ffn_sub_norm.weight"].data), np.asarray(model.layers[1].mlp.ffn_sub_norm.scale[...])
+    )
     assert "output.weight" not in tensors  # llama.cpp's bitnet head is token_embd (tied)
 
 
@@ -74,11 +93,21 @@ def test_gguf_metadata_is_complete_for_llama_cpp(tmp_path):
     save_gguf(model, cfg, path, tokenizer=ByteTokenizer())
     r = gguf.GGUFReader(path)
     assert field(r, "general.architecture") == "bitnet"
-    want = {"bitnet.embedding_length": 256, "bitnet.block_count": 2, "bitnet.feed_forward_length": 512,
-            "bitnet.attention.head_count": 4, "bitnet.attention.head_count_kv": 2, "bitnet.rope.dimension_count": 64,
-            "bitnet.attention.key_length": 64, "bitnet.vocab_size": 384, "bitnet.context_length": 2048,
-            "general.file_type": int(gguf.LlamaFileType.MOSTLY_TQ2_0), "tokenizer.ggml.bos_token_id": 257,
-            "tokenizer.ggml.eos_token_id": 258, "tokenizer.ggml.padding_token_id": 256}
+    want = {
+        "bitnet.embedding_length": 256,
+        "bitnet.block_count": 2,
+        "bitnet.feed_forward_length": 512,
+        "bitnet.attention.head_count": 4,
+        "bitnet.attention.head_count_kv": 2,
+        "bitnet.rope.dimension_count": 64,
+        "bitnet.attention.key_length": 64,
+        "bitnet.vocab_size": 384,
+        "bitnet.context_length": 2048,
+        "general.file_type": int(gguf.LlamaFileType.MOSTLY_TQ2_0),
+        "tokenizer.ggml.bos_token_id": 257,
+        "tokenizer.ggml.eos_token_id": 258,
+        "tokenizer.ggml.padding_token_id": 256,
+    }
     for k, v in want.items():
         assert field(r, k) == v, k
     assert field(r, "bitnet.rope.freq_base") == 500000.0
@@ -103,8 +132,9 @@ def test_rows_without_whole_blocks_fall_back_to_f16(tmp_path):
     np.testing.assert_array_equal(np.asarray(t.data).reshape(want.shape), want)
 
 
-@pytest.mark.parametrize("kw, flag", [(dict(activation="relu2"), "activation=silu"),
-                                      (dict(tie_embeddings=False), "tie_embeddings=True")])
+@pytest.mark.parametrize(
+    "kw, flag", [(dict(activation="relu2"), "activation=silu"), (dict(tie_embeddings=False), "tie_embeddings=True")]
+)
 def test_models_llama_cpp_cannot_run_are_refused(tmp_path, kw, flag):
     cfg, model = b158(**kw)
     with pytest.raises(ValueError, match=flag):
@@ -130,12 +160,33 @@ def test_cli_exports_a_trained_run(tmp_path, data_dir):
 
     from bitjax.export import __main__ as export_cli
     from bitjax.train import trainer
-    cfg = tiny_config("b158", steps=3, data_dir=data_dir, **{
-        "optim.warmup_steps": 0, "model.d_model": 256, "model.mlp_dim": 512, "model.n_layers": 1,
-        "model.sub_norm": True, "model.tie_embeddings": True})
+
+    cfg = tiny_config(
+        "b158",
+        steps=3,
+        data_dir=data_dir,
+        **{
+            "optim.warmup_steps": 0,
+            "model.d_model": 256,
+            "model.mlp_dim": 512,
+            "model.n_layers": 1,
+            "model.sub_norm": True,
+            "model.tie_embeddings": True,
+        },
+    )
     trainer.train(cfg, str(tmp_path / "run"))
-    info = export_cli.main(["--workdir", str(tmp_path / "run"), "--format", "gguf", "--out",
-                            str(tmp_path / "m.gguf"), "--gguf_type", "tq1_0"])
+    info = export_cli.main(
+        [
+            "--workdir",
+            str(tmp_path / "run"),
+            "--format",
+            "gguf",
+            "--out",
+            str(tmp_path / "m.gguf"),
+            "--gguf_type",
+            "tq1_0",
+        ]
+    )
     assert info["fallback_f16"] == [] and info["projection_bits_per_weight"] == 1.6875
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert field(r, "bitnet.vocab_size") == 384 and field(r, "bitnet.block_count") == 1

@@ -57,10 +57,13 @@ def model_pair(method, **kw):
     return ours, to_hf_model(ours, cfg)
 
 
-@pytest.mark.parametrize("method, arch, kw", [
-    ("fp", "llama", dict()),
-    ("b158", "bitnet", dict(activation="relu2", sub_norm=True, tie_embeddings=True, rope_theta=500000.0)),
-])
+@pytest.mark.parametrize(
+    "method, arch, kw",
+    [
+        ("fp", "llama", dict()),
+        ("b158", "bitnet", dict(activation="relu2", sub_norm=True, tie_embeddings=True, rope_theta=500000.0)),
+    ],
+)
 def test_whole_model_logits_match_hf(method, arch, kw):
     ours, hf = model_pair(method, **kw)
     assert type(hf).__name__.lower().startswith(arch)
@@ -82,6 +85,7 @@ def test_quantization_is_what_hf_measures():
 
 def test_methods_hf_does_not_run_are_refused():
     from bitjax.export.hf import hf_quantized
+
     for method in ("bitnet", "a48", "fbi"):
         with pytest.raises(ValueError, match="HF's BitNet runs b1.58 only"):
             model_pair(method)

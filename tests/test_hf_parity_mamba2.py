@@ -30,11 +30,14 @@ def model_pair(**kw):
     return cfg, ours, to_hf_model(ours, cfg)
 
 
-@pytest.mark.parametrize("kw, length", [
-    (dict(ngroups=1), 16),                                  # a whole number of chunks
-    (dict(ngroups=2), 21),                                  # groups; 21 is not a multiple of chunk_size 8
-    (dict(ngroups=2, tie_embeddings=False, d_conv=3), 5),   # an untied lm_head; shorter than one chunk
-])
+@pytest.mark.parametrize(
+    "kw, length",
+    [
+        (dict(ngroups=1), 16),  # a whole number of chunks
+        (dict(ngroups=2), 21),  # groups; 21 is not a multiple of chunk_size 8
+        (dict(ngroups=2, tie_embeddings=False, d_conv=3), 5),  # an untied lm_head; shorter than one chunk
+    ],
+)
 def test_logits_match_hf_mamba2(kw, length):
     cfg, ours, hf = model_pair(**kw)
     assert type(hf).__name__ == "Mamba2ForCausalLM"
@@ -70,6 +73,7 @@ def test_quantized_mamba2_has_no_hf_twin():
 def test_saved_checkpoint_loads_in_hf_with_the_same_logits(tmp_path):
     """save_hf (python -m bitjax.export --format hf) of an fp run: Mamba2ForCausalLM.from_pretrained reproduces it."""
     from bitjax.export.hf import save_hf
+
     cfg, ours, _ = model_pair(ngroups=2)
     info = save_hf(ours, cfg, str(tmp_path), token_ids={"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2})
     assert info["architecture"] == "Mamba2ForCausalLM"

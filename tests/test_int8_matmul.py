@@ -44,6 +44,7 @@ def np_int8_matmul(x, w, spec: QuantSpec):
     def mean_abs(v, axis):  # XLA forms a mean as sum · (1/n); the sums here are exact (dyadic inputs)
         n = np.prod([v.shape[a] for a in np.atleast_1d(axis)])
         return np.abs(v).sum(axis, keepdims=True, dtype=f32) * f32(1 / n)
+
     act_opts = dict(spec.act_options)
     if spec.act.startswith("absmean"):
         qp = 2 ** (int(spec.act[7:]) - 1) - 1
@@ -54,7 +55,7 @@ def np_int8_matmul(x, w, spec: QuantSpec):
         qp = 2 ** (int(spec.act.rsplit("absmax", 1)[1]) - 1) - 1
         if spec.act.startswith("topk"):  # keep the ⌈keep·d⌉ largest |x| of each token
             k = math.ceil(act_opts["keep"] * x.shape[-1])
-            kth = -np.sort(-np.abs(x), axis=-1)[..., k - 1:k]
+            kth = -np.sort(-np.abs(x), axis=-1)[..., k - 1 : k]
             x = np.where(np.abs(x) >= kth, x, f32(0))
         s = f32(qp) * (f32(1) / np.maximum(np.abs(x).max(-1, keepdims=True), f32(1e-5)))
         cx = np.clip(np.round(x * s), -qp - 1, qp)
@@ -63,7 +64,7 @@ def np_int8_matmul(x, w, spec: QuantSpec):
     inv = f32(1) / np.maximum(mean_abs(w, axis), f32(1e-5))
     cw = np.clip(np.round(w * inv), -1, 1)
     acc = cx.astype(np.int64) @ cw.astype(np.int64)  # exact
-    assert np.abs(acc).max() < 2 ** 24  # so float32(acc) is exact too
+    assert np.abs(acc).max() < 2**24  # so float32(acc) is exact too
     return acc.astype(f32) * (mx * (f32(1) / inv))
 
 
@@ -79,8 +80,8 @@ def test_forward_is_exact_integer_sums_then_one_rescale(name, dtype):
     spec, dt = SPECS[name], DTYPES[dtype]
     fake, int8 = layer_pair(spec, dt)
     for layer in (fake, int8):
-        layer.kernel[...] = jnp.asarray(dyadic((96, 40), 0, 40, 2.0 ** -11))
-    x = jnp.asarray(dyadic((3, 7, 96), 1, 200, 2.0 ** -6)).astype(dt)
+        layer.kernel[...] = jnp.asarray(dyadic((96, 40), 0, 40, 2.0**-11))
+    x = jnp.asarray(dyadic((3, 7, 96), 1, 200, 2.0**-6)).astype(dt)
     ref = np_int8_matmul(np.asarray(x.astype(jnp.float32)), np.asarray(int8.kernel[...]), spec)
     got = np.asarray(jax.jit(lambda x: int8(x))(x).astype(jnp.float32))
     # the scales agree exactly and the integer sums are exact: only the float32 rescale rounds. XLA may fold
@@ -123,10 +124,18 @@ def test_gradients_equal_the_fake_quant_paths_bit_for_bit(name, dtype):
     assert gp1["kernel"][...].dtype == jnp.float32 and np.abs(np.asarray(gx1)).max() > 0
 
 
-@pytest.mark.parametrize("spec", [QuantSpec("fbi"), QuantSpec("ternary_absmean"), QuantSpec("rtn4", "absmax8"),
-                                  QuantSpec("ternary_absmean", "absmax16"),
-                                  QuantSpec("ternary_absmean", "absmax8", weight_options=(("granularity", 32),)),
-                                  QuantSpec("binary_mean", "absmax_v1_8", norm="layer"), QuantSpec()])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec("fbi"),
+        QuantSpec("ternary_absmean"),
+        QuantSpec("rtn4", "absmax8"),
+        QuantSpec("ternary_absmean", "absmax16"),
+        QuantSpec("ternary_absmean", "absmax8", weight_options=(("granularity", 32),)),
+        QuantSpec("binary_mean", "absmax_v1_8", norm="layer"),
+        QuantSpec(),
+    ],
+)
 def test_layer_refuses_specs_without_int8_codes(spec):
     with pytest.raises(ValueError, match="int8 matmul needs integer-coded quantizers"):
         BitDense(64, 32, quant=spec, int8_matmul=True, rngs=nnx.Rngs(0))
@@ -180,6 +189,7 @@ def test_tiny_training_run_has_the_same_loss_curve():
             def loss_fn(p):
                 logits = nnx.merge(graphdef, p)(batch[:, :-1])
                 return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
             loss, g = jax.value_and_grad(loss_fn)(params)
             upd, opt = tx.update(g, opt, params)
             return optax.apply_updates(params, upd), opt, loss

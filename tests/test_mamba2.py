@@ -113,7 +113,11 @@ def test_bimamba_binarizes_in_and_out_proj_only_with_fbi():
     assert np.abs(np.asarray(fwd(model, x)) - np.asarray(fwd(fp, x))).max() > 1e-3
     # conv1d, A_log, D, dt_bias, norms stay full precision: no learned scales anywhere else
     assert {k for k in flat(model) if "qparams" in k} == {
-        f"layers.{i}.mixer.{p}.qparams.{s}" for i in range(2) for p in ("in_proj", "out_proj") for s in ("alpha", "beta")}
+        f"layers.{i}.mixer.{p}.qparams.{s}"
+        for i in range(2)
+        for p in ("in_proj", "out_proj")
+        for s in ("alpha", "beta")
+    }
 
 
 def test_methods_across_families():
@@ -133,14 +137,17 @@ def _bimamba_transformer():
     return c
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("headdim", 24, r"config.model.headdim=24 is invalid: must divide d_inner"),
-    ("ngroups", 3, r"config.model.ngroups=3 is invalid: must divide the number of heads 4"),
-    ("d_state", 0, r"config.model.d_state=0 is invalid: must be a positive int"),
-    ("dt_min", 0.5, r"config.model.dt_min=0.5 is invalid: must be ≤ config.model.dt_max"),
-    ("dtype", "float16", r"config.model.dtype='float16' is invalid"),
-    ("quant_method", "nope", r"config.model.quant.method='nope' is invalid"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("headdim", 24, r"config.model.headdim=24 is invalid: must divide d_inner"),
+        ("ngroups", 3, r"config.model.ngroups=3 is invalid: must divide the number of heads 4"),
+        ("d_state", 0, r"config.model.d_state=0 is invalid: must be a positive int"),
+        ("dt_min", 0.5, r"config.model.dt_min=0.5 is invalid: must be ≤ config.model.dt_max"),
+        ("dtype", "float16", r"config.model.dtype='float16' is invalid"),
+        ("quant_method", "nope", r"config.model.quant.method='nope' is invalid"),
+    ],
+)
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         models.validate(config(**{field: value}))
@@ -168,7 +175,7 @@ def test_cached_decode_equals_full_forward(method, ngroups, tie):
     logits, cache = decode(model, x[:, :5], model.init_cache(2, 17))
     got = [np.asarray(logits)]
     for i in range(5, 17):
-        logits, cache = decode(model, x[:, i:i + 1], cache)
+        logits, cache = decode(model, x[:, i : i + 1], cache)
         got.append(np.asarray(logits))
     got = np.concatenate(got, axis=1)
     np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * np.abs(full).max())

@@ -33,9 +33,15 @@ def mamba_config(method="bimamba", steps=12, data_dir=None, **over):
     return c
 
 
-@pytest.mark.parametrize("size, params", [("small", 130e6), ("780m", 780e6),
-                                          pytest.param("1.3b", 1.3e9, marks=pytest.mark.slow),
-                                          pytest.param("2.7b", 2.7e9, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "size, params",
+    [
+        ("small", 130e6),
+        ("780m", 780e6),
+        pytest.param("1.3b", 1.3e9, marks=pytest.mark.slow),
+        pytest.param("2.7b", 2.7e9, marks=pytest.mark.slow),
+    ],
+)
 def test_presets_have_the_papers_sizes(size, params):
     """Bi-Mamba's 780M/1.3B/2.7B (and mamba2-130m) with the GPT-NeoX vocabulary of those checkpoints."""
     cfg = get_config(f"quant=bimamba,size={size}")
@@ -86,10 +92,13 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
     assert np.mean(la[-3:]) < np.mean(la[:3]) and np.isfinite(out["eval_bpb"])
     # python -m bitjax.sample on the run: prefill + O(1) state steps, greedy is deterministic
     from bitjax import sample
+
     texts = sample.main(["--workdir", str(tmp_path / "a"), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
     assert len(texts) == 1 and texts[0].startswith("def ")
-    assert sample.main(["--workdir", str(tmp_path / "b"), "--prompt", "def ", "--tokens", "8",
-                        "--temperature", "0"]) == texts  # the resumed run's parameters are the same
+    assert (
+        sample.main(["--workdir", str(tmp_path / "b"), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
+        == texts
+    )  # the resumed run's parameters are the same
 
 
 @pytest.mark.slow
@@ -103,14 +112,33 @@ def test_sigkill_then_resume_is_bitwise_identical_through_the_cli(data_dir, tmp_
     from test_fault_tolerance import losses as cli_losses
 
     def cli(workdir):
-        return [sys.executable, "-m", "bitjax.main", "--config", "configs/mamba2.py:quant=bimamba,size=tiny",
-                f"--workdir={workdir}", "--config.total_steps=16", "--config.batch_size=8", "--config.seq_len=32",
-                "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=4",
-                "--config.data.name=text_files", f"--config.data.paths={tuple(FILES)!r}",
-                f"--config.data.data_dir={data_dir}", "--config.data.eval_batches=1", "--config.model.d_model=32",
-                "--config.model.n_layers=2", "--config.model.d_state=8", "--config.model.headdim=16",
-                "--config.model.chunk_size=8", "--config.optim.warmup_steps=2", "--config.mesh.data=2",
-                "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+        return [
+            sys.executable,
+            "-m",
+            "bitjax.main",
+            "--config",
+            "configs/mamba2.py:quant=bimamba,size=tiny",
+            f"--workdir={workdir}",
+            "--config.total_steps=16",
+            "--config.batch_size=8",
+            "--config.seq_len=32",
+            "--config.log_every=1",
+            "--config.eval_every=0",
+            "--config.checkpoint_every=4",
+            "--config.data.name=text_files",
+            f"--config.data.paths={tuple(FILES)!r}",
+            f"--config.data.data_dir={data_dir}",
+            "--config.data.eval_batches=1",
+            "--config.model.d_model=32",
+            "--config.model.n_layers=2",
+            "--config.model.d_state=8",
+            "--config.model.headdim=16",
+            "--config.model.chunk_size=8",
+            "--config.optim.warmup_steps=2",
+            "--config.mesh.data=2",
+            "--config.mesh.fsdp=2",
+            "--config.mesh.tensor=2",
+        ]
 
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     run(cli(ref), env=env())
@@ -133,10 +161,12 @@ def test_a_stacked_bimamba_student_distils_from_a_transformer_teacher(data_dir, 
     step's distill_loss equals a numpy restatement over both models' logits, and the run trains on it."""
     import json
     from test_distill import np_distill
+
     teacher = str(tmp_path / "teacher")
     trainer.train(tiny_config("fp", steps=4, data_dir=data_dir, **{"optim.warmup_steps": 1}), teacher)
-    cfg = mamba_config("bimamba", steps=6, data_dir=data_dir,
-                       **{"distill.teacher_workdir": teacher, "optim.warmup_steps": 1})
+    cfg = mamba_config(
+        "bimamba", steps=6, data_dir=data_dir, **{"distill.teacher_workdir": teacher, "optim.warmup_steps": 1}
+    )
     cfg.model.scan_layers = True
     setup = trainer.Setup(cfg)
     state = setup.init_fn(jax.random.key(0))
@@ -144,8 +174,9 @@ def test_a_stacked_bimamba_student_distils_from_a_transformer_teacher(data_dir, 
     s = np.asarray(setup.model(state["params"])(batch["inputs"]), np.float64)
     t = np.asarray(nnx.merge(setup.teacher.graphdef, setup.teacher.params)(batch["inputs"]), np.float64)
     _, m = setup.train_step(state, batch)
-    np.testing.assert_allclose(float(m["distill_loss"]), np_distill(s, t, np.asarray(batch["mask"]), "ce", 1.0),
-                               rtol=2e-5)
+    np.testing.assert_allclose(
+        float(m["distill_loss"]), np_distill(s, t, np.asarray(batch["mask"]), "ce", 1.0), rtol=2e-5
+    )
     out = trainer.train(cfg, str(tmp_path / "student"))
     with open(tmp_path / "student" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]

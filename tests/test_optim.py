@@ -18,6 +18,7 @@ def cfg(**kw):
 
 # --- schedules -------------------------------------------------------------------
 
+
 def test_cosine_linear_constant_schedule_values():
     lr, W, T, m = 1e-3, 10, 110, 0.1
     _, f = optim.make_optimizer(cfg(lr=lr, warmup_steps=W, min_lr_ratio=m), T)
@@ -29,9 +30,9 @@ def test_cosine_linear_constant_schedule_values():
     assert float(f(T)) == pytest.approx(lr * m)
     assert float(f(10 * T)) == pytest.approx(lr * m)
 
-    _, f = optim.make_optimizer(cfg(lr=lr, warmup_steps=W, min_lr_ratio=m, schedule='linear'), T)
+    _, f = optim.make_optimizer(cfg(lr=lr, warmup_steps=W, min_lr_ratio=m, schedule="linear"), T)
     assert float(f(35)) == pytest.approx(lr * (m + (1 - m) * 0.75))
-    _, f = optim.make_optimizer(cfg(lr=lr, warmup_steps=0, schedule='constant'), T)
+    _, f = optim.make_optimizer(cfg(lr=lr, warmup_steps=0, schedule="constant"), T)
     assert float(f(0)) == pytest.approx(lr) and float(f(T - 1)) == pytest.approx(lr)
     # jit-able with a traced step
     assert float(jax.jit(f)(jnp.int32(3))) == pytest.approx(lr)
@@ -39,8 +40,15 @@ def test_cosine_linear_constant_schedule_values():
 
 def test_two_stage_lr_drop_and_wd_to_zero():
     lr, W, T, m, s2, wd = 1.5e-3, 10, 100, 0.0, 1 / 3, 0.1
-    c = cfg(lr=lr, warmup_steps=W, schedule='two_stage', min_lr_ratio=m, stage2_lr_ratio=s2,
-            weight_decay=wd, stage2_frac=0.5)
+    c = cfg(
+        lr=lr,
+        warmup_steps=W,
+        schedule="two_stage",
+        min_lr_ratio=m,
+        stage2_lr_ratio=s2,
+        weight_decay=wd,
+        stage2_frac=0.5,
+    )
     lr_fn, wd_fn = optim.make_schedules(c, T)
     stage1 = lambda t: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))  # noqa: E731
     assert float(lr_fn(W)) == pytest.approx(lr)
@@ -57,47 +65,50 @@ def test_two_stage_lr_drop_and_wd_to_zero():
 def test_two_stage_applied_decay_follows_schedules():
     """Zero grads ⇒ Adam's term is 0, so each update is exactly -lr_t * wd_t * p."""
     T = 8
-    c = cfg(lr=0.1, warmup_steps=2, schedule='two_stage', min_lr_ratio=0.0, weight_decay=0.1)
+    c = cfg(lr=0.1, warmup_steps=2, schedule="two_stage", min_lr_ratio=0.0, weight_decay=0.1)
     tx, lr_fn = optim.make_optimizer(c, T)
     _, wd_fn = optim.make_schedules(c, T)
-    params = {'w': jnp.ones((2, 2)), 'norm_scale': jnp.ones((2, 2))}
+    params = {"w": jnp.ones((2, 2)), "norm_scale": jnp.ones((2, 2))}
     state = tx.init(params)
     step = jax.jit(tx.update)
     for t in range(T):
         zeros = jax.tree.map(jnp.zeros_like, params)
         upd, state = step(zeros, state, params)
-        np.testing.assert_allclose(upd['w'], -lr_fn(t) * wd_fn(t) * params['w'], rtol=1e-6)
-        np.testing.assert_array_equal(upd['norm_scale'], 0.0)
+        np.testing.assert_allclose(upd["w"], -lr_fn(t) * wd_fn(t) * params["w"], rtol=1e-6)
+        np.testing.assert_array_equal(upd["norm_scale"], 0.0)
         params = optax.apply_updates(params, upd)
         # stage 1 (t < T/2) decays the weights, stage 2 does not
-        assert (float(jnp.abs(upd['w']).max()) > 0.0) == (t < T // 2)
+        assert (float(jnp.abs(upd["w"]).max()) > 0.0) == (t < T // 2)
 
 
 # --- weight-decay mask ------------------------------------------------------------
+
 
 class Net(nnx.Module):
     def __init__(self, rngs):
         self.embed_tokens = nnx.Embed(16, 4, rngs=rngs)
         self.attn = nnx.Dict(q_proj=nnx.Linear(4, 4, use_bias=True, rngs=rngs))
         self.input_norm = nnx.RMSNorm(4, rngs=rngs)
-        self.mlp = nnx.Dict(up=nnx.Linear(4, 8, use_bias=False, rngs=rngs),
-                            alpha=nnx.Param(jnp.ones((1, 8))),
-                            w_scale=nnx.Param(jnp.ones((1, 1))))
+        self.mlp = nnx.Dict(
+            up=nnx.Linear(4, 8, use_bias=False, rngs=rngs),
+            alpha=nnx.Param(jnp.ones((1, 8))),
+            w_scale=nnx.Param(jnp.ones((1, 1))),
+        )
         self.final_norm = nnx.LayerNorm(4, rngs=rngs)
         self.lm_head = nnx.Linear(4, 16, use_bias=False, rngs=rngs)
         self.gain = nnx.Param(jnp.ones((4,)))  # 1-D: never decayed
 
     def __call__(self, x):
         h = self.input_norm(self.embed_tokens(x))
-        h = self.attn['q_proj'](h)
-        h = jax.nn.relu(self.mlp['up'](h)) * self.mlp['alpha'][...] * self.mlp['w_scale'][...]
+        h = self.attn["q_proj"](h)
+        h = jax.nn.relu(self.mlp["up"](h)) * self.mlp["alpha"][...] * self.mlp["w_scale"][...]
         return self.lm_head(self.final_norm(h[..., :4] * self.gain[...]))
 
 
 def test_wd_mask_excludes_norms_scales_embeddings():
     model = Net(nnx.Rngs(0))
     names = optim.decayed_param_names(nnx.state(model, nnx.Param))
-    assert names == ['attn.q_proj.kernel', 'lm_head.kernel', 'mlp.up.kernel']
+    assert names == ["attn.q_proj.kernel", "lm_head.kernel", "mlp.up.kernel"]
     # same answer on pure arrays (what nnx.Optimizer.update passes to tx.update)
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     assert optim.decayed_param_names(pure) == names
@@ -105,7 +116,7 @@ def test_wd_mask_excludes_norms_scales_embeddings():
 
 def test_optimizer_with_nnx_optimizer():
     model = Net(nnx.Rngs(0))
-    tx, _ = optim.make_optimizer(cfg(warmup_steps=0, schedule='constant', weight_decay=0.5), 10)
+    tx, _ = optim.make_optimizer(cfg(warmup_steps=0, schedule="constant", weight_decay=0.5), 10)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -122,36 +133,40 @@ def test_optimizer_with_nnx_optimizer():
 
 
 def test_clipping_by_global_norm():
-    g = {'a': jnp.full((2, 2), 3.0), 'b': jnp.full((4,), 4.0)}  # global norm = sqrt(36 + 64) = 10
+    g = {"a": jnp.full((2, 2), 3.0), "b": jnp.full((4,), 4.0)}  # global norm = sqrt(36 + 64) = 10
     params = jax.tree.map(jnp.zeros_like, g)
     for clip, scale in ((1.0, 0.1), (0.0, 1.0), (100.0, 1.0)):
         tx, _ = optim.make_optimizer(cfg(grad_clip=clip, b1=0.9), 10)
         _, state = tx.update(g, tx.init(params), params)
-        mu = optax.tree_utils.tree_get(state, 'mu')  # (1 - b1) * clipped grads
-        np.testing.assert_allclose(mu['a'], 0.1 * 3.0 * scale, rtol=1e-5)
-        np.testing.assert_allclose(mu['b'], 0.1 * 4.0 * scale, rtol=1e-5)
+        mu = optax.tree_utils.tree_get(state, "mu")  # (1 - b1) * clipped grads
+        np.testing.assert_allclose(mu["a"], 0.1 * 3.0 * scale, rtol=1e-5)
+        np.testing.assert_allclose(mu["b"], 0.1 * 4.0 * scale, rtol=1e-5)
 
 
 # --- config validation ---------------------------------------------------------------
 
-@pytest.mark.parametrize('kw, needle', [
-    (dict(schedule='cosin'), 'config.optim.schedule'),
-    (dict(lr=0.0), 'config.optim.lr = 0.0'),
-    (dict(b2=1.0), 'config.optim.b2'),
-    (dict(warmup_steps=500), 'config.optim.warmup_steps = 500'),
-    (dict(schedule='two_stage', warmup_steps=60), 'before stage 2'),
-    (dict(schedule='two_stage', stage2_frac=1.0), 'config.optim.stage2_frac'),
-    (dict(schedule='two_stage', stage2_lr_ratio=0.05), 'config.optim.stage2_lr_ratio'),
-    (dict(grad_clip=-1.0), 'config.optim.grad_clip'),
-    (dict(name='lion'), "config.optim.name = 'lion'"),
-])
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(schedule="cosin"), "config.optim.schedule"),
+        (dict(lr=0.0), "config.optim.lr = 0.0"),
+        (dict(b2=1.0), "config.optim.b2"),
+        (dict(warmup_steps=500), "config.optim.warmup_steps = 500"),
+        (dict(schedule="two_stage", warmup_steps=60), "before stage 2"),
+        (dict(schedule="two_stage", stage2_frac=1.0), "config.optim.stage2_frac"),
+        (dict(schedule="two_stage", stage2_lr_ratio=0.05), "config.optim.stage2_lr_ratio"),
+        (dict(grad_clip=-1.0), "config.optim.grad_clip"),
+        (dict(name="lion"), "config.optim.name = 'lion'"),
+    ],
+)
 def test_bad_config(kw, needle):
-    with pytest.raises(ValueError, match=needle.replace('.', r'\.')):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
         optim.make_optimizer(cfg(**kw), 100)
 
 
 def test_unknown_field():
     c = optim.default_config().to_dict()
-    c['weight_decay_rate'] = 0.1
+    c["weight_decay_rate"] = 0.1
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['weight_decay_rate'\]"):
         optim.make_optimizer(c, 100)

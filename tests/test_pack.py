@@ -31,7 +31,7 @@ def test_2bit_layout_written_out():
     expect = [t[0] | t[2] << 2 | t[4] << 4 | t[6] << 6, t[1] | t[3] << 2 | t[5] << 4 | t[7] << 6]
     np.testing.assert_array_equal(pack.pack_ternary_2bit(codes)[:, 0], expect)
     # base 3: the first byte is Σ t_k 3^k over the first five codes
-    assert pack.pack_ternary_base3(codes)[0] == sum(int(t[k]) * 3 ** k for k in range(5))
+    assert pack.pack_ternary_base3(codes)[0] == sum(int(t[k]) * 3**k for k in range(5))
 
 
 @pytest.mark.parametrize("shape", [(4, 8), (3, 13), (5, 1)])
@@ -54,6 +54,7 @@ def test_2bit_is_transformers_pack_weights():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from transformers.integrations.bitnet import pack_weights
+
     # (unpack_weights is torch.compile'd, ~9 s here; tests/test_export_hf.py runs it via from_pretrained)
     for shape in [(64, 24), (12, 5)]:
         codes = RNG.integers(-1, 2, shape).astype(np.int8)
@@ -61,8 +62,16 @@ def test_2bit_is_transformers_pack_weights():
         np.testing.assert_array_equal(pack.pack_ternary_2bit(codes), ref)
 
 
-@pytest.mark.parametrize("weight, scheme", [("ternary_absmean", "2bit"), ("ternary_absmean", "base3"),
-                                            ("binary_mean", "1bit"), ("fbi", "1bit"), ("onebit", "1bit")])
+@pytest.mark.parametrize(
+    "weight, scheme",
+    [
+        ("ternary_absmean", "2bit"),
+        ("ternary_absmean", "base3"),
+        ("binary_mean", "1bit"),
+        ("fbi", "1bit"),
+        ("onebit", "1bit"),
+    ],
+)
 def test_packed_layer_reconstructs_the_layers_wtilde(weight, scheme):
     layer = BitDense(40, 24, quant=QuantSpec(weight), rngs=nnx.Rngs(0))
     p = pack.pack_layer({k: np.asarray(v) for k, v in layer.integer_weights().items()}, scheme)
@@ -90,8 +99,12 @@ def test_bits_per_weight_at_the_1b_shapes():
     with binary_mean's β; ≤ 1.13 with FBI's per-input α, β (2 float32 per input row: 0.125 bits at
     k_proj's 512 outputs)."""
     got = {}
-    for scheme, bound, spec in [("2bit", 2.01, "ternary"), ("base3", 1.61, "ternary"),
-                                ("1bit", 1.01, "binary"), ("1bit", 1.13, "fbi")]:
+    for scheme, bound, spec in [
+        ("2bit", 2.01, "ternary"),
+        ("base3", 1.61, "ternary"),
+        ("1bit", 1.01, "binary"),
+        ("1bit", 1.13, "fbi"),
+    ]:
         total_bits = total_w = 0
         shapes = one_b_shapes()
         for n_in, n_out in sorted(set(shapes)):  # each distinct shape once, weighted by its count
@@ -99,9 +112,10 @@ def test_bits_per_weight_at_the_1b_shapes():
             if spec == "ternary":
                 iw = {"codes": RNG.integers(-1, 2, (n_in, n_out), dtype=np.int8), "scale": np.ones((1, 1))}
             else:
-                iw = {"codes": np.where(RNG.random((n_in, n_out)) < .5, -1, 1).astype(np.int8)}
-                iw.update({"scale": np.ones((1, 1))} if spec == "binary" else
-                          {"alpha": np.ones(n_in), "beta": np.ones(n_in)})
+                iw = {"codes": np.where(RNG.random((n_in, n_out)) < 0.5, -1, 1).astype(np.int8)}
+                iw.update(
+                    {"scale": np.ones((1, 1))} if spec == "binary" else {"alpha": np.ones(n_in), "beta": np.ones(n_in)}
+                )
             p = pack.pack_layer(iw, scheme)
             bpw = pack.bits_per_weight(p)
             assert bpw <= bound, (scheme, spec, (n_in, n_out), bpw)
@@ -116,9 +130,11 @@ def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
     import sys
 
     from bitjax.export.hf import require
+
     monkeypatch.setitem(sys.modules, "gguf", None)  # None in sys.modules makes `import gguf` fail
     with pytest.raises(ImportError, match=r"pip install 'bitjax\[gguf\]'"):
         require("gguf", "gguf")
     from bitjax.export.gguf import save_gguf
+
     with pytest.raises(ImportError, match=r"bitjax\[gguf\]"):
         save_gguf(None, None, "x.gguf")

@@ -14,8 +14,19 @@ from bitjax.nn.packed import PackedDense, pack_model, projection_bytes, unpack_2
 
 def b158(dtype="float32", **kw):
     cfg = T.default_config()
-    cfg.update(dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128,
-                    sub_norm=True, dtype=dtype, **kw))
+    cfg.update(
+        dict(
+            vocab_size=320,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            mlp_dim=128,
+            sub_norm=True,
+            dtype=dtype,
+            **kw,
+        )
+    )
     cfg.quant.method = "b158"
     return T.Transformer(cfg, rngs=nnx.Rngs(0))
 
@@ -45,9 +56,19 @@ def test_packed_model_gives_the_training_models_logits_and_greedy_tokens(dtype):
 
 def test_packed_weights_take_an_eighth_of_bf16():
     model = b158()
-    n = sum(m.kernel[...].size for l in model.layers for m in
-            (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.self_attn.o_proj,
-             l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj))
+    n = sum(
+        m.kernel[...].size
+        for l in model.layers
+        for m in (
+            l.self_attn.q_proj,
+            l.self_attn.k_proj,
+            l.self_attn.v_proj,
+            l.self_attn.o_proj,
+            l.mlp.gate_proj,
+            l.mlp.up_proj,
+            l.mlp.down_proj,
+        )
+    )
     assert projection_bytes(model) == 4 * n  # latent float32
     assert projection_bytes(pack_model(model)) == n // 4 + 4 * 7 * 2  # 2 bits per weight + one 1/γ per matrix
 

@@ -27,14 +27,18 @@ def fp_run(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def outs(fp_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("ptq")
-    return {name: (str(root / name), ptq.run(fp_run, method, bits, str(root / name), calib_sequences=CALIB))
-            for name, method, bits in (("rtn2", "rtn", 2), ("gptq2", "gptq", 2), ("billm", "billm", None))}
+    return {
+        name: (str(root / name), ptq.run(fp_run, method, bits, str(root / name), calib_sequences=CALIB))
+        for name, method, bits in (("rtn2", "rtn", 2), ("gptq2", "gptq", 2), ("billm", "billm", None))
+    }
 
 
 def kernels(params):
     for i, layer in sorted(params["layers"].items()):
-        for block, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                             ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+        for block, names in (
+            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+            ("mlp", ("gate_proj", "up_proj", "down_proj")),
+        ):
             for n in names:
                 yield f"layers.{i}.{block}.{n}.kernel", np.asarray(layer[block][n]["kernel"])
 
@@ -44,8 +48,17 @@ def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
     out, result = outs[name]
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
-    assert {"method", "bits", "group_size", "calib_sequences", "eval_loss", "eval_bpb", "fp_eval_loss",
-            "fp_eval_bpb", "layer_errors"} <= set(saved)
+    assert {
+        "method",
+        "bits",
+        "group_size",
+        "calib_sequences",
+        "eval_loss",
+        "eval_bpb",
+        "fp_eval_loss",
+        "fp_eval_bpb",
+        "layer_errors",
+    } <= set(saved)
     assert saved["calib_sequences"] == CALIB and len(saved["layer_errors"]) == 2 * 7
     assert math.isfinite(saved["eval_bpb"]) and saved["eval_bpb"] > 0
     # the written checkpoint is what was evaluated: loading it (as bitjax.sample/eval do) gives the same loss
@@ -81,12 +94,15 @@ def test_gptq_layer_error_is_at_most_rtns(outs):
     assert outs["gptq2"][1]["eval_loss"] <= outs["rtn2"][1]["eval_loss"]
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--method", "awq"], "--method 'awq'"),
-    (["--method", "gptq", "--bits", "1"], "--bits 1"),
-    (["--method", "billm", "--bits", "3"], "--bits 3"),
-    (["--method", "rtn", "--group_size", "5"], "--group_size 5"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--method", "awq"], "--method 'awq'"),
+        (["--method", "gptq", "--bits", "1"], "--bits 1"),
+        (["--method", "billm", "--bits", "3"], "--bits 3"),
+        (["--method", "rtn", "--group_size", "5"], "--group_size 5"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_write_nothing(fp_run, tmp_path, capsys, args, match):
     with pytest.raises(SystemExit) as e:
         ptq.main(["--workdir", fp_run, "--out", str(tmp_path / "out"), *args])

@@ -27,8 +27,12 @@ def np_absmax(x, bits):  # HF transformers ActQuant.forward (bits = 8), in torch
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=st.tuples(st.integers(1, 5), st.integers(1, 40)), bits=st.sampled_from([2, 4, 8]),
-       scale=st.sampled_from([1e-8, 1e-2, 1.0, 100.0]), seed=st.integers(0, 9999))
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 40)),
+    bits=st.sampled_from([2, 4, 8]),
+    scale=st.sampled_from([1e-8, 1e-2, 1.0, 100.0]),
+    seed=st.integers(0, 9999),
+)
 def test_absmax_matches_formula_exactly(shape, bits, scale, seed):
     x = rand(shape, seed, scale)
     qp = 2 ** (bits - 1) - 1
@@ -38,8 +42,9 @@ def test_absmax_matches_formula_exactly(shape, bits, scale, seed):
     np.testing.assert_array_equal(np.asarray(got_s), s)
     np.testing.assert_array_equal(np.asarray(codes), np.clip(np.round(x * s), -qp - 1, qp))
     np.testing.assert_array_equal(np.asarray(A.absmax_act(jnp.asarray(x), bits)), np_absmax(x, bits))
-    np.testing.assert_array_equal(np.asarray(jax.jit(A.absmax_act, static_argnums=1)(jnp.asarray(x), bits)),
-                                  np_absmax(x, bits))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(A.absmax_act, static_argnums=1)(jnp.asarray(x), bits)), np_absmax(x, bits)
+    )
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -64,15 +69,16 @@ def test_absmax_bf16_in_bf16_out():
     got = A.absmax_act(x)
     assert got.dtype == jnp.bfloat16
     ref = np_absmax(np.asarray(x.astype(jnp.float32)), 8)
-    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)),
-                                  np.asarray(jnp.asarray(ref).astype(jnp.bfloat16).astype(jnp.float32)))
+    np.testing.assert_array_equal(
+        np.asarray(got.astype(jnp.float32)), np.asarray(jnp.asarray(ref).astype(jnp.bfloat16).astype(jnp.float32))
+    )
 
 
 @pytest.mark.parametrize("keep", [0.25, 0.5, 1.0])
 def test_topk_absmax_matches_formula(keep):
     x = rand((4, 20), 4)
     k = int(np.ceil(keep * 20))
-    kth = -np.sort(-np.abs(x), axis=-1)[:, k - 1:k]
+    kth = -np.sort(-np.abs(x), axis=-1)[:, k - 1 : k]
     sparse = np.where(np.abs(x) >= kth, x, 0.0).astype(np.float32)
     got = np.asarray(A.topk_absmax_act(jnp.asarray(x), keep, 8))
     np.testing.assert_array_equal(got, np_absmax(sparse, 8))
@@ -97,7 +103,7 @@ def test_absmax_v1_matches_paper_equation_with_2_to_the_b_levels(bits):
     np.testing.assert_allclose(got, np_absmax_v1(x, bits), rtol=1e-6)
     gamma = np.abs(x).max(-1, keepdims=True)
     codes = np.round(got * 2 ** (bits - 1) / gamma)
-    assert codes.min() >= -2 ** (bits - 1) and codes.max() <= 2 ** (bits - 1) - 1  # b bits, not b + 1
+    assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1  # b bits, not b + 1
     tensor = np.asarray(A.absmax_v1_act(jnp.asarray(x), bits, "tensor"))
     np.testing.assert_allclose(tensor, np_absmax_v1(x, bits, axis=None), rtol=1e-6)
 
@@ -118,7 +124,7 @@ def test_absmean_matches_a48_equation(bits):
     qp = 2 ** (bits - 1) - 1
     assert int(codes.min()) >= -qp - 1 and int(codes.max()) <= qp and int(codes[3, 5]) == qp
     np.testing.assert_allclose(np.asarray(codes * beta / np.sqrt(qp)), got, rtol=1e-5, atol=1e-7)
-    assert len(np.unique(got[1])) <= 2 ** bits
+    assert len(np.unique(got[1])) <= 2**bits
 
 
 def test_bits_validated():

@@ -66,10 +66,9 @@ def np_billm(W, H, block=128, damp=0.01, metric="hessian", up_lim=50):
     for a in range(0, n, block):
         b = min(a + block, n)
         W1, d = W[a:b].copy(), np.diag(U)[a:b, None]
-        s = W1 ** 2 / d ** 2 if metric == "hessian" else W1
+        s = W1**2 / d**2 if metric == "hessian" else W1
         m1, m2, m3 = np_structural_searching(s, up_lim)
-        Q1 = (np_high_order_residual(W1, m1, 1) + np_high_order_residual(W1, m2, 1)
-              + np_high_order_residual(W1, m3, 2))
+        Q1 = np_high_order_residual(W1, m1, 1) + np_high_order_residual(W1, m2, 1) + np_high_order_residual(W1, m3, 2)
         Err1 = (W1 - Q1) / d  # no update inside the block
         W[a:b] = Q1
         W[b:] -= U[a:b, b:].T @ Err1
@@ -90,14 +89,17 @@ def proxy_loss(w_hat, w, h):
     return float(np.trace(d.T @ h @ d))
 
 
-@pytest.mark.parametrize("n_in, block, dead, metric", [
-    (256, 128, (), "hessian"),
-    (256, 128, (3, 130), "hessian"),  # dead inputs
-    (200, 128, (), "hessian"),        # last block of 72 rows
-    (160, 128, (), "hessian"),        # last block of 32 < up_lim rows: r ranges over 1..32
-    (192, 64, (), "magnitude"),
-    (96, 128, (), "hessian"),         # fewer input rows than one block: a single short block
-])
+@pytest.mark.parametrize(
+    "n_in, block, dead, metric",
+    [
+        (256, 128, (), "hessian"),
+        (256, 128, (3, 130), "hessian"),  # dead inputs
+        (200, 128, (), "hessian"),  # last block of 72 rows
+        (160, 128, (), "hessian"),  # last block of 32 < up_lim rows: r ranges over 1..32
+        (192, 64, (), "magnitude"),
+        (96, 128, (), "hessian"),  # fewer input rows than one block: a single short block
+    ],
+)
 def test_matches_reference_algorithm(n_in, block, dead, metric):
     w, h = problem(n_in, seed=n_in + block, dead=dead)
     got = np.asarray(billm(jnp.asarray(w), jnp.asarray(h), block, salient_metric=metric))
@@ -111,7 +113,7 @@ def test_block_values_are_binary_per_group():
     w, h = problem(seed=7)
     got = np.asarray(billm(jnp.asarray(w), jnp.asarray(h)))
     for a in (0, 128):
-        assert max(len(np.unique(got[a:a + 128, j])) for j in range(w.shape[1])) <= 8
+        assert max(len(np.unique(got[a : a + 128, j])) for j in range(w.shape[1])) <= 8
     assert len(np.unique(got[:128, 0])) > 2  # and more than one group is used
 
 

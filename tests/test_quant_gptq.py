@@ -32,7 +32,7 @@ def np_codes(w, scale, zero, maxq):
 
 def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block=128):
     """``fasterquant`` in the (in, out) layout: lazy blocks of `block` rows; group params from the global W."""
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     W, H = W.astype(np.float64).copy(), H.astype(np.float64).copy()
     n = W.shape[0]
     scale, zero = np_find_params(W, maxq, sym)  # before the dead rows are zeroed, as the reference
@@ -49,10 +49,10 @@ def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block
         W1, Err1 = W[i1:i2].copy(), np.zeros((i2 - i1, W.shape[1]))
         for i in range(i2 - i1):
             if group and (i1 + i) % group == 0:  # from W, which only the earlier blocks have updated
-                scale, zero = np_find_params(W[i1 + i:i1 + i + group], maxq, sym)
+                scale, zero = np_find_params(W[i1 + i : i1 + i + group], maxq, sym)
             Q[i1 + i], S[i1 + i], Z[i1 + i] = np_codes(W1[i], scale, zero, maxq), scale, zero
             err = (W1[i] - scale * (Q[i1 + i] - zero)) / U[i1 + i, i1 + i]
-            W1[i:] -= np.outer(U[i1 + i, i1 + i:i2], err)
+            W1[i:] -= np.outer(U[i1 + i, i1 + i : i2], err)
             Err1[i] = err
         W[i2:] -= U[i1:i2, i2:].T @ Err1
     inv = np.argsort(perm)
@@ -72,19 +72,27 @@ def proxy_loss(w_hat, w, h):
     return float(np.trace(d.T @ h @ d))
 
 
-@pytest.mark.parametrize("bits, group, act_order, dead, sym, block", [
-    (4, None, False, (), False, 128), (3, 16, False, (), False, 128), (2, None, True, (), True, 128),
-    (3, 16, True, (3, 40), False, 32), (8, 32, False, (0,), True, 128), (4, 16, False, (), True, 24),
-])
+@pytest.mark.parametrize(
+    "bits, group, act_order, dead, sym, block",
+    [
+        (4, None, False, (), False, 128),
+        (3, 16, False, (), False, 128),
+        (2, None, True, (), True, 128),
+        (3, 16, True, (3, 40), False, 32),
+        (8, 32, False, (0,), True, 128),
+        (4, 16, False, (), True, 24),
+    ],
+)
 def test_matches_reference_algorithm(bits, group, act_order, dead, sym, block):
     w, h = problem(dead=dead)
-    codes, scales, zeros = gptq_codes(jnp.asarray(w), jnp.asarray(h), bits, group, act_order=act_order, sym=sym,
-                                      block_size=block)
+    codes, scales, zeros = gptq_codes(
+        jnp.asarray(w), jnp.asarray(h), bits, group, act_order=act_order, sym=sym, block_size=block
+    )
     ref_codes, ref_scales, ref_zeros = np_gptq(w, h, bits, group, act_order=act_order, sym=sym, block=block)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
     np.testing.assert_allclose(np.asarray(scales), ref_scales, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(zeros), ref_zeros)
-    assert codes.dtype == jnp.uint8 and int(codes.max()) <= 2 ** bits - 1
+    assert codes.dtype == jnp.uint8 and int(codes.max()) <= 2**bits - 1
     if dead:  # dead inputs are zeroed, and 0 is on the grid
         np.testing.assert_array_equal(ref_codes[list(dead)], ref_zeros[list(dead)])
     got = np.asarray(gptq(jnp.asarray(w), jnp.asarray(h), bits, group, act_order=act_order, sym=sym, block_size=block))
@@ -113,8 +121,10 @@ def test_uncorrelated_inputs_reduce_to_rtn(sym):
     """With diagonal H, U is diagonal: no error is propagated and GPTQ is RTN on the same grid."""
     w, _ = problem(seed=2)
     h = np.diag(np.random.default_rng(3).uniform(0.5, 2.0, w.shape[0])).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(gptq(jnp.asarray(w), jnp.asarray(h), 3, sym=sym)),
-                                  np.asarray(rtn(jnp.asarray(w), 3, "channel", sym=sym)))
+    np.testing.assert_array_equal(
+        np.asarray(gptq(jnp.asarray(w), jnp.asarray(h), 3, sym=sym)),
+        np.asarray(rtn(jnp.asarray(w), 3, "channel", sym=sym)),
+    )
 
 
 def test_two_bits_use_four_levels():

@@ -32,7 +32,7 @@ def np_onebit_layer(x, weight, input_factor, weight_scale, bias=None, eps=1e-5):
     out = out * weight_scale[None, :]
     mu = out.mean(-1, keepdims=True)
     var = ((out - mu) ** 2).mean(-1, keepdims=True)  # torch LayerNorm: biased variance
-    out = (out - mu) / np.sqrt(var + eps)             # elementwise_affine=False: no params
+    out = (out - mu) / np.sqrt(var + eps)  # elementwise_affine=False: no params
     return out if bias is None else out + bias
 
 
@@ -60,8 +60,11 @@ def test_onebit_layer_matches_reference_forward():
     got = np.asarray(W.onebit_layernorm(jnp.asarray(y))) + bias
     np.testing.assert_allclose(got, np_onebit_layer(x, weight, g, h, bias), rtol=1e-4, atol=1e-5)
     # the value W̃ itself: g on the input axis, h on the output axis of the kernel
-    np.testing.assert_allclose(np.asarray(W.onebit(kernel, jnp.asarray(g), jnp.asarray(h))),
-                               (g[None, :] * torch_sign(weight) * h[:, None]).T, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(W.onebit(kernel, jnp.asarray(g), jnp.asarray(h))),
+        (g[None, :] * torch_sign(weight) * h[:, None]).T,
+        rtol=1e-6,
+    )
 
 
 def test_onebit_layernorm_is_affine_free_torch_layernorm():
@@ -77,7 +80,7 @@ def test_onebit_svid_init_is_the_rank1_factorisation_the_reference_nmf_finds():
     kernel = rand((16, 10), 7, 0.02)
     p = W.onebit_init(jnp.asarray(kernel))
     g, h = np.asarray(p["g"]), np.asarray(p["h"])
-    assert g.shape == (16,) and h.shape == (10,)   # g: input side, h: output side
+    assert g.shape == (16,) and h.shape == (10,)  # g: input side, h: output side
     assert (g >= 0).all() and (h >= 0).all()
     # build_start_ckpt.py: NMF on |weight| (out, in); W (out,1) → weight_scale (h), H (1,in) → input_factor (g)
     w_nmf, h_nmf = np_rank1_nmf(np.abs(kernel.T).astype(np.float64))
@@ -105,8 +108,9 @@ def test_onebit_gradients_tanh_surrogate_and_exact_scales(scale):
     gw, gg, gh = jax.grad(loss, argnums=(0, 1, 2))(*map(jnp.asarray, (kernel, g, h)))
     s = torch_sign(kernel)
     # SignSTEFunc.backward (bitnet.py l. 21–23): grad · (1.001 − tanh(w)²), then the g, h products
-    np.testing.assert_allclose(np.asarray(gw), c * g[:, None] * h[None, :] * (1.001 - np.tanh(kernel) ** 2),
-                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        np.asarray(gw), c * g[:, None] * h[None, :] * (1.001 - np.tanh(kernel) ** 2), rtol=1e-5, atol=1e-8
+    )
     np.testing.assert_allclose(np.asarray(gg), (c * s * h[None, :]).sum(1), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(gh), (c * s * g[:, None]).sum(0), rtol=1e-5)
     # the bitjax rules act on u = W
@@ -133,7 +137,7 @@ def np_tails_mask(kernel, frac):
 
 def np_high_quant(weight, bits):
     """HighQuantizer(bits, perchannel=True, sym=False).calibrate + quantize (high_quant.py), torch layout."""
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     xmin = np.minimum(weight.min(1), 0)
     xmax = np.maximum(weight.max(1), 0)
     zero_both = (xmin == 0) & (xmax == 0)
@@ -180,10 +184,10 @@ def test_salient_mask_magnitude_and_stacking():
 def test_pb_llm_high_is_reference_per_channel_asymmetric_grid(bits):
     kernel = rand((24, 6), 23, 0.05)
     kernel[:, 2] = np.abs(kernel[:, 2])  # a channel with min > 0: the grid still spans 0
-    kernel[:, 3] = 0.0                   # all-zero channel → range [−1, 1]
+    kernel[:, 3] = 0.0  # all-zero channel → range [−1, 1]
     got = np.asarray(W.pb_llm_high(jnp.asarray(kernel), bits))
     np.testing.assert_allclose(got, np_high_quant(kernel.T.copy(), bits).T, rtol=1e-6, atol=1e-8)
-    assert max(len(np.unique(got[:, j])) for j in range(6)) <= 2 ** bits
+    assert max(len(np.unique(got[:, j])) for j in range(6)) <= 2**bits
 
 
 def test_pb_llm_forward_matches_reference_and_state_is_frozen():
@@ -211,8 +215,9 @@ def test_pb_llm_gradient_zero_on_frozen_salient_ste_times_alpha_elsewhere(rule):
     st = W.pb_llm_init(jnp.asarray(kernel), 0.1)
     mask = np.asarray(st["mask"])
     c = rand(kernel.shape, 27)
-    gw = np.asarray(jax.grad(lambda w: jnp.sum(W.pb_llm(w, st["mask"], st["salient"], rule=rule) * c))(
-        jnp.asarray(kernel)))
+    gw = np.asarray(
+        jax.grad(lambda w: jnp.sum(W.pb_llm(w, st["mask"], st["salient"], rule=rule) * c))(jnp.asarray(kernel))
+    )
     alpha = np.abs(kernel[~mask]).mean()
     # reference: STEBinary passes the gradient through sign, × the detached binary_scale α;
     # the detached salient branch of torch.where gives 0

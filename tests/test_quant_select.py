@@ -16,7 +16,7 @@ def test_matches_sorted_order(rows, d, data, seed):
     rng = np.random.default_rng(seed)
     a = np.abs(rng.standard_normal((rows, d))).astype(np.float32)
     a[:, : d // 3] = np.round(a[:, : d // 3], 1)  # plenty of ties
-    expect = -np.sort(-a, axis=-1)[:, k - 1:k]
+    expect = -np.sort(-a, axis=-1)[:, k - 1 : k]
     np.testing.assert_array_equal(np.asarray(kth_largest(jnp.asarray(a), k)), expect)
 
 

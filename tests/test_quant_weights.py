@@ -34,14 +34,14 @@ def np_groups(w, granularity):
     if granularity == "tensor":
         return [(np.s_[:, :], w)]
     if granularity == "channel":
-        return [(np.s_[:, j:j + 1], w[:, j:j + 1]) for j in range(n_out)]
+        return [(np.s_[:, j : j + 1], w[:, j : j + 1]) for j in range(n_out)]
     g = granularity
-    return [(np.s_[i:i + g, j:j + 1], w[i:i + g, j:j + 1]) for i in range(0, n_in, g) for j in range(n_out)]
+    return [(np.s_[i : i + g, j : j + 1], w[i : i + g, j : j + 1]) for i in range(0, n_in, g) for j in range(n_out)]
 
 
 def np_rtn(w, bits, granularity, sym=False):
     """GPTQ's min-max Quantizer (IST-DASLab/gptq quant.py find_params + quantize), float32, per group."""
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     out = np.zeros_like(w, dtype=np.float32)
     for idx, blk in np_groups(w.astype(np.float32), granularity):
         xmin, xmax = min(blk.min(), np.float32(0)), max(blk.max(), np.float32(0))
@@ -67,7 +67,7 @@ def test_ternary_absmean_matches_hf_formula(shape, scale, seed):
     # torch each sum float32 in their own order: bounded by the worst-case summation error n·2⁻²⁴
     # (hypothesis found a 216-element case 9 ulps apart, above the 1e-6 this test used to allow).
     np.testing.assert_array_equal(np.sign(got), np.sign(ref))
-    np.testing.assert_allclose(got, ref, rtol=max(1e-6, w.size * 2.0 ** -24), atol=0)
+    np.testing.assert_allclose(got, ref, rtol=max(1e-6, w.size * 2.0**-24), atol=0)
 
 
 def test_ternary_values_are_minus_gamma_zero_gamma():
@@ -90,8 +90,9 @@ def test_ternary_low_precision_input_computed_in_float32(dtype):
     got = W.ternary_absmean(w16)
     assert got.dtype == dtype
     ref = np_ternary(np.asarray(w16.astype(jnp.float32))).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)),
-                               np.asarray(jnp.asarray(ref).astype(dtype).astype(jnp.float32)), rtol=1e-2)
+    np.testing.assert_allclose(
+        np.asarray(got.astype(jnp.float32)), np.asarray(jnp.asarray(ref).astype(dtype).astype(jnp.float32)), rtol=1e-2
+    )
     # rounding to the low-precision grid happens once, at the end: 3 distinct values
     assert len(np.unique(np.asarray(got.astype(jnp.float32)))) == 3
 
@@ -165,16 +166,16 @@ def test_binary_mean_channel():
 def test_fbi_sign_and_init_per_input_feature():
     """Reference BinaryLinearWscales 'column': torch weight (out, in), wscale/wbias (1, in)."""
     w = rand((9, 5), 7) + 0.2  # Flax kernel (in=9, out=5)
-    wt = w.T                   # torch's (out, in) weight
-    beta = wt.mean(0, keepdims=True)                    # (1, in): mean over outputs
-    alpha = np.abs(wt - beta).mean(0, keepdims=True)    # (1, in)
+    wt = w.T  # torch's (out, in) weight
+    beta = wt.mean(0, keepdims=True)  # (1, in): mean over outputs
+    alpha = np.abs(wt - beta).mean(0, keepdims=True)  # (1, in)
     p = W.fbi_init(jnp.asarray(w))
     assert p["alpha"].shape == p["beta"].shape == (9,)
     np.testing.assert_allclose(np.asarray(p["beta"]), beta[0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(p["alpha"]), alpha[0], rtol=1e-5)
     a, b = rand((9,), 8), rand((9,), 9)
     got = np.asarray(W.fbi_sign(jnp.asarray(w), jnp.asarray(a), jnp.asarray(b)))
-    ref_torch = a[None, :] * np_sign(wt) + b[None, :]   # (out, in), scales broadcast over rows
+    ref_torch = a[None, :] * np_sign(wt) + b[None, :]  # (out, in), scales broadcast over rows
     np.testing.assert_allclose(got, ref_torch.T, rtol=1e-6)
 
 
@@ -213,7 +214,7 @@ def test_rtn_matches_reference_quantizer(bits, granularity, sym):
     got = np.asarray(W.rtn(jnp.asarray(w), bits, granularity, sym=sym))
     np.testing.assert_array_equal(got, np_rtn(w, bits, granularity, sym))
     codes, scale, zero = W.rtn_codes(jnp.asarray(w), bits, granularity, sym)
-    assert codes.dtype == jnp.uint8 and int(codes.max()) <= 2 ** bits - 1
+    assert codes.dtype == jnp.uint8 and int(codes.max()) <= 2**bits - 1
     np.testing.assert_array_equal(np.asarray(scale * (codes.astype(jnp.float32) - zero)), got)
 
 
@@ -251,5 +252,3 @@ def test_rtn_clipped_gradient_is_one_on_the_representable_range():
 def test_rtn_rejects_bits():
     with pytest.raises(ValueError, match="2..8 bits"):
         W.rtn(jnp.ones((4, 4)), 1)
-
-

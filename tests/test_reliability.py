@@ -25,6 +25,7 @@ def steps_logged(workdir):
 # ------------------------------------------------------------------ 1. compare deletes only its own runs
 def test_compare_never_deletes_a_directory_it_did_not_create(tmp_path, capsys):
     from bitjax import compare
+
     run = tmp_path / "b158"
     (run / "checkpoints" / "100").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 100}\n')
@@ -36,6 +37,7 @@ def test_compare_never_deletes_a_directory_it_did_not_create(tmp_path, capsys):
 
 def test_compare_replaces_its_own_previous_run(tmp_path):
     from bitjax import compare
+
     wd = tmp_path / "fp"
     compare.fresh_workdir(str(wd))
     (wd / "metrics.jsonl").write_text('{"step": 3}\n')
@@ -53,6 +55,7 @@ def test_eval_batches_zero_is_refused_before_anything_runs(data_dir, tmp_path):
 def test_a_crash_in_the_final_eval_keeps_the_final_checkpoint(data_dir, tmp_path, monkeypatch):
     def crash(self, params, step=None):
         raise RuntimeError("eval crashed")
+
     monkeypatch.setattr(trainer.Setup, "evaluate", crash)
     with pytest.raises(RuntimeError, match="eval crashed"):
         trainer.train(tiny_config("fp", steps=5, data_dir=data_dir, checkpoint_every=0), str(tmp_path))
@@ -63,10 +66,10 @@ def test_a_crash_in_the_final_eval_keeps_the_final_checkpoint(data_dir, tmp_path
 def test_a_crash_in_a_mid_run_eval_keeps_the_trained_steps(data_dir, tmp_path, monkeypatch):
     def crash(self, params, step=None):
         raise RuntimeError("eval crashed")
+
     monkeypatch.setattr(trainer.Setup, "evaluate", crash)
     with pytest.raises(RuntimeError, match="eval crashed"):
-        trainer.train(tiny_config("fp", steps=8, data_dir=data_dir, checkpoint_every=0, eval_every=6),
-                      str(tmp_path))
+        trainer.train(tiny_config("fp", steps=8, data_dir=data_dir, checkpoint_every=0, eval_every=6), str(tmp_path))
     assert os.listdir(tmp_path / "checkpoints") == ["6"]  # saved when the eval at step 6 failed
 
 
@@ -76,8 +79,12 @@ def test_a_live_run_holds_the_workdir(data_dir, tmp_path):
     try:
         (tmp_path / "checkpoints").mkdir()
         (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
-        lock = {"host": workdir_lib.socket.gethostname(), "pid": other.pid,
-                "start": workdir_lib._proc_start(other.pid), "since": "earlier"}
+        lock = {
+            "host": workdir_lib.socket.gethostname(),
+            "pid": other.pid,
+            "start": workdir_lib._proc_start(other.pid),
+            "since": "earlier",
+        }
         (tmp_path / "LOCK").write_text(json.dumps(lock))
         with pytest.raises(errors.UserError, match=rf"in use by a live run \(pid {other.pid}"):
             trainer.train(tiny_config("fp", steps=5, data_dir=data_dir), str(tmp_path))
@@ -104,11 +111,14 @@ def test_a_stale_lock_does_not_block_and_a_foreign_host_is_named(tmp_path, caplo
 
 
 # ------------------------------------------------------------------ 4. resume with other data / model
-@pytest.mark.parametrize("override, message", [
-    ({"data.paths": tuple(FILES[:-1])}, r"different config.data \(config.data.paths: saved \["),
-    ({"model.n_layers": 3}, r"different config.model \(config.model.n_layers: saved 2, now 3\)"),
-    ({"seed": 1}, r"config.seed: saved 0, now 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"data.paths": tuple(FILES[:-1])}, r"different config.data \(config.data.paths: saved \["),
+        ({"model.n_layers": 3}, r"different config.model \(config.model.n_layers: saved 2, now 3\)"),
+        ({"seed": 1}, r"config.seed: saved 0, now 1"),
+    ],
+)
 def test_resume_with_other_data_or_model_names_the_field(override, message, data_dir, tmp_path):
     trainer.train(tiny_config("fp", steps=5, data_dir=data_dir), str(tmp_path), stop_after=1)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -121,14 +131,14 @@ def test_resume_with_other_data_or_model_names_the_field(override, message, data
 def test_resume_with_another_tokenizer_of_the_same_padded_size_is_refused(data_dir, tmp_path):
     # byte (259) and a 380-piece sentencepiece both pad to 384: the model config alone cannot tell
     trainer.train(tiny_config("fp", steps=5, data_dir=data_dir), str(tmp_path), stop_after=1)
-    spm = tiny_config("fp", steps=5, data_dir=data_dir, **{"data.tokenizer": "sentencepiece",
-                                                             "data.vocab_size": 380})
+    spm = tiny_config("fp", steps=5, data_dir=data_dir, **{"data.tokenizer": "sentencepiece", "data.vocab_size": 380})
     with pytest.raises(errors.UserError, match=r"config.data.tokenizer: saved 'byte', now 'sentencepiece'"):
         trainer.train(spm, str(tmp_path))
 
 
 def test_fingerprint_is_stored_with_the_checkpoint(data_dir, tmp_path):
     from bitjax.train import checkpoint
+
     trainer.train(tiny_config("fp", steps=1, data_dir=data_dir, **{"optim.warmup_steps": 0}), str(tmp_path))
     ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
     fp = ck.restore_metadata()["data"]
@@ -140,14 +150,15 @@ def test_fingerprint_is_stored_with_the_checkpoint(data_dir, tmp_path):
 def tb_events(workdir):
     """(step, kind) of every event in the TensorBoard files, in file order (kind: 'purge' or a tag)."""
     from tensorboardX.proto import event_pb2
+
     out = []
     for name in sorted(os.listdir(os.path.join(workdir, "tb"))):
         with open(os.path.join(workdir, "tb", name), "rb") as f:
             data = f.read()
         i = 0
         while i < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-            (n,) = struct.unpack("<Q", data[i:i + 8])
-            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
             i += 16 + n
             if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
                 out.append((ev.step, "purge"))
@@ -166,8 +177,9 @@ def test_resume_from_an_older_checkpoint_logs_each_step_once(data_dir, tmp_path)
     events = tb_events(str(tmp_path))
     # TensorBoard drops the first attempt's events from the purge step on, so it too sees each step once
     purge = events.index((5, "purge"))
-    kept = [s for s, tag in events[:purge] if tag == "train_loss" and s < 5] + \
-           [s for s, tag in events[purge:] if tag == "train_loss"]
+    kept = [s for s, tag in events[:purge] if tag == "train_loss" and s < 5] + [
+        s for s, tag in events[purge:] if tag == "train_loss"
+    ]
     assert kept == [1, 2, 3, 4, 5, 6]
 
 
@@ -183,15 +195,23 @@ def test_skips_are_warned_and_the_default_limit_is_proportionate(data_dir, tmp_p
 
 
 def test_consecutive_skips_stop_the_run(data_dir, tmp_path):
-    cfg = tiny_config("fp", steps=20, data_dir=data_dir, log_every=20, max_consecutive_skips=2,
-                      max_skipped_steps=100, **{"optim.lr": 1e30, "optim.grad_clip": 0.0})
+    cfg = tiny_config(
+        "fp",
+        steps=20,
+        data_dir=data_dir,
+        log_every=20,
+        max_consecutive_skips=2,
+        max_skipped_steps=100,
+        **{"optim.lr": 1e30, "optim.grad_clip": 0.0},
+    )
     with pytest.raises(FloatingPointError, match=r"3 steps in a row skipped"):
         trainer.train(cfg, str(tmp_path))
 
 
 def test_nonfinite_stop_without_a_checkpoint_says_so(data_dir, tmp_path):
-    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
-                                                            "nonfinite": "stop"})
+    cfg = tiny_config(
+        "fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "nonfinite": "stop"}
+    )
     with pytest.raises(FloatingPointError, match=r"No checkpoint had been written yet") as e:
         trainer.train(cfg, str(tmp_path))
     assert "None" not in str(e.value)
@@ -221,6 +241,7 @@ def test_a_trace_time_model_error_is_a_user_error_before_the_workdir(data_dir, t
 
 def test_a_generic_trace_time_error_is_reported_by_setup(data_dir, monkeypatch):
     from bitjax import models
+
     real = models.get_model
 
     def failing(name):
@@ -229,7 +250,9 @@ def test_a_generic_trace_time_error_is_reported_by_setup(data_dir, monkeypatch):
         class Failing(cls):
             def __call__(self, *a, **k):
                 raise ValueError("this model cannot run with these shapes")
+
         return Failing
+
     monkeypatch.setattr(models, "get_model", failing)
     with pytest.raises(errors.UserError, match="cannot run with these shapes"):
         trainer.Setup(tiny_config("fp", data_dir=data_dir))
@@ -239,6 +262,7 @@ def test_a_generic_trace_time_error_is_reported_by_setup(data_dir, monkeypatch):
 def test_preset_warmup_scales_with_short_runs(size):
     from bitjax import compare
     from bitjax.train import optim
+
     for steps in (4, 20):
         cfg = compare._config("b158", steps) if size == "tiny" else _preset(size)
         cfg.total_steps = steps  # as --config.total_steps=N does
@@ -254,8 +278,10 @@ def test_preset_warmup_scales_with_short_runs(size):
 
 def _preset(size):
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(
-        "cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "transformer.py"))
+        "cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "transformer.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(f"quant=b158,size={size}")
@@ -285,6 +311,7 @@ def test_a_read_only_workdir_is_a_user_error(tmp_path):
 
 def test_sample_on_a_mistyped_workdir_creates_nothing(tmp_path, capsys):
     from bitjax import sample
+
     wd = tmp_path / "typo"
     with pytest.raises(SystemExit) as e:
         sample.main(["--workdir", str(wd)])
@@ -295,6 +322,7 @@ def test_sample_on_a_mistyped_workdir_creates_nothing(tmp_path, capsys):
 # ------------------------------------------------------------------ 10. sentencepiece on odd text
 def test_sentencepiece_trains_on_a_corpus_of_one_huge_line(tmp_path):
     from bitjax.data import tokenizers
+
     line = "".join(f"x{i % 97}=f(y);" for i in range(6000))  # minified code: ~50 KB, no newline
     tok = tokenizers.train_sentencepiece([line], str(tmp_path / "m.model"), 400)  # was: INTERNAL error
     assert tok.decode(tok.encode(line)) == line
@@ -302,6 +330,7 @@ def test_sentencepiece_trains_on_a_corpus_of_one_huge_line(tmp_path):
 
 def test_sentencepiece_vocab_smaller_than_the_alphabet_names_the_field(tmp_path):
     from bitjax.data import DataError, tokenizers
+
     text = "".join(chr(0x4E00 + i) for i in range(400)) + "\n"
     with pytest.raises(DataError, match=r"config.data.vocab_size=300 is smaller than the \d+ distinct"):
         tokenizers.train_sentencepiece([text], str(tmp_path / "m.model"), 300)

@@ -34,8 +34,9 @@ def test_greedy_matches_manual_argmax_loop(model, prompt):
         nxt = jnp.argmax(nnx.jit(lambda m, x: m(x))(model, seq)[:, -1], axis=-1).astype(jnp.int32)
         seq = jnp.concatenate([seq, nxt[:, None]], axis=1)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(seq))
-    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 3, temperature=0, rng=jax.random.key(9))),
-                                  np.asarray(out))  # greedy ignores rng
+    np.testing.assert_array_equal(
+        np.asarray(generate(model, prompt, 3, temperature=0, rng=jax.random.key(9))), np.asarray(out)
+    )  # greedy ignores rng
 
 
 def test_sampling_deterministic_per_rng_and_in_range(model, prompt):

@@ -97,10 +97,11 @@ def test_hf_parity_of_a_scan_model():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from bitjax.export.hf import to_hf_model
-    _, scan = pair("b158", vocab_size=V, sub_norm=True, activation="relu2", tie_embeddings=True,
-                   rope_theta=500000.0)
-    hf = to_hf_model(scan, config(True, "b158", sub_norm=True, activation="relu2", tie_embeddings=True,
-                                  rope_theta=500000.0))
+
+    _, scan = pair("b158", vocab_size=V, sub_norm=True, activation="relu2", tie_embeddings=True, rope_theta=500000.0)
+    hf = to_hf_model(
+        scan, config(True, "b158", sub_norm=True, activation="relu2", tie_embeddings=True, rope_theta=500000.0)
+    )
     x = np.random.default_rng(3).integers(0, V, (2, 24))
     with torch.no_grad():
         ref = hf(torch.from_numpy(x)).logits.numpy()
@@ -110,21 +111,26 @@ def test_hf_parity_of_a_scan_model():
 @pytest.mark.slow  # ~50-60 s on 2 loaded cores
 def test_sampling_and_packing_match_the_loop_model():
     from bitjax.eval.sample import generate
+
     loop, scan = pair("b158", sub_norm=True)
     prompt = tokens(l=5)
     cache = scan.init_cache(2, 16)
     assert cache["k"].shape == (3, 2, 16, 2, 8)  # [layers, B, S, K, hd]
-    np.testing.assert_array_equal(np.asarray(generate(scan, prompt, 8, temperature=0)),
-                                  np.asarray(generate(loop, prompt, 8, temperature=0)))
+    np.testing.assert_array_equal(
+        np.asarray(generate(scan, prompt, 8, temperature=0)), np.asarray(generate(loop, prompt, 8, temperature=0))
+    )
     rng = jax.random.key(3)
-    np.testing.assert_array_equal(np.asarray(generate(scan, prompt, 8, rng=rng, temperature=1.0)),
-                                  np.asarray(generate(loop, prompt, 8, rng=rng, temperature=1.0)))
+    np.testing.assert_array_equal(
+        np.asarray(generate(scan, prompt, 8, rng=rng, temperature=1.0)),
+        np.asarray(generate(loop, prompt, 8, rng=rng, temperature=1.0)),
+    )
     x = tokens()
     np.testing.assert_array_equal(np.asarray(pack_model(scan)(x)), np.asarray(pack_model(loop)(x)))
 
 
 def test_ptq_of_a_scan_model_equals_the_loop_models():
     from bitjax.ptq import quantize_model
+
     loop, scan = pair("fp")
     x = np.asarray(tokens(b=4, l=16))
     quantize_model(loop, x, "rtn", 3, None, log=lambda *_: None)
@@ -222,8 +228,10 @@ def test_train_steps_scan_equal_loop_and_checkpoint_round_trip(data_dir, tmp_pat
         setups[scan] = s = trainer.Setup(c)
         states[scan] = s.init_fn(jax.random.key(0))
     st = states[True]  # the loop run starts from the scan run's parameters, unstacked
-    params = jax.device_put(jax.tree.map(np.asarray, LS.layers_like(st["params"], setups[False].abstract_state[
-        "params"])), setups[False].state_sharding["params"])  # fresh arrays: each step donates its state
+    params = jax.device_put(
+        jax.tree.map(np.asarray, LS.layers_like(st["params"], setups[False].abstract_state["params"])),
+        setups[False].state_sharding["params"],
+    )  # fresh arrays: each step donates its state
     states[False] = {**states[False], "params": params, "opt_state": setups[False].tx.init(params)}
     for scan, s in setups.items():
         st, losses[scan] = states[scan], []
@@ -234,11 +242,14 @@ def test_train_steps_scan_equal_loop_and_checkpoint_round_trip(data_dir, tmp_pat
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     np.testing.assert_allclose(  # parameters after 3 AdamW steps, too
         np.asarray(states[True]["params"]["layers"]["mlp"]["up_proj"]["kernel"][1]),
-        np.asarray(states[False]["params"]["layers"][1]["mlp"]["up_proj"]["kernel"]), atol=1e-5)
+        np.asarray(states[False]["params"]["layers"][1]["mlp"]["up_proj"]["kernel"]),
+        atol=1e-5,
+    )
 
     # a scan run through the trainer: train 2 steps with a checkpoint, resume to 4, same as straight to 4
-    c = tiny_config("b158", steps=4, data_dir=data_dir, checkpoint_every=2,
-                    **{"model.scan_layers": True, "optim.warmup_steps": 1})
+    c = tiny_config(
+        "b158", steps=4, data_dir=data_dir, checkpoint_every=2, **{"model.scan_layers": True, "optim.warmup_steps": 1}
+    )
     c.mesh.update(dict(data=2, fsdp=2, tensor=2))
     trainer.train(c, str(tmp_path / "a"), stop_after=2)
     resumed = trainer.train(c, str(tmp_path / "a"))
@@ -257,12 +268,13 @@ def test_gguf_of_a_scan_model_is_the_loop_models_file(tmp_path):
     pytest.importorskip("gguf")
     from bitjax.data.tokenizers import ByteTokenizer
     from bitjax.export.gguf import save_gguf
-    kw = dict(vocab_size=384, d_model=256, n_heads=4, n_kv_heads=2, mlp_dim=512, sub_norm=True,
-              tie_embeddings=True)
+
+    kw = dict(vocab_size=384, d_model=256, n_heads=4, n_kv_heads=2, mlp_dim=512, sub_norm=True, tie_embeddings=True)
     loop, scan = pair("b158", **kw)
     for name, model in (("loop", loop), ("scan", scan)):
-        save_gguf(model, config(name == "scan", "b158", **kw), str(tmp_path / f"{name}.gguf"),
-                  tokenizer=ByteTokenizer())
+        save_gguf(
+            model, config(name == "scan", "b158", **kw), str(tmp_path / f"{name}.gguf"), tokenizer=ByteTokenizer()
+        )
     assert (tmp_path / "scan.gguf").read_bytes() == (tmp_path / "loop.gguf").read_bytes()
 
 
@@ -277,6 +289,7 @@ def mamba_pair(method="bimamba", **kw):
         c.quant.method = method
         c.update(kw)
         return c
+
     scan, loop = M.Mamba2LM(cfg(True), rngs=nnx.Rngs(1)), M.Mamba2LM(cfg(False), rngs=nnx.Rngs(0))
     nnx.update(loop, LS.layers_like(nnx.to_pure_dict(nnx.state(scan)), nnx.to_pure_dict(nnx.state(loop))))
     return loop, scan
@@ -285,6 +298,7 @@ def mamba_pair(method="bimamba", **kw):
 @pytest.mark.parametrize("method", ["fp", "bimamba"])
 def test_mamba2_scan_equals_loop_forward_decode_and_hf_names(method):
     from bitjax.eval.sample import generate
+
     loop, scan = mamba_pair(method, ngroups=2, tie_embeddings=False)
     assert flat(scan)["layers.mixer.in_proj.kernel"].get_metadata()["out_sharding"] == ("layers", "embed", "ssm_in")
     x = tokens(l=13)
@@ -293,8 +307,10 @@ def test_mamba2_scan_equals_loop_forward_decode_and_hf_names(method):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
     cache = scan.init_cache(2)
     assert cache["ssm"].shape == (3, 2, scan.heads, 16, 8)  # [layers, B, H, P, N]
-    np.testing.assert_array_equal(np.asarray(generate(scan, tokens(l=5), 6, temperature=0)),
-                                  np.asarray(generate(loop, tokens(l=5), 6, temperature=0)))
+    np.testing.assert_array_equal(
+        np.asarray(generate(scan, tokens(l=5), 6, temperature=0)),
+        np.asarray(generate(loop, tokens(l=5), 6, temperature=0)),
+    )
     hf_a, hf_b = hf_state_dict(loop), hf_state_dict(scan)
     assert hf_a.keys() == hf_b.keys() and "backbone.layers.2.mixer.out_proj.weight" in hf_a
     for k in hf_a:
@@ -304,6 +320,7 @@ def test_mamba2_scan_equals_loop_forward_decode_and_hf_names(method):
 @pytest.mark.slow  # ~20 s: three compiles
 def test_mamba2_remat_policies_same_grads_and_presets():
     from bitjax.models import mamba2 as M
+
     _, scan = mamba_pair("bimamba")
     x = tokens()
     graphdef, params = nnx.split(scan)

@@ -12,7 +12,7 @@ def inputs(b=2, l=37, h=4, p=3, g=2, n=5, seed=0, initial=False):
     r = np.random.default_rng(seed)
     f = lambda *s: r.standard_normal(s).astype(np.float32)
     x, B, C = f(b, l, h, p), f(b, l, g, n), f(b, l, g, n)
-    dt = np.log1p(np.exp(f(b, l, h) - 1.0)).astype(np.float32)       # softplus: Δ > 0
+    dt = np.log1p(np.exp(f(b, l, h) - 1.0)).astype(np.float32)  # softplus: Δ > 0
     A = -np.exp(r.uniform(np.log(0.5), np.log(4.0), h)).astype(np.float32)
     D = f(h)
     h0 = f(b, h, p, n) if initial else None
@@ -29,8 +29,10 @@ def numpy_recurrence(x, dt, A, B, C, D, h0):
     for t in range(l):
         for i in range(h):
             j = i // (h // g)
-            state[:, i] = (np.exp(dt[:, t, i] * A[i])[:, None, None] * state[:, i]
-                           + dt[:, t, i, None, None] * x[:, t, i, :, None] * B[:, t, j, None, :])
+            state[:, i] = (
+                np.exp(dt[:, t, i] * A[i])[:, None, None] * state[:, i]
+                + dt[:, t, i, None, None] * x[:, t, i, :, None] * B[:, t, j, None, :]
+            )
             y[:, t, i] = np.einsum("bpn,bn->bp", state[:, i], C[:, t, j]) + D[i] * x[:, t, i]
     return y, state
 
@@ -46,7 +48,7 @@ def test_segsum_is_the_sum_over_the_segment():
     for i in range(6):
         for j in range(6):
             if j <= i:
-                assert s[i, j] == pytest.approx(x[j + 1:i + 1].sum(), abs=1e-6)
+                assert s[i, j] == pytest.approx(x[j + 1 : i + 1].sum(), abs=1e-6)
             else:
                 assert s[i, j] == -np.inf
 
@@ -56,8 +58,9 @@ def test_segsum_is_the_sum_over_the_segment():
 def test_sequential_matches_numpy_recurrence(g, initial):
     x, dt, A, B, C, D, h0 = inputs(g=g, l=11, initial=initial)
     y_ref, s_ref = numpy_recurrence(x, dt, A, B, C, D, h0)
-    y, s = ssd_sequential(*map(jnp.asarray, (x, dt, A, B, C)), D=jnp.asarray(D),
-                          initial_state=None if h0 is None else jnp.asarray(h0))
+    y, s = ssd_sequential(
+        *map(jnp.asarray, (x, dt, A, B, C)), D=jnp.asarray(D), initial_state=None if h0 is None else jnp.asarray(h0)
+    )
     assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
 
 
@@ -81,10 +84,17 @@ def test_chunked_without_D_or_initial_state_and_state_carries_over():
     x, dt, A, B, C, _, _ = inputs(l=40)
     ssd = jax.jit(ssd_chunked, static_argnums=5)
     whole, s_whole = ssd(*map(jnp.asarray, (x, dt, A, B, C)), 8)
-    first, s1 = ssd(*(jnp.asarray(v[:, :23]) for v in (x, dt)), jnp.asarray(A),
-                            *(jnp.asarray(v[:, :23]) for v in (B, C)), 8)
-    second, s2 = ssd(*(jnp.asarray(v[:, 23:]) for v in (x, dt)), jnp.asarray(A),
-                             *(jnp.asarray(v[:, 23:]) for v in (B, C)), 8, None, s1)
+    first, s1 = ssd(
+        *(jnp.asarray(v[:, :23]) for v in (x, dt)), jnp.asarray(A), *(jnp.asarray(v[:, :23]) for v in (B, C)), 8
+    )
+    second, s2 = ssd(
+        *(jnp.asarray(v[:, 23:]) for v in (x, dt)),
+        jnp.asarray(A),
+        *(jnp.asarray(v[:, 23:]) for v in (B, C)),
+        8,
+        None,
+        s1,
+    )
     np.testing.assert_allclose(np.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s2, s_whole, rtol=1e-5, atol=1e-5)
 
@@ -99,6 +109,7 @@ def test_gradients_agree(g):
         def f(x, dt, A, B, C, D, h0):
             y, s = fn(x, dt, A, B, C, D, h0)
             return jnp.sum(y * w_y) + jnp.sum(s * w_s)
+
         return jax.jit(jax.grad(f, argnums=tuple(range(7))))
 
     g_chunk = loss(lambda *a: ssd_chunked(*a[:5], 8, D=a[5], initial_state=a[6]))(x, dt, A, B, C, D, h0)

@@ -13,7 +13,7 @@ from bitjax import sweep
 from bitjax.train import trainer
 
 # A config file as a user writes one: get_config(arg) over the tests' tiny model and local corpus.
-CONFIG = '''
+CONFIG = """
 from bitjax import config as config_lib
 from test_trainer import tiny_config
 
@@ -25,7 +25,7 @@ def get_config(arg=None):
 
 def get_sweep():
     return {"quant": ["fp", "b158"], "seed": [0, 1]}
-'''
+"""
 
 
 @pytest.fixture
@@ -36,8 +36,11 @@ def config_file(tmp_path):
 
 
 def test_grid_keys_are_arguments_or_typed_fields(config_file):
-    points = sweep.make_points(f"{config_file}:steps=3", [("quant", ["fp", "b158"]), ("seed", ["0", "1"]),
-                                                          ("config.optim.lr", ["1e-3"])], [("log_every", "2")])
+    points = sweep.make_points(
+        f"{config_file}:steps=3",
+        [("quant", ["fp", "b158"]), ("seed", ["0", "1"]), ("config.optim.lr", ["1e-3"])],
+        [("log_every", "2")],
+    )
     assert [p.name for p in points] == [f"quant={q},seed={s},optim.lr=1e-3" for q in ("fp", "b158") for s in "01"]
     c = points[3].config()
     assert (c.model.quant.method, c.seed, c.optim.lr, c.total_steps, c.log_every) == ("b158", 1, 1e-3, 3, 2)
@@ -48,8 +51,9 @@ def test_grid_keys_are_arguments_or_typed_fields(config_file):
     assert sweep.build_config(cmd[3:-1]).to_dict() == c.to_dict()
 
 
-@pytest.mark.parametrize("grid, match", [("nosuch=1,2", "nosuch"), ("optim.lr=fast", "lr"),
-                                         ("quant=nope", "quant.method")])
+@pytest.mark.parametrize(
+    "grid, match", [("nosuch=1,2", "nosuch"), ("optim.lr=fast", "lr"), ("quant=nope", "quant.method")]
+)
 def test_bad_grid_is_one_line_before_anything_runs(config_file, tmp_path, capsys, grid, match):
     with pytest.raises(SystemExit) as e:
         sweep.main(["--config", config_file, "--grid", grid, "--workdir", str(tmp_path / "sw")])
@@ -112,18 +116,26 @@ def test_a_distilled_points_train_loss_is_its_label_loss(config_file, tmp_path):
     rows = [json.loads(line) for line in open(path)]
     with open(path, "w") as f:
         for r in rows:
-            f.write(json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5,
-                                "distill_loss": 9.0}) + "\n")
+            f.write(
+                json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5, "distill_loss": 9.0}) + "\n"
+            )
     r = sweep.point_result(point, wd)
     assert r["train_loss"] == pytest.approx(1.5)
     assert r["curve"] == [(s, pytest.approx(5.5 - s)) for s in (1, 2, 3, 4)]
 
 
-def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, data_dir, tmp_path, monkeypatch,
-                                                                capsys):
+def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, data_dir, tmp_path, monkeypatch, capsys):
     wd = str(tmp_path / "sw")
-    argv = ["--config", config_file, "--grid", "quant=fp,b158", "--workdir", wd,
-            f"--config.data.data_dir={data_dir}", "--config.total_steps=5"]
+    argv = [
+        "--config",
+        config_file,
+        "--grid",
+        "quant=fp,b158",
+        "--workdir",
+        wd,
+        f"--config.data.data_dir={data_dir}",
+        "--config.total_steps=5",
+    ]
     # fp is preempted after 2 of its 5 steps (the trainer checkpoints and returns): the sweep stops there
     real_train = trainer.train
     monkeypatch.setattr(trainer, "train", lambda config, workdir: real_train(config, workdir, stop_after=2))
@@ -145,6 +157,7 @@ def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, dat
 
     def no_training(*a, **k):
         raise AssertionError("a finished point was trained again")
+
     monkeypatch.setattr(trainer, "train", no_training)
     before = open(os.path.join(wd, "results.csv")).read()
     sweep.main(argv)

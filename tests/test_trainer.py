@@ -13,8 +13,10 @@ from bitjax.models import transformer
 from bitjax.train import trainer
 
 STDLIB = sysconfig.get_paths()["stdlib"]
-FILES = [os.path.join(STDLIB, f) for f in ("json/decoder.py", "json/encoder.py", "textwrap.py",
-                                           "string.py", "colorsys.py", "bisect.py", "heapq.py")]
+FILES = [
+    os.path.join(STDLIB, f)
+    for f in ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "colorsys.py", "bisect.py", "heapq.py")
+]
 
 
 def tiny_config(method="b158", steps=30, data_dir=None, **over):
@@ -34,7 +36,6 @@ def tiny_config(method="b158", steps=30, data_dir=None, **over):
             node = node[p]
         node[leaf] = value
     return c
-
 
 
 def losses(workdir):
@@ -73,7 +74,9 @@ def test_sharded_loss_equals_single_device_loss(data_dir):
     assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     emb = st8["params"]["embed_tokens"]["embedding"]
     assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    np.testing.assert_array_equal(np.asarray(q), np.asarray(st1["params"]["layers"][0]["self_attn"]["q_proj"]["kernel"]))
+    np.testing.assert_array_equal(
+        np.asarray(q), np.asarray(st1["params"]["layers"][0]["self_attn"]["q_proj"]["kernel"])
+    )
     for step in range(3):
         st8, m8 = s8.train_step(st8, s8.train_batch(step))
         st1, m1 = s1.train_step(st1, s1.train_batch(step))
@@ -109,11 +112,12 @@ def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, ca
     printed = capsys.readouterr().out
     assert "quantization from step 0: method b158" in printed and "quantization from step 5: method a48" in printed
     assert "o_proj: weight=ternary_absmean, act=topk_absmax8, act.keep=0.5" in printed
-    trainer.train(cfg, str(tmp_path / "b"), stop_after=3)   # preempted in stage 1
-    trainer.train(cfg, str(tmp_path / "b"), stop_after=4)   # … and again in stage 2 (step 7)
+    trainer.train(cfg, str(tmp_path / "b"), stop_after=3)  # preempted in stage 1
+    trainer.train(cfg, str(tmp_path / "b"), stop_after=4)  # … and again in stage 2 (step 7)
     trainer.train(cfg, str(tmp_path / "b"))
     assert losses(str(tmp_path / "a")) == losses(str(tmp_path / "b"))  # bitwise
     from bitjax.train import checkpoint as ckpt_lib
+
     meta = ckpt_lib.Checkpointer(str(tmp_path / "b" / "checkpoints")).restore_metadata()
     assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
 
@@ -140,14 +144,17 @@ def test_resume_with_a_different_model_is_refused(data_dir, tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"model.quant.method": "b159"}, r"config.model.quant.method.*b159"),
-    ({"mesh.data": 3}, r"config.mesh.*8 devices"),
-    ({"batch_size": 6}, r"config.batch_size=6.*data-parallel size 8"),
-    ({"model.n_kv_heads": 3}, r"config.model.n_kv_heads"),
-    ({"total_steps": 0}, r"config.total_steps"),
-    ({"nonfinite": "ignore"}, r"config.nonfinite"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"model.quant.method": "b159"}, r"config.model.quant.method.*b159"),
+        ({"mesh.data": 3}, r"config.mesh.*8 devices"),
+        ({"batch_size": 6}, r"config.batch_size=6.*data-parallel size 8"),
+        ({"model.n_kv_heads": 3}, r"config.model.n_kv_heads"),
+        ({"total_steps": 0}, r"config.total_steps"),
+        ({"nonfinite": "ignore"}, r"config.nonfinite"),
+    ],
+)
 def test_bad_config_fails_before_compiling_and_names_the_field(override, message, data_dir, tmp_path):
     cfg = tiny_config("b158", data_dir=data_dir, **override)
     with pytest.raises(ValueError, match=message):
@@ -163,6 +170,7 @@ def test_dims_not_divisible_by_mesh_are_reported_with_the_path(data_dir):
 
 def test_sample_cli_generates_from_a_checkpoint(data_dir, tmp_path):
     from bitjax import sample
+
     trainer.train(tiny_config("b158", steps=6, data_dir=data_dir), str(tmp_path))
     texts = sample.main(["--workdir", str(tmp_path), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
     assert len(texts) == 1 and texts[0].startswith("def ")
@@ -174,8 +182,10 @@ def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
     """The 1b preset's train step traces and lowers with fsdp × tensor sharding (no compile: seconds)."""
     import importlib.util
     from bitjax.train import checkpoint
-    spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..",
-                                                                      "configs", "transformer.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "transformer.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config("quant=b158,size=1b")
@@ -189,8 +199,10 @@ def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
     mu = jax.tree.leaves(setup.state_sharding["opt_state"])  # Adam moments follow their params
     assert sum(s.spec == q.spec for s in mu) >= 2 * 5  # mu and nu of q/k/v/gate/up (embed → heads|mlp)
     abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-    batch = {k: jax.ShapeDtypeStruct((8, 64), dt, sharding=setup.batch_sharding)
-             for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))}
+    batch = {
+        k: jax.ShapeDtypeStruct((8, 64), dt, sharding=setup.batch_sharding)
+        for k, dt in (("inputs", np.int32), ("targets", np.int32), ("mask", np.float32))
+    }
     lowered = setup.train_step.lower(abstract, batch)
     assert "bf16" in lowered.as_text()  # the preset computes in bfloat16
 
@@ -211,6 +223,7 @@ def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
 def test_damaged_latest_checkpoint_falls_back_and_the_run_stays_exact(data_dir, tmp_path, caplog):
     """A run whose newest checkpoint is damaged resumes from the one before and still matches exactly."""
     import logging
+
     cfg = tiny_config("b158", steps=12, data_dir=data_dir, checkpoint_every=4)
     trainer.train(cfg, str(tmp_path / "ref"))
     wd = tmp_path / "cut"

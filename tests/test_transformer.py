@@ -43,8 +43,10 @@ def param_paths(model):
 
 
 def logical_axes(model):
-    return {".".join(map(str, p)): v.get_metadata()["out_sharding"]
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        ".".join(map(str, p)): v.get_metadata()["out_sharding"]
+        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -99,7 +101,7 @@ def np_hf_rope(q_bhld, positions, theta):
     cos, sin = np.cos(emb)[:, None], np.sin(emb)[:, None]  # unsqueeze_dim=1
 
     def rotate_half(x):
-        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
         return np.concatenate([-x2, x1], axis=-1)
 
     return q_bhld * cos + rotate_half(q_bhld) * sin
@@ -119,19 +121,23 @@ HF_NAMES_2L_SUBNORM = {
     "embed_tokens.embedding": "model.embed_tokens.weight",
     "norm.scale": "model.norm.weight",
     "lm_head.kernel": "lm_head.weight",
-    **{k.format(i=i): v.format(i=i) for i in range(2) for k, v in {
-        "layers.{i}.input_layernorm.scale": "model.layers.{i}.input_layernorm.weight",
-        "layers.{i}.self_attn.q_proj.kernel": "model.layers.{i}.self_attn.q_proj.weight",
-        "layers.{i}.self_attn.k_proj.kernel": "model.layers.{i}.self_attn.k_proj.weight",
-        "layers.{i}.self_attn.v_proj.kernel": "model.layers.{i}.self_attn.v_proj.weight",
-        "layers.{i}.self_attn.o_proj.kernel": "model.layers.{i}.self_attn.o_proj.weight",
-        "layers.{i}.self_attn.attn_sub_norm.scale": "model.layers.{i}.self_attn.attn_sub_norm.weight",
-        "layers.{i}.post_attention_layernorm.scale": "model.layers.{i}.post_attention_layernorm.weight",
-        "layers.{i}.mlp.gate_proj.kernel": "model.layers.{i}.mlp.gate_proj.weight",
-        "layers.{i}.mlp.up_proj.kernel": "model.layers.{i}.mlp.up_proj.weight",
-        "layers.{i}.mlp.down_proj.kernel": "model.layers.{i}.mlp.down_proj.weight",
-        "layers.{i}.mlp.ffn_sub_norm.scale": "model.layers.{i}.mlp.ffn_sub_norm.weight",
-    }.items()},
+    **{
+        k.format(i=i): v.format(i=i)
+        for i in range(2)
+        for k, v in {
+            "layers.{i}.input_layernorm.scale": "model.layers.{i}.input_layernorm.weight",
+            "layers.{i}.self_attn.q_proj.kernel": "model.layers.{i}.self_attn.q_proj.weight",
+            "layers.{i}.self_attn.k_proj.kernel": "model.layers.{i}.self_attn.k_proj.weight",
+            "layers.{i}.self_attn.v_proj.kernel": "model.layers.{i}.self_attn.v_proj.weight",
+            "layers.{i}.self_attn.o_proj.kernel": "model.layers.{i}.self_attn.o_proj.weight",
+            "layers.{i}.self_attn.attn_sub_norm.scale": "model.layers.{i}.self_attn.attn_sub_norm.weight",
+            "layers.{i}.post_attention_layernorm.scale": "model.layers.{i}.post_attention_layernorm.weight",
+            "layers.{i}.mlp.gate_proj.kernel": "model.layers.{i}.mlp.gate_proj.weight",
+            "layers.{i}.mlp.up_proj.kernel": "model.layers.{i}.mlp.up_proj.weight",
+            "layers.{i}.mlp.down_proj.kernel": "model.layers.{i}.mlp.down_proj.weight",
+            "layers.{i}.mlp.ffn_sub_norm.scale": "model.layers.{i}.mlp.ffn_sub_norm.weight",
+        }.items()
+    },
 }
 
 
@@ -160,16 +166,22 @@ def test_hf_param_names_learned_quantizer_and_in_layer_norm():
 
 def test_logical_axes():
     axes = logical_axes(build(sub_norm=True))
-    expect = {"embed_tokens.embedding": ("vocab", "embed"), "lm_head.kernel": ("embed", "vocab"),
-              "norm.scale": ("embed",), "layers.0.input_layernorm.scale": ("embed",),
-              "layers.0.post_attention_layernorm.scale": ("embed",),
-              "layers.0.self_attn.q_proj.kernel": ("embed", "heads"),
-              "layers.0.self_attn.k_proj.kernel": ("embed", "kv_heads"),
-              "layers.0.self_attn.v_proj.kernel": ("embed", "kv_heads"),
-              "layers.0.self_attn.o_proj.kernel": ("heads", "embed"),
-              "layers.0.self_attn.attn_sub_norm.scale": ("heads",),
-              "layers.0.mlp.gate_proj.kernel": ("embed", "mlp"), "layers.0.mlp.up_proj.kernel": ("embed", "mlp"),
-              "layers.0.mlp.down_proj.kernel": ("mlp", "embed"), "layers.0.mlp.ffn_sub_norm.scale": ("mlp",)}
+    expect = {
+        "embed_tokens.embedding": ("vocab", "embed"),
+        "lm_head.kernel": ("embed", "vocab"),
+        "norm.scale": ("embed",),
+        "layers.0.input_layernorm.scale": ("embed",),
+        "layers.0.post_attention_layernorm.scale": ("embed",),
+        "layers.0.self_attn.q_proj.kernel": ("embed", "heads"),
+        "layers.0.self_attn.k_proj.kernel": ("embed", "kv_heads"),
+        "layers.0.self_attn.v_proj.kernel": ("embed", "kv_heads"),
+        "layers.0.self_attn.o_proj.kernel": ("heads", "embed"),
+        "layers.0.self_attn.attn_sub_norm.scale": ("heads",),
+        "layers.0.mlp.gate_proj.kernel": ("embed", "mlp"),
+        "layers.0.mlp.up_proj.kernel": ("embed", "mlp"),
+        "layers.0.mlp.down_proj.kernel": ("mlp", "embed"),
+        "layers.0.mlp.ffn_sub_norm.scale": ("mlp",),
+    }
     for k, v in expect.items():
         assert tuple(axes[k]) == v, k
 
@@ -185,6 +197,7 @@ def test_every_method_forward_and_grads(method):
         def loss(p):
             logits = nnx.merge(graphdef, p)(x[:, :-1])
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], -1))
+
         return jax.value_and_grad(loss)(params)
 
     loss, grads = loss_and_grad(params)
@@ -197,30 +210,37 @@ def test_every_method_forward_and_grads(method):
 
 def test_sub_norm_changes_param_set():
     off, on = param_paths(build(sub_norm=False)), param_paths(build(sub_norm=True))
-    assert on - off == {f"layers.{i}.{m}.scale" for i in range(2)
-                        for m in ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")}
+    assert on - off == {
+        f"layers.{i}.{m}.scale" for i in range(2) for m in ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+    }
     assert off <= on
 
 
 def test_a48_is_the_papers_scheme():
     """a4.8 §2.1: INT4 absmean into q/k/v/gate/up, top-K 50% + INT8 into o_proj, INT8 into down_proj."""
     layer = build(quant_method="a48", quant_stage1="none").layers[0]
-    for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                 layer.mlp.gate_proj, layer.mlp.up_proj):
+    for proj in (
+        layer.self_attn.q_proj,
+        layer.self_attn.k_proj,
+        layer.self_attn.v_proj,
+        layer.mlp.gate_proj,
+        layer.mlp.up_proj,
+    ):
         assert proj.quant == QuantSpec("ternary_absmean", "absmean4")
     assert layer.self_attn.o_proj.quant == QuantSpec("ternary_absmean", "topk_absmax8", act_options=(("keep", 0.5),))
     assert layer.mlp.down_proj.quant == QuantSpec("ternary_absmean", "absmax8")
     # two stages: W1.58A8 (b158) for the first 95% of the steps, then the hybrid scheme
     stages = T.stage_configs(config(quant_method="a48"), 1000)
     assert [(start, c.quant.method) for start, c in stages] == [(0, "b158"), (950, "a48")]
-    assert [(s, c.quant.method) for s, c in T.stage_configs(config(quant_method="a48", quant_stage2_frac=0.5), 10)] \
-        == [(0, "b158"), (5, "a48")]
+    assert [(s, c.quant.method) for s, c in T.stage_configs(config(quant_method="a48", quant_stage2_frac=0.5), 10)] == [
+        (0, "b158"),
+        (5, "a48"),
+    ]
     assert len(T.stage_configs(config(quant_method="a48", quant_stage1="none"), 1000)) == 1
 
 
 def test_recipe_rules_override_roles_and_reach_embeddings():
-    model = build(quant_method="b158",
-                  quant_rules="down_proj: act=absmax4; embed|lm_head: weight=ternary_absmean")
+    model = build(quant_method="b158", quant_rules="down_proj: act=absmax4; embed|lm_head: weight=ternary_absmean")
     assert model.layers[0].mlp.down_proj.quant == QuantSpec("ternary_absmean", "absmax4")
     assert model.layers[0].mlp.up_proj.quant == QuantSpec("ternary_absmean", "absmax8")
     assert isinstance(model.lm_head, BitDense) and model.lm_head.quant == QuantSpec("ternary_absmean")
@@ -273,29 +293,32 @@ def test_kv_cache_decode_matches_full_forward(method):
     a, cache = decode(model, x[:, :6], model.init_cache(2, 10), 0)  # prefill 6, then 4 single tokens
     steps = [a]
     for t in range(6, 10):
-        y, cache = decode(model, x[:, t:t + 1], cache, t)
+        y, cache = decode(model, x[:, t : t + 1], cache, t)
         steps.append(y)
     np.testing.assert_allclose(np.concatenate([np.asarray(s) for s in steps], 1), full, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("n_kv_heads", 3, r"config\.model\.n_kv_heads=3 is invalid: must divide config\.model\.n_heads=4"),
-    ("n_heads", 0, r"config\.model\.n_heads=0 is invalid: must be a positive int"),
-    ("d_model", 30, r"config\.model\.d_model=30 is invalid: must be divisible by config\.model\.n_heads"),
-    ("head_dim", 7, r"config\.model\.head_dim=7 is invalid: must be a positive even int"),
-    ("activation", "gelu", r"config\.model\.activation='gelu' is invalid: choose one of \('silu', 'relu2'\)"),
-    ("dtype", "float16", r"config\.model\.dtype='float16'"),
-    ("rope_theta", -1.0, r"config\.model\.rope_theta=-1\.0 is invalid: must be a positive number"),
-    ("quant_method", "ternary", r"config\.model\.quant\.method='ternary' is invalid: choose one of"),
-    ("quant_grad", "ste", r"config\.model\.quant\.grad='ste' is invalid: unknown gradient rule"),
-    ("quant_rules", "*_proj: act=absmax99", r"config\.model\.quant .* is invalid: .*'absmax99'"),
-    ("quant_rules", "*_proj: weight=int3", r"config\.model\.quant .* is invalid: .*'int3'"),
-    ("quant_rules", "*_proj: norm=batch", r"config\.model\.quant .* is invalid: .*'batch'"),
-    ("quant_rules", "q_proj act=absmax4", r"config\.model\.quant\.rules='q_proj act=absmax4' is invalid"),
-    ("quant_rules", "qproj: act=absmax4", r"'qproj: act=absmax4' matches no layer"),
-    ("quant_stage1", "b159", r"config\.model\.quant\.stage1='b159' is invalid"),
-    ("quant_stage2_frac", 1.5, r"config\.model\.quant\.stage2_frac=1\.5 is invalid"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("n_kv_heads", 3, r"config\.model\.n_kv_heads=3 is invalid: must divide config\.model\.n_heads=4"),
+        ("n_heads", 0, r"config\.model\.n_heads=0 is invalid: must be a positive int"),
+        ("d_model", 30, r"config\.model\.d_model=30 is invalid: must be divisible by config\.model\.n_heads"),
+        ("head_dim", 7, r"config\.model\.head_dim=7 is invalid: must be a positive even int"),
+        ("activation", "gelu", r"config\.model\.activation='gelu' is invalid: choose one of \('silu', 'relu2'\)"),
+        ("dtype", "float16", r"config\.model\.dtype='float16'"),
+        ("rope_theta", -1.0, r"config\.model\.rope_theta=-1\.0 is invalid: must be a positive number"),
+        ("quant_method", "ternary", r"config\.model\.quant\.method='ternary' is invalid: choose one of"),
+        ("quant_grad", "ste", r"config\.model\.quant\.grad='ste' is invalid: unknown gradient rule"),
+        ("quant_rules", "*_proj: act=absmax99", r"config\.model\.quant .* is invalid: .*'absmax99'"),
+        ("quant_rules", "*_proj: weight=int3", r"config\.model\.quant .* is invalid: .*'int3'"),
+        ("quant_rules", "*_proj: norm=batch", r"config\.model\.quant .* is invalid: .*'batch'"),
+        ("quant_rules", "q_proj act=absmax4", r"config\.model\.quant\.rules='q_proj act=absmax4' is invalid"),
+        ("quant_rules", "qproj: act=absmax4", r"'qproj: act=absmax4' matches no layer"),
+        ("quant_stage1", "b159", r"config\.model\.quant\.stage1='b159' is invalid"),
+        ("quant_stage2_frac", 1.5, r"config\.model\.quant\.stage2_frac=1\.5 is invalid"),
+    ],
+)
 def test_validate_config_names_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         T.validate_config(config(**{field: value}))

@@ -14,18 +14,21 @@ from test_trainer import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"model.quant.rules": "*_proj: weight=ternery"}, r"config.model.quant.*ternery"),
-    ({"model.quant.rules": "*_proj: act=absmax99x"}, r"config.model.quant.*absmax99x"),
-    ({"model.quant.grad": "ste"}, r"config.model.quant.grad.*ste"),
-    ({"model.activation": "gelu2"}, r"config.model.activation"),
-    ({"model.n_heads": 6}, r"config.model.n_heads|config.model.n_kv_heads"),
-    ({"optim.schedule": "cosin"}, r"config.optim.schedule"),
-    ({"mesh.tensor": 3}, r"config.mesh"),
-    ({"log_every": 0}, r"config.log_every"),
-    ({"eval_evry": 5}, r"config: unknown field\(s\) \['eval_evry'\]"),
-    ({"data.tokeniser": "byte"}, r"config\.data: unknown field\(s\) \['tokeniser'\]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"model.quant.rules": "*_proj: weight=ternery"}, r"config.model.quant.*ternery"),
+        ({"model.quant.rules": "*_proj: act=absmax99x"}, r"config.model.quant.*absmax99x"),
+        ({"model.quant.grad": "ste"}, r"config.model.quant.grad.*ste"),
+        ({"model.activation": "gelu2"}, r"config.model.activation"),
+        ({"model.n_heads": 6}, r"config.model.n_heads|config.model.n_kv_heads"),
+        ({"optim.schedule": "cosin"}, r"config.optim.schedule"),
+        ({"mesh.tensor": 3}, r"config.mesh"),
+        ({"log_every": 0}, r"config.log_every"),
+        ({"eval_evry": 5}, r"config: unknown field\(s\) \['eval_evry'\]"),
+        ({"data.tokeniser": "byte"}, r"config\.data: unknown field\(s\) \['tokeniser'\]"),
+    ],
+)
 def test_more_bad_fields_name_themselves(override, message, data_dir):
     with pytest.raises(ValueError, match=message):
         trainer.Setup(tiny_config("b158", data_dir=data_dir, **override))
@@ -40,15 +43,20 @@ def test_bad_data_path_is_reported_before_training(data_dir, tmp_path):
 
 
 def test_nonfinite_skip_counts_and_stops_after_the_limit(data_dir, tmp_path):
-    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
-                                                            "max_skipped_steps": 3})
+    cfg = tiny_config(
+        "fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "max_skipped_steps": 3}
+    )
     with pytest.raises(FloatingPointError, match=r"steps skipped for non-finite values"):
         trainer.train(cfg, str(tmp_path))
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0,
-                                                            "nonfinite": "stop", "checkpoint_every": 1})
+    cfg = tiny_config(
+        "fp",
+        steps=20,
+        data_dir=data_dir,
+        **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "nonfinite": "stop", "checkpoint_every": 1},
+    )
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+.*intact"):
         trainer.train(cfg, str(tmp_path))
     assert [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
@@ -57,6 +65,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 def test_skip_policy_keeps_params_finite(data_dir, tmp_path):
     import jax
     import numpy as np
+
     cfg = tiny_config("fp", steps=20, data_dir=data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0})
     setup = trainer.Setup(cfg)
     state = setup.init_fn(jax.random.key(0))
@@ -67,9 +76,21 @@ def test_skip_policy_keeps_params_finite(data_dir, tmp_path):
 
 
 def test_unknown_override_key_is_rejected_by_the_cli(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "bitjax.main", "--config", "configs/transformer.py:quant=b158",
-                        "--config.modle.d_model=64", f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bitjax.main",
+            "--config",
+            "configs/transformer.py:quant=b158",
+            "--config.modle.d_model=64",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode != 0 and "modle" in p.stderr
 
 
@@ -82,6 +103,7 @@ def test_config_argument_parsing():
 
 def test_distributed_settings_must_be_complete(monkeypatch):
     from bitjax.train import distributed
+
     for var in ("BITJAX_COORDINATOR", "BITJAX_NUM_PROCESSES", "BITJAX_PROCESS_ID"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ValueError, match="number of processes"):
@@ -97,18 +119,27 @@ def test_cli_overrides_reach_optional_and_recipe_fields(monkeypatch):
     from ml_collections import config_flags
 
     from bitjax.models import transformer
+
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
-    argv = ["prog", f"--config={ROOT}/configs/transformer.py:quant=a48", "--config.model.head_dim=16",
-            "--config.model.vocab_size=512", "--config.model.quant.stage2_frac=0.5",
-            "--config.model.quant.rules=*_proj: weight=rtn4, weight.granularity=group8; o_proj: act.keep=0.25"]
+    argv = [
+        "prog",
+        f"--config={ROOT}/configs/transformer.py:quant=a48",
+        "--config.model.head_dim=16",
+        "--config.model.vocab_size=512",
+        "--config.model.quant.stage2_frac=0.5",
+        "--config.model.quant.rules=*_proj: weight=rtn4, weight.granularity=group8; o_proj: act.keep=0.25",
+    ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
     fv(argv)
     c = fv.config
     assert (c.model.head_dim, c.model.vocab_size, c.model.quant.stage2_frac) == (16, 512, 0.5)
     table = transformer.quant_table(c.model)
-    assert (table["q_proj"].weight, table["q_proj"].act, table["q_proj"].weight_options) == \
-        ("rtn4", "absmean4", (("granularity", "group8"),))
+    assert (table["q_proj"].weight, table["q_proj"].act, table["q_proj"].weight_options) == (
+        "rtn4",
+        "absmean4",
+        (("granularity", "group8"),),
+    )
     assert (table["o_proj"].act, table["o_proj"].act_options) == ("topk_absmax8", (("keep", 0.25),))
     assert [s for s, _ in transformer.stage_configs(c.model, 10)] == [0, 5]
     transformer.validate_config(c.model)
@@ -119,9 +150,21 @@ def test_cli_overrides_reach_optional_and_recipe_fields(monkeypatch):
 
 # ---------------------------------------------------------------- the CLI, as a user types it (issue 14)
 def main_cli(workdir, *args):
-    return subprocess.run([sys.executable, "-m", "bitjax.main", "--config",
-                           "configs/transformer.py:quant=b158,size=tiny", f"--workdir={workdir}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bitjax.main",
+            "--config",
+            "configs/transformer.py:quant=b158,size=tiny",
+            f"--workdir={workdir}",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_one_line_error(p, message):
@@ -131,34 +174,50 @@ def assert_one_line_error(p, message):
     assert "Traceback" not in p.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.modle.d_model=64"], """unknown config field 'modle' Did you mean "model" instead of "modle"?"""),
-    (["--config", "configs/transformer.py:quant=b158,size=huge"], "unknown size 'huge'; choose one of"),
-    (["--config.total_steps=abc"], "--config.total_steps=abc"),
-    (["--config.data.eval_batches=0"], "config.data.eval_batches=0 is invalid"),
-    (["--config.distill.teacher_workdir=runs/no_such_teacher"],
-     "config.distill.teacher_workdir='runs/no_such_teacher' is invalid: holds no checkpoints/"),
-    (["--config.distill.loss=mse"], "config.distill.loss='mse' is invalid: choose one of ('ce', 'kl')"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.modle.d_model=64"], """unknown config field 'modle' Did you mean "model" instead of "modle"?"""),
+        (["--config", "configs/transformer.py:quant=b158,size=huge"], "unknown size 'huge'; choose one of"),
+        (["--config.total_steps=abc"], "--config.total_steps=abc"),
+        (["--config.data.eval_batches=0"], "config.data.eval_batches=0 is invalid"),
+        (
+            ["--config.distill.teacher_workdir=runs/no_such_teacher"],
+            "config.distill.teacher_workdir='runs/no_such_teacher' is invalid: holds no checkpoints/",
+        ),
+        (["--config.distill.loss=mse"], "config.distill.loss='mse' is invalid: choose one of ('ce', 'kl')"),
+    ],
+)
 def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
     p = main_cli(tmp_path / "wd", *args)
     assert_one_line_error(p, message)
     assert not (tmp_path / "wd").exists()
 
 
-TINY = ["--config.batch_size=8", "--config.seq_len=32", "--config.model.d_model=32", "--config.model.n_layers=1",
-        "--config.model.mlp_dim=64", "--config.data.name=text_files", "--config.data.eval_batches=1"]
+TINY = [
+    "--config.batch_size=8",
+    "--config.seq_len=32",
+    "--config.model.d_model=32",
+    "--config.model.n_layers=1",
+    "--config.model.mlp_dim=64",
+    "--config.data.name=text_files",
+    "--config.data.eval_batches=1",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, message", [
-    ("missing_data", "matches no file"),
-    ("group7", "group size 7 does not divide the input dim 32"),
-    ("workdir_is_a_file", "is a file, not a directory"),
-    ("latin1", "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_data", "matches no file"),
+        ("group7", "group size 7 does not divide the input dim 32"),
+        ("workdir_is_a_file", "is a file, not a directory"),
+        ("latin1", "not valid UTF-8"),
+    ],
+)
 def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir, tmp_path):
     from test_trainer import FILES
+
     paths = repr(tuple(FILES))
     wd = tmp_path / "wd"
     extra = []
@@ -179,6 +238,7 @@ def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir,
 def test_a_stored_config_from_before_a_field_existed_still_validates():
     """Runs saved before a trainer/data/model field was added load with that field's default."""
     from bitjax.train import mesh as mesh_lib
+
     stored = tiny_config("b158").to_dict()
     del stored["max_consecutive_skips"], stored["data"]["encoding"], stored["model"]["quant"]["stage1"]
     stored["seed"] = 7

@@ -14,18 +14,27 @@ Modules: `config` (fields, data_dir), `text` (files, splits, checks),
 `builders` (tfds builders 'python_stdlib' and 'text_files'), `tokenizers`,
 `pipeline` (caching, packing, shuffling, sharding).
 """
+
 from bitjax.data.config import complete, default_config, resolve_data_dir
-from bitjax.data.pipeline import (Corpus, EvalData, TrainData, get_datasets,
-                                  host_slice, load_corpus, shard_batch)
+from bitjax.data.pipeline import Corpus, EvalData, TrainData, get_datasets, host_slice, load_corpus, shard_batch
 from bitjax.data.text import DataError
-from bitjax.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer,
-                                    Tokenizer, make_tokenizer,
-                                    train_sentencepiece)
+from bitjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer, make_tokenizer, train_sentencepiece
 
 __all__ = [
-    "ByteTokenizer", "Corpus", "DataError", "EvalData",
-    "SentencePieceTokenizer", "Tokenizer", "TrainData", "complete",
-    "default_config", "get_datasets", "host_slice", "load_corpus",
-    "make_tokenizer", "resolve_data_dir", "shard_batch",
+    "ByteTokenizer",
+    "Corpus",
+    "DataError",
+    "EvalData",
+    "SentencePieceTokenizer",
+    "Tokenizer",
+    "TrainData",
+    "complete",
+    "default_config",
+    "get_datasets",
+    "host_slice",
+    "load_corpus",
+    "make_tokenizer",
+    "resolve_data_dir",
+    "shard_batch",
     "train_sentencepiece",
 ]

@@ -10,6 +10,7 @@ derived cache are reproducible. Read them with `tfds.data_source`:
   ds = tfds.data_source('text_files', split='train', data_dir=...,
                         builder_kwargs=builder_kwargs)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +41,12 @@ class _DocsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "text": tfds.features.Text(doc="The document (UTF-8)."),
-                "path": tfds.features.Text(doc="Source file / pydoc topic."),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "text": tfds.features.Text(doc="The document (UTF-8)."),
+                    "path": tfds.features.Text(doc="Source file / pydoc topic."),
+                }
+            ),
             # Keep the sorted file order: reproducible caches and eval batches.
             disable_shuffling=True,
         )
@@ -67,9 +70,11 @@ class PythonStdlib(_DocsBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(
-        name=text_lib.python_version_tag(),
-        description="Standard library of this interpreter version.")]
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(
+            name=text_lib.python_version_tag(), description="Standard library of this interpreter version."
+        )
+    ]
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Everything is local.
@@ -92,10 +97,11 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     encoding: str = text_lib.DEFAULT_ENCODING
 
 
-def text_files_config(paths: Sequence[str] | str,
-                      validation_fraction: float = VALIDATION_FRACTION,
-                      encoding: str = text_lib.DEFAULT_ENCODING
-                      ) -> TextFilesConfig:
+def text_files_config(
+    paths: Sequence[str] | str,
+    validation_fraction: float = VALIDATION_FRACTION,
+    encoding: str = text_lib.DEFAULT_ENCODING,
+) -> TextFilesConfig:
     """Resolves `paths` (files / globs) into a `TextFilesConfig`.
 
     The config name is a fingerprint of the resolved files (paths, sizes,
@@ -106,8 +112,7 @@ def text_files_config(paths: Sequence[str] | str,
       DataError: a path or glob matches nothing.
     """
     if not 0 < validation_fraction < 1:
-        raise ValueError("validation_fraction must be in (0, 1), got "
-                         f"{validation_fraction}.")
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
     files = tuple(text_lib.resolve_paths(paths))
     # the default encoding adds nothing, so caches built before the option existed stay valid
     extra = () if encoding == text_lib.DEFAULT_ENCODING else (encoding,)
@@ -138,16 +143,15 @@ class TextFiles(_DocsBuilder):
         config = self.builder_config
         if not isinstance(config, TextFilesConfig) or not config.files:
             raise text_lib.DataError(
-                "text_files needs a config listing the files: "
-                "builder_kwargs={'config': text_files_config(paths)}.")
+                "text_files needs a config listing the files: builder_kwargs={'config': text_files_config(paths)}."
+            )
         root = text_lib.common_root(config.files)
-        docs = [(os.path.relpath(f, root), text_lib.read_text(f, config.encoding))
-                for f in config.files]
+        docs = [(os.path.relpath(f, root), text_lib.read_text(f, config.encoding)) for f in config.files]
         text_lib.check_not_empty(docs, f"text_files ({config.description})")
-        splits = text_lib.split_docs([d for d in docs if d[1]],
-                                     config.validation_fraction)
+        splits = text_lib.split_docs([d for d in docs if d[1]], config.validation_fraction)
         if not splits["validation"]:
             raise text_lib.DataError(
                 "text_files: the corpus is too small to hold out a validation "
-                "split; add more text to config.data.paths.")
+                "split; add more text to config.data.paths."
+            )
         return {k: self._generate_examples(v) for k, v in splits.items()}

@@ -1,4 +1,5 @@
 """The data config (`config.data` of the trainer) and where data lives."""
+
 from __future__ import annotations
 
 import os
@@ -81,8 +82,7 @@ def complete(cfg) -> ml_collections.ConfigDict:
     """
     given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     full = default_config().to_dict()
-    bitjax_config.check_fields(given, full, "config.data", "bitjax.data.config.default_config()",
-                               missing_ok=True)
+    bitjax_config.check_fields(given, full, "config.data", "bitjax.data.config.default_config()", missing_ok=True)
     full.update(given)
     paths = full["paths"] or []
     full["paths"] = [paths] if isinstance(paths, str) else list(paths)

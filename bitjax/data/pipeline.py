@@ -12,6 +12,7 @@ Every batch is a pure function of (seed, step): resuming from a checkpoint
 only needs the step, and the global batch does not depend on the number of
 processes (each process reads only its own rows).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,7 @@ _READ_CHUNK = 1024  # examples per __getitems__ call
 # ----------------------------------------------------------------------------
 
 
-def host_slice(global_batch_size: int, process_index: int = 0,
-               process_count: int = 1) -> slice:
+def host_slice(global_batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:
     """Rows of the global batch that process `process_index` feeds.
 
     Rows [pi*B/pc, (pi+1)*B/pc): concatenating the slices of all processes in
@@ -51,21 +51,19 @@ def host_slice(global_batch_size: int, process_index: int = 0,
       ValueError: B not divisible by process_count, or a bad process_index.
     """
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is not in "
-                         f"[0, process_count={process_count}).")
+        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
     if global_batch_size % process_count:
         raise ValueError(
             f"config.batch_size={global_batch_size} (the global batch) is not "
-            f"divisible by process_count={process_count}; use a multiple of it.")
+            f"divisible by process_count={process_count}; use a multiple of it."
+        )
     per_host = global_batch_size // process_count
     return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
-def shard_batch(batch: Batch, process_index: int = 0,
-                process_count: int = 1) -> Batch:
+def shard_batch(batch: Batch, process_index: int = 0, process_count: int = 1) -> Batch:
     """The process-local rows of a global batch (see `host_slice`)."""
-    rows = host_slice(len(next(iter(batch.values()))), process_index,
-                      process_count)
+    rows = host_slice(len(next(iter(batch.values()))), process_index, process_count)
     return {k: v[rows] for k, v in batch.items()}
 
 
@@ -92,7 +90,7 @@ class _Windows(Sequence):
         if not 0 <= i < self.n:
             raise IndexError(i)
         start = i * self.seq_len
-        return np.asarray(self.tokens[start:start + self.seq_len + 1], np.int32)
+        return np.asarray(self.tokens[start : start + self.seq_len + 1], np.int32)
 
 
 def _to_batch(windows: list[np.ndarray], seq_len: int, pad_id: int) -> Batch:
@@ -100,8 +98,8 @@ def _to_batch(windows: list[np.ndarray], seq_len: int, pad_id: int) -> Batch:
     rows = np.full((len(windows), seq_len + 1), pad_id, np.int32)
     mask = np.zeros((len(windows), seq_len), np.float32)
     for r, w in enumerate(windows):
-        rows[r, :len(w)] = w
-        mask[r, :max(len(w) - 1, 0)] = 1.0
+        rows[r, : len(w)] = w
+        mask[r, : max(len(w) - 1, 0)] = 1.0
     return {"inputs": rows[:, :-1], "targets": rows[:, 1:], "mask": mask}
 
 
@@ -124,18 +122,15 @@ class TrainData:
         are not aligned to batches).
     """
 
-    def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                 seed: int, pad_id: int):
+    def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int, pad_id: int):
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.pad_id, self.tokens = pad_id, tokens
         self.windows = _Windows(tokens, seq_len)
         self.num_tokens, self.num_sequences = len(tokens), len(self.windows)
         self.steps_per_epoch = self.num_sequences / batch_size
-        self.dataset = (grain.MapDataset.source(self.windows)
-                        .shuffle(seed=_shuffle_seed(seed)).repeat())
+        self.dataset = grain.MapDataset.source(self.windows).shuffle(seed=_shuffle_seed(seed)).repeat()
 
-    def batch(self, step: int, process_index: int = 0,
-              process_count: int = 1) -> Batch:
+    def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> Batch:
         """Process-local part of global batch `step`.
 
         Returns:
@@ -147,12 +142,10 @@ class TrainData:
             raise ValueError(f"step must be >= 0, got {step}.")
         rows = host_slice(self.batch_size, process_index, process_count)
         first = step * self.batch_size
-        windows = [self.dataset[first + r]
-                   for r in range(rows.start, rows.stop)]
+        windows = [self.dataset[first + r] for r in range(rows.start, rows.stop)]
         return _to_batch(windows, self.seq_len, self.pad_id)
 
-    def iterate(self, start_step: int = 0, process_index: int = 0,
-                process_count: int = 1) -> Iterator[Batch]:
+    def iterate(self, start_step: int = 0, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
         """batch(start_step), batch(start_step + 1), ... forever."""
         step = start_step
         while True:
@@ -176,38 +169,40 @@ class EvalData:
       bytes_per_token: num_bytes / num_tokens.
     """
 
-    def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                 num_batches: int, tokenizer: tok_lib.Tokenizer):
+    def __init__(
+        self, tokens: np.ndarray, *, seq_len: int, batch_size: int, num_batches: int, tokenizer: tok_lib.Tokenizer
+    ):
         self.seq_len, self.batch_size = seq_len, batch_size
         self.pad_id, self.tokens = tokenizer.pad_id, tokens
         self.windows = _Windows(tokens, seq_len, partial=True)
         self.dataset = grain.MapDataset.source(self.windows)
         available = -(-len(self.dataset) // batch_size)
-        self.num_batches = available if num_batches < 0 else min(num_batches,
-                                                                 available)
+        self.num_batches = available if num_batches < 0 else min(num_batches, available)
         if available < num_batches:
-            logging.warning("config.data.eval_batches=%d but the validation split "
-                            "only fills %d batches; using %d.", num_batches,
-                            available, available)
+            logging.warning(
+                "config.data.eval_batches=%d but the validation split only fills %d batches; using %d.",
+                num_batches,
+                available,
+                available,
+            )
         # The evaluated targets are tokens[1 : 1 + n]; count their bytes.
         n = min(self.num_batches * batch_size * seq_len, len(tokens) - 1)
-        targets = np.asarray(tokens[1:1 + n])
+        targets = np.asarray(tokens[1 : 1 + n])
         self.num_tokens = int(n)
         self.num_bytes = int(tokenizer.token_bytes[targets].sum())
         self.bytes_per_token = self.num_bytes / max(self.num_tokens, 1)
 
-    def batch(self, i: int, process_index: int = 0,
-              process_count: int = 1) -> Batch:
+    def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> Batch:
         """Process-local part of eval batch `i` (same format as TrainData)."""
         rows = host_slice(self.batch_size, process_index, process_count)
         first = i * self.batch_size
-        windows = [self.dataset[first + r] if first + r < len(self.dataset)
-                   else np.zeros((0,), np.int32)
-                   for r in range(rows.start, rows.stop)]
+        windows = [
+            self.dataset[first + r] if first + r < len(self.dataset) else np.zeros((0,), np.int32)
+            for r in range(rows.start, rows.stop)
+        ]
         return _to_batch(windows, self.seq_len, self.pad_id)
 
-    def batches(self, process_index: int = 0,
-                process_count: int = 1) -> Iterator[Batch]:
+    def batches(self, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
         """The `num_batches` process-local eval batches, always the same."""
         for i in range(self.num_batches):
             yield self.batch(i, process_index, process_count)
@@ -239,20 +234,18 @@ class Corpus:
     split_names: dict[str, str]
     text_key: str
 
-    def texts(self, which: str, order: Sequence[int] | None = None
-              ) -> Iterator[str]:
+    def texts(self, which: str, order: Sequence[int] | None = None) -> Iterator[str]:
         """Non-empty documents of split `which` ('train' or 'eval') as str."""
         source = self.sources[which]
         order = range(len(source)) if order is None else order
         for start in range(0, len(order), _READ_CHUNK):
-            keys = [int(k) for k in order[start:start + _READ_CHUNK]]
+            keys = [int(k) for k in order[start : start + _READ_CHUNK]]
             for ex in _read(source, keys):
                 text = _as_text(ex, self.text_key, self.identity)
                 if text:
                     yield text
 
-    def sample_texts(self, which: str = "train", seed: int = 0
-                     ) -> Iterator[str]:
+    def sample_texts(self, which: str = "train", seed: int = 0) -> Iterator[str]:
         """All documents in a seeded random order (a prefix is a fair sample)."""
         order = np.random.default_rng(seed).permutation(len(self.sources[which]))
         return self.texts(which, order)
@@ -269,7 +262,8 @@ def _as_text(example, key: str, identity: str) -> str:
     if key not in example:
         raise DataError(
             f"{identity}: examples have no feature {key!r} (features: "
-            f"{sorted(example)}); set config.data.text_key to the text feature.")
+            f"{sorted(example)}); set config.data.text_key to the text feature."
+        )
     value = example[key]
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
@@ -277,9 +271,11 @@ def _as_text(example, key: str, identity: str) -> str:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
-    raise DataError(f"{identity}: feature {key!r} is not text (got "
-                    f"{type(value).__name__}); set config.data.text_key to a "
-                    "tfds.features.Text feature.")
+    raise DataError(
+        f"{identity}: feature {key!r} is not text (got "
+        f"{type(value).__name__}); set config.data.text_key to a "
+        "tfds.features.Text feature."
+    )
 
 
 def load_corpus(cfg, data_dir: str) -> Corpus:
@@ -295,42 +291,42 @@ def load_corpus(cfg, data_dir: str) -> Corpus:
     # array_record: random access (data_source) and no TensorFlow needed.
     kwargs = {"file_format": "array_record"}
     if name == "text_files":
-        kwargs["config"] = builders.text_files_config(cfg.paths,
-                                                      cfg.validation_fraction,
-                                                      cfg.encoding)
+        kwargs["config"] = builders.text_files_config(cfg.paths, cfg.validation_fraction, cfg.encoding)
     local = name in _LOCAL_BUILDERS
     train_split = "train" if local else cfg.train_split
     eval_split = "validation" if local else cfg.eval_split
 
     def open_split(split):
-        return tfds.data_source(name, split=split, data_dir=data_dir,
-                                download=local or cfg.download,
-                                builder_kwargs=kwargs)
+        return tfds.data_source(
+            name, split=split, data_dir=data_dir, download=local or cfg.download, builder_kwargs=kwargs
+        )
+
     try:
         train = open_split(train_split)  # Builds / prepares the dataset if needed.
         known = set(train.dataset_info.splits)  # Empty under tfds mock_data.
         if eval_split is None:
-            eval_split = ("test" if "test" in known and "validation" not in known
-                          else "validation")
+            eval_split = "test" if "test" in known and "validation" not in known else "validation"
         if known and eval_split not in known:
-            raise DataError(f"{name}: no split {eval_split!r} (splits: "
-                            f"{sorted(known)}); set config.data.eval_split.")
+            raise DataError(f"{name}: no split {eval_split!r} (splits: {sorted(known)}); set config.data.eval_split.")
         sources = {"train": train, "eval": open_split(eval_split)}
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(
-            f"config.data.name={name!r} is neither 'python_stdlib', 'text_files' "
-            "nor a registered tfds dataset name.") from None
-    except (AssertionError, KeyError, NotImplementedError,
-            FileNotFoundError) as e:
+            f"config.data.name={name!r} is neither 'python_stdlib', 'text_files' nor a registered tfds dataset name."
+        ) from None
+    except (AssertionError, KeyError, NotImplementedError, FileNotFoundError) as e:
         raise DataError(
             f"tfds dataset {name!r} split {train_split!r} could not be read from "
             f"{data_dir} as array_record ({type(e).__name__}: {e}). Prepare it "
             "there with file_format='array_record' (or set "
             "config.data.download=True), point config.data.data_dir at a prepared copy, "
-            "or fix config.data.train_split.") from e
-    return Corpus(train.dataset_info.full_name, sources,
-                  {"train": train_split, "eval": eval_split},
-                  "text" if local else cfg.text_key)
+            "or fix config.data.train_split."
+        ) from e
+    return Corpus(
+        train.dataset_info.full_name,
+        sources,
+        {"train": train_split, "eval": eval_split},
+        "text" if local else cfg.text_key,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -347,8 +343,7 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def cached_tokens(corpus: Corpus, which: str, tokenizer: tok_lib.Tokenizer,
-                  cache_dir: str) -> np.ndarray:
+def cached_tokens(corpus: Corpus, which: str, tokenizer: tok_lib.Tokenizer, cache_dir: str) -> np.ndarray:
     """The split as one flat token array, docs each followed by eos.
 
     Computed once per (dataset, text key, split, tokenizer) and saved as
@@ -369,6 +364,7 @@ def cached_tokens(corpus: Corpus, which: str, tokenizer: tok_lib.Tokenizer,
             for ids in tokenizer.encode_batch(docs):
                 parts.extend((ids.astype(dtype), eos.astype(dtype)))
             docs.clear()
+
         for text in corpus.texts(which):
             docs.append(text)
             if len(docs) == _READ_CHUNK:
@@ -404,16 +400,15 @@ def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
     """
     cfg = config_lib.complete(cfg)
     if cfg.seq_len < 1 or cfg.batch_size < 1 or cfg.seed < 0:
-        raise ValueError("config.seq_len and batch_size must be >= 1 and seed "
-                         f">= 0 (got {cfg.seq_len}, {cfg.batch_size}, {cfg.seed}).")
+        raise ValueError(
+            "config.seq_len and batch_size must be >= 1 and seed "
+            f">= 0 (got {cfg.seq_len}, {cfg.batch_size}, {cfg.seed})."
+        )
     data_dir = config_lib.resolve_data_dir(cfg)
     corpus = load_corpus(cfg, data_dir)
-    cache_dir = os.path.join(data_dir, "bitjax_cache", corpus.identity,
-                             corpus.text_key)
-    model_path = os.path.join(
-        cache_dir, f"spm-v{cfg.vocab_size}-s{cfg.spm_sample_bytes}.model")
-    tokenizer = tok_lib.make_tokenizer(
-        cfg, lambda: corpus.sample_texts("train"), model_path)
+    cache_dir = os.path.join(data_dir, "bitjax_cache", corpus.identity, corpus.text_key)
+    model_path = os.path.join(cache_dir, f"spm-v{cfg.vocab_size}-s{cfg.spm_sample_bytes}.model")
+    tokenizer = tok_lib.make_tokenizer(cfg, lambda: corpus.sample_texts("train"), model_path)
 
     train_tokens = cached_tokens(corpus, "train", tokenizer, cache_dir)
     eval_tokens = cached_tokens(corpus, "eval", tokenizer, cache_dir)
@@ -422,15 +417,17 @@ def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
         raise DataError(
             f"{corpus.identity}: the train split has {len(train_tokens)} tokens "
             f"but one sequence needs seq_len + 1 = {need}; lower "
-            "config.seq_len or add text.")
+            "config.seq_len or add text."
+        )
     if len(eval_tokens) < 2:
         raise DataError(
             f"{corpus.identity}: the {corpus.split_names['eval']!r} split is "
-            "empty; add text or choose another config.data.eval_split.")
-    train = TrainData(train_tokens, seq_len=cfg.seq_len,
-                      batch_size=cfg.batch_size, seed=cfg.seed,
-                      pad_id=tokenizer.pad_id)
-    evaluation = EvalData(eval_tokens, seq_len=cfg.seq_len,
-                          batch_size=cfg.batch_size,
-                          num_batches=cfg.eval_batches, tokenizer=tokenizer)
+            "empty; add text or choose another config.data.eval_split."
+        )
+    train = TrainData(
+        train_tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed, pad_id=tokenizer.pad_id
+    )
+    evaluation = EvalData(
+        eval_tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size, num_batches=cfg.eval_batches, tokenizer=tokenizer
+    )
     return train, evaluation, tokenizer

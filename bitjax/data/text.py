@@ -4,6 +4,7 @@ Nothing here imports tensorflow_datasets; the tfds builders in
 `bitjax.data.builders` call these helpers so every bad-input check lives in one
 place and raises a `DataError` that names the problem and the fix.
 """
+
 from __future__ import annotations
 
 import glob
@@ -45,8 +46,7 @@ def resolve_paths(patterns: Sequence[str] | str) -> list[str]:
     patterns = [str(p) for p in patterns]
     if not patterns:
         raise DataError(
-            "text_files: no input files; set config.data.paths to a list of text "
-            "files or globs, e.g. ['corpus/*.txt']."
+            "text_files: no input files; set config.data.paths to a list of text files or globs, e.g. ['corpus/*.txt']."
         )
     files = set()
     for pattern in patterns:
@@ -56,8 +56,7 @@ def resolve_paths(patterns: Sequence[str] | str) -> list[str]:
                 f"text_files: {pattern!r} is a directory; pass the files in it as a "
                 f"glob instead, e.g. {os.path.join(pattern, '**', '*.txt')!r}."
             )
-        matches = [m for m in glob.glob(expanded, recursive=True)
-                   if os.path.isfile(m)]
+        matches = [m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)]
         if not matches:
             raise DataError(
                 f"text_files: {pattern!r} matches no file (cwd={os.getcwd()!r}); fix "
@@ -102,14 +101,17 @@ def read_text(path: str, encoding: str = DEFAULT_ENCODING) -> str:
     try:
         return raw.decode(codec, errors=errors or "strict")
     except LookupError as e:
-        raise DataError(f"config.data.encoding={encoding!r}: {e}; use a Python "
-                        "codec name such as 'utf-8' or 'latin-1'.") from None
+        raise DataError(
+            f"config.data.encoding={encoding!r}: {e}; use a Python codec name such as 'utf-8' or 'latin-1'."
+        ) from None
     except UnicodeDecodeError as e:
         where = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
     if codec.lower().replace("_", "-") not in ("utf-8", "utf8"):
-        raise DataError(f"{path}: not valid {codec} text ({where}); fix "
-                        "config.data.encoding or remove the file from "
-                        "config.data.paths.")
+        raise DataError(
+            f"{path}: not valid {codec} text ({where}); fix "
+            "config.data.encoding or remove the file from "
+            "config.data.paths."
+        )
     # Each bad byte becomes one U+FFFD (real U+FFFD characters are rare).
     bad = raw.decode("utf-8", errors="replace").count("\ufffd")
     if bad > _MAX_INVALID_UTF8_FRACTION * len(raw):
@@ -121,7 +123,8 @@ def read_text(path: str, encoding: str = DEFAULT_ENCODING) -> str:
         f"{path}: not valid UTF-8 ({bad} invalid byte(s), the first is {where}); "
         "if it is in another encoding, set config.data.encoding (e.g. "
         "'latin-1' or 'cp1252'), or 'utf-8:replace' to replace invalid bytes "
-        "with U+FFFD.")
+        "with U+FFFD."
+    )
 
 
 def common_root(files: Sequence[str]) -> str:
@@ -198,8 +201,7 @@ def check_not_empty(docs: Iterable[Doc], what: str) -> None:
 # The embedded default corpus: this interpreter's standard library.
 # ----------------------------------------------------------------------------
 
-_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests",
-              "idle_test"}
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
 
 
 def stdlib_root() -> str:
@@ -218,11 +220,9 @@ def stdlib_files() -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Pruning in place stops os.walk from descending into skipped dirs.
-        dirnames[:] = [d for d in dirnames
-                       if d not in _SKIP_DIRS and not d.startswith("test_")]
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test_")]
         rel = os.path.relpath(dirpath, root)
-        out.extend(os.path.normpath(os.path.join(rel, f))
-                   for f in filenames if f.endswith(".py"))
+        out.extend(os.path.normpath(os.path.join(rel, f)) for f in filenames if f.endswith(".py"))
     return sorted(out)
 
 
@@ -239,8 +239,8 @@ def stdlib_docs() -> list[Doc]:
         with open(os.path.join(root, rel), "rb") as f:
             docs.append((rel, f.read().decode("utf-8", errors="replace")))
     from pydoc_data import topics  # pylint: disable=g-import-not-at-top
-    docs.extend((f"pydoc_data/topics/{k}", topics.topics[k])
-                for k in sorted(topics.topics))
+
+    docs.extend((f"pydoc_data/topics/{k}", topics.topics[k]) for k in sorted(topics.topics))
     return [d for d in docs if d[1]]
 
 

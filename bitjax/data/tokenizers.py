@@ -12,6 +12,7 @@ Both share one interface:
 `token_bytes` makes bits-per-byte exact for any token stream:
 bits/byte = sum(nll) / ln(2) / sum(token_bytes[targets]).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,7 @@ class ByteTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids).reshape(-1)
-        return bytes(ids[(ids >= 0) & (ids < 256)].astype(np.uint8)).decode(
-            "utf-8", errors="replace")
+        return bytes(ids[(ids >= 0) & (ids < 256)].astype(np.uint8)).decode("utf-8", errors="replace")
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -85,21 +85,19 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, model_path: str):
         import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
         with open(model_path, "rb") as f:
             proto = f.read()
         self.model_path = model_path
         self.sp = spm.SentencePieceProcessor(model_proto=proto)
         self.vocab_size = self.sp.get_piece_size()
-        self.pad_id, self.bos_id, self.eos_id = (
-            self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id())
+        self.pad_id, self.bos_id, self.eos_id = (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id())
         # Hash the vocabulary, not the file: the file also records training
         # paths, so equal models trained in different places would differ.
-        vocab = [(self.sp.id_to_piece(i), self.sp.get_score(i))
-                 for i in range(self.vocab_size)]
+        vocab = [(self.sp.id_to_piece(i), self.sp.get_score(i)) for i in range(self.vocab_size)]
         digest = hashlib.sha256(repr(vocab).encode()).hexdigest()[:12]
         self.name = f"spm{self.vocab_size}-{digest}"
-        self.token_bytes = np.array(
-            [self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
+        self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
 
     def _piece_bytes(self, i: int) -> int:
         if self.sp.is_control(i) or self.sp.is_unknown(i):
@@ -132,9 +130,14 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.decode(ids[keep].tolist())
 
 
-def train_sentencepiece(texts: Iterable[str], model_path: str,
-                        vocab_size: int, *, sample_bytes: int = 4_000_000,
-                        model_type: str = "unigram") -> SentencePieceTokenizer:
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_path: str,
+    vocab_size: int,
+    *,
+    sample_bytes: int = 4_000_000,
+    model_type: str = "unigram",
+) -> SentencePieceTokenizer:
     """Trains a lossless SentencePiece model on (a prefix of) `texts`.
 
     Lossless for source code: identity normalization, no dummy prefix, runs of
@@ -157,7 +160,8 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
         raise ValueError(
             f"config.data.vocab_size={vocab_size} is too small for SentencePiece "
             "with byte fallback (256 byte pieces + 4 specials + the corpus' "
-            "characters); use >= 300.")
+            "characters); use >= 300."
+        )
 
     def lines():
         seen = 0
@@ -166,7 +170,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
             for line in text.splitlines():
                 if line.strip():
                     for i in range(0, len(line), step):  # e.g. minified code: one huge line
-                        yield line[i:i + step]
+                        yield line[i : i + step]
                     seen += len(line.encode("utf-8", errors="replace"))
             if seen >= sample_bytes:
                 return
@@ -190,7 +194,10 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
             allow_whitespace_only_pieces=True,
             split_digits=True,
             max_sentence_length=MAX_SENTENCE_BYTES,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
@@ -203,21 +210,24 @@ def train_sentencepiece(texts: Iterable[str], model_path: str,
 def _user_errors(vocab_size: int):
     """SentencePiece's INTERNAL errors that are about the data or the config, as a DataError."""
     from bitjax.data.text import DataError  # pylint: disable=g-import-not-at-top
+
     try:
         yield
     except RuntimeError as e:
         m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
         if m:
-            raise DataError(f"config.data.vocab_size={vocab_size} is smaller than the {m[2]} distinct "
-                            f"characters and specials of this corpus; use a larger one.") from None
+            raise DataError(
+                f"config.data.vocab_size={vocab_size} is smaller than the {m[2]} distinct "
+                f"characters and specials of this corpus; use a larger one."
+            ) from None
         if "sentences_.empty()" in str(e):
-            raise DataError("SentencePiece found no training text in the corpus; add text or use "
-                            "config.data.tokenizer='byte'.") from None
+            raise DataError(
+                "SentencePiece found no training text in the corpus; add text or use config.data.tokenizer='byte'."
+            ) from None
         raise
 
 
-def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None,
-                   model_path: str | None = None) -> Tokenizer:
+def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None, model_path: str | None = None) -> Tokenizer:
     """Builds the tokenizer named by `cfg.tokenizer`.
 
     Args:
@@ -235,10 +245,6 @@ def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None,
         if os.path.exists(model_path):
             return SentencePieceTokenizer(model_path)
         if texts is None:
-            raise ValueError(f"No SentencePiece model at {model_path} and no "
-                             "texts to train one.")
-        return train_sentencepiece(
-            texts(), model_path, cfg.vocab_size,
-            sample_bytes=cfg.spm_sample_bytes)
-    raise ValueError(f"Unknown config.data.tokenizer {kind!r}; use 'byte' or "
-                     "'sentencepiece'.")
+            raise ValueError(f"No SentencePiece model at {model_path} and no texts to train one.")
+        return train_sentencepiece(texts(), model_path, cfg.vocab_size, sample_bytes=cfg.spm_sample_bytes)
+    raise ValueError(f"Unknown config.data.tokenizer {kind!r}; use 'byte' or 'sentencepiece'.")

@@ -51,22 +51,39 @@ def run_tasks(args, scorer) -> dict:
     tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
     tasks = [t for t in args.tasks.split(",") if t]
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=limit,
-                                      task_manager=tm, log_samples=False, bootstrap_iters=args.bootstrap_iters)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=args.num_fewshot,
+        limit=limit,
+        task_manager=tm,
+        log_samples=False,
+        bootstrap_iters=args.bootstrap_iters,
+    )
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
-    keep = {k: results[k] for k in ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
-            if k in results}
-    keep["config"] = {"workdir": args.workdir, "step": args.step, "tasks": tasks, "limit": args.limit,
-                      "num_fewshot": args.num_fewshot, "max_length": scorer.max_length}
+    keep = {
+        k: results[k]
+        for k in ("results", "groups", "versions", "n-shot", "higher_is_better", "n-samples")
+        if k in results
+    }
+    keep["config"] = {
+        "workdir": args.workdir,
+        "step": args.step,
+        "tasks": tasks,
+        "limit": args.limit,
+        "num_fewshot": args.num_fewshot,
+        "max_length": scorer.max_length,
+    }
     return keep
 
 
 @errors.cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitjax.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bitjax.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", required=True, help="a trained run's workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -100,9 +117,11 @@ def main(argv=None):
     if files is not None:
         out = perplexity.score_files(scorer, files)
         out.update(workdir=args.workdir, step=args.step, max_length=scorer.max_length, tokenizer=scorer.tokenizer.name)
-        print(f"{out['documents']} files, {out['tokens']} tokens, {out['bytes']} bytes: "
-              f"bits/byte {out['bits_per_byte']:.4f}, nats/token {out['nats_per_token']:.4f}, "
-              f"token ppl {out['token_ppl']:.3f}")
+        print(
+            f"{out['documents']} files, {out['tokens']} tokens, {out['bytes']} bytes: "
+            f"bits/byte {out['bits_per_byte']:.4f}, nats/token {out['nats_per_token']:.4f}, "
+            f"token ppl {out['token_ppl']:.3f}"
+        )
     else:
         out = run_tasks(args, scorer)
     _write(args.out, out)

@@ -47,9 +47,18 @@ class BitjaxLM(TemplateLM):
     accepted and ignored: devices come from JAX.
     """
 
-    def __init__(self, workdir: str | None = None, step: int | str | None = None, batch_size: int | str = 8,
-                 max_length: int | str | None = None, mesh: dict | None = None, scorer: Scorer | None = None,
-                 max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS, seed: int | str = 0, **unused):
+    def __init__(
+        self,
+        workdir: str | None = None,
+        step: int | str | None = None,
+        batch_size: int | str = 8,
+        max_length: int | str | None = None,
+        mesh: dict | None = None,
+        scorer: Scorer | None = None,
+        max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
+        seed: int | str = 0,
+        **unused,
+    ):
         super().__init__()
         bs = 8 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
         if scorer is None:
@@ -67,6 +76,7 @@ class BitjaxLM(TemplateLM):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """--model_args 'workdir=W,step=N,batch_size=B'; they win over the harness's own --batch_size etc."""
         from lm_eval.utils import simple_parse_args_string
+
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
@@ -141,16 +151,21 @@ class BitjaxLM(TemplateLM):
             stops.append([s for s in until if s])
             max_new = int(kw.get("max_gen_toks", self.max_gen_toks))
             temperature = float(kw.get("temperature", 0.0)) if kw.get("do_sample", False) else 0.0
-            ids = self.tok_encode(context)[-self.max_length:] or [self.eot_token_id]
+            ids = self.tok_encode(context)[-self.max_length :] or [self.eot_token_id]
             groups[(len(ids), max_new, temperature)].append((i, ids))
         out = [""] * len(requests)
         bs = self.scorer.batch_size
         for g, ((plen, max_new, temperature), items) in enumerate(sorted(groups.items())):
             for start in range(0, len(items), bs):
-                chunk = items[start:start + bs]
+                chunk = items[start : start + bs]
                 prompt = np.asarray([ids for _, ids in chunk] + [chunk[0][1]] * (bs - len(chunk)), np.int32)
-                toks = sample.generate(self._model, self.scorer.setup.global_batch(prompt), max_new,
-                                       rng=jax.random.key(self.seed + 1000 * g + start), temperature=temperature)
+                toks = sample.generate(
+                    self._model,
+                    self.scorer.setup.global_batch(prompt),
+                    max_new,
+                    rng=jax.random.key(self.seed + 1000 * g + start),
+                    temperature=temperature,
+                )
                 toks = np.asarray(jax.device_get(toks))[:, plen:]
                 for row, (i, _) in enumerate(chunk):
                     out[i] = self._cut(toks[row], stops[i])
@@ -161,8 +176,7 @@ class BitjaxLM(TemplateLM):
     def _cut(self, tokens: np.ndarray, stops: list[str]) -> str:
         """Generated tokens → text up to the first <eos>, then up to the first stop sequence."""
         eos = np.flatnonzero(tokens == self.eot_token_id)
-        text = self.tok_decode(tokens[:eos[0]] if len(eos) else tokens)
+        text = self.tok_decode(tokens[: eos[0]] if len(eos) else tokens)
         for s in stops:
             text = text.split(s, 1)[0]
         return text
-

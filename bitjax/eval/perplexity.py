@@ -47,9 +47,15 @@ def score_texts(scorer: Scorer, texts: Sequence[str]) -> dict:
     logp, _ = scorer.score(windows)
     nats = -float(np.sum(logp))
     per_token = nats / total_tokens
-    return {"bits_per_byte": nats / (math.log(2) * total_bytes), "nats_per_token": per_token,
-            "token_ppl": math.exp(min(per_token, 700.0)), "tokens": total_tokens, "bytes": total_bytes,
-            "nats": nats, "documents": len(texts)}
+    return {
+        "bits_per_byte": nats / (math.log(2) * total_bytes),
+        "nats_per_token": per_token,
+        "token_ppl": math.exp(min(per_token, 700.0)),
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+        "nats": nats,
+        "documents": len(texts),
+    }
 
 
 def score_files(scorer: Scorer, patterns: Sequence[str]) -> dict:

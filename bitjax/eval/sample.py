@@ -45,8 +45,9 @@ def _generate(graphdef, state, prompt, rng, *, max_new_tokens, temperature, top_
     return jax.lax.fori_loop(1, max_new_tokens, step, (out, cache))[0]
 
 
-def generate(model, prompt: jax.Array, max_new_tokens: int, *, rng=None, temperature: float = 1.0,
-             top_k: int | None = None) -> jax.Array:
+def generate(
+    model, prompt: jax.Array, max_new_tokens: int, *, rng=None, temperature: float = 1.0, top_k: int | None = None
+) -> jax.Array:
     """Continue `prompt` int32[B, P] by `max_new_tokens` tokens → int32[B, P + max_new_tokens].
 
     `model` needs `init_cache(batch, max_len)` and `decode(tokens, cache, index)` (see
@@ -54,14 +55,17 @@ def generate(model, prompt: jax.Array, max_new_tokens: int, *, rng=None, tempera
     top_k keeps the k most likely tokens before sampling.
     """
     if not (hasattr(model, "init_cache") and hasattr(model, "decode")):
-        raise ValueError(f"{type(model).__name__} has no init_cache/decode methods (a KV or state cache): this "
-                         f"model family does not support generation yet (see bitjax.models)")
+        raise ValueError(
+            f"{type(model).__name__} has no init_cache/decode methods (a KV or state cache): this "
+            f"model family does not support generation yet (see bitjax.models)"
+        )
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be int32[B, P] with P ≥ 1, got shape {prompt.shape}")
     if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(f"need max_new_tokens ≥ 0, temperature ≥ 0, top_k ≥ 1 or None; got "
-                         f"{max_new_tokens}, {temperature}, {top_k}")
+        raise ValueError(
+            f"need max_new_tokens ≥ 0, temperature ≥ 0, top_k ≥ 1 or None; got {max_new_tokens}, {temperature}, {top_k}"
+        )
     if max_new_tokens == 0:
         return prompt
     if rng is None:
@@ -69,5 +73,12 @@ def generate(model, prompt: jax.Array, max_new_tokens: int, *, rng=None, tempera
             raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
         rng = jax.random.key(0)
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt, rng, max_new_tokens=int(max_new_tokens),
-                     temperature=float(temperature), top_k=None if top_k is None else int(top_k))
+    return _generate(
+        graphdef,
+        state,
+        prompt,
+        rng,
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_k=None if top_k is None else int(top_k),
+    )

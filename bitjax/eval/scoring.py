@@ -48,8 +48,10 @@ def load(workdir: str, step: int | None = None, *, devices=None, mesh: dict | No
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
-        raise errors.UserError(f"--workdir {workdir!r} holds no checkpoints ({ckpt_dir} does not exist): "
-                         f"check the path, or train first (python -m bitjax.main --workdir ...)")
+        raise errors.UserError(
+            f"--workdir {workdir!r} holds no checkpoints ({ckpt_dir} does not exist): "
+            f"check the path, or train first (python -m bitjax.main --workdir ...)"
+        )
     ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
     try:
         steps = ckpt.all_steps()
@@ -99,7 +101,7 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -
     while done < len(tokens):
         n = min(len(tokens) - done, max_length)
         end = done + n
-        yield tokens[max(end - max_length - 1, 0):end], n
+        yield tokens[max(end - max_length - 1, 0) : end], n
         done = end
 
 
@@ -134,7 +136,6 @@ class Scorer:
         self.graphdef = setup.graphdef
         self.shapes_compiled: set[tuple[int, int]] = set()
 
-
     def model(self):
         """The concrete NNX model (for generation)."""
         return self.setup.model(self.params)
@@ -153,13 +154,13 @@ class Scorer:
         logp, greedy = np.zeros(n, np.float64), np.zeros(n, bool)
         seqs = []
         for tokens, n_pred in requests:
-            tokens = np.asarray(tokens, np.int32)[-(self.max_length + 1):]
+            tokens = np.asarray(tokens, np.int32)[-(self.max_length + 1) :]
             if len(tokens) < 2 or n_pred < 1:
                 raise ValueError(f"a scored sequence needs ≥ 2 tokens and n_pred ≥ 1; got {len(tokens)}, {n_pred}")
             seqs.append((tokens, min(int(n_pred), len(tokens) - 1)))
         order = sorted(range(n), key=lambda i: -len(seqs[i][0]))  # similar lengths share a batch
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             length = self.bucket(max(len(seqs[i][0]) - 1 for i in idx))
             inputs = np.full((self.batch_size, length), self.tokenizer.pad_id, np.int32)
             targets = np.zeros((self.batch_size, length), np.int32)
@@ -168,9 +169,9 @@ class Scorer:
                 tokens, n_pred = seqs[i]
                 m = len(tokens) - 1
                 inputs[row, :m], targets[row, :m] = tokens[:-1], tokens[1:]
-                mask[row, m - n_pred:m] = 1.0
+                mask[row, m - n_pred : m] = 1.0
             batch = self.setup.global_batch({"inputs": inputs, "targets": targets, "mask": mask})
             self.shapes_compiled.add((self.batch_size, length))
             lp, hit = jax.device_get(_score(self.graphdef, self.params, batch))
-            logp[idx], greedy[idx] = lp[:len(idx)], hit[:len(idx)]
+            logp[idx], greedy[idx] = lp[: len(idx)], hit[: len(idx)]
         return logp, greedy

@@ -14,26 +14,34 @@ import json
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m bitjax.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bitjax.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", required=True)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--format", required=True, choices=("hf", "gguf"))
     p.add_argument("--out", required=True, help="a directory (hf) or a .gguf file (gguf)")
-    p.add_argument("--linear_class", default="bitlinear", choices=("bitlinear", "autobitlinear"),
-                   help="hf, b158: HF's BitLinear (2B4T's; weight_scale = 1/γ) or AutoBitLinear (= γ)")
+    p.add_argument(
+        "--linear_class",
+        default="bitlinear",
+        choices=("bitlinear", "autobitlinear"),
+        help="hf, b158: HF's BitLinear (2B4T's; weight_scale = 1/γ) or AutoBitLinear (= γ)",
+    )
     p.add_argument("--gguf_type", default="tq2_0", choices=("tq2_0", "tq1_0"))
     args = p.parse_args(argv)
 
     from bitjax.sample import load
+
     setup, params = load(args.workdir, args.step)
     model, cfg, tok = setup.model(params), setup.config.model, setup.tokenizer
     ids = {"bos_token_id": int(tok.bos_id), "eos_token_id": int(tok.eos_id), "pad_token_id": int(tok.pad_id)}
     if args.format == "hf":
         from bitjax.export.hf import save_hf
+
         info = save_hf(model, cfg, args.out, linear_class=args.linear_class, token_ids=ids)
     else:
         from bitjax.export.gguf import save_gguf
+
         info = save_gguf(model, cfg, args.out, gguf_type=args.gguf_type, tokenizer=tok)
     print(json.dumps(info, indent=1))
     return info

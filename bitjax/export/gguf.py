@@ -27,10 +27,19 @@ from bitjax.export.hf import PROJECTIONS, hf_config, hf_quantized, hf_state_dict
 BLOCK = 256  # QK_K
 GGUF_TYPES = ("tq2_0", "tq1_0")
 # HF name suffix → gguf MODEL_TENSOR member name
-_TENSORS = {"self_attn.q_proj": "ATTN_Q", "self_attn.k_proj": "ATTN_K", "self_attn.v_proj": "ATTN_V",
-            "self_attn.o_proj": "ATTN_OUT", "mlp.gate_proj": "FFN_GATE", "mlp.up_proj": "FFN_UP",
-            "mlp.down_proj": "FFN_DOWN", "input_layernorm": "ATTN_NORM", "post_attention_layernorm": "FFN_NORM",
-            "self_attn.attn_sub_norm": "ATTN_SUB_NORM", "mlp.ffn_sub_norm": "FFN_SUB_NORM"}
+_TENSORS = {
+    "self_attn.q_proj": "ATTN_Q",
+    "self_attn.k_proj": "ATTN_K",
+    "self_attn.v_proj": "ATTN_V",
+    "self_attn.o_proj": "ATTN_OUT",
+    "mlp.gate_proj": "FFN_GATE",
+    "mlp.up_proj": "FFN_UP",
+    "mlp.down_proj": "FFN_DOWN",
+    "input_layernorm": "ATTN_NORM",
+    "post_attention_layernorm": "FFN_NORM",
+    "self_attn.attn_sub_norm": "ATTN_SUB_NORM",
+    "mlp.ffn_sub_norm": "FFN_SUB_NORM",
+}
 
 
 def gguf_name(hf_name: str) -> str:
@@ -53,6 +62,7 @@ def wtilde_torch(kernel) -> np.ndarray:
     """b1.58's W̃ = codes·γ in torch orientation (out, in), float32, from a latent kernel (in, out)."""
     import jax.numpy as jnp
     from bitjax.quant.weights import ternary_absmean_codes
+
     codes, gamma = ternary_absmean_codes(jnp.asarray(kernel))
     return (np.asarray(codes, np.float32) * np.asarray(gamma, np.float32)).T.copy()
 
@@ -101,8 +111,10 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type must be one of {GGUF_TYPES}, got {gguf_type!r}")
     if not hf_quantized(cfg):
-        raise ValueError("GGUF export is for b1.58 runs (quant.method='b158'); fp runs: export to HF "
-                         "(--format hf) and use llama.cpp's convert_hf_to_gguf.py")
+        raise ValueError(
+            "GGUF export is for b1.58 runs (quant.method='b158'); fp runs: export to HF "
+            "(--format hf) and use llama.cpp's convert_hf_to_gguf.py"
+        )
     arch, kw = hf_config(cfg)
     fix = []
     if not cfg.sub_norm:
@@ -139,6 +151,7 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
     from flax import nnx
     from bitjax import models
     from bitjax.nn.layer_stack import unstack_layers
+
     model = unstack_layers(model)  # per-layer tensors (blk.N.*) from a scan_layers model too
     names = models.hf_param_names(model)
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -166,5 +179,9 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"path": path, "tensors": types, "fallback_f16": fallback,
-            "projection_bits_per_weight": bits / max(n_proj, 1)}
+    return {
+        "path": path,
+        "tensors": types,
+        "fallback_f16": fallback,
+        "projection_bits_per_weight": bits / max(n_proj, 1),
+    }

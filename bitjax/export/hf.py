@@ -53,22 +53,43 @@ def hf_config(cfg) -> tuple[str, dict]:
     if cfg.get("name") == "mamba2":
         w = mamba2.dims(cfg)
         return "Mamba2ForCausalLM", dict(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-            state_size=cfg.d_state, conv_kernel=cfg.d_conv, expand=cfg.expand, head_dim=cfg.headdim,
-            num_heads=w["heads"], n_groups=cfg.ngroups, chunk_size=cfg.chunk_size, use_bias=False,
-            use_conv_bias=cfg.conv_bias, layer_norm_epsilon=cfg.norm_eps, residual_in_fp32=True,
-            time_step_min=cfg.dt_min, time_step_max=cfg.dt_max, time_step_floor=cfg.dt_init_floor,
-            time_step_limit=(0.0, float("inf")), tie_word_embeddings=cfg.tie_embeddings)
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layers,
+            state_size=cfg.d_state,
+            conv_kernel=cfg.d_conv,
+            expand=cfg.expand,
+            head_dim=cfg.headdim,
+            num_heads=w["heads"],
+            n_groups=cfg.ngroups,
+            chunk_size=cfg.chunk_size,
+            use_bias=False,
+            use_conv_bias=cfg.conv_bias,
+            layer_norm_epsilon=cfg.norm_eps,
+            residual_in_fp32=True,
+            time_step_min=cfg.dt_min,
+            time_step_max=cfg.dt_max,
+            time_step_floor=cfg.dt_init_floor,
+            time_step_limit=(0.0, float("inf")),
+            tie_word_embeddings=cfg.tie_embeddings,
+        )
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.sub_norm and head_dim * cfg.n_heads != cfg.d_model:
-        raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs "
-                         "n_heads · head_dim == d_model")
-    kwargs = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                  num_key_value_heads=cfg.n_kv_heads, head_dim=head_dim, hidden_act=cfg.activation,
-                  rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-                  rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
-                  attention_bias=False)
+        raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs n_heads · head_dim == d_model")
+    kwargs = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=head_dim,
+        hidden_act=cfg.activation,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        attention_bias=False,
+    )
     return ("BitNetForCausalLM" if cfg.sub_norm else "LlamaForCausalLM"), kwargs
 
 
@@ -84,8 +105,10 @@ def hf_quantized(cfg) -> bool:
     if cfg.get("name") == "mamba2":
         if all(spec.is_fp for spec in mamba2.quant_table(cfg).values()):
             return False
-        raise ValueError(f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r}) has no HF "
-                         "transformers equivalent: HF's Mamba2ForCausalLM is full precision; use 'fp'")
+        raise ValueError(
+            f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r}) has no HF "
+            "transformers equivalent: HF's Mamba2ForCausalLM is full precision; use 'fp'"
+        )
     plain = lambda spec: dataclasses.replace(spec, grad="identity")
     table = {role: plain(spec) for role, spec in models.quant_table(cfg).items()}
     if all(spec.is_fp for spec in table.values()):
@@ -94,9 +117,11 @@ def hf_quantized(cfg) -> bool:
     if all(spec == (QuantSpec() if r in ("embed", "lm_head") else b158) for r, spec in table.items()):
         return True
     recipe = "; ".join(f"{r}: {s}" for r, s in table.items())
-    raise ValueError(f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r} → {recipe}) has "
-                     "no HF transformers equivalent: HF's BitNet runs b1.58 only (quant.method='b158' with no "
-                     "rules), or use 'fp'")
+    raise ValueError(
+        f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r} → {recipe}) has "
+        "no HF transformers equivalent: HF's BitNet runs b1.58 only (quant.method='b158' with no "
+        "rules), or use 'fp'"
+    )
 
 
 def to_hf_model(model, cfg):
@@ -119,8 +144,11 @@ def to_hf_model(model, cfg):
     conf._attn_implementation = "eager"
     hf = getattr(transformers, arch)(conf)
     if quantized:
-        replace_with_bitnet_linear(hf, modules_to_not_convert=["lm_head"], quantization_config=BitNetQuantConfig(
-            linear_class="autobitlinear", quantization_mode="online"))
+        replace_with_bitnet_linear(
+            hf,
+            modules_to_not_convert=["lm_head"],
+            quantization_config=BitNetQuantConfig(linear_class="autobitlinear", quantization_mode="online"),
+        )
     state = {k: torch.tensor(v) for k, v in hf_state_dict(model).items()}
     missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
     if unexpected or set(missing) - ({"lm_head.weight"} if cfg.tie_embeddings else set()):
@@ -138,6 +166,7 @@ LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 def require(module: str, extra: str):
     """Import an optional dependency, or fail naming the bitjax extra that installs it."""
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -173,7 +202,7 @@ def packed_state_dict(model, cfg, linear_class: str = "bitlinear") -> dict[str, 
         gamma = float(np.asarray(gamma).reshape(()))
         state[name] = pack_ternary_2bit(np.asarray(codes).T)
         scale = 1.0 / gamma if linear_class == "bitlinear" else gamma
-        state[name[:-len("weight")] + "weight_scale"] = np.array([scale], np.float32)
+        state[name[: -len("weight")] + "weight_scale"] = np.array([scale], np.float32)
     return state
 
 
@@ -196,11 +225,18 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
     quantized = hf_quantized(cfg)
     state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
     model_type = {"BitNetForCausalLM": "bitnet", "Mamba2ForCausalLM": "mamba2"}.get(arch, "llama")
-    config = dict(architectures=[arch], model_type=model_type,
-                  dtype="float32", max_position_embeddings=2048, **kwargs, **(token_ids or {}))
+    config = dict(
+        architectures=[arch],
+        model_type=model_type,
+        dtype="float32",
+        max_position_embeddings=2048,
+        **kwargs,
+        **(token_ids or {}),
+    )
     if quantized:
-        config["quantization_config"] = dict(quant_method="bitnet", linear_class=linear_class,
-                                             quantization_mode="offline")
+        config["quantization_config"] = dict(
+            quant_method="bitnet", linear_class=linear_class, quantization_mode="offline"
+        )
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -208,10 +244,15 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
     proj = [n for n in state if _is_projection(n) and n.endswith(".weight")]
     rows = 4 if quantized else 1  # a packed uint8 row holds 4 output rows
     n_weights = sum(state[n].shape[0] * rows * state[n].shape[1] for n in proj)
-    stored = sum(state[n].nbytes + (state[n[:-len("weight")] + "weight_scale"].nbytes if quantized else 0)
-                 for n in proj)
-    return {"architecture": arch, "files": ["config.json", "model.safetensors"],
-            "projection_bytes": stored, "projection_bf16_bytes": 2 * n_weights}
+    stored = sum(
+        state[n].nbytes + (state[n[: -len("weight")] + "weight_scale"].nbytes if quantized else 0) for n in proj
+    )
+    return {
+        "architecture": arch,
+        "files": ["config.json", "model.safetensors"],
+        "projection_bytes": stored,
+        "projection_bf16_bytes": 2 * n_weights,
+    }
 
 
 # ============================================================================ files: import
@@ -258,12 +299,22 @@ def model_config_from_hf(hf_cfg: dict):
     head_dim = hf_cfg.get("head_dim") or d // h
     theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 500000.0 if arch.startswith("BitNet") else 10000.0))
     cfg = default_config()
-    cfg.update(dict(vocab_size=hf_cfg["vocab_size"], d_model=d, n_layers=hf_cfg["num_hidden_layers"],
-                    n_heads=h, n_kv_heads=hf_cfg.get("num_key_value_heads") or h,
-                    head_dim=None if head_dim * h == d else head_dim, mlp_dim=hf_cfg["intermediate_size"],
-                    activation=act, rope_theta=float(theta), norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
-                    sub_norm=arch.startswith("BitNet"),
-                    tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False))))
+    cfg.update(
+        dict(
+            vocab_size=hf_cfg["vocab_size"],
+            d_model=d,
+            n_layers=hf_cfg["num_hidden_layers"],
+            n_heads=h,
+            n_kv_heads=hf_cfg.get("num_key_value_heads") or h,
+            head_dim=None if head_dim * h == d else head_dim,
+            mlp_dim=hf_cfg["intermediate_size"],
+            activation=act,
+            rope_theta=float(theta),
+            norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
+            sub_norm=arch.startswith("BitNet"),
+            tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False)),
+        )
+    )
     cfg.quant.method = "b158" if q else "fp"
     return cfg
 
@@ -271,6 +322,7 @@ def model_config_from_hf(hf_cfg: dict):
 def _inv_scale(w: np.ndarray) -> np.float32:
     """1/γ exactly as ternary_absmean computes it (it multiplies by 1/γ and divides by it)."""
     from bitjax.quant.weights import EPS
+
     w = jnp.asarray(w, jnp.float32)
     return np.float32(1.0 / jnp.maximum(jnp.mean(jnp.abs(w)), EPS))
 
@@ -308,9 +360,11 @@ def latent_from_codes(codes: np.ndarray, inv_scale: float) -> np.ndarray:
     if _inv_scale(w) != target and zeros.size:  # a slightly smaller v, plus δ on one zero entry
         w = codes * np.nextafter(v, np.float32(0))
         flat = w.reshape(-1)
+
         def with_delta(d):
             flat[zeros[0]] = d
             return _inv_scale(w) <= target
+
         d = _smallest(1e-30, 0.4 / float(target), with_delta)
         flat[zeros[0]] = d
         if _inv_scale(w) != target:
@@ -351,7 +405,7 @@ def load_hf(hf_dir: str):
             if value.dtype == np.uint8:
                 if not offline:
                     raise ValueError(f"{name} is packed uint8 but quantization_mode is not 'offline'")
-                scale_name = name[:-len("weight")] + "weight_scale"
+                scale_name = name[: -len("weight")] + "weight_scale"
                 used.add(scale_name)
                 ws = float(np.asarray(state[scale_name], np.float32).reshape(-1)[0])
                 codes = unpack_ternary_2bit(value, shape[1]).T  # kernel (in, out), as bitjax reduces it

@@ -124,6 +124,7 @@ def unpack_layer(packed: dict) -> np.ndarray:
 def bits_per_weight(packed: dict) -> float:
     """(payload bytes + scale bytes)·8 / weights of one :func:`pack_layer` result."""
     out, n_in = packed["shape"]
-    nbytes = packed["packed"].nbytes + sum(v.nbytes for k, v in packed.items()
-                                           if isinstance(v, np.ndarray) and k != "packed")
+    nbytes = packed["packed"].nbytes + sum(
+        v.nbytes for k, v in packed.items() if isinstance(v, np.ndarray) and k != "packed"
+    )
     return 8.0 * nbytes / (out * n_in)

@@ -45,22 +45,37 @@ from bitjax.models.transformer import SIZES, Transformer, validate_config
 @dataclasses.dataclass(frozen=True)
 class Family:
     model: type
-    validate: Callable[..., None]           # (cfg, seq_len) → None or ValueError naming the field
-    size_hints: dict[str, str]              # logical axis → config field that sets its size
-    stage_configs: Callable[..., list]      # (cfg, total_steps) → [(first step, single-stage cfg)]
-    quant_table: Callable[[Any], dict]      # cfg → {layer role: QuantSpec}
-    default_config: Callable[[], Any]       # () → the family's default config.model
+    validate: Callable[..., None]  # (cfg, seq_len) → None or ValueError naming the field
+    size_hints: dict[str, str]  # logical axis → config field that sets its size
+    stage_configs: Callable[..., list]  # (cfg, total_steps) → [(first step, single-stage cfg)]
+    quant_table: Callable[[Any], dict]  # cfg → {layer role: QuantSpec}
+    default_config: Callable[[], Any]  # () → the family's default config.model
     sizes: dict[str, dict] = dataclasses.field(default_factory=dict)  # size → default_config overrides
     hf_param_names: Callable[[Any], dict] | None = None  # model → {param path: HF name}; None: no HF layout
 
 
-_MODELS = {"transformer": Family(Transformer, transformer.validate_config, transformer.SIZE_HINTS,
-                                 transformer.stage_configs, transformer.quant_table,
-                                 transformer.default_config, sizes=transformer.SIZES,
-                                 hf_param_names=transformer.hf_param_names),
-           "mamba2": Family(mamba2.Mamba2LM, mamba2.validate_config, mamba2.SIZE_HINTS, mamba2.stage_configs,
-                            mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES,
-                            hf_param_names=mamba2.hf_param_names)}
+_MODELS = {
+    "transformer": Family(
+        Transformer,
+        transformer.validate_config,
+        transformer.SIZE_HINTS,
+        transformer.stage_configs,
+        transformer.quant_table,
+        transformer.default_config,
+        sizes=transformer.SIZES,
+        hf_param_names=transformer.hf_param_names,
+    ),
+    "mamba2": Family(
+        mamba2.Mamba2LM,
+        mamba2.validate_config,
+        mamba2.SIZE_HINTS,
+        mamba2.stage_configs,
+        mamba2.quant_table,
+        mamba2.default_config,
+        sizes=mamba2.SIZES,
+        hf_param_names=mamba2.hf_param_names,
+    ),
+}
 
 
 def _entry(name: str) -> Family:
@@ -119,8 +134,10 @@ def require_hf(name: str) -> None:
     """ValueError unless family `name` has an HF transformers layout (export to HF / GGUF)."""
     if _entry(name).hf_param_names is None:
         have = tuple(n for n, f in _MODELS.items() if f.hf_param_names is not None)
-        raise ValueError(f"config.model.name={name!r} has no HF transformers layout (its Family registers no "
-                         f"hf_param_names): HF and GGUF export cover {have}")
+        raise ValueError(
+            f"config.model.name={name!r} has no HF transformers layout (its Family registers no "
+            f"hf_param_names): HF and GGUF export cover {have}"
+        )
 
 
 def hf_param_names(model) -> dict[str, str]:
@@ -132,5 +149,19 @@ def hf_param_names(model) -> dict[str, str]:
     raise ValueError(f"{type(model).__name__} is no registered model family ({tuple(_MODELS)})")
 
 
-__all__ = ["Family", "SIZES", "Transformer", "default_config", "describe", "get_model", "hf_param_names",
-           "preset", "quant_table", "require_hf", "size_hints", "stage_configs", "validate", "validate_config"]
+__all__ = [
+    "Family",
+    "SIZES",
+    "Transformer",
+    "default_config",
+    "describe",
+    "get_model",
+    "hf_param_names",
+    "preset",
+    "quant_table",
+    "require_hf",
+    "size_hints",
+    "stage_configs",
+    "validate",
+    "validate_config",
+]

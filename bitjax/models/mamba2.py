@@ -47,12 +47,14 @@ from bitjax.quant.registry import QuantSpec
 # The layer roles a quantization recipe can name (bitjax.quant.recipes).
 ROLES = ("in_proj", "out_proj", "embed", "lm_head")
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
-SIZE_HINTS = {"embed": "config.model.d_model",
-              "heads": "config.model.d_model × expand (= SSM heads × headdim; heads = d_model·expand/headdim)",
-              "ssm_in": "config.model.d_model/expand/ngroups/d_state/headdim (in_proj's 2·d_inner + "
-                        "2·ngroups·d_state + heads outputs)",
-              "ssm_conv": "config.model.d_model/expand/ngroups/d_state (conv channels d_inner + 2·ngroups·d_state)",
-              "vocab": "config.model.vocab_size"}
+SIZE_HINTS = {
+    "embed": "config.model.d_model",
+    "heads": "config.model.d_model × expand (= SSM heads × headdim; heads = d_model·expand/headdim)",
+    "ssm_in": "config.model.d_model/expand/ngroups/d_state/headdim (in_proj's 2·d_inner + "
+    "2·ngroups·d_state + heads outputs)",
+    "ssm_conv": "config.model.d_model/expand/ngroups/d_state (conv channels d_inner + 2·ngroups·d_state)",
+    "vocab": "config.model.vocab_size",
+}
 A_INIT_RANGE = (1.0, 16.0)  # mamba_ssm Mamba2(A_init_range=(1, 16)): A ~ U(1, 16), A_log = log A
 
 
@@ -75,13 +77,31 @@ def default_config() -> ConfigDict:
       (bitjax.nn.layer_stack: stacked under lax.scan, on for the 780m–2.7b presets; remat_policy none |
       full | save_quantized | save_dots; remat = the old bool, True = 'full').
     """
-    return ConfigDict(dict(
-        name="mamba2", vocab_size=FieldReference(259, field_type=int), d_model=128, n_layers=4,
-        d_state=128, d_conv=4, expand=2, headdim=64, ngroups=1, chunk_size=256, conv_bias=True,
-        dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4, norm_eps=1e-5, tie_embeddings=True,
-        quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="",
-                              stage2_frac=placeholder(float))),
-        dtype="float32", scan_layers=False, remat_policy="none", remat=placeholder(bool)))
+    return ConfigDict(
+        dict(
+            name="mamba2",
+            vocab_size=FieldReference(259, field_type=int),
+            d_model=128,
+            n_layers=4,
+            d_state=128,
+            d_conv=4,
+            expand=2,
+            headdim=64,
+            ngroups=1,
+            chunk_size=256,
+            conv_bias=True,
+            dt_min=1e-3,
+            dt_max=0.1,
+            dt_init_floor=1e-4,
+            norm_eps=1e-5,
+            tie_embeddings=True,
+            quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float))),
+            dtype="float32",
+            scan_layers=False,
+            remat_policy="none",
+            remat=placeholder(bool),
+        )
+    )
 
 
 # Size presets: overrides of default_config().
@@ -121,6 +141,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
 
     `seq_len` is accepted for the trainer's interface; SSD handles any length.
     """
+
     def need(ok, field, fix):
         if not ok:
             value = cfg.get(field) if "." not in field else cfg.quant.get(field.split(".", 1)[1])
@@ -128,19 +149,31 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
 
     config_lib.check_fields(cfg, default_config(), name, "bitjax.models.mamba2.default_config()")
     need(cfg.name == "mamba2", "name", "must be 'mamba2' for this model")
-    need(cfg.vocab_size is None or _is_pos_int(cfg.vocab_size), "vocab_size",
-         "must be a positive int (or None = the tokenizer's size)")
+    need(
+        cfg.vocab_size is None or _is_pos_int(cfg.vocab_size),
+        "vocab_size",
+        "must be a positive int (or None = the tokenizer's size)",
+    )
     for f in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
         need(_is_pos_int(cfg[f]), f, "must be a positive int")
     d_inner = cfg.expand * cfg.d_model
-    need(d_inner % cfg.headdim == 0, "headdim",
-         f"must divide d_inner = expand·d_model = {d_inner} (heads = d_inner / headdim); e.g. 64 or 32")
+    need(
+        d_inner % cfg.headdim == 0,
+        "headdim",
+        f"must divide d_inner = expand·d_model = {d_inner} (heads = d_inner / headdim); e.g. 64 or 32",
+    )
     heads = d_inner // cfg.headdim
-    need(heads % cfg.ngroups == 0, "ngroups",
-         f"must divide the number of heads {heads} (= expand·d_model / headdim); e.g. 1")
+    need(
+        heads % cfg.ngroups == 0,
+        "ngroups",
+        f"must divide the number of heads {heads} (= expand·d_model / headdim); e.g. 1",
+    )
     for f in ("dt_min", "dt_max", "dt_init_floor", "norm_eps"):
-        need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
-             "must be a positive number")
+        need(
+            isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0,
+            f,
+            "must be a positive number",
+        )
     need(cfg.dt_min <= cfg.dt_max, "dt_min", f"must be ≤ config.model.dt_max={cfg.dt_max}")
     for f in ("conv_bias", "tie_embeddings"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
@@ -148,8 +181,9 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     if seq_len is not None and not _is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
-    validate_quant(cfg, name, quant_table, "bitjax.models.mamba2.default_config().quant",
-                   f" for mamba2 (roles {', '.join(ROLES)})")
+    validate_quant(
+        cfg, name, quant_table, "bitjax.models.mamba2.default_config().quant", f" for mamba2 (roles {', '.join(ROLES)})"
+    )
 
 
 # ============================================================================ modules
@@ -176,7 +210,7 @@ class CausalConv1d(nnx.Module):
         prev = jnp.zeros((x.shape[0], k - 1, x.shape[2]), jnp.float32) if state is None else state
         xx = jnp.concatenate([prev.astype(jnp.float32), x.astype(jnp.float32)], axis=1)  # [B, T+K−1, C]
         w = self.kernel[...]
-        y = sum(xx[:, i:i + t] * w[i] for i in range(k))
+        y = sum(xx[:, i : i + t] * w[i] for i in range(k))
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(x.dtype), xx[:, t:]
@@ -214,20 +248,41 @@ class Mamba2Mixer(nnx.Module):
     def __init__(self, cfg, specs, dtype, *, rngs: nnx.Rngs):
         w = dims(cfg)
         self.d_inner, self.heads, self.conv_dim = w["d_inner"], w["heads"], w["conv"]
-        self.headdim, self.ngroups, self.d_state, self.chunk_size = cfg.headdim, cfg.ngroups, cfg.d_state, cfg.chunk_size
+        self.headdim, self.ngroups, self.d_state, self.chunk_size = (
+            cfg.headdim,
+            cfg.ngroups,
+            cfg.d_state,
+            cfg.chunk_size,
+        )
         init = lambda std: nnx.initializers.normal(stddev=std)
         # mamba_ssm's LM init: Linear ~ N(0, 0.02); out_proj rescaled by 1/√n_layers (rescale_prenorm_residual)
-        self.in_proj = BitDense(cfg.d_model, w["in_proj"], quant=specs["in_proj"], norm_eps=cfg.norm_eps,
-                                axes=("embed", "ssm_in"), dtype=dtype, kernel_init=init(0.02), rngs=rngs)
+        self.in_proj = BitDense(
+            cfg.d_model,
+            w["in_proj"],
+            quant=specs["in_proj"],
+            norm_eps=cfg.norm_eps,
+            axes=("embed", "ssm_in"),
+            dtype=dtype,
+            kernel_init=init(0.02),
+            rngs=rngs,
+        )
         self.conv1d = CausalConv1d(self.conv_dim, cfg.d_conv, use_bias=cfg.conv_bias, rngs=rngs)
         self.dt_bias = param(_dt_bias_init(rngs.params(), self.heads, cfg), ("heads",))
-        self.A_log = param(jnp.log(jax.random.uniform(rngs.params(), (self.heads,), jnp.float32, *A_INIT_RANGE)),
-                           ("heads",))
+        self.A_log = param(
+            jnp.log(jax.random.uniform(rngs.params(), (self.heads,), jnp.float32, *A_INIT_RANGE)), ("heads",)
+        )
         self.D = param(jnp.ones((self.heads,), jnp.float32), ("heads",))
         self.norm = GatedRMSNorm(self.d_inner, cfg.ngroups, eps=cfg.norm_eps)
-        self.out_proj = BitDense(self.d_inner, cfg.d_model, quant=specs["out_proj"], norm_eps=cfg.norm_eps,
-                                 axes=("heads", "embed"), dtype=dtype,
-                                 kernel_init=init(0.02 / math.sqrt(cfg.n_layers)), rngs=rngs)
+        self.out_proj = BitDense(
+            self.d_inner,
+            cfg.d_model,
+            quant=specs["out_proj"],
+            norm_eps=cfg.norm_eps,
+            axes=("heads", "embed"),
+            dtype=dtype,
+            kernel_init=init(0.02 / math.sqrt(cfg.n_layers)),
+            rngs=rngs,
+        )
 
     def __call__(self, u: jax.Array, cache: dict | None = None) -> tuple[jax.Array, dict | None]:
         """u [B, T, D] → (out [B, T, D], cache).
@@ -280,8 +335,9 @@ class Mamba2LM(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         validate_config(cfg)
         if cfg.vocab_size is None:
-            raise ValueError("config.model.vocab_size=None is invalid here: set it (the trainer fills "
-                             "it from the tokenizer)")
+            raise ValueError(
+                "config.model.vocab_size=None is invalid here: set it (the trainer fills it from the tokenizer)"
+            )
         specs = quant_table(cfg)
         self.dtype = dtype = DTYPES[cfg.dtype]
         self.n_layers, self.scan_layers, self.d_conv = cfg.n_layers, cfg.scan_layers, cfg.d_conv
@@ -289,20 +345,37 @@ class Mamba2LM(nnx.Module):
         w = dims(cfg)
         self.conv_dim, self.heads, self.headdim, self.d_state = w["conv"], w["heads"], cfg.headdim, cfg.d_state
         quantized = lambda role: None if specs[role].is_fp else specs[role]
-        self.embeddings = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
-                                head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
-                                rngs=rngs)
-        self.layers = layer_stack.make_layers(lambda rngs: Mamba2Block(cfg, specs, dtype, rngs=rngs),
-                                              cfg.n_layers, cfg.scan_layers, rngs)
+        self.embeddings = Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            quant=quantized("embed"),
+            head_quant=quantized("lm_head") if cfg.tie_embeddings else None,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.layers = layer_stack.make_layers(
+            lambda rngs: Mamba2Block(cfg, specs, dtype, rngs=rngs), cfg.n_layers, cfg.scan_layers, rngs
+        )
         self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else BitDense(
-            cfg.d_model, cfg.vocab_size, quant=specs["lm_head"], norm_eps=cfg.norm_eps, axes=("embed", "vocab"),
-            dtype=dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else BitDense(
+                cfg.d_model,
+                cfg.vocab_size,
+                quant=specs["lm_head"],
+                norm_eps=cfg.norm_eps,
+                axes=("embed", "vocab"),
+                dtype=dtype,
+                rngs=rngs,
+            )
+        )
 
     def _forward(self, tokens, caches=None):
         h = self.embeddings(tokens).astype(jnp.float32)
-        h, new_caches = layer_stack.apply_layers(self.layers, h, lambda block, h, cache: block(h, cache),
-                                                 self.remat_policy, caches)
+        h, new_caches = layer_stack.apply_layers(
+            self.layers, h, lambda block, h, cache: block(h, cache), self.remat_policy, caches
+        )
         h = self.norm_f(h).astype(self.dtype)
         if self.lm_head is None:
             logits = self.embeddings.attend(h)
@@ -323,8 +396,10 @@ class Mamba2LM(nnx.Module):
         del max_len
         conv = (batch, self.d_conv - 1, self.conv_dim)
         ssm = (batch, self.heads, self.headdim, self.d_state)
-        zeros = lambda *lead: {"conv": jnp.zeros((*lead, *conv), jnp.float32),
-                               "ssm": jnp.zeros((*lead, *ssm), jnp.float32)}
+        zeros = lambda *lead: {
+            "conv": jnp.zeros((*lead, *conv), jnp.float32),
+            "ssm": jnp.zeros((*lead, *ssm), jnp.float32),
+        }
         return zeros(self.n_layers) if self.scan_layers else [zeros() for _ in range(self.n_layers)]
 
     def decode(self, tokens: jax.Array, cache, index=None) -> tuple[jax.Array, list]:

@@ -54,9 +54,13 @@ ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
-SIZE_HINTS = {"embed": "config.model.d_model", "heads": "config.model.n_heads (× head_dim)",
-              "kv_heads": "config.model.n_kv_heads (× head_dim)", "mlp": "config.model.mlp_dim",
-              "vocab": "config.model.vocab_size"}
+SIZE_HINTS = {
+    "embed": "config.model.d_model",
+    "heads": "config.model.n_heads (× head_dim)",
+    "kv_heads": "config.model.n_kv_heads (× head_dim)",
+    "mlp": "config.model.mlp_dim",
+    "vocab": "config.model.vocab_size",
+}
 
 
 def default_config() -> ConfigDict:
@@ -88,18 +92,46 @@ def default_config() -> ConfigDict:
       int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
     """
     # Fields that may be None are typed, so `--config.model.head_dim=64` etc. work on the CLI.
-    return ConfigDict(dict(
-        name="transformer", vocab_size=FieldReference(259, field_type=int), d_model=128, n_layers=4,
-        n_heads=4, n_kv_heads=2, head_dim=placeholder(int), mlp_dim=384, activation="silu",
-        rope_theta=10000.0, norm_eps=1e-5, sub_norm=False, tie_embeddings=False,
-        quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="",
-                              stage2_frac=placeholder(float))),
-        dtype="float32", scan_layers=False, remat_policy="none", remat=placeholder(bool), int8_matmul=False))
+    return ConfigDict(
+        dict(
+            name="transformer",
+            vocab_size=FieldReference(259, field_type=int),
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=placeholder(int),
+            mlp_dim=384,
+            activation="silu",
+            rope_theta=10000.0,
+            norm_eps=1e-5,
+            sub_norm=False,
+            tie_embeddings=False,
+            quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float))),
+            dtype="float32",
+            scan_layers=False,
+            remat_policy="none",
+            remat=placeholder(bool),
+            int8_matmul=False,
+        )
+    )
 
 
-_2B4T = dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, head_dim=None, mlp_dim=6912,
-             activation="relu2", sub_norm=True, rope_theta=500000.0, vocab_size=128256,
-             tie_embeddings=True, scan_layers=True, remat_policy="full")
+_2B4T = dict(
+    d_model=2560,
+    n_layers=30,
+    n_heads=20,
+    n_kv_heads=5,
+    head_dim=None,
+    mlp_dim=6912,
+    activation="relu2",
+    sub_norm=True,
+    rope_theta=500000.0,
+    vocab_size=128256,
+    tie_embeddings=True,
+    scan_layers=True,
+    remat_policy="full",
+)
 # Size presets: overrides of default_config().
 SIZES = {
     # nano / tiny / mini: CPU sizes for the scale study (experiments/scale_cpu), ~0.1M / 0.8M / 4.7M
@@ -111,14 +143,32 @@ SIZES = {
     # GPT-2-small / Llama-style ~125M (85M non-embedding + a 32k vocab).
     "small": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=None, mlp_dim=2048),
     # Llama 3.2 1B shapes.
-    "1b": dict(d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=None, mlp_dim=8192,
-               rope_theta=500000.0, tie_embeddings=True, scan_layers=True, remat_policy="full"),
+    "1b": dict(
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=None,
+        mlp_dim=8192,
+        rope_theta=500000.0,
+        tie_embeddings=True,
+        scan_layers=True,
+        remat_policy="full",
+    ),
     # BitNet b1.58 2B4T shapes (2.4B params with its 128k vocab).
     "3b": _2B4T,
     "2b4t": _2B4T,
     # Llama 2 7B shapes.
-    "7b": dict(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=None, mlp_dim=11008,
-               scan_layers=True, remat_policy="full"),
+    "7b": dict(
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        head_dim=None,
+        mlp_dim=11008,
+        scan_layers=True,
+        remat_policy="full",
+    ),
 }
 
 
@@ -165,10 +215,16 @@ def validate_quant(cfg, name: str, table_fn, start_from: str, family: str = "") 
 
     config_lib.check_fields(q, default_config().quant, f"{name}.quant", start_from, missing_ok=True)
     need(q.method in recipes.METHODS, "method", f"choose one of {tuple(recipes.METHODS)}")
-    need(q.stage1 in ("", "none") or q.stage1 in recipes.METHODS, "stage1",
-         f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}")
-    need(q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
-         "stage2_frac", "must be in [0, 1] or None (= the method's)")
+    need(
+        q.stage1 in ("", "none") or q.stage1 in recipes.METHODS,
+        "stage1",
+        f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}",
+    )
+    need(
+        q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
+        "stage2_frac",
+        "must be in [0, 1] or None (= the method's)",
+    )
     for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
         try:
             check(q[field])
@@ -186,6 +242,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
 
     `seq_len` is accepted for the trainer's interface; RoPE needs no maximum length.
     """
+
     def need(ok, field, fix):
         if not ok:
             value = cfg.get(field) if "." not in field else cfg.quant.get(field.split(".", 1)[1])
@@ -193,26 +250,44 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
 
     config_lib.check_fields(cfg, default_config(), name, "bitjax.models.transformer.default_config()")
     need(cfg.name == "transformer", "name", "must be 'transformer' for this model")
-    need(cfg.vocab_size is None or _is_pos_int(cfg.vocab_size), "vocab_size",
-         "must be a positive int (or None = the tokenizer's size)")
+    need(
+        cfg.vocab_size is None or _is_pos_int(cfg.vocab_size),
+        "vocab_size",
+        "must be a positive int (or None = the tokenizer's size)",
+    )
     for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
         need(_is_pos_int(cfg[f]), f, "must be a positive int")
-    need(cfg.n_heads % cfg.n_kv_heads == 0, "n_kv_heads",
-         f"must divide config.model.n_heads={cfg.n_heads} (GQA groups); e.g. 1 or {cfg.n_heads}")
+    need(
+        cfg.n_heads % cfg.n_kv_heads == 0,
+        "n_kv_heads",
+        f"must divide config.model.n_heads={cfg.n_heads} (GQA groups); e.g. 1 or {cfg.n_heads}",
+    )
     if cfg.head_dim is None:
-        need(cfg.d_model % cfg.n_heads == 0, "d_model",
-             f"must be divisible by config.model.n_heads={cfg.n_heads} when head_dim is None; "
-             f"change d_model/n_heads or set config.model.head_dim")
+        need(
+            cfg.d_model % cfg.n_heads == 0,
+            "d_model",
+            f"must be divisible by config.model.n_heads={cfg.n_heads} when head_dim is None; "
+            f"change d_model/n_heads or set config.model.head_dim",
+        )
         head_dim = cfg.d_model // cfg.n_heads
-        need(head_dim % 2 == 0, "d_model",
-             f"d_model // n_heads = {head_dim} must be even (RoPE rotates pairs); change d_model or n_heads")
+        need(
+            head_dim % 2 == 0,
+            "d_model",
+            f"d_model // n_heads = {head_dim} must be even (RoPE rotates pairs); change d_model or n_heads",
+        )
     else:
-        need(_is_pos_int(cfg.head_dim) and cfg.head_dim % 2 == 0, "head_dim",
-             "must be a positive even int (RoPE rotates pairs) or None (= d_model // n_heads)")
+        need(
+            _is_pos_int(cfg.head_dim) and cfg.head_dim % 2 == 0,
+            "head_dim",
+            "must be a positive even int (RoPE rotates pairs) or None (= d_model // n_heads)",
+        )
     need(cfg.activation in ACTIVATIONS, "activation", f"choose one of {tuple(ACTIVATIONS)}")
     for f in ("rope_theta", "norm_eps"):
-        need(isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0, f,
-             "must be a positive number")
+        need(
+            isinstance(cfg[f], numbers.Real) and not isinstance(cfg[f], bool) and cfg[f] > 0,
+            f,
+            "must be a positive number",
+        )
     for f in ("sub_norm", "tie_embeddings", "int8_matmul"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
     layer_stack.validate_fields(cfg, need)
@@ -234,8 +309,10 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
                     except ValueError as e:
                         raise ValueError(f"{role}: {e}") from None
             except ValueError as e:
-                raise ValueError(f"{name}.int8_matmul=True is invalid for quant.method={c.quant.method!r}: {e}; "
-                                 f"use int8_matmul=False, or method 'b158' / 'a48'") from None
+                raise ValueError(
+                    f"{name}.int8_matmul=True is invalid for quant.method={c.quant.method!r}: {e}; "
+                    f"use int8_matmul=False, or method 'b158' / 'a48'"
+                ) from None
 
 
 # ============================================================================ RoPE
@@ -271,29 +348,49 @@ class Embed(nnx.Module):
     Learned quantizer params (e.g. FBI α, β) live in `qparams`, shared by both uses.
     """
 
-    def __init__(self, vocab: int, d_model: int, *, quant: QuantSpec | None = None,
-                 head_quant: QuantSpec | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        vocab: int,
+        d_model: int,
+        *,
+        quant: QuantSpec | None = None,
+        head_quant: QuantSpec | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         for role, s in (("embed", quant), ("lm_head", head_quant)):
             if s is not None and (s.norm != "none" or s.output_norm() is not None):
-                raise ValueError(f"the {role} role (a table lookup{' of a tied head' * (role == 'lm_head')}) "
-                                 f"has no input or output norm, got {s}: drop norm / out_norm / weight=onebit "
-                                 f"from the rules that match {role}")
+                raise ValueError(
+                    f"the {role} role (a table lookup{' of a tied head' * (role == 'lm_head')}) "
+                    f"has no input or output norm, got {s}: drop norm / out_norm / weight=onebit "
+                    f"from the rules that match {role}"
+                )
         self.quant, self.head_quant, self.dtype = quant, head_quant, dtype
         table = default_kernel_init(rngs.params(), (vocab, d_model), jnp.float32)  # HF: N(0, 0.02)
         self.embedding = param(table, ("vocab", "embed"))
         spec = quant or head_quant
-        self.qparams = nnx.Dict({
-            k: param(v, ("vocab" if side == "in" else "embed",))
-            for k, (v, side) in (spec.init_learned(table) if spec is not None else {}).items()})
-        self.qstate = nnx.Dict({k: quant_state(v, ("vocab", "embed"))
-                                for k, v in (spec.init_state(table) if spec is not None else {}).items()})
+        self.qparams = nnx.Dict(
+            {
+                k: param(v, ("vocab" if side == "in" else "embed",))
+                for k, (v, side) in (spec.init_learned(table) if spec is not None else {}).items()
+            }
+        )
+        self.qstate = nnx.Dict(
+            {
+                k: quant_state(v, ("vocab", "embed"))
+                for k, v in (spec.init_state(table) if spec is not None else {}).items()
+            }
+        )
 
     def table(self, spec: QuantSpec | None) -> jax.Array:
         """E (spec None) or W̃ = spec.quantize_weight(E) (vocab, d_model), float32."""
         if spec is None:
             return self.embedding[...]
-        return spec.quantize_weight(self.embedding[...], **{k: v[...] for k, v in self.qparams.items()},
-                                    **{k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()})
+        return spec.quantize_weight(
+            self.embedding[...],
+            **{k: v[...] for k, v in self.qparams.items()},
+            **{k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()},
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """int[B, L] → [B, L, d_model] in `dtype`."""
@@ -303,13 +400,22 @@ class Embed(nnx.Module):
         """Tied output head: x [..., D] · tableᵀ → float32 logits [..., V]."""
         if self.head_quant is not None:
             x = self.head_quant.quantize_act(x)
-        return jnp.einsum("...d,vd->...v", x, self.table(self.head_quant).astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "...d,vd->...v", x, self.table(self.head_quant).astype(x.dtype), preferred_element_type=jnp.float32
+        )
 
 
 def _dense(cfg, din, dout, specs, role, axes, dtype, rngs):
-    return BitDense(din, dout, quant=specs[role], norm_eps=cfg.norm_eps, axes=axes, dtype=dtype,
-                    int8_matmul=cfg.int8_matmul and not specs[role].is_fp, rngs=rngs)
+    return BitDense(
+        din,
+        dout,
+        quant=specs[role],
+        norm_eps=cfg.norm_eps,
+        axes=axes,
+        dtype=dtype,
+        int8_matmul=cfg.int8_matmul and not specs[role].is_fp,
+        rngs=rngs,
+    )
 
 
 class Attention(nnx.Module):
@@ -337,7 +443,7 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        scale = self.head_dim ** -0.5
+        scale = self.head_dim**-0.5
         if cache is None:
             o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
         else:
@@ -345,8 +451,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
             cache = {"k": k, "v": v}
             mask = jnp.arange(k.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
-            o = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=scale,
-                                             mask=mask[None, None])
+            o = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), scale=scale, mask=mask[None, None]
+            )
         o = o.reshape(b, t, self.n_heads * self.head_dim)
         if self.attn_sub_norm is not None:
             o = self.attn_sub_norm(o)
@@ -392,8 +499,9 @@ class Transformer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         validate_config(cfg)
         if cfg.vocab_size is None:
-            raise ValueError("config.model.vocab_size=None is invalid here: set it (the trainer fills "
-                             "it from the tokenizer)")
+            raise ValueError(
+                "config.model.vocab_size=None is invalid here: set it (the trainer fills it from the tokenizer)"
+            )
         specs = quant_table(cfg)
         self.dtype = dtype = DTYPES[cfg.dtype]
         self.head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
@@ -401,14 +509,23 @@ class Transformer(nnx.Module):
         self.n_layers, self.scan_layers = cfg.n_layers, cfg.scan_layers
         self.remat_policy = layer_stack.remat_policy(cfg)
         quantized = lambda role: None if specs[role].is_fp else specs[role]
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.d_model, quant=quantized("embed"),
-                                  head_quant=quantized("lm_head") if cfg.tie_embeddings else None, dtype=dtype,
-                                  rngs=rngs)
-        self.layers = layer_stack.make_layers(lambda rngs: DecoderLayer(cfg, specs, dtype, rngs=rngs),
-                                              cfg.n_layers, cfg.scan_layers, rngs)
+        self.embed_tokens = Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            quant=quantized("embed"),
+            head_quant=quantized("lm_head") if cfg.tie_embeddings else None,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.layers = layer_stack.make_layers(
+            lambda rngs: DecoderLayer(cfg, specs, dtype, rngs=rngs), cfg.n_layers, cfg.scan_layers, rngs
+        )
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else _dense(
-            cfg, cfg.d_model, cfg.vocab_size, specs, "lm_head", ("embed", "vocab"), dtype, rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else _dense(cfg, cfg.d_model, cfg.vocab_size, specs, "lm_head", ("embed", "vocab"), dtype, rngs)
+        )
 
     def _forward(self, tokens, positions, caches=None, index=None):
         x = self.embed_tokens(tokens)
@@ -470,7 +587,7 @@ def hf_param_names(model: Transformer) -> dict[str, str]:
                 p = "weight"
             elif p == "norm" and i > 0:  # a BitDense's in-layer norm (the final norm is at i == 0)
                 owner = model
-                for q in path[:i + 1]:
+                for q in path[: i + 1]:
                     owner = owner[q] if isinstance(q, int) else getattr(owner, q)
                 p = "rms_norm" if isinstance(owner, RMSNorm) else "layer_norm"
             hf.append(p)

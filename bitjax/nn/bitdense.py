@@ -53,10 +53,21 @@ class BitDense(nnx.Module):
     Input (…, in) → output (…, out).
     """
 
-    def __init__(self, in_features: int, out_features: int, *, quant: QuantSpec = QuantSpec(),
-                 norm_eps: float | None = None, use_bias: bool = False,
-                 dtype=None, param_dtype=jnp.float32, axes=("embed", "mlp"),
-                 kernel_init=default_kernel_init, int8_matmul: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        quant: QuantSpec = QuantSpec(),
+        norm_eps: float | None = None,
+        use_bias: bool = False,
+        dtype=None,
+        param_dtype=jnp.float32,
+        axes=("embed", "mlp"),
+        kernel_init=default_kernel_init,
+        int8_matmul: bool = False,
+        rngs: nnx.Rngs,
+    ):
         if not isinstance(quant, QuantSpec):
             raise TypeError(f"quant must be a QuantSpec, got {type(quant).__name__}")
         if int8_matmul:
@@ -67,12 +78,16 @@ class BitDense(nnx.Module):
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
         self.kernel = param(kernel, self.axes)
         # Learned quantizer scales (FBI α/β, OneBit g/h), initialised from the kernel.
-        self.qparams = nnx.Dict({
-            name: param(value.astype(param_dtype), (self.axes[0] if side == "in" else self.axes[1],))
-            for name, (value, side) in quant.init_learned(kernel).items()})
+        self.qparams = nnx.Dict(
+            {
+                name: param(value.astype(param_dtype), (self.axes[0] if side == "in" else self.axes[1],))
+                for name, (value, side) in quant.init_learned(kernel).items()
+            }
+        )
         # Frozen quantizer state (PB-LLM's salient mask and values), chosen once from the initial kernel.
-        self.qstate = nnx.Dict({name: quant_state(value, self.axes)
-                                for name, value in quant.init_state(kernel).items()})
+        self.qstate = nnx.Dict(
+            {name: quant_state(value, self.axes) for name, value in quant.init_state(kernel).items()}
+        )
         self.norm = make_norm(quant.norm, in_features, eps=norm_eps, axis=self.axes[0], affine=False)
         self.output_norm = quant.output_norm()
         self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
@@ -94,8 +109,9 @@ class BitDense(nnx.Module):
         if self.int8_matmul:
             y = int8_matmul(self.quant.quantize_act(x), w, x, self.kernel[...], self.quant)
         else:
-            y = jnp.einsum("...i,io->...o", self.quant.quantize_act(x), w,
-                           preferred_element_type=jnp.float32).astype(dtype)
+            y = jnp.einsum("...i,io->...o", self.quant.quantize_act(x), w, preferred_element_type=jnp.float32).astype(
+                dtype
+            )
         if self.output_norm is not None:  # OneBit's LayerNorm (no affine), before the bias
             y = self.output_norm(y)
         if self.bias is not None:
@@ -116,8 +132,9 @@ class BitDense(nnx.Module):
             return dict(zip(("codes", "scale", "zero"), wq.codes(w, **kwargs)))
         if wq.init is not None:
             return {"codes": sign(w).astype(jnp.int8), **{k: v[...] for k, v in self.qparams.items()}}
-        raise ValueError(f"weight quantizer {self.quant.weight!r} has no integer form "
-                         f"(it is full precision or mixes precisions)")
+        raise ValueError(
+            f"weight quantizer {self.quant.weight!r} has no integer form (it is full precision or mixes precisions)"
+        )
 
 
 class Dense(BitDense):

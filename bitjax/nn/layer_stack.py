@@ -52,11 +52,17 @@ def validate_fields(cfg, need: Callable[[bool, str, str], None]) -> None:
     """scan_layers / remat_policy / remat of config.model; need(ok, field, fix) reports a bad one."""
     need(isinstance(cfg.scan_layers, bool), "scan_layers", "must be True or False")
     need(cfg.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {tuple(REMAT_POLICIES)}")
-    need(cfg.remat is None or isinstance(cfg.remat, bool), "remat",
-         "must be None (use config.model.remat_policy), True or False")
-    need(not (cfg.remat is False and cfg.remat_policy != "none"), "remat",
-         f"False contradicts config.model.remat_policy={cfg.remat_policy!r}; remat is the old name of "
-         f"remat_policy: set --config.model.remat=None and choose remat_policy ('none' = no remat)")
+    need(
+        cfg.remat is None or isinstance(cfg.remat, bool),
+        "remat",
+        "must be None (use config.model.remat_policy), True or False",
+    )
+    need(
+        not (cfg.remat is False and cfg.remat_policy != "none"),
+        "remat",
+        f"False contradicts config.model.remat_policy={cfg.remat_policy!r}; remat is the old name of "
+        f"remat_policy: set --config.model.remat=None and choose remat_policy ('none' = no remat)",
+    )
 
 
 def make_layers(make: Callable[[nnx.Rngs], nnx.Module], n: int, scan: bool, rngs: nnx.Rngs):

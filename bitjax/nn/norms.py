@@ -12,8 +12,9 @@ from bitjax.nn.params import param
 class RMSNorm(nnx.Module):
     """y = x / sqrt(mean(x²) + eps) · scale   (Zhang & Sennrich, 2019). scale: (d,), logical axis `axis`."""
 
-    def __init__(self, num_features: int, *, eps: float = 1e-6, axis: str | None = "embed",
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self, num_features: int, *, eps: float = 1e-6, axis: str | None = "embed", rngs: nnx.Rngs | None = None
+    ):
         del rngs
         self.eps = eps
         self.scale = param(jnp.ones((num_features,), jnp.float32), (axis,))
@@ -31,8 +32,15 @@ class LayerNorm(nnx.Module):
     "SubLN"), which only normalises — the block's pre-norm already carries a learned gain.
     """
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, axis: str | None = "embed",
-                 affine: bool = True, rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        axis: str | None = "embed",
+        affine: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs
         self.eps = eps
         self.scale = param(jnp.ones((num_features,), jnp.float32), (axis,)) if affine else None
@@ -48,8 +56,9 @@ class LayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
-def make_norm(kind: str | None, num_features: int, *, eps: float | None = None,
-              axis: str | None = "embed", affine: bool = True) -> nnx.Module | None:
+def make_norm(
+    kind: str | None, num_features: int, *, eps: float | None = None, axis: str | None = "embed", affine: bool = True
+) -> nnx.Module | None:
     """'rms' | 'layer' | None/'none' → a norm module (or None). `affine` applies to 'layer'."""
     if kind in (None, "none"):
         return None

@@ -40,7 +40,7 @@ class Packed(nnx.Variable):
 def unpack_2bit(packed: jax.Array, rows: int) -> jax.Array:
     """uint8 (R, out) → int8 (rows, out): the inverse of pack_ternary_2bit along axis 0, in jnp."""
     slabs = [(packed >> jnp.uint8(2 * k)) & jnp.uint8(3) for k in range(4)]
-    return (jnp.concatenate(slabs, axis=0)[:rows].astype(jnp.int8) - 1)
+    return jnp.concatenate(slabs, axis=0)[:rows].astype(jnp.int8) - 1
 
 
 class PackedDense(nnx.Module):
@@ -48,8 +48,12 @@ class PackedDense(nnx.Module):
 
     def __init__(self, layer: BitDense):
         spec = layer.quant
-        if spec.weight != "ternary_absmean" or layer.norm is not None or layer.bias is not None \
-                or dict(spec.weight_options or {}):
+        if (
+            spec.weight != "ternary_absmean"
+            or layer.norm is not None
+            or layer.bias is not None
+            or dict(spec.weight_options or {})
+        ):
             raise ValueError(f"PackedDense packs per-tensor ternary_absmean layers without norm/bias; got {spec}")
         kernel = jnp.asarray(layer.kernel[...], jnp.float32)
         inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(kernel)), EPS)  # as ternary_absmean: W̃ = round(W·s)/s
@@ -67,8 +71,9 @@ class PackedDense(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
         x = self.act.quantize_act(x.astype(dtype))
-        return jnp.einsum("...i,io->...o", x, self.weight().astype(dtype),
-                          preferred_element_type=jnp.float32).astype(dtype)
+        return jnp.einsum("...i,io->...o", x, self.weight().astype(dtype), preferred_element_type=jnp.float32).astype(
+            dtype
+        )
 
 
 def map_projections(model, fn):
@@ -95,7 +100,10 @@ def projection_bytes(model) -> int:
             for name in PROJECTIONS:
                 if hasattr(owner, name):
                     m = getattr(owner, name)
-                    leaves = jax.tree.leaves(nnx.state(m, nnx.Param)) if isinstance(m, BitDense) else \
-                        jax.tree.leaves(nnx.state(m, Packed))
+                    leaves = (
+                        jax.tree.leaves(nnx.state(m, nnx.Param))
+                        if isinstance(m, BitDense)
+                        else jax.tree.leaves(nnx.state(m, Packed))
+                    )
                     total += sum(x.nbytes for x in leaves)
     return total

@@ -31,9 +31,9 @@ def segsum(x: jax.Array) -> jax.Array:
     the masked-cumsum version that never subtracts two large cumulative sums).
     """
     t = x.shape[-1]
-    xx = jnp.broadcast_to(x[..., None], x.shape + (t,))              # xx[..., k, j] = x_k
-    below = jnp.tril(jnp.ones((t, t), bool), k=-1)                     # k > j
-    s = jnp.cumsum(jnp.where(below, xx, 0.0), axis=-2)                 # s[i, j] = Σ_{j<k≤i} x_k
+    xx = jnp.broadcast_to(x[..., None], x.shape + (t,))  # xx[..., k, j] = x_k
+    below = jnp.tril(jnp.ones((t, t), bool), k=-1)  # k > j
+    s = jnp.cumsum(jnp.where(below, xx, 0.0), axis=-2)  # s[i, j] = Σ_{j<k≤i} x_k
     return jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
 
 
@@ -46,8 +46,10 @@ def _check(x, dt, A, B, C):
     b, l, h, _ = x.shape
     g = B.shape[2]
     if dt.shape != (b, l, h) or A.shape != (h,) or B.shape[:2] != (b, l) or C.shape != B.shape or h % g:
-        raise ValueError(f"SSD shapes: x {x.shape}, dt {dt.shape}, A {A.shape}, B {B.shape}, C {C.shape}; "
-                         f"need x [b, l, h, p], dt [b, l, h], A [h], B = C [b, l, g, n] with g dividing h")
+        raise ValueError(
+            f"SSD shapes: x {x.shape}, dt {dt.shape}, A {A.shape}, B {B.shape}, C {C.shape}; "
+            f"need x [b, l, h, p], dt [b, l, h], A [h], B = C [b, l, g, n] with g dividing h"
+        )
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
@@ -73,22 +75,22 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
         padded = lambda v: jnp.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2))
         x, dt, B, C = padded(x), padded(dt), padded(B), padded(C)
     c = (l + pad) // q
-    X = _grouped((x * dt[..., None]).reshape(b, c, q, h, p), g)          # b c q g r p
-    a = (dt * A).reshape(b, c, q, g, h // g).transpose(0, 3, 4, 1, 2)    # b g r c q
-    Bc, Cc = B.reshape(b, c, q, g, n), C.reshape(b, c, q, g, n)          # b c q g n
-    a_cum = jnp.cumsum(a, axis=-1)                                       # b g r c q
+    X = _grouped((x * dt[..., None]).reshape(b, c, q, h, p), g)  # b c q g r p
+    a = (dt * A).reshape(b, c, q, g, h // g).transpose(0, 3, 4, 1, 2)  # b g r c q
+    Bc, Cc = B.reshape(b, c, q, g, n), C.reshape(b, c, q, g, n)  # b c q g n
+    a_cum = jnp.cumsum(a, axis=-1)  # b g r c q
 
     # 1. intra-chunk output (diagonal blocks): a masked, decayed "attention" C·Bᵀ
-    L = jnp.exp(segsum(a))                                               # b g r c l s
+    L = jnp.exp(segsum(a))  # b g r c l s
     y_diag = jnp.einsum("bclgn,bcsgn,bgrcls,bcsgrp->bclgrp", Cc, Bc, L, X)
     # 2. each chunk's own state, decayed to the chunk's end
-    decay_states = jnp.exp(a_cum[..., -1:] - a_cum)                      # b g r c q
+    decay_states = jnp.exp(a_cum[..., -1:] - a_cum)  # b g r c q
     states = jnp.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_states, X)
     # 3. inter-chunk recurrence over chunk boundaries (a segsum over chunk totals)
-    h0 = (jnp.zeros((b, h, p, n), f32) if initial_state is None else initial_state.astype(f32))
+    h0 = jnp.zeros((b, h, p, n), f32) if initial_state is None else initial_state.astype(f32)
     states = jnp.concatenate([h0.reshape(b, 1, g, h // g, p, n), states], axis=1)  # b c+1 g r p n
-    chunk_total = jnp.pad(a_cum[..., -1], [(0, 0)] * 3 + [(1, 0)])       # b g r c+1
-    decay_chunk = jnp.exp(segsum(chunk_total))                           # b g r z c (z: to, c: from)
+    chunk_total = jnp.pad(a_cum[..., -1], [(0, 0)] * 3 + [(1, 0)])  # b g r c+1
+    decay_chunk = jnp.exp(segsum(chunk_total))  # b g r z c (z: to, c: from)
     new_states = jnp.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)
     states, final = new_states[:, :-1], new_states[:, -1]
     # 4. state at each chunk's start → output, decayed to each position
@@ -110,8 +112,8 @@ def ssd_step(state, x, dt, A, B, C, D=None):
     state, x, dt, A, B, C = (v.astype(f32) for v in (state, x, dt, A, B, C))
     b, h, p, n = state.shape
     g = B.shape[1]
-    decay = jnp.exp(dt * A)[..., None, None]                             # b h 1 1
-    xg = _grouped(x * dt[..., None], g)                                  # b g r p
+    decay = jnp.exp(dt * A)[..., None, None]  # b h 1 1
+    xg = _grouped(x * dt[..., None], g)  # b g r p
     new = state * decay + jnp.einsum("bgrp,bgn->bgrpn", xg, B).reshape(b, h, p, n)
     y = jnp.einsum("bgrpn,bgn->bgrp", new.reshape(b, g, h // g, p, n), C).reshape(b, h, p)
     if D is not None:

@@ -92,7 +92,7 @@ def _masks(s: jax.Array, up_lim: int):
 def _block(wb: jax.Array, d: jax.Array, up_lim: int, metric: str):
     """Binarize one block wb (rows, out) given d = diag(U) of its rows: (W̃_block, E = (wb − W̃)/d)."""
     d = d[:, None]
-    s = wb ** 2 / d ** 2 if metric == "hessian" else wb
+    s = wb**2 / d**2 if metric == "hessian" else wb
     m1, m2, m3 = _masks(s, up_lim)
     q = residual_binarize(wb, m1, 1) + residual_binarize(wb, m2, 1) + residual_binarize(wb, m3, 2)
     return q, (wb - q) / d
@@ -124,8 +124,14 @@ def _billm(w, u, block_size, up_lim, metric):
     return q
 
 
-def billm(w: jax.Array, h: jax.Array, block_size: int = 128, damp: float = 0.01,
-          salient_metric: str = "hessian", up_lim: int = 50) -> jax.Array:
+def billm(
+    w: jax.Array,
+    h: jax.Array,
+    block_size: int = 128,
+    damp: float = 0.01,
+    salient_metric: str = "hessian",
+    up_lim: int = 50,
+) -> jax.Array:
     """BiLLM-binarized kernel W̃ (in, out), in w's dtype, from w (in, out) and h (in, in) (module docstring).
 
     `block_size`: input rows per block (reference ``--blocksize``, 128); `damp`: ``percdamp``;

@@ -59,8 +59,16 @@ def prepare(w: jax.Array, h: jax.Array, damp: float = 0.01, act_order: bool = Fa
     return w, jnp.linalg.cholesky(jnp.linalg.inv(h)).T, perm
 
 
-def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None = None,
-               damp: float = 0.01, act_order: bool = False, sym: bool = False, block_size: int = 128):
+def gptq_codes(
+    w: jax.Array,
+    h: jax.Array,
+    bits: int = 4,
+    group_size: int | None = None,
+    damp: float = 0.01,
+    act_order: bool = False,
+    sym: bool = False,
+    block_size: int = 128,
+):
     """GPTQ of a kernel w (in, out) given its layer-input Hessian h (in, in).
 
     Returns (codes uint8 (in, out) in [0, 2^k − 1], scales float32 (in, out), zeros float32 (in, out)):
@@ -103,8 +111,16 @@ def gptq_codes(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None
     return codes[inv].astype(jnp.uint8), scales[inv], zeros[inv]
 
 
-def gptq(w: jax.Array, h: jax.Array, bits: int = 4, group_size: int | None = None, damp: float = 0.01,
-         act_order: bool = False, sym: bool = False, block_size: int = 128) -> jax.Array:
+def gptq(
+    w: jax.Array,
+    h: jax.Array,
+    bits: int = 4,
+    group_size: int | None = None,
+    damp: float = 0.01,
+    act_order: bool = False,
+    sym: bool = False,
+    block_size: int = 128,
+) -> jax.Array:
     """GPTQ-quantized kernel W̃ = scales·(codes − zeros) (in, out), in w's dtype. See :func:`gptq_codes`."""
     codes, scales, zeros = gptq_codes(w, h, bits, group_size, damp, act_order, sym, block_size)
     return (scales * (codes.astype(jnp.float32) - zeros)).astype(w.dtype)

@@ -40,6 +40,7 @@ from bitjax.quant.registry import QuantSpec, get_act_quantizer
 class IntForm:
     """codes(v) → (int8 codes, aux float32); value(codes, aux) → the fake-quant value in float32
     (bit for bit); mult(aux) → the multiplier m with value = codes·m (up to rounding)."""
+
     codes: Callable
     value: Callable
     mult: Callable
@@ -65,8 +66,11 @@ def _absmean_form(bits):
         c, beta = A.absmean_codes(x, bits)
         return c.astype(jnp.int8), beta
 
-    return IntForm(codes, lambda c, beta: c.astype(jnp.float32) * (beta / math.sqrt(qp)),
-                   lambda beta: beta * jnp.float32(1 / math.sqrt(qp)))
+    return IntForm(
+        codes,
+        lambda c, beta: c.astype(jnp.float32) * (beta / math.sqrt(qp)),
+        lambda beta: beta * jnp.float32(1 / math.sqrt(qp)),
+    )
 
 
 def _ternary_form(granularity):
@@ -99,7 +103,8 @@ def integer_forms(spec: QuantSpec) -> tuple[IntForm, IntForm]:
     if act is None or weight is None:
         raise ValueError(
             f"int8 matmul needs integer-coded quantizers (act absmax<b>, topk_absmax<b> or absmean<b> with "
-            f"b ≤ 8; weight ternary_absmean with granularity 'tensor' or 'channel'); got {spec}")
+            f"b ≤ 8; weight ternary_absmean with granularity 'tensor' or 'channel'); got {spec}"
+        )
     return act, weight
 
 

@@ -32,6 +32,7 @@ SPEC_KEYS = ("weight", "act", "grad", "norm", "out_norm")
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """One `PATTERN: key=value, …` rule: `updates` are (key, value) pairs in the order written."""
+
     pattern: str
     updates: tuple[tuple[str, Any], ...]
 
@@ -61,16 +62,19 @@ def parse_rules(text: str | None) -> tuple[Rule, ...]:
     for chunk in filter(str.strip, (text or "").split(";")):
         pattern, sep, body = chunk.partition(":")
         if not sep or not pattern.strip():
-            raise ValueError(f"quantization rule {chunk.strip()!r} is not 'PATTERN: key=value, …' "
-                             f"(e.g. 'o_proj: act=absmax8')")
+            raise ValueError(
+                f"quantization rule {chunk.strip()!r} is not 'PATTERN: key=value, …' (e.g. 'o_proj: act=absmax8')"
+            )
         updates = parse_options(body.replace(" ", ""))
         if not updates:
             raise ValueError(f"quantization rule {chunk.strip()!r} sets nothing")
         for key, _ in updates:
             head, dot, opt = key.partition(".")
             if not (key in SPEC_KEYS or (dot and head in ("weight", "act") and opt)):
-                raise ValueError(f"quantization rule {chunk.strip()!r}: unknown key {key!r}; use "
-                                 f"{', '.join(SPEC_KEYS)}, weight.<option> or act.<option>")
+                raise ValueError(
+                    f"quantization rule {chunk.strip()!r}: unknown key {key!r}; use "
+                    f"{', '.join(SPEC_KEYS)}, weight.<option> or act.<option>"
+                )
         rules.append(Rule(pattern.strip().replace(" ", ""), tuple(updates)))
     return tuple(rules)
 
@@ -78,6 +82,7 @@ def parse_rules(text: str | None) -> tuple[Rule, ...]:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Ordered rules; :meth:`spec` folds the matching ones over a full-precision spec."""
+
     rules: tuple[Rule, ...] = ()
     grad: str = "identity"
 
@@ -88,8 +93,7 @@ class Recipe:
                 try:
                     spec = rule.apply(spec)
                 except ValueError as e:
-                    raise ValueError(f"quantization rule '{rule}' gives role {role!r} an invalid spec: {e}"
-                                     ) from None
+                    raise ValueError(f"quantization rule '{rule}' gives role {role!r} an invalid spec: {e}") from None
         return spec
 
     def table(self, roles: Iterable[str]) -> dict[str, QuantSpec]:
@@ -98,8 +102,9 @@ class Recipe:
         roles = tuple(roles)
         for rule in self.rules:
             if not any(rule.matches(r) for r in roles):
-                raise ValueError(f"quantization rule '{rule}' matches no layer of this model; its roles "
-                                 f"are {', '.join(roles)}")
+                raise ValueError(
+                    f"quantization rule '{rule}' matches no layer of this model; its roles are {', '.join(roles)}"
+                )
         return {r: self.spec(r) for r in roles}
 
     def __str__(self) -> str:
@@ -109,6 +114,7 @@ class Recipe:
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A named recipe; `stage1` is the method trained first, until `stage2_frac` of the steps."""
+
     rules: str
     stage1: str | None = None
     stage2_frac: float | None = None
@@ -119,34 +125,42 @@ METHODS: dict[str, Method] = {
     "fp": Method("", doc="full precision"),
     "bitnet": Method(
         "*_proj: weight=binary_mean, act=absmax_v1_8, norm=layer",
-        doc="BitNet (Wang et al. 2023, eq. 1–11): LayerNorm (no affine) → absmax 8-bit → "
-            "sign(W − mean W)·mean|W|"),
+        doc="BitNet (Wang et al. 2023, eq. 1–11): LayerNorm (no affine) → absmax 8-bit → sign(W − mean W)·mean|W|",
+    ),
     "b158": Method(
         "*_proj: weight=ternary_absmean, act=absmax8",
-        doc="BitNet b1.58 (Ma et al. 2024, eq. 1–3): ternary absmean weights, per-token int8 absmax"),
+        doc="BitNet b1.58 (Ma et al. 2024, eq. 1–3): ternary absmean weights, per-token int8 absmax",
+    ),
     "a48": Method(
-        "*_proj: weight=ternary_absmean, act=absmean4; o_proj: act=topk_absmax8, act.keep=0.5; "
-        "down_proj: act=absmax8",
-        stage1="b158", stage2_frac=0.95,
+        "*_proj: weight=ternary_absmean, act=absmean4; o_proj: act=topk_absmax8, act.keep=0.5; down_proj: act=absmax8",
+        stage1="b158",
+        stage2_frac=0.95,
         doc="BitNet a4.8 (Wang, Ma, Wei 2024, arXiv 2411.04965 §2): INT4 absmean inputs to q/k/v/gate/up, "
-            "top-50% + INT8 on o_proj's input, INT8 on down_proj's; trained W1.58A8 (b158) for the "
-            "first 95% of steps"),
+        "top-50% + INT8 on o_proj's input, INT8 on down_proj's; trained W1.58A8 (b158) for the "
+        "first 95% of steps",
+    ),
     "fbi": Method(
         "*_proj: weight=fbi",
-        doc="FBI-LLM (Ma et al. 2024): α ⊙ sign(W) + β, learnable per input feature; FP activations"),
+        doc="FBI-LLM (Ma et al. 2024): α ⊙ sign(W) + β, learnable per input feature; FP activations",
+    ),
     "bimamba": Method(
         "in_proj|out_proj: weight=fbi",
-        doc="Bi-Mamba (Tang et al. 2024): FBI binarization of Mamba-2's in/out projections only"),
+        doc="Bi-Mamba (Tang et al. 2024): FBI binarization of Mamba-2's in/out projections only",
+    ),
     "onebit": Method(
         "*_proj: weight=onebit, grad=tanh",
         doc="OneBit (Xu et al. 2024): LayerNorm(x·(g ⊙ sign(W) ⊙ h)), SVID-initialised g, h, the reference's "
-            "tanh-surrogate sign gradient; FP activations"),
+        "tanh-surrogate sign gradient; FP activations",
+    ),
     "pb_llm": Method(
         "*_proj: weight=pb_llm",
         doc="PB-LLM (Shang et al. 2023): 10% salient weights frozen at 8 bit (mask chosen once), the rest "
-            "α·sign(W) with one α per matrix; FP activations"),
-    **{f"rtn{k}": Method(f"*_proj: weight=rtn{k}", doc=f"{k}-bit round-to-nearest weights (GPTQ's grid)")
-       for k in (2, 3, 4, 8)},
+        "α·sign(W) with one α per matrix; FP activations",
+    ),
+    **{
+        f"rtn{k}": Method(f"*_proj: weight=rtn{k}", doc=f"{k}-bit round-to-nearest weights (GPTQ's grid)")
+        for k in (2, 3, 4, 8)
+    },
 }
 
 
@@ -161,8 +175,9 @@ def recipe(method: str, rules: str = "", grad: str = "identity") -> Recipe:
     return Recipe(parse_rules(get_method(method).rules) + parse_rules(rules), grad)
 
 
-def plan(method: str, stage1: str | None = None, stage2_frac: float | None = None,
-         total_steps: int = 1) -> list[tuple[int, str]]:
+def plan(
+    method: str, stage1: str | None = None, stage2_frac: float | None = None, total_steps: int = 1
+) -> list[tuple[int, str]]:
     """[(first step, method name)] of a run: [(0, method)], or [(0, stage1), (switch, method)].
 
     `stage1` None/'' = the method's own first stage (a48: b158), 'none' = no first stage;

@@ -43,6 +43,7 @@ class WeightQuantizer:
     8-bit salient values), passed to fn as keyword arguments and never trained.
     output_norm: applied by the layer to the matmul's output (OneBit's affine-free LayerNorm).
     """
+
     fn: Callable[..., jax.Array]
     init: Callable[..., dict] | None = None
     options: tuple[str, ...] = ()
@@ -59,16 +60,23 @@ def _identity_weight(w, rule="identity"):
 
 _WEIGHTS: dict[str, WeightQuantizer] = {
     "none": WeightQuantizer(_identity_weight),
-    "ternary_absmean": WeightQuantizer(W.ternary_absmean, options=("granularity",),
-                                       codes=W.ternary_absmean_codes),
-    "binary_mean": WeightQuantizer(W.binary_mean, options=("granularity",),
-                                   codes=W.binary_mean_codes),
-    "fbi": WeightQuantizer(W.fbi_sign, init=lambda w, axis="in", **_: W.fbi_init(w, axis),
-                           options=("axis",), learned_axes=lambda axis="in", **_: {"alpha": axis, "beta": axis}),
-    "onebit": WeightQuantizer(W.onebit, init=lambda w, **_: W.onebit_init(w),
-                              learned_axes=lambda **_: {"g": "in", "h": "out"}, output_norm=W.onebit_layernorm),
-    "pb_llm": WeightQuantizer(W.pb_llm, options=("salient_frac", "salient_bits", "criterion"),
-                              state=lambda w, **o: W.pb_llm_init(w, **o)),
+    "ternary_absmean": WeightQuantizer(W.ternary_absmean, options=("granularity",), codes=W.ternary_absmean_codes),
+    "binary_mean": WeightQuantizer(W.binary_mean, options=("granularity",), codes=W.binary_mean_codes),
+    "fbi": WeightQuantizer(
+        W.fbi_sign,
+        init=lambda w, axis="in", **_: W.fbi_init(w, axis),
+        options=("axis",),
+        learned_axes=lambda axis="in", **_: {"alpha": axis, "beta": axis},
+    ),
+    "onebit": WeightQuantizer(
+        W.onebit,
+        init=lambda w, **_: W.onebit_init(w),
+        learned_axes=lambda **_: {"g": "in", "h": "out"},
+        output_norm=W.onebit_layernorm,
+    ),
+    "pb_llm": WeightQuantizer(
+        W.pb_llm, options=("salient_frac", "salient_bits", "criterion"), state=lambda w, **o: W.pb_llm_init(w, **o)
+    ),
 }
 
 WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
@@ -91,15 +99,16 @@ def get_act_quantizer(name: str) -> tuple[Callable[..., jax.Array] | None, dict,
     """Resolve an activation-quantizer name to (fn or None for 'none', fixed kwargs, options)."""
     if name == "none":
         return None, {}, ()
-    for pattern, fn, options in ((r"absmax(\d+)", A.absmax_act, ()),
-                                 (r"absmean(\d+)", A.absmean_act, ()),
-                                 (r"topk_absmax(\d+)", A.topk_absmax_act, ("keep",)),
-                                 (r"absmax_v1_(\d+)", A.absmax_v1_act, ("granularity",))):
+    for pattern, fn, options in (
+        (r"absmax(\d+)", A.absmax_act, ()),
+        (r"absmean(\d+)", A.absmean_act, ()),
+        (r"topk_absmax(\d+)", A.topk_absmax_act, ("keep",)),
+        (r"absmax_v1_(\d+)", A.absmax_v1_act, ("granularity",)),
+    ):
         m = re.fullmatch(pattern, name or "")
         if m and 2 <= int(m[1]) <= 16:
             return fn, {"bits": int(m[1])}, options
-    raise ValueError(f"unknown activation quantizer {name!r}; choose one of {ACT_NAMES} "
-                     f"(b = bits in 2..16)")
+    raise ValueError(f"unknown activation quantizer {name!r}; choose one of {ACT_NAMES} (b = bits in 2..16)")
 
 
 def parse_options(text: str | None) -> tuple[tuple[str, Any], ...]:
@@ -134,6 +143,7 @@ class QuantSpec:
     `weight_options` / `act_options` are (key, value) tuples (hashable, so a spec
     can be static under jit), e.g. (("granularity", "channel"),) or (("keep", 0.5),).
     """
+
     weight: str = "none"
     act: str = "none"
     grad: str = "identity"
@@ -152,12 +162,12 @@ class QuantSpec:
             raise ValueError(f"unknown output norm {self.out_norm!r}; choose one of {tuple(OUT_NORMS)}")
         for key, _ in self.weight_options:
             if key not in wq.options:
-                raise ValueError(f"weight quantizer {self.weight!r} has no option {key!r}; "
-                                 f"its options are {wq.options}")
+                raise ValueError(
+                    f"weight quantizer {self.weight!r} has no option {key!r}; its options are {wq.options}"
+                )
         for key, _ in self.act_options:
             if key not in act_opts:
-                raise ValueError(f"activation quantizer {self.act!r} has no option {key!r}; "
-                                 f"its options are {act_opts}")
+                raise ValueError(f"activation quantizer {self.act!r} has no option {key!r}; its options are {act_opts}")
 
     @property
     def is_fp(self) -> bool:
@@ -167,8 +177,12 @@ class QuantSpec:
         """'weight=ternary_absmean, act=absmax8' (non-default fields, the recipe syntax)."""
         if self.is_fp:
             return "fp"
-        parts = [f"weight={self.weight}", *(f"weight.{k}={v}" for k, v in self.weight_options),
-                 f"act={self.act}", *(f"act.{k}={v}" for k, v in self.act_options)]
+        parts = [
+            f"weight={self.weight}",
+            *(f"weight.{k}={v}" for k, v in self.weight_options),
+            f"act={self.act}",
+            *(f"act.{k}={v}" for k, v in self.act_options),
+        ]
         parts += [f"norm={self.norm}"] if self.norm != "none" else []
         parts += [f"out_norm={self.out_norm}"] if self.out_norm != "none" else []
         parts += [f"grad={self.grad}"] if self.grad != "identity" else []

@@ -23,7 +23,7 @@ def kth_largest(a: jax.Array, k: int) -> jax.Array:
     if not 1 <= k <= d:
         raise ValueError(f"k must be in [1, {d}], got {k}")
     bits = lax.bitcast_convert_type(a.astype(jnp.float32), jnp.int32)
-    lo = jnp.zeros(a.shape[:-1] + (1,), jnp.int32)   # #(bits ≥ 0) = d ≥ k: always feasible
+    lo = jnp.zeros(a.shape[:-1] + (1,), jnp.int32)  # #(bits ≥ 0) = d ≥ k: always feasible
     hi = jnp.full_like(lo, jnp.iinfo(jnp.int32).max)  # the answer lies in [lo, hi]
 
     def body(_, bounds):

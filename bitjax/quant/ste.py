@@ -70,8 +70,7 @@ def _ste_bwd(rule, u, g):
 _ste.defvjp(_ste_fwd, _ste_bwd)
 
 
-def straight_through(x: jax.Array, q: jax.Array, u: jax.Array | None = None,
-                     rule: str = "identity") -> jax.Array:
+def straight_through(x: jax.Array, q: jax.Array, u: jax.Array | None = None, rule: str = "identity") -> jax.Array:
     """Return `q` in the forward pass; dq/dx = r'(u) in the backward pass.
 
     Args:

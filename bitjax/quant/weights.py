@@ -40,8 +40,7 @@ def parse_granularity(granularity) -> str | int:
         return granularity
     if isinstance(granularity, str) and granularity.startswith("group") and granularity[5:].isdigit():
         return int(granularity[5:])
-    raise ValueError(f"granularity must be 'tensor', 'channel', a positive int or 'group<N>', "
-                     f"got {granularity!r}")
+    raise ValueError(f"granularity must be 'tensor', 'channel', a positive int or 'group<N>', got {granularity!r}")
 
 
 def _grouped(w: jax.Array, granularity):
@@ -55,8 +54,10 @@ def _grouped(w: jax.Array, granularity):
         return w, (-2,), lambda y: y
     *lead, n_in, n_out = w.shape
     if n_in % g:
-        raise ValueError(f"group size {g} does not divide the input dim {n_in} of a weight "
-                         f"of shape {w.shape}; pick a group size that divides it")
+        raise ValueError(
+            f"group size {g} does not divide the input dim {n_in} of a weight "
+            f"of shape {w.shape}; pick a group size that divides it"
+        )
     wg = w.reshape(*lead, n_in // g, g, n_out)
     return wg, (-2,), lambda y: y.reshape(w.shape)
 
@@ -162,8 +163,7 @@ def fbi_init(w: jax.Array, axis: str = "in"):
     return {"alpha": jnp.squeeze(alpha, red), "beta": jnp.squeeze(beta, red)}
 
 
-def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
-             rule: str = "identity") -> jax.Array:
+def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in", rule: str = "identity") -> jax.Array:
     """FBI-LLM / Bi-Mamba binarization: W̃ = α ⊙ sign(W) + β (no mean subtraction inside sign).
 
     FBI-LLM (Ma et al., 2024, arXiv 2407.07093, eq. 2–3); Bi-Mamba (Tang et al., 2024,
@@ -172,8 +172,11 @@ def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
     sign(0) = +1 and has the STE `rule` on u = W; α and β are learnable and get exact gradients.
     Result in W's dtype.
     """
-    expand = (lambda v: v.astype(w.dtype)[..., :, None]) if _fbi_axis(axis) == -1 else \
-        (lambda v: v.astype(w.dtype)[..., None, :])
+    expand = (
+        (lambda v: v.astype(w.dtype)[..., :, None])
+        if _fbi_axis(axis) == -1
+        else (lambda v: v.astype(w.dtype)[..., None, :])
+    )
     s = straight_through(w, sign(w), w, rule)
     return expand(alpha) * s + expand(beta)
 
@@ -193,6 +196,7 @@ def fbi_sign(w: jax.Array, alpha: jax.Array, beta: jax.Array, axis: str = "in",
 # g ⊙ · ⊙ h commute with the matmul, so the pre-norm product equals x · W̃ with
 # W̃_io = g_i · sign(W_io) · h_o (:func:`onebit`); the LayerNorm acts on the layer
 # output and so belongs to the layer (:func:`onebit_layernorm` is its pure form).
+
 
 def onebit_sign(w: jax.Array, rule: str = "tanh") -> jax.Array:
     """sign(W) ∈ {−1, +1} (sign(0) = +1) with OneBit's gradient.
@@ -281,7 +285,7 @@ def rtn_grid(bits: int) -> int:
     """maxq = 2^k − 1: the k-bit grid is the integers 0..maxq (k = 2..8)."""
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"rtn supports 2..8 bits, got {bits}")
-    return 2 ** bits - 1
+    return 2**bits - 1
 
 
 def rtn_scale(w32: jax.Array, maxq: int, axis, sym: bool = False):
@@ -335,8 +339,7 @@ def rtn_codes(w: jax.Array, bits: int, granularity="channel", sym: bool = False)
     return codes, _scale_back(scale, w, granularity), _scale_back(zero, w, granularity)
 
 
-def rtn(w: jax.Array, bits: int = 4, granularity="channel", sym: bool = False,
-        rule: str = "identity") -> jax.Array:
+def rtn(w: jax.Array, bits: int = 4, granularity="channel", sym: bool = False, rule: str = "identity") -> jax.Array:
     """k-bit RTN: W̃ = scale·(clip(round(W/scale) + zero, 0, 2^k − 1) − zero), see :func:`rtn_codes`.
 
     2^k levels (rtn2 has 4: asymmetric, zero point included). Gradient: `rule` on
@@ -432,7 +435,7 @@ def pb_llm_high(w: jax.Array, bits: int = 8) -> jax.Array:
     if not 2 <= bits <= 16:
         raise ValueError(f"salient bits must be in 2..16, got {bits}")
     w32 = w.astype(jnp.float32)
-    maxq = 2.0 ** bits - 1
+    maxq = 2.0**bits - 1
     xmin = jnp.minimum(jnp.min(w32, axis=-2, keepdims=True), 0.0)
     xmax = jnp.maximum(jnp.max(w32, axis=-2, keepdims=True), 0.0)
     both0 = (xmin == 0) & (xmax == 0)
@@ -442,8 +445,7 @@ def pb_llm_high(w: jax.Array, bits: int = 8) -> jax.Array:
     return s * (jnp.clip(jnp.round(w32 / s) + z, 0, maxq) - z)
 
 
-def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
-                criterion: str = "tails") -> dict:
+def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8, criterion: str = "tails") -> dict:
     """PB-LLM's frozen state, computed ONCE from the pretrained kernel: {"mask", "salient"}.
 
     mask: bool (…, in, out), :func:`salient_mask` (default: the reference QAT's
@@ -458,9 +460,16 @@ def pb_llm_init(w: jax.Array, salient_frac: float = 0.1, salient_bits: int = 8,
     return {"mask": mask, "salient": jnp.where(mask, pb_llm_high(w, salient_bits), 0.0)}
 
 
-def pb_llm(w: jax.Array, mask: jax.Array | None = None, salient: jax.Array | None = None, *,
-           salient_frac: float = 0.1, salient_bits: int = 8, criterion: str = "tails",
-           rule: str = "identity") -> jax.Array:
+def pb_llm(
+    w: jax.Array,
+    mask: jax.Array | None = None,
+    salient: jax.Array | None = None,
+    *,
+    salient_frac: float = 0.1,
+    salient_bits: int = 8,
+    criterion: str = "tails",
+    rule: str = "identity",
+) -> jax.Array:
     """PB-LLM partially binarized weight for QAT, given the frozen (mask, salient) state.
 
     W̃ = salient             on the mask (frozen, zero gradient to W there),
@@ -486,13 +495,15 @@ def pb_llm(w: jax.Array, mask: jax.Array | None = None, salient: jax.Array | Non
     elif salient is None:
         salient = pb_llm_high(jax.lax.stop_gradient(w), salient_bits)
     if mask.shape != w.shape or (salient.shape != w.shape):
-        raise ValueError(f"pb_llm: mask {mask.shape} and salient {salient.shape} must have "
-                         f"the kernel's shape {w.shape}")
+        raise ValueError(
+            f"pb_llm: mask {mask.shape} and salient {salient.shape} must have the kernel's shape {w.shape}"
+        )
     mask = mask.astype(bool)
     w32 = jax.lax.stop_gradient(w.astype(jnp.float32))
     keep = (~mask).astype(jnp.float32)
     alpha = jnp.sum(jnp.abs(w32) * keep, axis=(-2, -1), keepdims=True) / jnp.maximum(
-        jnp.sum(keep, axis=(-2, -1), keepdims=True), 1.0)
+        jnp.sum(keep, axis=(-2, -1), keepdims=True), 1.0
+    )
     u = (w32 / jnp.maximum(alpha, EPS)).astype(w.dtype)
     binary = alpha.astype(w.dtype) * straight_through(w, sign(w), u, rule)
     return jnp.where(mask, jax.lax.stop_gradient(salient).astype(w.dtype), binary)

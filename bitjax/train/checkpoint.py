@@ -14,6 +14,7 @@ restored), the damaged step directories are *renamed* (``<step>`` →
 sees those steps as free (it would otherwise silently skip every save up to
 the damaged step). Nothing is removed.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,24 +37,24 @@ def abstract_with_shardings(abstract_state, shardings):
     ``nnx.state``; ``shardings`` from ``bitjax.train.mesh.param_shardings`` of
     the same tree (same structure, leaf for leaf).
     """
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, shardings)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
 
 
 def _jsonable(metadata) -> dict:
     """Plain JSON dict (ConfigDicts and numpy values converted; tuples become lists)."""
+
     def default(o):
-        if hasattr(o, 'to_dict'):
+        if hasattr(o, "to_dict"):
             return o.to_dict()
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
             return o.tolist()
-        raise TypeError(f'checkpoint metadata value {o!r} ({type(o).__name__}) is not JSON-serializable')
+        raise TypeError(f"checkpoint metadata value {o!r} ({type(o).__name__}) is not JSON-serializable")
 
     meta = json.loads(json.dumps({} if metadata is None else metadata, default=default))
     if not isinstance(meta, dict):
-        raise TypeError(f'checkpoint metadata must be a dict, got {type(metadata).__name__}')
+        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
     return meta
 
 
@@ -74,22 +75,26 @@ class Checkpointer:
 
     def __init__(self, directory, keep: int | None = 3, save_every: int = 1000, async_: bool = True):
         if keep is not None and (not isinstance(keep, int) or keep < 1):
-            raise ValueError(f'keep = {keep!r}: must be an int >= 1 or None (keep all).')
+            raise ValueError(f"keep = {keep!r}: must be an int >= 1 or None (keep all).")
         if not isinstance(save_every, int) or save_every < 1:
-            raise ValueError(f'save_every = {save_every!r}: must be an int >= 1.')
+            raise ValueError(f"save_every = {save_every!r}: must be an int >= 1.")
         self.directory = os.path.abspath(os.fspath(directory))  # orbax wants absolute paths
         policies = ocp.checkpoint_managers
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_, create=True,
+                max_to_keep=keep,
+                enable_async_checkpointing=async_,
+                create=True,
                 cleanup_tmp_directories=False,
                 # Orbax's default also saves the very first step of a fresh run
                 # (InitialSavePolicy); we want exactly "every save_every steps"
                 # (plus preemption sync points, which only fire on preemptible jobs).
-                save_decision_policy=policies.AnySavePolicy([
-                    policies.FixedIntervalPolicy(save_every),
-                    policies.PreemptionCheckpointingPolicy()])))
+                save_decision_policy=policies.AnySavePolicy(
+                    [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
+                ),
+            ),
+        )
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -125,32 +130,36 @@ class Checkpointer:
         """
         meta = _jsonable(metadata)
         return self._mngr.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=force)
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force
+        )
 
     def _move_aside(self, bad: list[int]) -> None:
         """Renames the damaged step directories ``bad`` to ``<step>.corrupt`` (process 0 does it)."""
         if jax.process_index() == 0:
             for s in bad:
                 src = os.path.join(self.directory, str(s))
-                dst = src + '.corrupt'
+                dst = src + ".corrupt"
                 if os.path.exists(dst):
-                    dst = f'{dst}-{int(time.time())}'
+                    dst = f"{dst}-{int(time.time())}"
                 if os.path.isdir(src):
                     os.rename(src, dst)
-                    logger.warning('Renamed damaged checkpoint %s to %s so step %d can be saved again '
-                                   '(nothing was deleted).', src, dst, s)
+                    logger.warning(
+                        "Renamed damaged checkpoint %s to %s so step %d can be saved again (nothing was deleted).",
+                        src,
+                        dst,
+                        s,
+                    )
         if jax.process_count() > 1:
-            ocp.multihost.sync_global_processes(f'bitjax_ckpt_move_aside_{bad[0]}_{bad[-1]}')
+            ocp.multihost.sync_global_processes(f"bitjax_ckpt_move_aside_{bad[0]}_{bad[-1]}")
         self._mngr.reload()
 
     # -- restore ------------------------------------------------------------------------
 
     def _restore(self, step: int, abstract_state):
-        out = self._mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return out['state']
+        out = self._mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        )
+        return out["state"]
 
     def restore(self, step: int | None, abstract_state):
         """Restores the state saved at ``step`` onto the shardings in ``abstract_state``.
@@ -165,7 +174,7 @@ class Checkpointer:
         if step is None:
             found = self.restore_latest(abstract_state)
             if found is None:
-                raise FileNotFoundError(f'No checkpoints in {self.directory}.')
+                raise FileNotFoundError(f"No checkpoints in {self.directory}.")
             return found[1]
         self.wait()
         return self._restore(step, abstract_state)
@@ -188,19 +197,26 @@ class Checkpointer:
             try:
                 state = self._restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure means "try the previous one"
-                logger.warning('Checkpoint step %d in %s could not be restored (%s: %s); trying the '
-                               'previous one.', step, self.directory, type(e).__name__, str(e)[:500])
+                logger.warning(
+                    "Checkpoint step %d in %s could not be restored (%s: %s); trying the previous one.",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e)[:500],
+                )
                 failed.append((step, e))
                 continue
             if failed:
-                logger.warning('Restored checkpoint step %d instead of the damaged newer step(s) %s.',
-                               step, [s for s, _ in failed])
+                logger.warning(
+                    "Restored checkpoint step %d instead of the damaged newer step(s) %s.", step, [s for s, _ in failed]
+                )
                 self._move_aside(sorted(s for s, _ in failed))
             return step, state
         if failed:
             raise RuntimeError(
-                f'None of the checkpoints {steps} in {self.directory} could be restored with the given '
-                f'target; the newest failed with the error above.') from failed[0][1]
+                f"None of the checkpoints {steps} in {self.directory} could be restored with the given "
+                f"target; the newest failed with the error above."
+            ) from failed[0][1]
         return None
 
     def restore_params(self, step: int, abstract_params):
@@ -210,10 +226,12 @@ class Checkpointer:
         self.wait()
         restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
         out = ocp.PyTreeCheckpointer().restore(
-            os.path.join(self.directory, str(step), 'state'),
-            args=ocp.args.PyTreeRestore({'params': abstract_params}, restore_args={'params': restore_args},
-                                        partial_restore=True))
-        return out['params']
+            os.path.join(self.directory, str(step), "state"),
+            args=ocp.args.PyTreeRestore(
+                {"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        )
+        return out["params"]
 
     def restore_metadata(self, step: int | None = None) -> dict:
         """The JSON dict saved with ``step``.
@@ -228,16 +246,20 @@ class Checkpointer:
         self._mngr.reload()
         steps = sorted(self._mngr.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f'No checkpoints in {self.directory}.')
+            raise FileNotFoundError(f"No checkpoints in {self.directory}.")
         for i, s in enumerate(steps):
             try:
                 return self._read_meta(s)
             except Exception as e:  # noqa: BLE001
                 if i == len(steps) - 1:
                     raise
-                logger.warning('Metadata of checkpoint step %d in %s could not be read (%s: %s); '
-                               'trying the previous one.', s, self.directory, type(e).__name__,
-                               str(e)[:500])
+                logger.warning(
+                    "Metadata of checkpoint step %d in %s could not be read (%s: %s); trying the previous one.",
+                    s,
+                    self.directory,
+                    type(e).__name__,
+                    str(e)[:500],
+                )
 
     def _read_meta(self, step: int) -> dict:
-        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

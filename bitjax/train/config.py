@@ -65,8 +65,9 @@ def trainer_config() -> ConfigDict:
     return c
 
 
-def preset(arg: str | None, family: str, run: dict, *, quant: str,
-           cpu_sizes: tuple[str, ...] = ("tiny",)) -> tuple[ConfigDict, ConfigDict]:
+def preset(
+    arg: str | None, family: str, run: dict, *, quant: str, cpu_sizes: tuple[str, ...] = ("tiny",)
+) -> tuple[ConfigDict, ConfigDict]:
     """The shared body of a model family's `configs/<name>.py:get_config(arg)`: (config, parsed arg).
 
     arg: 'quant=…,size=…,steps=…' (defaults: `quant`, 'tiny', 0 = the size's steps). config.model is the
@@ -78,6 +79,7 @@ def preset(arg: str | None, family: str, run: dict, *, quant: str,
     float32; larger sizes run in bfloat16 and log/evaluate/checkpoint on a slower cadence.
     """
     from bitjax import models  # the family's presets (models imports nothing from here)
+
     arg = config_lib.parse_arg(arg, quant=quant, size="tiny", steps=0)
     if arg.size not in run:
         raise ValueError(f"unknown size {arg.size!r}; choose one of {sorted(run)}")
@@ -110,6 +112,7 @@ def with_defaults(saved: dict) -> ConfigDict:
     are kept, so validation still names them.
     """
     from bitjax import models  # the model family's own defaults
+
     base = trainer_config().to_dict()
     base["model"] = models.default_config(saved.get("model", {}).get("name", "transformer")).to_dict()
 
@@ -128,8 +131,9 @@ def _need(ok: bool, field: str, value, fix: str):
 
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
-    config_lib.check_fields(config, {**trainer_config(), "model": None}, "config",
-                            "bitjax.train.config.trainer_config()")
+    config_lib.check_fields(
+        config, {**trainer_config(), "model": None}, "config", "bitjax.train.config.trainer_config()"
+    )
     for field in ("total_steps", "batch_size", "seq_len"):
         v = config[field]
         _need(isinstance(v, int) and v > 0, field, v, "must be a positive int")
@@ -138,34 +142,58 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
         v = config[field]
         _need(isinstance(v, int) and v >= 0, field, v, "must be an int ≥ 0 (0 = only at the end)")
     _need(config.log_every > 0, "log_every", config.log_every, "must be ≥ 1")
-    _need(isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 1, "keep_checkpoints",
-          config.keep_checkpoints, "must be an int ≥ 1")
-    _need(config.nonfinite in NONFINITE_POLICIES, "nonfinite", config.nonfinite,
-          f"choose one of {NONFINITE_POLICIES}")
+    _need(
+        isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 1,
+        "keep_checkpoints",
+        config.keep_checkpoints,
+        "must be an int ≥ 1",
+    )
+    _need(config.nonfinite in NONFINITE_POLICIES, "nonfinite", config.nonfinite, f"choose one of {NONFINITE_POLICIES}")
     v = config.max_skipped_steps
-    _need(v is None or (isinstance(v, int) and v >= 0), "max_skipped_steps", v,
-          "must be an int ≥ 0, or None (a tenth of total_steps)")
+    _need(
+        v is None or (isinstance(v, int) and v >= 0),
+        "max_skipped_steps",
+        v,
+        "must be an int ≥ 0, or None (a tenth of total_steps)",
+    )
     v = config.max_consecutive_skips
     _need(isinstance(v, int) and v >= 0, "max_consecutive_skips", v, "must be an int ≥ 0")
     v = config.data.eval_batches
-    _need(isinstance(v, int) and (v == -1 or v >= 1), "data.eval_batches", v,
-          "must be ≥ 1, or -1 for the whole validation split")
+    _need(
+        isinstance(v, int) and (v == -1 or v >= 1),
+        "data.eval_batches",
+        v,
+        "must be ≥ 1, or -1 for the whole validation split",
+    )
     rules = mesh_lib.rules_from_config(config.axis_rules)
     batch_axes = dict(rules).get("batch")
     axes = () if batch_axes is None else ((batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes))
     dp = 1
     for a in axes:
         dp *= mesh.shape[a]
-    _need(config.batch_size % dp == 0, "batch_size", config.batch_size,
-          f"must be divisible by the data-parallel size {dp} (mesh axes {axes} of "
-          f"{dict(mesh.shape)}); change config.batch_size or config.mesh")
-    _need(config.batch_size % process_count == 0, "batch_size", config.batch_size,
-          f"must be divisible by the number of processes ({process_count})")
+    _need(
+        config.batch_size % dp == 0,
+        "batch_size",
+        config.batch_size,
+        f"must be divisible by the data-parallel size {dp} (mesh axes {axes} of "
+        f"{dict(mesh.shape)}); change config.batch_size or config.mesh",
+    )
+    _need(
+        config.batch_size % process_count == 0,
+        "batch_size",
+        config.batch_size,
+        f"must be divisible by the number of processes ({process_count})",
+    )
     init_from = config.init_from
     _need(isinstance(init_from, str), "init_from", init_from, "must be '' or a run's workdir (a string)")
-    _need(not init_from or os.path.isdir(os.path.join(init_from, "checkpoints")), "init_from", init_from,
-          "holds no checkpoints/: name a bitjax run's workdir (e.g. one from python -m bitjax.import_hf)")
+    _need(
+        not init_from or os.path.isdir(os.path.join(init_from, "checkpoints")),
+        "init_from",
+        init_from,
+        "holds no checkpoints/: name a bitjax run's workdir (e.g. one from python -m bitjax.import_hf)",
+    )
     optim.validate_config(config.optim, config.total_steps)
     distill.validate_config(config.distill)
     from bitjax import models  # the model validates its own fields
+
     models.validate(config.model, seq_len=config.seq_len)

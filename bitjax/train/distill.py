@@ -57,17 +57,24 @@ def validate_config(cfg, name: str = "config.distill") -> None:
     need(isinstance(cfg.teacher_workdir, str), "teacher_workdir", "must be '' (off) or a run's workdir")
     need(cfg.loss in LOSSES, "loss", f"choose one of {LOSSES}")
     need(num(cfg.temperature) and cfg.temperature > 0, "temperature", "must be a number > 0")
-    need(num(cfg.label_weight) and 0 <= cfg.label_weight <= 1, "label_weight",
-         "must be in [0, 1] (0 = pure distillation, 1 = labels only)")
+    need(
+        num(cfg.label_weight) and 0 <= cfg.label_weight <= 1,
+        "label_weight",
+        "must be in [0, 1] (0 = pure distillation, 1 = labels only)",
+    )
     wd = cfg.teacher_workdir
     if wd:
-        need(os.path.isdir(os.path.join(wd, "checkpoints")), "teacher_workdir",
-             "holds no checkpoints/: name the workdir of a trained bitjax run (e.g. runs/fp from "
-             "python -m bitjax.main --config configs/transformer.py:quant=fp --workdir runs/fp)")
+        need(
+            os.path.isdir(os.path.join(wd, "checkpoints")),
+            "teacher_workdir",
+            "holds no checkpoints/: name the workdir of a trained bitjax run (e.g. runs/fp from "
+            "python -m bitjax.main --config configs/transformer.py:quant=fp --workdir runs/fp)",
+        )
 
 
-def loss(student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Array, kind: str = "ce",
-         temperature: float = 1.0):
+def loss(
+    student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Array, kind: str = "ce", temperature: float = 1.0
+):
     """(Σ over masked positions of the per-position distillation loss, number of masked positions).
 
     logits [B, L, V] (any float; computed in float32), mask [B, L]. See the module docstring for the
@@ -93,8 +100,11 @@ def check_teacher(workdir: str, teacher_fp: dict, teacher_vocab, student_fp: dic
     fields are compared (the teacher may have been trained on other text). *_vocab: the runs'
     config.model.vocab_size (the logits' width): both softmaxes must range over one vocabulary.
     """
-    diffs = [f"{k}: teacher {teacher_fp[k]!r}, student {student_fp[k]!r}" for k in TOKENIZER_KEYS
-             if k in teacher_fp and k in student_fp and teacher_fp[k] != student_fp[k]]
+    diffs = [
+        f"{k}: teacher {teacher_fp[k]!r}, student {student_fp[k]!r}"
+        for k in TOKENIZER_KEYS
+        if k in teacher_fp and k in student_fp and teacher_fp[k] != student_fp[k]
+    ]
     if teacher_vocab != student_vocab:
         diffs.append(f"config.model.vocab_size: teacher {teacher_vocab!r}, student {student_vocab!r}")
     if diffs:
@@ -102,4 +112,5 @@ def check_teacher(workdir: str, teacher_fp: dict, teacher_vocab, student_fp: dic
             f"config.distill.teacher_workdir={workdir!r} was trained with another tokenizer or vocabulary "
             f"({'; '.join(diffs)}): the teacher's and the student's next-token distributions must range "
             f"over the same tokens. Give the student the teacher's config.data tokenizer settings and "
-            f"--config.model.vocab_size={teacher_vocab}, or choose a teacher trained with the student's.")
+            f"--config.model.vocab_size={teacher_vocab}, or choose a teacher trained with the student's."
+        )

@@ -15,17 +15,23 @@ import os
 import jax
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, auto: bool = False) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
     coord = coordinator_address or os.environ.get("BITJAX_COORDINATOR")
     if coord:
         try:
             n = int(num_processes if num_processes is not None else os.environ["BITJAX_NUM_PROCESSES"])
             i = int(process_id if process_id is not None else os.environ["BITJAX_PROCESS_ID"])
         except (KeyError, ValueError) as e:
-            raise ValueError("a coordinator address is set, so the number of processes and this process's id "
-                             "must be given too (--num_processes/--process_id or BITJAX_NUM_PROCESSES/"
-                             f"BITJAX_PROCESS_ID): {e}") from None
+            raise ValueError(
+                "a coordinator address is set, so the number of processes and this process's id "
+                "must be given too (--num_processes/--process_id or BITJAX_NUM_PROCESSES/"
+                f"BITJAX_PROCESS_ID): {e}"
+            ) from None
         if not 0 <= i < n:
             raise ValueError(f"process id {i} is not in [0, {n})")
         jax.distributed.initialize(coord, num_processes=n, process_id=i)
@@ -39,4 +45,5 @@ def any_process(flag: bool) -> bool:
         return flag
     from jax.experimental import multihost_utils
     import numpy as np
+
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))

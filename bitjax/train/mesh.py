@@ -16,6 +16,7 @@ Logical names: batch, length, embed, mlp, heads, kv_heads, head_dim, vocab,
 state, ssm_in, ssm_conv, layers. Mesh axes: data, fsdp, tensor. The mapping between them is a tuple of
 ``(logical_name, mesh_axes)`` rules (MaxText style), see :data:`DEFAULT_RULES`.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,24 +30,24 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from bitjax import config as config_lib
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ("data", "fsdp", "tensor")
 
 MeshAxes = Union[None, str, tuple[str, ...]]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
 DEFAULT_RULES: Rules = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('head_dim', None),
-    ('vocab', 'tensor'),
-    ('state', None),
-    ('ssm_in', 'tensor'),    # Mamba-2 in_proj outputs (z | x | B | C | dt)
-    ('ssm_conv', 'tensor'),  # Mamba-2 conv1d channels (x | B | C)
-    ('layers', None),  # the stacked layer axis of a scan_layers model: every device holds all layers
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("state", None),
+    ("ssm_in", "tensor"),  # Mamba-2 in_proj outputs (z | x | B | C | dt)
+    ("ssm_conv", "tensor"),  # Mamba-2 conv1d channels (x | B | C)
+    ("layers", None),  # the stacked layer axis of a scan_layers model: every device holds all layers
 )
 
 
@@ -55,7 +56,7 @@ DEFAULT_RULES: Rules = (
 # ----------------------------------------------------------------------------
 
 
-def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None, *, name: str = 'config.mesh') -> Mesh:
+def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None, *, name: str = "config.mesh") -> Mesh:
     """Builds the ``('data', 'fsdp', 'tensor')`` mesh from ``{data, fsdp, tensor}``.
 
     At most one size may be -1, meaning "all remaining devices":
@@ -76,38 +77,42 @@ def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None, *, name: str = 'co
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    cfg = mesh_cfg.to_dict() if hasattr(mesh_cfg, 'to_dict') else dict(mesh_cfg)
+    cfg = mesh_cfg.to_dict() if hasattr(mesh_cfg, "to_dict") else dict(mesh_cfg)
 
-    config_lib.check_fields(cfg, dict.fromkeys(MESH_AXES), name,
-                            "{data, fsdp, tensor} (sizes; one may be -1 = the rest of the devices)")
+    config_lib.check_fields(
+        cfg, dict.fromkeys(MESH_AXES), name, "{data, fsdp, tensor} (sizes; one may be -1 = the rest of the devices)"
+    )
     for a in MESH_AXES:
         v = cfg[a]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 1 and v != -1):
             raise ValueError(
-                f'{name}.{a} = {v!r} is invalid: each mesh size must be a positive int, '
-                f'or -1 for "the rest of the {n} devices".')
+                f"{name}.{a} = {v!r} is invalid: each mesh size must be a positive int, "
+                f'or -1 for "the rest of the {n} devices".'
+            )
     wild = [a for a in MESH_AXES if cfg[a] == -1]
     if len(wild) > 1:
         raise ValueError(
-            f'{", ".join(f"{name}.{a}" for a in wild)} are all -1; at most one mesh size may be -1 '
-            f'(it takes the rest of the {n} devices). Set the others to explicit sizes.')
+            f"{', '.join(f'{name}.{a}' for a in wild)} are all -1; at most one mesh size may be -1 "
+            f"(it takes the rest of the {n} devices). Set the others to explicit sizes."
+        )
     known = math.prod(int(cfg[a]) for a in MESH_AXES if cfg[a] != -1)
     if wild:
         a = wild[0]
         if n % known:
-            others = ' × '.join(f'{b}={cfg[b]}' for b in MESH_AXES if b != a)
+            others = " × ".join(f"{b}={cfg[b]}" for b in MESH_AXES if b != a)
             raise ValueError(
-                f'{name}.{a} = -1 cannot take the rest of the {n} devices: the other sizes '
-                f'({others} = {known}) do not divide {n}. Choose sizes whose product divides {n}.')
+                f"{name}.{a} = -1 cannot take the rest of the {n} devices: the other sizes "
+                f"({others} = {known}) do not divide {n}. Choose sizes whose product divides {n}."
+            )
         cfg[a] = n // known
     shape = tuple(int(cfg[a]) for a in MESH_AXES)
     if math.prod(shape) != n:
-        expr = ' × '.join(f'{name}.{a}={cfg[a]}' for a in MESH_AXES)
+        expr = " × ".join(f"{name}.{a}={cfg[a]}" for a in MESH_AXES)
         raise ValueError(
-            f'{expr} = {math.prod(shape)} devices, but {n} devices are available. Make the '
-            f'product exactly {n}, or set one of the fields to -1 to take the rest.')
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+            f"{expr} = {math.prod(shape)} devices, but {n} devices are available. Make the "
+            f"product exactly {n}, or set one of the fields to -1 to take the rest."
+        )
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 # ----------------------------------------------------------------------------
@@ -123,10 +128,10 @@ def _norm_axes(axes, where: str) -> MeshAxes:
         if not axes:
             return None
         return axes[0] if len(axes) == 1 else axes
-    raise ValueError(f'{where}: mesh axes must be None, a mesh axis name or a list of them, got {axes!r}.')
+    raise ValueError(f"{where}: mesh axes must be None, a mesh axis name or a list of them, got {axes!r}.")
 
 
-def rules_from_config(value, *, name: str = 'config.axis_rules') -> Rules:
+def rules_from_config(value, *, name: str = "config.axis_rules") -> Rules:
     """Turns a config value into a rules tuple.
 
     ``value`` is a list of ``[logical_name, mesh_axes]`` pairs (what a ConfigDict
@@ -138,10 +143,9 @@ def rules_from_config(value, *, name: str = 'config.axis_rules') -> Rules:
     items = value.items() if isinstance(value, Mapping) else value
     rules = []
     for i, item in enumerate(items):
-        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2 \
-                or not isinstance(item[0], str):
-            raise ValueError(f'{name}[{i}] = {item!r}: expected a [logical_name, mesh_axes] pair.')
-        rules.append((item[0], _norm_axes(item[1], f'{name}[{i}] ({item[0]!r})')))
+        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2 or not isinstance(item[0], str):
+            raise ValueError(f"{name}[{i}] = {item!r}: expected a [logical_name, mesh_axes] pair.")
+        rules.append((item[0], _norm_axes(item[1], f"{name}[{i}] ({item[0]!r})")))
     return tuple(rules)
 
 
@@ -180,9 +184,10 @@ def logical_to_pspec(names: Sequence[str | None] | None, rules: Rules) -> P:
             continue
         if name not in table:
             raise ValueError(
-                f'Unknown logical axis name {name!r} in {tuple(names)}: no rule in config.axis_rules '
-                f'maps it. Known names: {sorted(table)}. Add a [{name!r}, mesh_axes] rule or fix the '
-                f'out_sharding annotation.')
+                f"Unknown logical axis name {name!r} in {tuple(names)}: no rule in config.axis_rules "
+                f"maps it. Known names: {sorted(table)}. Add a [{name!r}, mesh_axes] rule or fix the "
+                f"out_sharding annotation."
+            )
         cands = table[name]
         axes = next((c for c in cands if not used & set(c)), None)
         if axes is None:
@@ -197,8 +202,9 @@ def _check_rules_fit_mesh(rules: Rules, mesh: Mesh) -> None:
         bad = [a for a in _as_tuple(v) if a not in mesh.shape]
         if bad:
             raise ValueError(
-                f'Rule {k!r} → {v!r} in config.axis_rules names mesh axes {bad} that the mesh does '
-                f'not have (mesh axes: {tuple(mesh.axis_names)}).')
+                f"Rule {k!r} → {v!r} in config.axis_rules names mesh axes {bad} that the mesh does "
+                f"not have (mesh axes: {tuple(mesh.axis_names)})."
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -210,13 +216,13 @@ def path_str(path) -> str:
     """``('layers', 0, 'mlp', 'kernel')``-style key path → ``'layers.0.mlp.kernel'``."""
     parts = []
     for k in path:
-        for attr in ('key', 'name', 'idx'):
+        for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
                 parts.append(str(getattr(k, attr)))
                 break
         else:
             parts.append(str(k))
-    return '.'.join(parts)
+    return ".".join(parts)
 
 
 def _is_var(x) -> bool:
@@ -224,7 +230,7 @@ def _is_var(x) -> bool:
 
 
 def _logical_names(var: nnx.Variable):
-    names = var.get_metadata().get('out_sharding')
+    names = var.get_metadata().get("out_sharding")
     if isinstance(names, NamedSharding):
         names = names.spec
     return None if names is None else tuple(names)
@@ -232,7 +238,7 @@ def _logical_names(var: nnx.Variable):
 
 def _shape(x):
     x = x.get_value() if _is_var(x) else x
-    return getattr(x, 'shape', None)
+    return getattr(x, "shape", None)
 
 
 def _spec_for(path, x, rules: Rules) -> P:
@@ -245,12 +251,13 @@ def _spec_for(path, x, rules: Rules) -> P:
     shape = _shape(x)
     if shape is not None and len(names) != len(shape):
         raise ValueError(
-            f'{path_str(path)}: out_sharding {names} has {len(names)} names but the value has '
-            f'shape {tuple(shape)} ({len(shape)} dims); give one logical name (or None) per dim.')
+            f"{path_str(path)}: out_sharding {names} has {len(names)} names but the value has "
+            f"shape {tuple(shape)} ({len(shape)} dims); give one logical name (or None) per dim."
+        )
     try:
         return logical_to_pspec(names, rules)
     except ValueError as e:
-        raise ValueError(f'{path_str(path)}: {e}') from None
+        raise ValueError(f"{path_str(path)}: {e}") from None
 
 
 def param_shardings(tree, mesh: Mesh, rules: Rules = DEFAULT_RULES):
@@ -277,8 +284,9 @@ def param_shardings(tree, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_var)
 
 
-def check_divisible(abstract_state, mesh: Mesh, rules: Rules = DEFAULT_RULES,
-                    hints: Mapping[str, str] | None = None) -> None:
+def check_divisible(
+    abstract_state, mesh: Mesh, rules: Rules = DEFAULT_RULES, hints: Mapping[str, str] | None = None
+) -> None:
     """Raises ``ValueError`` (before any compile) for dims their mesh axes don't divide.
 
     For each Variable with ``out_sharding``, dim ``d`` mapped to mesh axes
@@ -306,27 +314,27 @@ def check_divisible(abstract_state, mesh: Mesh, rules: Rules = DEFAULT_RULES,
             axes = _as_tuple(axes)
             k = math.prod(mesh.shape[a] for a in axes)
             if k > 1 and shape[d] % k:
-                sizes = '×'.join(f'{a}={mesh.shape[a]}' for a in axes)
+                sizes = "×".join(f"{a}={mesh.shape[a]}" for a in axes)
                 field = hints.get(names[d], f"the model size behind {names[d]!r}")
-                mesh_fields = ' / '.join(f'config.mesh.{a}' for a in axes)
+                mesh_fields = " / ".join(f"config.mesh.{a}" for a in axes)
                 problems.append(
-                    f'{path_str(path)} shape {tuple(shape)}: dim {d} ({names[d]!r} → {sizes}) is not '
-                    f'divisible by {k}; change {field} or {mesh_fields}')
+                    f"{path_str(path)} shape {tuple(shape)}: dim {d} ({names[d]!r} → {sizes}) is not "
+                    f"divisible by {k}; change {field} or {mesh_fields}"
+                )
     if problems:
-        raise ValueError('Parameters cannot be sharded evenly on mesh '
-                         f'{dict(mesh.shape)}:\n  ' + '\n  '.join(problems))
+        raise ValueError(f"Parameters cannot be sharded evenly on mesh {dict(mesh.shape)}:\n  " + "\n  ".join(problems))
 
 
 # ----------------------------------------------------------------------------
 # Batches
 # ----------------------------------------------------------------------------
 
-BATCH_NAMES = ('batch', 'length')
+BATCH_NAMES = ("batch", "length")
 
 
 def _batch_spec(ndim: int, rules: Rules) -> P:
     if ndim < 1:
-        raise ValueError('batch leaves must have a leading batch dim, got a scalar.')
+        raise ValueError("batch leaves must have a leading batch dim, got a scalar.")
     names = BATCH_NAMES[:ndim] + (None,) * max(0, ndim - len(BATCH_NAMES))
     return logical_to_pspec(names, rules)
 
@@ -341,8 +349,7 @@ def _local_batch_shards(mesh: Mesh, axes: tuple[str, ...]) -> int:
     """How many distinct slices of the batch dim this process's devices hold."""
     me = jax.process_index()
     idx = [mesh.axis_names.index(a) for a in axes]
-    coords = {tuple(c[i] for i in idx) for c in np.ndindex(mesh.devices.shape)
-              if mesh.devices[c].process_index == me}
+    coords = {tuple(c[i] for i in idx) for c in np.ndindex(mesh.devices.shape) if mesh.devices[c].process_index == me}
     return len(coords)
 
 
@@ -363,9 +370,10 @@ def shard_batch(np_batch_local, mesh: Mesh, rules: Rules = DEFAULT_RULES):
         k = _local_batch_shards(mesh, _as_tuple(spec[0]))
         if x.shape[0] % k:
             raise ValueError(
-                f'Local batch of {x.shape[0]} rows (array shape {x.shape}) cannot be split over the '
-                f'{k} batch shards on this process (rule batch → {spec[0]!r}, mesh {dict(mesh.shape)}); '
-                f'make the per-process batch size a multiple of {k}.')
+                f"Local batch of {x.shape[0]} rows (array shape {x.shape}) cannot be split over the "
+                f"{k} batch shards on this process (rule batch → {spec[0]!r}, mesh {dict(mesh.shape)}); "
+                f"make the per-process batch size a multiple of {k}."
+            )
         return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
 
     return jax.tree.map(put, np_batch_local)

@@ -28,6 +28,7 @@ Other schedules use a constant ``weight_decay``.
 As in optax/PyTorch AdamW the decay is decoupled and scaled by the LR:
 ``p ← p - lr_t * (adam_update + wd_t * p)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,70 +45,82 @@ from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
 
-SCHEDULES = ('cosine', 'linear', 'constant', 'two_stage')
+SCHEDULES = ("cosine", "linear", "constant", "two_stage")
 
 # A param is NOT decayed when any component of its path (module or attribute
 # name, case-insensitive) contains one of these substrings...
-WD_EXCLUDE = ('norm', 'scale', 'alpha', 'beta', 'bias', 'embed', 'qstate')
+WD_EXCLUDE = ("norm", "scale", "alpha", "beta", "bias", "embed", "qstate")
 # ...or when it has fewer than 2 dims (gains, biases, per-channel scalars).
 
 
 def default_config() -> ConfigDict:
-    return ConfigDict(dict(
-        name='adamw',
-        lr=1e-3,
-        warmup_steps=100,
-        schedule='cosine',  # 'cosine' | 'linear' | 'constant' | 'two_stage'
-        min_lr_ratio=0.1,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip=1.0,  # global-norm clip; 0 disables
-        stage2_frac=0.5,  # two_stage: fraction of total_steps where stage 2 starts
-        stage2_lr_ratio=1.0 / 3.0,  # two_stage: stage-2 peak as a fraction of lr
-    ))
+    return ConfigDict(
+        dict(
+            name="adamw",
+            lr=1e-3,
+            warmup_steps=100,
+            schedule="cosine",  # 'cosine' | 'linear' | 'constant' | 'two_stage'
+            min_lr_ratio=0.1,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            grad_clip=1.0,  # global-norm clip; 0 disables
+            stage2_frac=0.5,  # two_stage: fraction of total_steps where stage 2 starts
+            stage2_lr_ratio=1.0 / 3.0,  # two_stage: stage-2 peak as a fraction of lr
+        )
+    )
 
 
-def validate_config(opt_cfg, total_steps: int, name: str = 'config.optim') -> ConfigDict:
+def validate_config(opt_cfg, total_steps: int, name: str = "config.optim") -> ConfigDict:
     """Validates ``opt_cfg`` (ConfigDict or dict) and returns it as a ConfigDict.
 
     Raises ``ValueError`` naming the field (``config.optim.<field> = <value>: <why>``).
     """
-    cfg = ConfigDict(opt_cfg.to_dict() if hasattr(opt_cfg, 'to_dict') else dict(opt_cfg))
-    config_lib.check_fields(cfg, default_config(), name, 'bitjax.train.optim.default_config()')
+    cfg = ConfigDict(opt_cfg.to_dict() if hasattr(opt_cfg, "to_dict") else dict(opt_cfg))
+    config_lib.check_fields(cfg, default_config(), name, "bitjax.train.optim.default_config()")
 
     def need(ok, field, why):
         if not ok:
-            value = total_steps if field == 'total_steps' else cfg.get(field)
-            raise ValueError(f'{name}.{field} = {value!r}: {why}')
+            value = total_steps if field == "total_steps" else cfg.get(field)
+            raise ValueError(f"{name}.{field} = {value!r}: {why}")
 
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
-    need(cfg.get('name') == 'adamw', 'name', "only 'adamw' is implemented")
-    need(is_int(total_steps) and total_steps >= 1, 'total_steps', 'must be an int >= 1')
-    need(num(cfg.get('lr')) and cfg.lr > 0, 'lr', 'must be > 0')
-    need(is_int(cfg.get('warmup_steps')) and 0 <= cfg.warmup_steps <= total_steps,
-         'warmup_steps', f'must be an int in [0, total_steps={total_steps}]')
-    need(cfg.get('schedule') in SCHEDULES, 'schedule', f'must be one of {SCHEDULES}')
-    need(num(cfg.get('min_lr_ratio')) and 0 <= cfg.min_lr_ratio <= 1, 'min_lr_ratio', 'must be in [0, 1]')
-    need(num(cfg.get('b1')) and 0 <= cfg.b1 < 1, 'b1', 'must be in [0, 1)')
-    need(num(cfg.get('b2')) and 0 <= cfg.b2 < 1, 'b2', 'must be in [0, 1)')
-    need(num(cfg.get('eps')) and cfg.eps > 0, 'eps', 'must be > 0')
-    need(num(cfg.get('weight_decay')) and cfg.weight_decay >= 0, 'weight_decay', 'must be >= 0')
-    need(num(cfg.get('grad_clip')) and cfg.grad_clip >= 0, 'grad_clip', 'must be >= 0 (0 disables)')
-    if cfg.schedule == 'two_stage':
-        need(num(cfg.get('stage2_frac')) and 0 < cfg.stage2_frac < 1, 'stage2_frac', 'must be in (0, 1)')
+    need(cfg.get("name") == "adamw", "name", "only 'adamw' is implemented")
+    need(is_int(total_steps) and total_steps >= 1, "total_steps", "must be an int >= 1")
+    need(num(cfg.get("lr")) and cfg.lr > 0, "lr", "must be > 0")
+    need(
+        is_int(cfg.get("warmup_steps")) and 0 <= cfg.warmup_steps <= total_steps,
+        "warmup_steps",
+        f"must be an int in [0, total_steps={total_steps}]",
+    )
+    need(cfg.get("schedule") in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
+    need(num(cfg.get("min_lr_ratio")) and 0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+    need(num(cfg.get("b1")) and 0 <= cfg.b1 < 1, "b1", "must be in [0, 1)")
+    need(num(cfg.get("b2")) and 0 <= cfg.b2 < 1, "b2", "must be in [0, 1)")
+    need(num(cfg.get("eps")) and cfg.eps > 0, "eps", "must be > 0")
+    need(num(cfg.get("weight_decay")) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(num(cfg.get("grad_clip")) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
+    if cfg.schedule == "two_stage":
+        need(num(cfg.get("stage2_frac")) and 0 < cfg.stage2_frac < 1, "stage2_frac", "must be in (0, 1)")
         t1 = round(cfg.stage2_frac * total_steps)
-        need(cfg.warmup_steps <= t1, 'warmup_steps',
-             f'must end before stage 2 starts (step {t1} = stage2_frac * total_steps)')
-        need(num(cfg.get('stage2_lr_ratio')) and cfg.min_lr_ratio <= cfg.stage2_lr_ratio <= 1,
-             'stage2_lr_ratio', f'must be in [min_lr_ratio={cfg.min_lr_ratio}, 1]')
+        need(
+            cfg.warmup_steps <= t1,
+            "warmup_steps",
+            f"must end before stage 2 starts (step {t1} = stage2_frac * total_steps)",
+        )
+        need(
+            num(cfg.get("stage2_lr_ratio")) and cfg.min_lr_ratio <= cfg.stage2_lr_ratio <= 1,
+            "stage2_lr_ratio",
+            f"must be in [min_lr_ratio={cfg.min_lr_ratio}, 1]",
+        )
     return cfg
 
 
-def make_schedules(opt_cfg, total_steps: int, *, name: str = 'config.optim'
-                   ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+def make_schedules(
+    opt_cfg, total_steps: int, *, name: str = "config.optim"
+) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
     """``(lr_fn, wd_fn)``: step → learning rate and step → weight-decay rate (module docstring)."""
     opt_cfg = validate_config(opt_cfg, total_steps, name)
     lr, w, T, m = float(opt_cfg.lr), int(opt_cfg.warmup_steps), int(total_steps), float(opt_cfg.min_lr_ratio)
@@ -119,16 +132,17 @@ def make_schedules(opt_cfg, total_steps: int, *, name: str = 'config.optim'
     def base_factor(t):  # warmup then the chosen decay, as a fraction of lr
         warm = (t + 1.0) / max(w, 1)
         p = jnp.clip((t - w) / max(T - w, 1), 0.0, 1.0)
-        decay = {'cosine': lambda: m + (1 - m) * cos(p),
-                 'two_stage': lambda: m + (1 - m) * cos(p),
-                 'linear': lambda: m + (1 - m) * (1 - p),
-                 'constant': lambda: jnp.ones_like(p)}[kind]()
+        decay = {
+            "cosine": lambda: m + (1 - m) * cos(p),
+            "two_stage": lambda: m + (1 - m) * cos(p),
+            "linear": lambda: m + (1 - m) * (1 - p),
+            "constant": lambda: jnp.ones_like(p),
+        }[kind]()
         return jnp.where(t < w, warm, decay)
 
-    if kind != 'two_stage':
+    if kind != "two_stage":
         wd = float(opt_cfg.weight_decay)
-        return (lambda t: lr * base_factor(jnp.asarray(t, jnp.float32)),
-                lambda t: jnp.full((), wd, jnp.float32))
+        return (lambda t: lr * base_factor(jnp.asarray(t, jnp.float32)), lambda t: jnp.full((), wd, jnp.float32))
 
     t1 = round(opt_cfg.stage2_frac * T)
     s2, wd = float(opt_cfg.stage2_lr_ratio), float(opt_cfg.weight_decay)
@@ -146,18 +160,18 @@ def make_schedules(opt_cfg, total_steps: int, *, name: str = 'config.optim'
 
 
 def _key_name(k) -> str:
-    for attr in ('key', 'name', 'idx'):
+    for attr in ("key", "name", "idx"):
         if hasattr(k, attr):
             return str(getattr(k, attr))
     return str(k)
 
 
 def _decay_fn(exclude: Sequence[str]) -> Callable[[tuple, Any], bool]:
-    pat = re.compile('|'.join(map(re.escape, exclude)), re.IGNORECASE) if exclude else None
+    pat = re.compile("|".join(map(re.escape, exclude)), re.IGNORECASE) if exclude else None
 
     def decays(path, leaf) -> bool:
         value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        if len(getattr(value, 'shape', ())) < 2:
+        if len(getattr(value, "shape", ())) < 2:
             return False
         return not (pat and any(pat.search(_key_name(k)) for k in path))
 
@@ -178,20 +192,19 @@ def weight_decay_mask(params, exclude: Sequence[str] = WD_EXCLUDE):
     pytree of arrays; the decision depends only on names and ranks, so it is
     static under jit.
     """
-    return jax.tree_util.tree_map_with_path(
-        _decay_fn(exclude), params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(_decay_fn(exclude), params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def decayed_param_names(params, exclude: Sequence[str] = WD_EXCLUDE) -> list[str]:
     """Dotted paths of the params that get weight decay (for logging and tests)."""
-    leaves = jax.tree_util.tree_flatten_with_path(
-        params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
     decays = _decay_fn(exclude)
-    return sorted('.'.join(_key_name(k) for k in p) for p, x in leaves if decays(p, x))
+    return sorted(".".join(_key_name(k) for k in p) for p, x in leaves if decays(p, x))
 
 
-def make_optimizer(opt_cfg, total_steps: int, *, name: str = 'config.optim'
-                   ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
+def make_optimizer(
+    opt_cfg, total_steps: int, *, name: str = "config.optim"
+) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
     """``(tx, lr_schedule)`` for ``opt_cfg`` (see :func:`default_config`).
 
     ``tx = chain(clip_by_global_norm(grad_clip) [if grad_clip > 0],
@@ -202,10 +215,11 @@ def make_optimizer(opt_cfg, total_steps: int, *, name: str = 'config.optim'
     opt_cfg = validate_config(opt_cfg, total_steps, name)
     lr_fn, wd_fn = make_schedules(opt_cfg, total_steps, name=name)
     # A constant wd avoids the extra step counter a schedule needs in the state.
-    wd = wd_fn if opt_cfg.schedule == 'two_stage' else float(opt_cfg.weight_decay)
+    wd = wd_fn if opt_cfg.schedule == "two_stage" else float(opt_cfg.weight_decay)
     parts = []
     if opt_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(opt_cfg.grad_clip)))
-    parts.append(optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                             weight_decay=wd, mask=weight_decay_mask))
+    parts.append(
+        optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=weight_decay_mask)
+    )
     return optax.chain(*parts), lr_fn

@@ -90,11 +90,13 @@ class MetricsWriter:
             path = os.path.join(workdir, "metrics.jsonl")
             dropped = truncate_metrics(path, start)
             if dropped:
-                log.warning("dropped %d row(s) after step %d from %s: this run logs those steps again",
-                            dropped, start, path)
+                log.warning(
+                    "dropped %d row(s) after step %d from %s: this run logs those steps again", dropped, start, path
+                )
             self._jsonl = open(path, "a")
             try:
                 from tensorboardX import SummaryWriter
+
                 # purge_step: TensorBoard discards the earlier attempt's events from that step on
                 self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1)
             except ImportError:  # TensorBoard events are optional
@@ -159,6 +161,7 @@ def _get_datasets_once(dcfg, pi: int, pc: int):
     if pc == 1:
         return data_lib.get_datasets(dcfg)
     from jax.experimental import multihost_utils
+
     out = data_lib.get_datasets(dcfg) if pi == 0 else None
     multihost_utils.sync_global_devices("bitjax_data_ready")
     return out if pi == 0 else data_lib.get_datasets(dcfg)
@@ -197,8 +200,9 @@ class Setup:
         train_config.validate(config, self.mesh, self.pc)
 
         # ---- data (fails with a DataError on bad input, before any compile)
-        dcfg = ConfigDict({**config.data.to_dict(), "batch_size": config.batch_size,
-                           "seq_len": config.seq_len, "seed": config.seed})
+        dcfg = ConfigDict(
+            {**config.data.to_dict(), "batch_size": config.batch_size, "seq_len": config.seq_len, "seed": config.seed}
+        )
         self.train_data, self.eval_data, self.tokenizer = _get_datasets_once(dcfg, self.pi, self.pc)
         mcfg = config.model
         with mcfg.unlocked():
@@ -207,8 +211,10 @@ class Setup:
                 # the padding ids never occur as targets
                 mcfg.vocab_size = -(-self.tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
         if mcfg.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
-                             f"{self.tokenizer.vocab_size}; set it to None to use the tokenizer's size")
+            raise ValueError(
+                f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size}; set it to None to use the tokenizer's size"
+            )
 
         # ---- model: abstract first, so shapes are checked against the mesh before compiling.
         # A method trained in stages (a48 after b158) has one model config per stage, all sharing
@@ -222,9 +228,11 @@ class Setup:
         abstract_params = splits[-1][1]
         for (start, c), (_, other) in zip(self.stages, splits):
             if not same_tree(other, abstract_params):
-                raise ValueError(f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
-                                 f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
-                                 f"stages must share one parameter tree; choose another stage1 or 'none'")
+                raise ValueError(
+                    f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
+                    f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
+                    f"stages must share one parameter tree; choose another stage1 or 'none'"
+                )
         self.graphdef = self.graphdefs[-1]
         self.quant_table = models.describe(mcfg)
         mesh_lib.check_divisible(abstract_params, self.mesh, self.rules, hints=models.size_hints(mcfg.name))
@@ -236,21 +244,30 @@ class Setup:
         if config.distill.teacher_workdir:
             now_fp = data_fingerprint(config.data, self.tokenizer.name)
             check = lambda meta: distill.check_teacher(
-                config.distill.teacher_workdir, meta.get("data") or data_fingerprint(meta["config"]["data"]),
-                meta["config"]["model"].get("vocab_size"), now_fp, mcfg.vocab_size)
-            self.teacher = load_run(config.distill.teacher_workdir, self.mesh, self.rules,
-                                    "config.distill.teacher_workdir", check)
+                config.distill.teacher_workdir,
+                meta.get("data") or data_fingerprint(meta["config"]["data"]),
+                meta["config"]["model"].get("vocab_size"),
+                now_fp,
+                mcfg.vocab_size,
+            )
+            self.teacher = load_run(
+                config.distill.teacher_workdir, self.mesh, self.rules, "config.distill.teacher_workdir", check
+            )
 
         param_sh = nnx.to_pure_dict(mesh_lib.param_shardings(abstract_params, self.mesh, self.rules))
         abstract_pure = nnx.to_pure_dict(abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_pure)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, param_sh,
-                                       transform_non_params=lambda _: replicated)
-        self.state_sharding = {"step": replicated, "params": param_sh, "opt_state": opt_sh,
-                               "skipped": replicated}
-        self.abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_pure,
-                               "opt_state": abstract_opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)}
+        opt_sh = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: replicated
+        )
+        self.state_sharding = {"step": replicated, "params": param_sh, "opt_state": opt_sh, "skipped": replicated}
+        self.abstract_state = {
+            "step": jax.ShapeDtypeStruct((), jnp.int32),
+            "params": abstract_pure,
+            "opt_state": abstract_opt,
+            "skipped": jax.ShapeDtypeStruct((), jnp.int32),
+        }
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
         self.teacher_params = {} if self.teacher is None else self.teacher.params  # {}: no teacher
         self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_pure))
@@ -258,8 +275,10 @@ class Setup:
         # Trace (no compile) each stage's train step on abstract inputs: a model error that only shows when the
         # model runs (e.g. a quantizer group size that does not divide a weight) is reported now, before
         # the workdir is touched. jit caches the trace, so the first real step does not trace again.
-        batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), dt, sharding=self.batch_sharding)
-                 for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+        batch = {
+            k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), dt, sharding=self.batch_sharding)
+            for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+        }
         state = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_sharding)
         for train_step in self.train_steps:
             train_step.trace(state, batch)
@@ -272,8 +291,12 @@ class Setup:
 
         def init(key):
             params = nnx.to_pure_dict(nnx.state(self.build(key)))
-            return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-                    "skipped": jnp.zeros((), jnp.int32)}
+            return {
+                "step": jnp.zeros((), jnp.int32),
+                "params": params,
+                "opt_state": tx.init(params),
+                "skipped": jnp.zeros((), jnp.int32),
+            }
 
         def make_steps(graphdef):
             def loss_fn(params, batch, teacher_params):
@@ -290,8 +313,7 @@ class Setup:
                 return (1.0 - w) * dist + w * label, {"label_loss": label, "distill_loss": dist}
 
             def train_step(state, batch, teacher_params):
-                (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch,
-                                                                                 teacher_params)
+                (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, teacher_params)
                 grad_norm = optax.tree.norm(grads)
                 updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
                 params = optax.apply_updates(state["params"], updates)
@@ -299,10 +321,19 @@ class Setup:
                 if skip_nonfinite:  # drop the whole update (params and moments) on a bad step
                     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
                     params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
-                new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                       "skipped": state["skipped"] + (~finite).astype(jnp.int32)}
-                return new, {"train_loss": loss, **parts, "grad_norm": grad_norm, "lr": lr_fn(state["step"]),
-                             "finite": finite}
+                new = {
+                    "step": state["step"] + 1,
+                    "params": params,
+                    "opt_state": opt_state,
+                    "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+                }
+                return new, {
+                    "train_loss": loss,
+                    **parts,
+                    "grad_norm": grad_norm,
+                    "lr": lr_fn(state["step"]),
+                    "finite": finite,
+                }
 
             def eval_step(params, batch):
                 model = nnx.merge(graphdef, params)
@@ -310,10 +341,17 @@ class Setup:
 
             repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
             teacher_sh = jax.tree.map(lambda x: x.sharding, self.teacher_params)
-            return (jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding, teacher_sh),
-                            out_shardings=(self.state_sharding, repl), donate_argnums=0),
-                    jax.jit(eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding),
-                            out_shardings=repl))
+            return (
+                jax.jit(
+                    train_step,
+                    in_shardings=(self.state_sharding, self.batch_sharding, teacher_sh),
+                    out_shardings=(self.state_sharding, repl),
+                    donate_argnums=0,
+                ),
+                jax.jit(
+                    eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding), out_shardings=repl
+                ),
+            )
 
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
         train_jits, self.eval_steps = zip(*map(make_steps, self.graphdefs))
@@ -339,8 +377,11 @@ class Setup:
             t, c = eval_step(params, self.global_batch(b))
             total, count = total + float(t), count + float(c)
         loss = total / max(count, 1.0)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)),
-                "eval_bpb": self.eval_data.bits_per_byte(loss)}
+        return {
+            "eval_loss": loss,
+            "eval_ppl": math.exp(min(loss, 50.0)),
+            "eval_bpb": self.eval_data.bits_per_byte(loss),
+        }
 
     def model(self, params):
         """A concrete NNX model holding `params` (for sampling and export)."""
@@ -352,16 +393,27 @@ def describe_stages(setup: Setup) -> str:
     one 'role: spec' line per layer role (printed at start; the table is stored with checkpoints)."""
     lines = []
     for start, cfg in setup.stages:
-        lines.append(f"quantization from step {start}: method {cfg.quant.method}"
-                     + (f", rules {cfg.quant.rules!r}" if cfg.quant.rules else ""))
+        lines.append(
+            f"quantization from step {start}: method {cfg.quant.method}"
+            + (f", rules {cfg.quant.rules!r}" if cfg.quant.rules else "")
+        )
         lines += [f"  {role:>10}: {spec}" for role, spec in models.describe(cfg).items()]
     return "\n".join(lines)
 
 
 # ============================================================================ restore
 # Data fields that define the token stream (not where it is cached, nor how much of it is evaluated).
-DATA_IDENTITY = ("name", "paths", "text_key", "train_split", "validation_fraction", "encoding",
-                 "tokenizer", "vocab_size", "spm_sample_bytes")
+DATA_IDENTITY = (
+    "name",
+    "paths",
+    "text_key",
+    "train_split",
+    "validation_fraction",
+    "encoding",
+    "tokenizer",
+    "vocab_size",
+    "spm_sample_bytes",
+)
 
 
 def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
@@ -379,8 +431,9 @@ def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
 def _diffs(saved, now, path: str) -> list[str]:
     """'config.a.b: saved X, now Y' for each leaf that differs."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(saved) | set(now), key=str)
-                for d in _diffs(saved.get(k), now.get(k), f"{path}.{k}")]
+        return [
+            d for k in sorted(set(saved) | set(now), key=str) for d in _diffs(saved.get(k), now.get(k), f"{path}.{k}")
+        ]
     return [] if saved == now else [f"{path}: saved {saved!r}, now {now!r}"]
 
 
@@ -395,16 +448,21 @@ def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str, token
     # checkpoints from before the fingerprint was stored: compare the data fields of their config
     saved_fp = meta.get("data") or data_fingerprint(saved.get("data", {}))
     now_fp = data_fingerprint(config.data, tokenizer_name)
-    diffs += [f"config.{k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}" if k.startswith("data.") else
-              f"the {k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
-              for k in now_fp if k in saved_fp and saved_fp[k] != now_fp[k]]
+    diffs += [
+        f"config.{k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
+        if k.startswith("data.")
+        else f"the {k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
+        for k in now_fp
+        if k in saved_fp and saved_fp[k] != now_fp[k]
+    ]
     if diffs:
         fields = sorted({d.split(":")[0].split(".")[1] if d.startswith("config.") else "data" for d in diffs})
         raise errors.UserError(
             f"{workdir} holds checkpoints of a run with a different "
             f"{' / '.join('config.' + f for f in fields)} ({'; '.join(diffs)}). Resuming would mix "
             f"incompatible runs: use a new --workdir, or restore the original value(s). Nothing was "
-            f"changed on disk.")
+            f"changed on disk."
+        )
 
 
 def _last_logged(workdir: str) -> dict:
@@ -435,8 +493,9 @@ class _Preemption:
         del frame
         if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
             raise KeyboardInterrupt("second interrupt: stopped without a final checkpoint")
-        log.warning("received signal %d: checkpointing after this step and stopping (Ctrl-C again to quit "
-                    "at once)", signum)
+        log.warning(
+            "received signal %d: checkpointing after this step and stopping (Ctrl-C again to quit at once)", signum
+        )
         self.requested = True
 
     def __exit__(self, *exc):
@@ -467,13 +526,13 @@ class _SkipWatch:
             return
         self.in_a_row += 1
         if self.lead:
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0],
-                        self.in_a_row)
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0], self.in_a_row)
         if self.in_a_row > self.limit:
             raise FloatingPointError(
                 f"{self.in_a_row} steps in a row skipped for non-finite values (more than "
                 f"config.max_consecutive_skips={self.limit}) at step {prev[0]}; stopping. Lower "
-                f"config.optim.lr or raise config.optim.warmup_steps.")
+                f"config.optim.lr or raise config.optim.warmup_steps."
+            )
 
 
 def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.Lock | None:
@@ -496,11 +555,12 @@ def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.L
 
 class Run(NamedTuple):
     """Another run's model as `load_run` restores it: frozen parameters and what runs them."""
+
     workdir: str
-    step: int            # of the checkpoint restored
-    config: ConfigDict   # its stored config, completed with today's defaults
-    graphdef: Any        # its model as trained at `step` (the stage in force then)
-    params: Any          # pure dict of jax.Arrays, sharded on the caller's mesh by its rules
+    step: int  # of the checkpoint restored
+    config: ConfigDict  # its stored config, completed with today's defaults
+    graphdef: Any  # its model as trained at `step` (the stage in force then)
+    params: Any  # pure dict of jax.Arrays, sharded on the caller's mesh by its rules
 
 
 def load_run(workdir: str, mesh, rules, field: str, check=None) -> Run:
@@ -513,14 +573,18 @@ def load_run(workdir: str, mesh, rules, field: str, check=None) -> Run:
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
-        raise errors.UserError(f"{field}={workdir!r} holds no checkpoints/ (the workdir of a bitjax run, or "
-                               "one written by python -m bitjax.import_hf, is expected)")
+        raise errors.UserError(
+            f"{field}={workdir!r} holds no checkpoints/ (the workdir of a bitjax run, or "
+            "one written by python -m bitjax.import_hf, is expected)"
+        )
     ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
     try:
         step = ckpt.latest_step()
         if step is None:
-            raise errors.UserError(f"{field}={workdir!r} holds no finished checkpoint in {ckpt_dir}: "
-                                   "train that run first (or name another)")
+            raise errors.UserError(
+                f"{field}={workdir!r} holds no finished checkpoint in {ckpt_dir}: "
+                "train that run first (or name another)"
+            )
         meta = ckpt.restore_metadata(step)
         if check is not None:
             check(meta)
@@ -552,9 +616,11 @@ def params_from_run(workdir: str, setup: Setup):
     want = setup.abstract_state["params"]
     params = layer_stack.layers_like(params, want)
     if not same_tree(params, want):
-        raise errors.UserError(f"config.init_from={workdir!r}: its parameters differ from this run's model "
-                               "(config.model shapes and learned quantizer parameters must match the "
-                               "source run's)")
+        raise errors.UserError(
+            f"config.init_from={workdir!r}: its parameters differ from this run's model "
+            "(config.model shapes and learned quantizer parameters must match the "
+            "source run's)"
+        )
     return jax.device_put(params, setup.state_sharding["params"])
 
 
@@ -568,8 +634,11 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     setup = Setup(config, devices)  # validates everything before touching the workdir
     lock = _lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
     try:
-        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                     save_every=max(config.checkpoint_every, 1))
+        ckpt = ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            keep=config.keep_checkpoints,
+            save_every=max(config.checkpoint_every, 1),
+        )
         try:
             return _run(setup, config, workdir, ckpt, stop_after)
         finally:
@@ -580,11 +649,15 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             lock.release()
 
 
-def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpointer,
-         stop_after: int | None) -> dict[str, Any]:
+def _run(
+    setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: int | None
+) -> dict[str, Any]:
     lead = setup.pi == 0
-    meta = {"config": config_lib.to_dict(config), "data": data_fingerprint(config.data, setup.tokenizer.name),
-            "quant_recipe": setup.quant_table}
+    meta = {
+        "config": config_lib.to_dict(config),
+        "data": data_fingerprint(config.data, setup.tokenizer.name),
+        "quant_recipe": setup.quant_table,
+    }
     if setup.teacher is not None:  # which teacher checkpoint: a resume must distill from the same one
         meta["teacher_step"] = setup.teacher.step
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
@@ -596,7 +669,8 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
                 f"{workdir} was distilled from step {saved_meta['teacher_step']} of "
                 f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}, whose latest checkpoint is "
                 f"now step {setup.teacher.step}: resuming would change the teacher mid-run. Use a new --workdir, "
-                f"or restore that teacher checkpoint. Nothing was changed on disk.")
+                f"or restore that teacher checkpoint. Nothing was changed on disk."
+            )
         step0, state = ckpt.restore_latest(restore_target)
         if lead:
             print(f"resumed from {workdir} at step {step0}")
@@ -605,19 +679,24 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
         if config.init_from:
             state["params"] = params_from_run(config.init_from, setup)
             state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_sharding["opt_state"])(
-                state["params"])
+                state["params"]
+            )
             if lead:
                 print(f"initialised from {config.init_from} (its latest checkpoint's parameters)")
     start = int(state["step"])
     if lead:
-        print(f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
-              f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens")
+        print(
+            f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
+            f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens"
+        )
         print(describe_stages(setup))
         if setup.teacher is not None:
             d = config.distill
-            print(f"distilling from {d.teacher_workdir} (step {setup.teacher.step}, model "
-                  f"{setup.teacher.config.model.name} {setup.teacher.config.model.quant.method}): loss {d.loss}, "
-                  f"temperature {d.temperature:g}, label_weight {d.label_weight:g}")
+            print(
+                f"distilling from {d.teacher_workdir} (step {setup.teacher.step}, model "
+                f"{setup.teacher.config.model.name} {setup.teacher.config.model.quant.method}): loss {d.loss}, "
+                f"temperature {d.temperature:g}, label_weight {d.label_weight:g}"
+            )
 
     if start >= config.total_steps:  # already finished: report, do not train further
         last = _last_logged(workdir)
@@ -642,26 +721,35 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
             steps_since += 1
             is_last = done == config.total_steps
             eval_now = bool(config.eval_every and done % config.eval_every == 0) or is_last
-            log_now = (done % config.log_every == 0 or eval_now  # an eval is always written with its step
-                       or (setup.pc == 1 and preempt.requested)
-                       or (stop_after is not None and done - start >= stop_after))
+            log_now = (
+                done % config.log_every == 0
+                or eval_now  # an eval is always written with its step
+                or (setup.pc == 1 and preempt.requested)
+                or (stop_after is not None and done - start >= stop_after)
+            )
             if config.nonfinite == "stop" and not bool(m["finite"]):
                 ckpt.wait()
                 good = ckpt.latest_step()
                 raise FloatingPointError(
-                    f"non-finite loss or gradient at step {done}; stopped (config.nonfinite='stop'). " +
-                    (f"The last good checkpoint in {workdir} is intact (step {good})." if good is not None else
-                     f"No checkpoint had been written yet (config.checkpoint_every={config.checkpoint_every}), "
-                     f"so the run restarts from step 0."))
+                    f"non-finite loss or gradient at step {done}; stopped (config.nonfinite='stop'). "
+                    + (
+                        f"The last good checkpoint in {workdir} is intact (step {good})."
+                        if good is not None
+                        else f"No checkpoint had been written yet (config.checkpoint_every={config.checkpoint_every}), "
+                        f"so the run restarts from step 0."
+                    )
+                )
             if log_now:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t_log
-                last = {"train_loss": float(m["train_loss"]),
-                        **{k: float(m[k]) for k in ("label_loss", "distill_loss") if k in m},  # with a teacher
-                        "lr": float(m["lr"]),
-                        "grad_norm": float(m["grad_norm"]),
-                        "tokens_per_s": steps_since * tokens_per_step / dt,
-                        "skipped_steps": int(state["skipped"])}
+                last = {
+                    "train_loss": float(m["train_loss"]),
+                    **{k: float(m[k]) for k in ("label_loss", "distill_loss") if k in m},  # with a teacher
+                    "lr": float(m["lr"]),
+                    "grad_norm": float(m["grad_norm"]),
+                    "tokens_per_s": steps_since * tokens_per_step / dt,
+                    "skipped_steps": int(state["skipped"]),
+                }
                 if not first_interval:  # the first interval includes compilation
                     step_times.append(dt / steps_since)
                 t_log, steps_since, first_interval = time.perf_counter(), 0, False
@@ -669,7 +757,8 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
                 if last["skipped_steps"] > limit:
                     raise FloatingPointError(
                         f"{last['skipped_steps']} of {done} steps skipped for non-finite values (more than "
-                        f"{limit}, config.max_skipped_steps={config.max_skipped_steps}); stopping.")
+                        f"{limit}, config.max_skipped_steps={config.max_skipped_steps}); stopping."
+                    )
             if stop_after is not None and done - start >= stop_after:
                 preempt.requested = True
             if setup.pc == 1:
@@ -697,8 +786,7 @@ def _run(setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpoi
                     msg += f" eval_bpb {last['eval_bpb']:.4f}"
                 if last["skipped_steps"]:
                     msg += f" skipped {last['skipped_steps']}"
-                progress.update(done, f"{msg} | {last['tokens_per_s'] / 1e3:.1f}k tok/s",
-                                force_line=True)
+                progress.update(done, f"{msg} | {last['tokens_per_s'] / 1e3:.1f}k tok/s", force_line=True)
             if stop:
                 break
     skip_watch()

@@ -31,8 +31,9 @@ def prepare(workdir: str) -> None:
     except OSError as e:
         raise UserError(f"--workdir {workdir} cannot be created ({e.strerror}); choose another --workdir") from e
     if not os.access(workdir, os.W_OK | os.X_OK):
-        raise UserError(f"--workdir {workdir} is not writable by this user; choose another --workdir "
-                        f"or fix its permissions")
+        raise UserError(
+            f"--workdir {workdir} is not writable by this user; choose another --workdir or fix its permissions"
+        )
 
 
 def fresh(path: str, marker: str, refusal: str) -> None:
@@ -80,8 +81,12 @@ class Lock:
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, LOCK_NAME)
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
-                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _proc_start(os.getpid()),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         self.held = False
 
     def _create(self) -> bool:
@@ -112,11 +117,13 @@ class Lock:
             if owner and not same_host:
                 raise UserError(
                     f"{workdir} is in use by pid {owner.get('pid')} on host {owner.get('host')} (since "
-                    f"{owner.get('since')}). If that run is dead, delete {self.path} and start again.")
+                    f"{owner.get('since')}). If that run is dead, delete {self.path} and start again."
+                )
             if owner and _alive(owner):
                 raise UserError(
                     f"{workdir} is in use by a live run (pid {owner['pid']}, since {owner.get('since')}); "
-                    f"wait for it to finish or stop it, or use another --workdir.")
+                    f"wait for it to finish or stop it, or use another --workdir."
+                )
             log.warning("taking over the stale lock %s of a run that is gone (%s)", self.path, owner or "empty")
             try:
                 os.remove(self.path)

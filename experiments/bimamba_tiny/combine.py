@@ -14,8 +14,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from bitjax import sweep  # noqa: E402
 
-TEACHERS = {"teacher_mamba2": "Bi-Mamba, distilled from FP Mamba-2",
-            "teacher_transformer": "Bi-Mamba, distilled from FP transformer"}
+TEACHERS = {
+    "teacher_mamba2": "Bi-Mamba, distilled from FP Mamba-2",
+    "teacher_transformer": "Bi-Mamba, distilled from FP transformer",
+}
 
 
 def setting(point: sweep.Point) -> str:
@@ -26,10 +28,19 @@ def setting(point: sweep.Point) -> str:
 
 def main(workdir: str, out: str):
     W = workdir
-    sweeps = [(os.path.join(W, "scratch"), sweep.make_points("configs/mamba2.py:size=tiny", [
-                  ("quant", ["fp", "bimamba"]), ("seed", ["0", "1", "2"])])),
-              (os.path.join(W, "distilled"), sweep.make_points("configs/mamba2.py:quant=bimamba,size=tiny", [
-                  ("distill.teacher_workdir", [os.path.join(W, t) for t in TEACHERS]), ("seed", ["0", "1", "2"])]))]
+    sweeps = [
+        (
+            os.path.join(W, "scratch"),
+            sweep.make_points("configs/mamba2.py:size=tiny", [("quant", ["fp", "bimamba"]), ("seed", ["0", "1", "2"])]),
+        ),
+        (
+            os.path.join(W, "distilled"),
+            sweep.make_points(
+                "configs/mamba2.py:quant=bimamba,size=tiny",
+                [("distill.teacher_workdir", [os.path.join(W, t) for t in TEACHERS]), ("seed", ["0", "1", "2"])],
+            ),
+        ),
+    ]
     groups: dict[tuple, list[dict]] = {}
     for wd, points in sweeps:
         for p in points:
@@ -38,12 +49,16 @@ def main(workdir: str, out: str):
                 raise SystemExit(f"{os.path.join(wd, p.name)} is not finished: run run.sh first")
             groups.setdefault((setting(p),), []).append(r)
     ms = sweep._mean_std  # "mean ± std", as the sweep's own tables
-    lines = ["| setting | runs | final train loss (label CE) | eval loss (nats/token) | eval bits/byte | tokens/s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | runs | final train loss (label CE) | eval loss (nats/token) | eval bits/byte | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for (name,), rs in groups.items():
-        lines.append(f"| {name} | {len(rs)} | {ms([r['train_loss'] for r in rs], '.4f')} | "
-                     f"{ms([r['eval_loss'] for r in rs], '.4f')} | {ms([r['eval_bpb'] for r in rs], '.4f')} | "
-                     f"{ms([r['tokens_per_s'] for r in rs], '.0f')} |")
+        lines.append(
+            f"| {name} | {len(rs)} | {ms([r['train_loss'] for r in rs], '.4f')} | "
+            f"{ms([r['eval_loss'] for r in rs], '.4f')} | {ms([r['eval_bpb'] for r in rs], '.4f')} | "
+            f"{ms([r['tokens_per_s'] for r in rs], '.0f')} |"
+        )
         for r in rs:
             print(f"{name:45s} seed {r.get('seed')}: eval bpb {r['eval_bpb']:.4f}")
     os.makedirs(out, exist_ok=True)

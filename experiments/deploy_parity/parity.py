@@ -42,11 +42,13 @@ def main():
     setup, params = load(args.workdir)
     model, cfg = setup.model(params), setup.config.model
     with open(args.text, "rb") as f:
-        text = f.read()[4000:4000 + args.tokens].decode("utf-8", "replace")
-    ids = setup.tokenizer.encode(text)[None, :args.tokens]
+        text = f.read()[4000 : 4000 + args.tokens].decode("utf-8", "replace")
+    ids = setup.tokenizer.encode(text)[None, : args.tokens]
     mine = np.asarray(model(jnp.asarray(ids, jnp.int32)))
-    print(f"{args.workdir}: {cfg.quant.method}, {ids.shape[1]} tokens of {args.text}; |logit| mean "
-          f"{np.abs(mine).mean():.3f}")
+    print(
+        f"{args.workdir}: {cfg.quant.method}, {ids.shape[1]} tokens of {args.text}; |logit| mean "
+        f"{np.abs(mine).mean():.3f}"
+    )
 
     def hf_logits(hf):
         with torch.no_grad():
@@ -57,8 +59,13 @@ def main():
     if cfg.quant.method == "b158":
         for lc in ("bitlinear", "autobitlinear"):
             with tempfile.TemporaryDirectory() as d:
-                save_hf(model, cfg, d, linear_class=lc, token_ids=dict(bos_token_id=setup.tokenizer.bos_id,
-                                                                    eos_token_id=setup.tokenizer.eos_id))
+                save_hf(
+                    model,
+                    cfg,
+                    d,
+                    linear_class=lc,
+                    token_ids=dict(bos_token_id=setup.tokenizer.bos_id, eos_token_id=setup.tokenizer.eos_id),
+                )
                 ref = hf_logits(transformers.BitNetForCausalLM.from_pretrained(d).eval())
                 print(f"  HF packed offline ({lc:13s})            {gap(mine, ref)}")
                 back = np.asarray(load_hf(d)[1](jnp.asarray(ids, jnp.int32)))

@@ -31,8 +31,17 @@ def hf_act_quant(x):
 
 def main():
     rng = np.random.default_rng(0)
-    cases = [("w", (64, 64)), ("w", (7, 13)), ("w", (256, 512)), ("w", (1024, 1024)), ("w", (2560, 6912)),
-             ("w", (4096, 11008)), ("x", (16, 128, 384)), ("x", (4, 2560)), ("x", (8, 6912))]
+    cases = [
+        ("w", (64, 64)),
+        ("w", (7, 13)),
+        ("w", (256, 512)),
+        ("w", (1024, 1024)),
+        ("w", (2560, 6912)),
+        ("w", (4096, 11008)),
+        ("x", (16, 128, 384)),
+        ("x", (4, 2560)),
+        ("x", (8, 6912)),
+    ]
     print(f"torch {torch.__version__}, jax {jax.__version__} ({jax.default_backend()})\n")
     print("| input | shape | bit-identical (eager) | bit-identical (jit) | codes agree |\n|---|---|---|---|---|")
     for kind, shape in cases:
@@ -41,11 +50,20 @@ def main():
         ref = (hf_weight_quant if kind == "w" else hf_act_quant)(torch.from_numpy(a)).numpy()
         eager = np.asarray(ours(jnp.asarray(a)))
         jitted = np.asarray(jax.jit(ours)(jnp.asarray(a)))
-        same_codes = np.array_equal(np.sign(eager), np.sign(ref)) if kind == "w" else bool(
-            np.array_equal(np.round(eager / np.abs(eager).max(-1, keepdims=True) * 127),
-                           np.round(ref / np.abs(ref).max(-1, keepdims=True) * 127)))
-        print(f"| {'weight' if kind == 'w' else 'activation'} | {shape} | {(eager == ref).mean():.4f} | "
-              f"{(jitted == ref).mean():.4f} | {same_codes} |")
+        same_codes = (
+            np.array_equal(np.sign(eager), np.sign(ref))
+            if kind == "w"
+            else bool(
+                np.array_equal(
+                    np.round(eager / np.abs(eager).max(-1, keepdims=True) * 127),
+                    np.round(ref / np.abs(ref).max(-1, keepdims=True) * 127),
+                )
+            )
+        )
+        print(
+            f"| {'weight' if kind == 'w' else 'activation'} | {shape} | {(eager == ref).mean():.4f} | "
+            f"{(jitted == ref).mean():.4f} | {same_codes} |"
+        )
 
 
 if __name__ == "__main__":

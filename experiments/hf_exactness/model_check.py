@@ -55,6 +55,7 @@ def compare(method: str, **kw):
 
 def main():
     import transformers
+
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, jax {jax.__version__}\n")
     print("| bitjax method | HF model | max abs logit diff | mean abs diff | mean abs logit | argmax agree |")
     print("|---|---|---|---|---|---|")

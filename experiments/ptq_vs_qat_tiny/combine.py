@@ -34,30 +34,60 @@ def main(qc_workdir, ptq_workdir, out):
                 r = json.load(open(path))
                 ptq.setdefault((m, b), []).append(r["eval_bpb"])
                 fp_by_seed.setdefault(s, r["fp_eval_bpb"])  # the same FP eval in every ptq.json of seed s
-                rows.append({"kind": "ptq", "method": m, "bits": b, "seed": s, "eval_bpb": r["eval_bpb"],
-                             "eval_loss": r["eval_loss"], "fp_eval_bpb": r["fp_eval_bpb"]})
+                rows.append(
+                    {
+                        "kind": "ptq",
+                        "method": m,
+                        "bits": b,
+                        "seed": s,
+                        "eval_bpb": r["eval_bpb"],
+                        "eval_loss": r["eval_loss"],
+                        "fp_eval_bpb": r["fp_eval_bpb"],
+                    }
+                )
     qat = {}
     for b, m in QAT.items():
         for r in results(qc_workdir, "tiny", m, cpu_lr(m), SEEDS):
             qat.setdefault(b, []).append(r["eval_bpb"])
-            rows.append({"kind": "qat", "method": m, "bits": b, "seed": r["seed"], "eval_bpb": r["eval_bpb"],
-                         "eval_loss": r["eval_loss"]})
+            rows.append(
+                {
+                    "kind": "qat",
+                    "method": m,
+                    "bits": b,
+                    "seed": r["seed"],
+                    "eval_bpb": r["eval_bpb"],
+                    "eval_loss": r["eval_loss"],
+                }
+            )
     fp = [fp_by_seed[s] for s in SEEDS]  # each seed's FP run, as ptq.json evaluated it
     fp_train = [r["eval_bpb"] for r in results(qc_workdir, "tiny", "fp", cpu_lr("fp"), SEEDS)]
-    lines = [f"FP source runs (3 seeds): eval bits/byte {ms(fp)} (the trainer's own final eval: {ms(fp_train)}).", "",
-             "| weight bits | PTQ: RTN | PTQ: GPTQ | PTQ: BiLLM | QAT (method, its tuned LR) |", "|---|---|---|---|---|"]
+    lines = [
+        f"FP source runs (3 seeds): eval bits/byte {ms(fp)} (the trainer's own final eval: {ms(fp_train)}).",
+        "",
+        "| weight bits | PTQ: RTN | PTQ: GPTQ | PTQ: BiLLM | QAT (method, its tuned LR) |",
+        "|---|---|---|---|---|",
+    ]
     for b, m in QAT.items():
         cell = lambda k: ms(ptq[(k, b)]) if (k, b) in ptq else ""
         lines.append(f"| {b} | {cell('rtn')} | {cell('gptq')} | {cell('billm')} | {m} ({cpu_lr(m)}): {ms(qat[b])} |")
-    lines += ["", "Increase over the FP source, mean ± std over the 3 seeds (PTQ: paired with its own FP run):", "",
-              "| weight bits | RTN | GPTQ | BiLLM | QAT − mean FP |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Increase over the FP source, mean ± std over the 3 seeds (PTQ: paired with its own FP run):",
+        "",
+        "| weight bits | RTN | GPTQ | BiLLM | QAT − mean FP |",
+        "|---|---|---|---|---|",
+    ]
     for b, m in QAT.items():
+
         def inc(k):
             if (k, b) not in ptq:
                 return ""
             return ms([q - f for q, f in zip(ptq[(k, b)], fp)])
-        lines.append(f"| {b} | {inc('rtn')} | {inc('gptq')} | {inc('billm')} | "
-                     f"{statistics.mean(qat[b]) - statistics.mean(fp):+.4f} |")
+
+        lines.append(
+            f"| {b} | {inc('rtn')} | {inc('gptq')} | {inc('billm')} | "
+            f"{statistics.mean(qat[b]) - statistics.mean(fp):+.4f} |"
+        )
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -68,23 +98,37 @@ def main(qc_workdir, ptq_workdir, out):
     print("\n".join(lines))
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     f_mean, f_std = statistics.mean(fp), statistics.stdev(fp)
     ax.axhspan(f_mean - f_std, f_mean + f_std, color="grey", alpha=0.25, lw=0, label="FP (± std)")
-    series = {"PTQ: RTN": {b: ptq[("rtn", b)] for b in PTQ["rtn"]},
-              "PTQ: GPTQ": {b: ptq[("gptq", b)] for b in PTQ["gptq"]},
-              "PTQ: BiLLM": {1: ptq[("billm", 1)]}, "QAT": qat}
+    series = {
+        "PTQ: RTN": {b: ptq[("rtn", b)] for b in PTQ["rtn"]},
+        "PTQ: GPTQ": {b: ptq[("gptq", b)] for b in PTQ["gptq"]},
+        "PTQ: BiLLM": {1: ptq[("billm", 1)]},
+        "QAT": qat,
+    }
     for (name, d), mk, dx in zip(series.items(), "osDv", (-0.06, -0.02, 0.02, 0.06)):
         bs = sorted(d)
-        ax.errorbar([b + dx for b in bs], [statistics.mean(d[b]) for b in bs],
-                    yerr=[statistics.stdev(d[b]) for b in bs], marker=mk, capsize=3, label=name,
-                    ls="-" if len(bs) > 1 and name != "QAT" else "none")  # QAT rows are different methods
+        ax.errorbar(
+            [b + dx for b in bs],
+            [statistics.mean(d[b]) for b in bs],
+            yerr=[statistics.stdev(d[b]) for b in bs],
+            marker=mk,
+            capsize=3,
+            label=name,
+            ls="-" if len(bs) > 1 and name != "QAT" else "none",
+        )  # QAT rows are different methods
     for b, m in QAT.items():
         ax.annotate(m, (b + 0.06, statistics.mean(qat[b])), fontsize=7, xytext=(4, -3), textcoords="offset points")
-    ax.set(xlabel="weight bits", ylabel="eval bits/byte (lower is better)",
-           title="tiny: PTQ of a trained FP model vs QAT, mean ± std over 3 seeds")
+    ax.set(
+        xlabel="weight bits",
+        ylabel="eval bits/byte (lower is better)",
+        title="tiny: PTQ of a trained FP model vs QAT, mean ± std over 3 seeds",
+    )
     ax.set_xticks([1, 1.58, 2, 3, 4], ["1", "1.58", "2", "3", "4"])
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,6 +1,6 @@
 """Prints a method's peak LR at the CPU sizes (configs/transformer.py's CPU_LR) as run.sh's grids spell it.
 
-    python experiments/quant_choice/lr.py b158   # → 3e-3
+python experiments/quant_choice/lr.py b158   # → 3e-3
 """
 
 import os
