@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.step_time import make_config  # noqa: E402
-from bitjax.train import checkpoint as ckpt_lib  # noqa: E402
-from bitjax.train import trainer  # noqa: E402
+from benchmarks.step_time import make_config
+from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import trainer
 
 FIELDS = (
     "argument_size_in_bytes",

@@ -26,9 +26,9 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax.eval.sample import generate  # noqa: E402
-from bitjax.models import transformer  # noqa: E402
-from bitjax.nn.packed import PROJECTIONS, map_projections, pack_model, projection_bytes  # noqa: E402
+from bitjax.eval.sample import generate
+from bitjax.models import transformer
+from bitjax.nn.packed import PROJECTIONS, map_projections, pack_model, projection_bytes
 
 EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
 

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax.train import config as config_lib  # noqa: E402
-from bitjax.models import transformer  # noqa: E402
-from bitjax.train import checkpoint as ckpt_lib  # noqa: E402
-from bitjax.train import trainer  # noqa: E402
+from bitjax.models import transformer
+from bitjax.train import checkpoint as ckpt_lib
+from bitjax.train import config as config_lib
+from bitjax.train import trainer
 
 
 def make_config(args, layout, method, policy):

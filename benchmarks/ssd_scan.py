@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax.nn.ssd import ssd_chunked, ssd_sequential  # noqa: E402
+from bitjax.nn.ssd import ssd_chunked, ssd_sequential
 
 
 def main():

@@ -27,8 +27,8 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bitjax import sweep  # noqa: E402
-from bitjax.train import trainer  # noqa: E402
+from bitjax import sweep
+from bitjax.train import trainer
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "transformer.py")
 # Extra CPU-sized transformer shapes beside the presets: size → (preset it starts from, config.model overrides).

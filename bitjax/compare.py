@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bitjax import errors
-from bitjax import sweep
+from bitjax import errors, sweep
 from bitjax.train import workdir as workdir_lib
 
 MARKER = ".bitjax_compare"  # in each WORKDIR/<method> this tool created: only those does it replace

@@ -30,9 +30,9 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
     that already holds checkpoints (nothing there is overwritten).
     """
     from bitjax import config as config_lib
-    from bitjax.train import config as train_config
     from bitjax.export.hf import load_hf
     from bitjax.train import checkpoint as ckpt_lib
+    from bitjax.train import config as train_config
     from bitjax.train import trainer
 
     model_cfg, model = load_hf(hf_dir)

@@ -230,7 +230,7 @@ def run(
         "method": method,
         "bits": bits,
         "group_size": group_size,
-        "calib_sequences": int(len(tokens)),
+        "calib_sequences": len(tokens),
         "source": os.path.abspath(workdir),
         "source_step": int(step),
     }

@@ -148,7 +148,7 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     get_config = _load_module(path).get_config
     kinds = {}
     for key, values in grids:
-        field = key[len("config.") :] if key.startswith("config.") else key
+        field = key.removeprefix("config.")
         if key.startswith("config."):
             kinds[key] = ("field", field)
             continue
@@ -416,7 +416,7 @@ def main(argv=None):
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     fixed = []
     for r in rest:  # --config.a.b=V, one token each
-        m = re.fullmatch(r"--config\.([\w.]+)=(.*)", r, re.S)
+        m = re.fullmatch(r"--config\.([\w.]+)=(.*)", r, re.DOTALL)
         if not m:
             raise errors.UserError(f"unrecognized argument {r!r} (fields are set as --config.FIELD=VALUE)")
         fixed.append((m[1], m[2]))

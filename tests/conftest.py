@@ -11,7 +11,7 @@ if "xla_force_host_platform_device_count" not in flags:
 
 sys.path.insert(0, os.path.dirname(__file__))  # test modules share helpers (test_validation → test_trainer)
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

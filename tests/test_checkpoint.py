@@ -34,7 +34,7 @@ def make_state(mesh, seed=0):
     c = optim.default_config()
     c.update(warmup_steps=2, schedule="two_stage")
     tx, _ = optim.make_optimizer(c, 10)
-    init = lambda: nnx.state((m := Tiny(nnx.Rngs(seed)), nnx.Optimizer(m, tx, wrt=nnx.Param)))  # noqa: E731
+    init = lambda: nnx.state((m := Tiny(nnx.Rngs(seed)), nnx.Optimizer(m, tx, wrt=nnx.Param)))
     abstract = jax.eval_shape(init)
     shardings = M.param_shardings(abstract, mesh)
     return jax.jit(init, out_shardings=shardings)(), abstract_with_shardings(abstract, shardings)

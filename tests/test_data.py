@@ -3,15 +3,35 @@
 import os
 import time
 
-from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitjax import data
 from bitjax.data import builders, text
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu héllo wörld naïve café 東京 😀").split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "héllo",
+    "wörld",
+    "naïve",
+    "café",
+    "東京",
+    "😀",
+]
 
 
 def write_corpus(root, n_files=40, lines=12, seed=0):

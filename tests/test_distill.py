@@ -8,12 +8,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_trainer import losses, tiny_config
 
 from bitjax import errors
 from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import distill
-from bitjax.train import trainer
-from test_trainer import losses, tiny_config
+from bitjax.train import distill, trainer
 
 
 # ---------------------------------------------------------------- the loss, restated in numpy

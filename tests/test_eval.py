@@ -6,18 +6,17 @@ here directly; the harness tests run lm-eval on task YAMLs and JSONL data writte
 
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
-from bitjax.eval import perplexity, sample, scoring
-from bitjax.eval import __main__ as eval_cli
-from bitjax.train import trainer
 from test_trainer import tiny_config
+
+from bitjax.eval import __main__ as eval_cli
+from bitjax.eval import perplexity, sample, scoring
+from bitjax.train import trainer
 
 SEQ = 32  # tiny_config's seq_len: the model's context for evaluation
 
@@ -139,6 +138,7 @@ class Req:  # the part of lm_eval.api.instance.Instance that models read
 def test_harness_registers_bitjax_and_loads_a_workdir(run):
     pytest.importorskip("lm_eval")
     from lm_eval.api.registry import get_model
+
     from bitjax.eval.harness import BitjaxLM
 
     assert get_model("bitjax") is BitjaxLM

@@ -20,16 +20,16 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 pytest.importorskip("accelerate")  # transformers' BitNet quantizer refuses to load without it
 
-from test_trainer import tiny_config  # noqa: E402
+from test_trainer import tiny_config
 
-from bitjax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bitjax.export import __main__ as export_cli  # noqa: E402
-from bitjax.export.hf import latent_from_codes, load_hf, save_hf  # noqa: E402
-from bitjax.import_hf import import_hf  # noqa: E402
-from bitjax.models import transformer as T  # noqa: E402
-from bitjax.quant.weights import ternary_absmean_codes  # noqa: E402
-from bitjax import errors  # noqa: E402
-from bitjax.train import trainer  # noqa: E402
+from bitjax import errors
+from bitjax.data.tokenizers import ByteTokenizer
+from bitjax.export import __main__ as export_cli
+from bitjax.export.hf import latent_from_codes, load_hf, save_hf
+from bitjax.import_hf import import_hf
+from bitjax.models import transformer as T
+from bitjax.quant.weights import ternary_absmean_codes
+from bitjax.train import trainer
 
 pytestmark = pytest.mark.slow
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -159,7 +159,8 @@ def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
     export_cli.main(["--workdir", workdir, "--format", "hf", "--out", hf_dir])
     base = tiny_config("b158", steps=60, data_dir=data_dir)
     import_hf(hf_dir, imported, base)
-    from bitjax.sample import load, main as sample_main
+    from bitjax.sample import load
+    from bitjax.sample import main as sample_main
 
     setup, params = load(imported)
     back = setup.model(params)

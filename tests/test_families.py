@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 from ml_collections import ConfigDict, FieldReference
+from test_trainer import tiny_config
 
 from bitjax import config as config_lib
 from bitjax import models
 from bitjax.models import transformer
 from bitjax.nn.params import param
 from bitjax.train import trainer
-from test_trainer import tiny_config
 
 
 def bigram_config():
@@ -100,6 +100,7 @@ def test_compare_and_step_time_take_any_config_file_and_the_demo_is_unchanged():
     import importlib.util
     import os
     import sys
+
     from bitjax import compare
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,10 +7,10 @@ from flax import nnx
 
 gguf = pytest.importorskip("gguf")
 
-from bitjax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bitjax.export.gguf import save_gguf  # noqa: E402
-from bitjax.models import transformer as T  # noqa: E402
-from bitjax.quant.weights import ternary_absmean_codes  # noqa: E402
+from bitjax.data.tokenizers import ByteTokenizer
+from bitjax.export.gguf import save_gguf
+from bitjax.models import transformer as T
+from bitjax.quant.weights import ternary_absmean_codes
 
 
 def b158(**kw):

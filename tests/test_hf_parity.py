@@ -13,11 +13,11 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from transformers.integrations import bitnet as hf_bitnet  # noqa: E402
+from transformers.integrations import bitnet as hf_bitnet
 
-from bitjax.export.hf import to_hf_model  # noqa: E402
-from bitjax.models import transformer as T  # noqa: E402
-from bitjax.quant import absmax_act, ternary_absmean  # noqa: E402
+from bitjax.export.hf import to_hf_model
+from bitjax.models import transformer as T
+from bitjax.quant import absmax_act, ternary_absmean
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bitjax.export.hf import hf_config, hf_quantized, hf_state_dict, to_hf_model  # noqa: E402
-from bitjax.models import mamba2 as M  # noqa: E402
+from bitjax.export.hf import hf_config, hf_quantized, hf_state_dict, to_hf_model
+from bitjax.models import mamba2 as M
 
 pytestmark = pytest.mark.slow
 V = 97

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_trainer import FILES, losses, tiny_config
 
 from bitjax import models
 from bitjax.models import mamba2 as M
 from bitjax.train import trainer
-from test_trainer import FILES, losses, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,6 +160,7 @@ def test_a_stacked_bimamba_student_distils_from_a_transformer_teacher(data_dir, 
     """Bi-Mamba's recipe (FBI-LLM's loss: CE to the teacher's softmax) with a teacher of another family: the
     step's distill_loss equals a numpy restatement over both models' logits, and the run trains on it."""
     import json
+
     from test_distill import np_distill
 
     teacher = str(tmp_path / "teacher")

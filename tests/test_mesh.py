@@ -4,7 +4,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from bitjax.train import mesh as M
@@ -117,7 +118,7 @@ def test_param_shardings_from_metadata():
 def test_param_shardings_jit_init_and_optimizer_state():
     mesh = mesh222()
     tx = optax.adamw(1e-3)
-    init = lambda: nnx.state(nnx.Optimizer(Tiny(), tx, wrt=nnx.Param))  # noqa: E731
+    init = lambda: nnx.state(nnx.Optimizer(Tiny(), tx, wrt=nnx.Param))
     abstract = jax.eval_shape(init)
     shard = M.param_shardings(abstract, mesh)
     specs = _specs(shard)

@@ -50,7 +50,7 @@ def test_two_stage_lr_drop_and_wd_to_zero():
         stage2_frac=0.5,
     )
     lr_fn, wd_fn = optim.make_schedules(c, T)
-    stage1 = lambda t: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))  # noqa: E731
+    stage1 = lambda t: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))
     assert float(lr_fn(W)) == pytest.approx(lr)
     assert float(lr_fn(49)) == pytest.approx(lr * stage1(49))  # ~ 0.56 * lr: cosine half way
     assert float(lr_fn(50)) == pytest.approx(lr * s2)  # sudden drop

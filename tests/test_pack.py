@@ -1,6 +1,5 @@
 """Packing (bitjax.export.pack): exact round trips, HF's own layout, bits per weight at the 1b shapes."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

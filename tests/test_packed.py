@@ -1,6 +1,5 @@
 """Packed inference (bitjax.nn.packed): 2-bit codes in memory, the training model's logits and greedy tokens."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -8,11 +8,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from test_trainer import tiny_config
 
 from bitjax import ptq
 from bitjax.eval import scoring
 from bitjax.train import trainer
-from test_trainer import tiny_config
 
 CALIB = 8
 

@@ -10,11 +10,11 @@ import struct
 import subprocess
 
 import pytest
+from test_trainer import FILES, tiny_config
 
 from bitjax import errors
 from bitjax.train import trainer
 from bitjax.train import workdir as workdir_lib
-from test_trainer import FILES, tiny_config
 
 
 def steps_logged(workdir):

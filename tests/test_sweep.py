@@ -115,10 +115,10 @@ def test_a_distilled_points_train_loss_is_its_label_loss(config_file, tmp_path):
     path = os.path.join(wd, point.name, "metrics.jsonl")
     rows = [json.loads(line) for line in open(path)]
     with open(path, "w") as f:
-        for r in rows:
-            f.write(
-                json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5, "distill_loss": 9.0}) + "\n"
-            )
+        f.writelines(
+            json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5, "distill_loss": 9.0}) + "\n"
+            for r in rows
+        )
     r = sweep.point_result(point, wd)
     assert r["train_loss"] == pytest.approx(1.5)
     assert r["curve"] == [(s, pytest.approx(5.5 - s)) for s in (1, 2, 3, 4)]

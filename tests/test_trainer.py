@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from bitjax.train import config as train_config
 from bitjax.models import transformer
+from bitjax.train import config as train_config
 from bitjax.train import trainer
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -181,6 +181,7 @@ def test_sample_cli_generates_from_a_checkpoint(data_dir, tmp_path):
 def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
     """The 1b preset's train step traces and lowers with fsdp × tensor sharding (no compile: seconds)."""
     import importlib.util
+
     from bitjax.train import checkpoint
 
     spec = importlib.util.spec_from_file_location(

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from test_trainer import tiny_config
 
 from bitjax import config as config_lib
 from bitjax.train import config as train_config
 from bitjax.train import trainer
-from test_trainer import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,9 +25,8 @@ from __future__ import annotations
 import collections
 
 import jax
-import numpy as np
-
 import lm_eval.models  # noqa: F401  (registers the harness's own models before ours: see get_model)
+import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 

@@ -4,8 +4,9 @@
         [--include_path tasks/] [--limit N] [--output_path out/]
 """
 
-import bitjax.eval.harness  # noqa: F401  (registers `bitjax`)
 from lm_eval.__main__ import cli_evaluate
+
+import bitjax.eval.harness  # noqa: F401  (registers `bitjax`)
 
 if __name__ == "__main__":
     cli_evaluate()

@@ -61,6 +61,7 @@ def gguf_name(hf_name: str) -> str:
 def wtilde_torch(kernel) -> np.ndarray:
     """b1.58's W̃ = codes·γ in torch orientation (out, in), float32, from a latent kernel (in, out)."""
     import jax.numpy as jnp
+
     from bitjax.quant.weights import ternary_absmean_codes
 
     codes, gamma = ternary_absmean_codes(jnp.asarray(kernel))
@@ -149,6 +150,7 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
 
     kernels = {}  # HF name → latent kernel (in, out), for W̃
     from flax import nnx
+
     from bitjax import models
     from bitjax.nn.layer_stack import unstack_layers
 

@@ -36,7 +36,8 @@ and the mesh errors read the family from config.model.name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bitjax.models import mamba2, transformer
 from bitjax.models.transformer import SIZES, Transformer, validate_config
@@ -150,8 +151,8 @@ def hf_param_names(model) -> dict[str, str]:
 
 
 __all__ = [
-    "Family",
     "SIZES",
+    "Family",
     "Transformer",
     "default_config",
     "describe",

@@ -17,7 +17,7 @@ and builds and runs them through this module, so ``config.model.scan_layers`` an
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

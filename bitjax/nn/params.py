@@ -8,7 +8,7 @@ would otherwise try to shard at creation and demand a mesh context).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from flax import nnx

@@ -1,8 +1,5 @@
 """Quantizers: pure functions with straight-through gradient rules, a name registry, and recipes."""
 
-from bitjax.quant.billm import billm
-from bitjax.quant.gptq import gptq, gptq_codes, hessian
-from bitjax.quant.int8_matmul import fake_quant_matmul, int8_matmul, integer_forms
 from bitjax.quant.activations import (
     absmax_act,
     absmax_codes,
@@ -12,6 +9,9 @@ from bitjax.quant.activations import (
     topk_absmax_act,
     topk_mask,
 )
+from bitjax.quant.billm import billm
+from bitjax.quant.gptq import gptq, gptq_codes, hessian
+from bitjax.quant.int8_matmul import fake_quant_matmul, int8_matmul, integer_forms
 from bitjax.quant.recipes import METHODS, Recipe, Rule, get_method, parse_rules, plan, recipe
 from bitjax.quant.registry import QuantSpec, get_act_quantizer, get_weight_quantizer
 from bitjax.quant.ste import GRADIENT_RULES, rule_derivative, straight_through

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from bitjax.quant.registry import QuantSpec, parse_options
 

@@ -250,7 +250,7 @@ class Checkpointer:
         for i, s in enumerate(steps):
             try:
                 return self._read_meta(s)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if i == len(steps) - 1:
                     raise
                 logger.warning(

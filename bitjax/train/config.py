@@ -15,9 +15,8 @@ from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
 from bitjax.data import config as data_config
-from bitjax.train import distill
+from bitjax.train import distill, optim
 from bitjax.train import mesh as mesh_lib
-from bitjax.train import optim
 
 NONFINITE_POLICIES = ("skip", "stop")
 

@@ -53,7 +53,7 @@ def validate_config(cfg, name: str = "config.distill") -> None:
         if not ok:
             raise ValueError(f"{name}.{field}={cfg[field]!r} is invalid: {fix}")
 
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     need(isinstance(cfg.teacher_workdir, str), "teacher_workdir", "must be '' (off) or a run's workdir")
     need(cfg.loss in LOSSES, "loss", f"choose one of {LOSSES}")
     need(num(cfg.temperature) and cfg.temperature > 0, "temperature", "must be a number > 0")

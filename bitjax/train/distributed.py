@@ -43,7 +43,7 @@ def any_process(flag: bool) -> bool:
     """True if `flag` is set on any process (a collective: every process must call it)."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
     import numpy as np
+    from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))

@@ -85,8 +85,8 @@ def validate_config(opt_cfg, total_steps: int, name: str = "config.optim") -> Co
             value = total_steps if field == "total_steps" else cfg.get(field)
             raise ValueError(f"{name}.{field} = {value!r}: {why}")
 
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     need(cfg.get("name") == "adamw", "name", "only 'adamw' is implemented")
     need(is_int(total_steps) and total_steps >= 1, "total_steps", "must be an int >= 1")
     need(num(cfg.get("lr")) and cfg.lr > 0, "lr", "must be > 0")

@@ -106,7 +106,7 @@ class Lock:
         except (OSError, ValueError):  # empty or torn: the writer died between create and write
             return {}
 
-    def acquire(self) -> "Lock":
+    def acquire(self) -> Lock:
         workdir = os.path.dirname(self.path)
         for _ in range(3):  # a competing run may take over the same stale lock at the same moment
             if self._create():

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from bitjax import sweep  # noqa: E402
+from bitjax import sweep
 
 TEACHERS = {
     "teacher_mamba2": "Bi-Mamba, distilled from FP Mamba-2",

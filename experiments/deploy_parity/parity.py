@@ -19,13 +19,13 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
 
-from bitjax.export.hf import load_hf, save_hf, to_hf_model  # noqa: E402
-from bitjax.sample import load  # noqa: E402
+from bitjax.export.hf import load_hf, save_hf, to_hf_model
+from bitjax.sample import load
 
 
 def gap(a, b):

@@ -14,8 +14,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "quant_choice"))
-from combine import ms, results  # noqa: E402
-from lr import ROOT, cpu_lr  # noqa: E402
+from combine import ms, results
+from lr import ROOT, cpu_lr
 
 SEEDS = ["0", "1", "2"]
 PTQ = {"rtn": (2, 3, 4), "gptq": (2, 3, 4), "billm": (1,)}

@@ -14,10 +14,10 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lr import ROOT, cpu_lr  # noqa: E402
+from lr import ROOT, cpu_lr
 
 sys.path.insert(0, ROOT)
-from bitjax import sweep  # noqa: E402
+from bitjax import sweep
 
 METHODS = ["fp", "b158", "bitnet", "a48", "fbi", "onebit", "pb_llm", "rtn2", "rtn3", "rtn4"]
 TUNING_LRS = ["3e-4", "1e-3", "3e-3", "1e-2"]  # run.sh step 1: {1e-3, 3e-3}, then one more past the better
@@ -150,7 +150,7 @@ def main(workdir, out):
         )
     rows = list({(r["size"], r["quant"], r["lr"], r["seed"]): r for r in rows}.values())
     bpb = {k: [r["eval_bpb"] for r in rs] for k, rs in groups.items()}
-    mean = lambda k, m: statistics.mean(bpb[(k, m)])  # noqa: E731
+    mean = lambda k, m: statistics.mean(bpb[(k, m)])
     keys = ["tiny", "mini"]
     lines += [
         "",

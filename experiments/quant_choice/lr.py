@@ -8,7 +8,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from bitjax import sweep  # noqa: E402
+from bitjax import sweep
 
 
 def cpu_lr(method: str) -> str:
