@@ -12,9 +12,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# ruff's lint and format checks (pyproject.toml); .ci/run runs them before the tests
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: install
 	$(PY) -m bitjax.compare
 
-.PHONY: install test demo
+.PHONY: install test lint demo
