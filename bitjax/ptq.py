@@ -6,7 +6,7 @@
 Calibration: `--calib_sequences` sequences of the run's train split (its first batches, config.seq_len
 tokens each). The embedding runs once; then for each decoder layer in order, on the calibration
 activations that come out of the already-quantized earlier layers (and earlier projections of this
-layer), each projection's input X is captured, H = hessian(X) = 2XᵀX/n, and its kernel W (in, out) is
+layer), each projection's input X is captured, H = hessian(X) = 2XᵀX/n (n sequences), and its kernel W (in, out) is
 replaced by W̃:
     q/k/v_proj   share X = input_layernorm(h)           → one H for the three
     o_proj       X = the attention output (after attn_sub_norm), with q/k/v already quantized
@@ -68,7 +68,8 @@ _quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4))  # compile
 
 
 def layer_error(w: jax.Array, wq: jax.Array, h: jax.Array) -> float:
-    """tr((W − W̃)ᵀ H (W − W̃)): the output error GPTQ minimises, = 2‖XW − XW̃‖²/n for H = hessian(X)."""
+    """tr((W − W̃)ᵀ H (W − W̃)): the output error GPTQ minimises, = 2‖XW − XW̃‖²/n for H = hessian(X)
+    (n calibration sequences)."""
     d = (w - wq).astype(jnp.float32)
     return float(jnp.sum(d * (h @ d)))
 

@@ -143,3 +143,38 @@ def test_bad_shapes_are_named():
         gptq_codes(jnp.asarray(w), jnp.asarray(h), 4, 10)
     with pytest.raises(ValueError, match="supports 2..8 bits"):
         gptq_codes(jnp.asarray(w), jnp.asarray(h), 1)
+
+
+def np_add_batch(batches):
+    """The reference's ``GPTQ.add_batch`` (gptq.py) over calibration batches, each (b, L, in) or (L, in):
+    H ← H·n/(n + b); n += b; x ← √(2/n)·x; H += x xᵀ, with b the batch's sequence count (1 for 2-D)."""
+    H, n = 0.0, 0
+    for inp in batches:
+        inp = inp[None] if inp.ndim == 2 else inp
+        tmp = inp.shape[0]
+        x = inp.reshape(-1, inp.shape[-1]).T.astype(np.float64)
+        H = H * n / (n + tmp)
+        n += tmp
+        x = np.sqrt(2 / n) * x
+        H = H + x @ x.T
+    return H
+
+
+def test_hessian_is_normalised_per_sequence_as_the_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16, 8)).astype(np.float32)
+    want = np_add_batch([x[:2], x[2:5], x[5:]])  # in three batches: the running mean equals one pass
+    np.testing.assert_allclose(np.asarray(hessian(jnp.asarray(x))), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(hessian(jnp.asarray(x[0]))), np_add_batch([x[0]]), rtol=1e-5)
+
+
+def test_gptq_with_dead_inputs_equals_the_reference_from_its_calibration_inputs():
+    """With dead inputs (H_ii := 1) the scale of H matters: from the same X, W̃ equals the reference's."""
+    rng = np.random.default_rng(1)
+    x = 0.05 * rng.standard_normal((4, 32, 64)).astype(np.float32)  # small activations: diag H ≪ 1
+    x[..., ::2] = 0  # half the inputs dead: their H_ii := 1 dominates the damping's mean(diag H)
+    w = rng.standard_normal((64, 24)).astype(np.float32)
+    H = np_add_batch([x])
+    Q, S, Z = np_gptq(w, H, 3)
+    got = gptq(jnp.asarray(w), hessian(jnp.asarray(x)), 3)
+    np.testing.assert_allclose(np.asarray(got), S * (Q - Z), atol=1e-4)

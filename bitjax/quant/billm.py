@@ -5,7 +5,7 @@ Quantization for LLMs"), pure JAX, following the authors' code (Aaronhuang-778/B
 run.sh (``braq``, ``--salient_metric hessian``, ``--blocksize 128``).
 
 Kernel W (in, out) (a torch (out, in) weight transposed: the reference's "columns" are our input rows),
-H = 2XᵀX/n (:func:`bitjax.quant.gptq.hessian`). As in GPTQ (same preamble,
+H = 2XᵀX/n over n calibration sequences (:func:`bitjax.quant.gptq.hessian`). As in GPTQ (same preamble,
 :func:`bitjax.quant.gptq.prepare`): dead inputs zeroed, H dampened, U = chol(H⁻¹)ᵀ upper. Then for each
 block of `block_size` input rows [a, b) (the last one may be shorter), with d_i = U_ii:
 

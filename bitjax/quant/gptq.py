@@ -27,6 +27,8 @@ otherwise an exact reordering of the loop above and are left to XLA.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -34,9 +36,15 @@ from bitjax.quant.weights import rtn_grid, rtn_round, rtn_scale
 
 
 def hessian(x: jax.Array) -> jax.Array:
-    """H = 2 XᵀX / n for calibration inputs x (…, in), float32 (in, in)."""
+    """H = 2 XᵀX / n for calibration inputs x (n, L, in) (or (L, in), n = 1), float32 (in, in).
+
+    n counts sequences, not tokens, as the reference's ``add_batch`` (gptq.py: ``tmp = inp.shape[0]``
+    after ``unsqueeze(0)`` of a 2-D input). GPTQ's updates and BiLLM's saliency are invariant to a
+    constant factor of H except through the dead-input fix H_ii := 1, which this normalisation matches.
+    """
+    n = 1 if x.ndim == 2 else math.prod(x.shape[:-2])
     x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
-    return 2.0 * (x.T @ x) / x.shape[0]
+    return 2.0 * (x.T @ x) / n
 
 
 def prepare(w: jax.Array, h: jax.Array, damp: float = 0.01, act_order: bool = False):
