@@ -132,6 +132,34 @@ def test_optimizer_with_nnx_optimizer():
     assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.parametrize("which", ["matrices", "all"])
+def test_weight_decay_params_decide_which_params_decay(which):
+    """With zero gradients AdamW's update is −lr·wd·p exactly on decayed params, 0 elsewhere; 'all' (FBI's
+    and Bi-Mamba's reference AdamW over model.parameters()) decays norms, α, scales, biases, embeddings."""
+    model = Net(nnx.Rngs(0))
+    params = jax.tree.map(lambda p: p + 1.0, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # no zeros
+    params["qstate"] = {"mask": jnp.ones((4, 4))}  # frozen quantizer state: never decayed
+    lr, wd = 0.1, 0.5
+    c = cfg(warmup_steps=0, schedule="constant", lr=lr, weight_decay=wd, grad_clip=0.0, weight_decay_params=which)
+    tx, _ = optim.make_optimizer(c, 10)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    decayed = {".".join(str(k.key) for k in path) for path, u in flat if bool(jnp.any(u != 0))}
+    for path, u in flat:
+        p = params
+        for k in path:
+            p = p[k.key]
+        name = ".".join(str(k.key) for k in path)
+        want = -lr * wd * np.asarray(p) if name in decayed else 0.0
+        np.testing.assert_allclose(np.asarray(u), want, rtol=1e-6, err_msg=name)
+    every = {".".join(str(k.key) for k in path) for path, _ in flat} - {"qstate.mask"}
+    if which == "matrices":
+        assert decayed == {"attn.q_proj.kernel", "lm_head.kernel", "mlp.up.kernel"}
+    else:
+        assert decayed == every and "mlp.alpha" in every and "input_norm.scale" in every
+
+
 def test_clipping_by_global_norm():
     g = {"a": jnp.full((2, 2), 3.0), "b": jnp.full((4,), 4.0)}  # global norm = sqrt(36 + 64) = 10
     params = jax.tree.map(jnp.zeros_like, g)
@@ -158,6 +186,7 @@ def test_clipping_by_global_norm():
         (dict(schedule="two_stage", stage2_lr_ratio=0.05), "config.optim.stage2_lr_ratio"),
         (dict(grad_clip=-1.0), "config.optim.grad_clip"),
         (dict(name="lion"), "config.optim.name = 'lion'"),
+        (dict(weight_decay_params="some"), "config.optim.weight_decay_params = 'some'"),
     ],
 )
 def test_bad_config(kw, needle):

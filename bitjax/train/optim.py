@@ -31,6 +31,7 @@ As in optax/PyTorch AdamW the decay is decoupled and scaled by the LR:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -51,6 +52,10 @@ SCHEDULES = ("cosine", "linear", "constant", "two_stage")
 # name, case-insensitive) contains one of these substrings...
 WD_EXCLUDE = ("norm", "scale", "alpha", "beta", "bias", "embed", "qstate")
 # ...or when it has fewer than 2 dims (gains, biases, per-channel scalars).
+# `weight_decay_params='all'` decays every parameter instead, as PyTorch's AdamW(model.parameters())
+# does in FBI-LLM's and Bi-Mamba's reference training (their learnable α, β included); only the frozen
+# quantizer state is never decayed (it has no gradient and must stay what init computed).
+WD_PARAMS = {"matrices": (WD_EXCLUDE, 2), "all": (("qstate",), 0)}  # name → (exclude, min rank)
 
 
 def default_config() -> ConfigDict:
@@ -65,6 +70,7 @@ def default_config() -> ConfigDict:
             b2=0.95,
             eps=1e-8,
             weight_decay=0.1,
+            weight_decay_params="matrices",  # 'matrices' (see WD_EXCLUDE) | 'all' (FBI/Bi-Mamba reference)
             grad_clip=1.0,  # global-norm clip; 0 disables
             stage2_frac=0.5,  # two_stage: fraction of total_steps where stage 2 starts
             stage2_lr_ratio=1.0 / 3.0,  # two_stage: stage-2 peak as a fraction of lr
@@ -101,6 +107,11 @@ def validate_config(opt_cfg, total_steps: int, name: str = "config.optim") -> Co
     need(num(cfg.get("b2")) and 0 <= cfg.b2 < 1, "b2", "must be in [0, 1)")
     need(num(cfg.get("eps")) and cfg.eps > 0, "eps", "must be > 0")
     need(num(cfg.get("weight_decay")) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(
+        cfg.get("weight_decay_params") in WD_PARAMS,
+        "weight_decay_params",
+        f"must be one of {tuple(WD_PARAMS)}",
+    )
     need(num(cfg.get("grad_clip")) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
     if cfg.schedule == "two_stage":
         need(num(cfg.get("stage2_frac")) and 0 < cfg.stage2_frac < 1, "stage2_frac", "must be in (0, 1)")
@@ -166,22 +177,22 @@ def _key_name(k) -> str:
     return str(k)
 
 
-def _decay_fn(exclude: Sequence[str]) -> Callable[[tuple, Any], bool]:
+def _decay_fn(exclude: Sequence[str], min_rank: int = 2) -> Callable[[tuple, Any], bool]:
     pat = re.compile("|".join(map(re.escape, exclude)), re.IGNORECASE) if exclude else None
 
     def decays(path, leaf) -> bool:
         value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        if len(getattr(value, "shape", ())) < 2:
+        if len(getattr(value, "shape", ())) < min_rank:
             return False
         return not (pat and any(pat.search(_key_name(k)) for k in path))
 
     return decays
 
 
-def weight_decay_mask(params, exclude: Sequence[str] = WD_EXCLUDE):
+def weight_decay_mask(params, exclude: Sequence[str] = WD_EXCLUDE, min_rank: int = 2):
     """Bool pytree (a prefix of ``params``): True where weight decay applies.
 
-    Rule: a leaf is decayed iff it has >= 2 dims AND no component of its key
+    Rule: a leaf is decayed iff it has >= `min_rank` (2) dims AND no component of its key
     path contains (case-insensitively) any of ``exclude`` — by default 'norm',
     'scale', 'alpha', 'beta', 'bias', 'embed'. Matching any component (not just
     the leaf's own name) catches e.g. ``input_norm.weight``. 'embed' also
@@ -192,13 +203,14 @@ def weight_decay_mask(params, exclude: Sequence[str] = WD_EXCLUDE):
     pytree of arrays; the decision depends only on names and ranks, so it is
     static under jit.
     """
-    return jax.tree_util.tree_map_with_path(_decay_fn(exclude), params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    decays = _decay_fn(exclude, min_rank)
+    return jax.tree_util.tree_map_with_path(decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def decayed_param_names(params, exclude: Sequence[str] = WD_EXCLUDE) -> list[str]:
+def decayed_param_names(params, exclude: Sequence[str] = WD_EXCLUDE, min_rank: int = 2) -> list[str]:
     """Dotted paths of the params that get weight decay (for logging and tests)."""
     leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
-    decays = _decay_fn(exclude)
+    decays = _decay_fn(exclude, min_rank)
     return sorted(".".join(_key_name(k) for k in p) for p, x in leaves if decays(p, x))
 
 
@@ -209,7 +221,7 @@ def make_optimizer(
 
     ``tx = chain(clip_by_global_norm(grad_clip) [if grad_clip > 0],
     adamw(lr_schedule, b1, b2, eps, weight_decay=wd [schedule for two_stage],
-    mask=weight_decay_mask))``. Use it directly with ``nnx.Optimizer(model, tx,
+    mask=weight_decay_mask by weight_decay_params))``. Use it directly with ``nnx.Optimizer(model, tx,
     wrt=nnx.Param)``. Raises ``ValueError`` naming the bad ``config.optim`` field.
     """
     opt_cfg = validate_config(opt_cfg, total_steps, name)
@@ -219,7 +231,7 @@ def make_optimizer(
     parts = []
     if opt_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(opt_cfg.grad_clip)))
-    parts.append(
-        optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=weight_decay_mask)
-    )
+    exclude, min_rank = WD_PARAMS[opt_cfg.weight_decay_params]
+    mask = functools.partial(weight_decay_mask, exclude=exclude, min_rank=min_rank)
+    parts.append(optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=mask))
     return optax.chain(*parts), lr_fn
