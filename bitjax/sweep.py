@@ -13,7 +13,10 @@ Without --grid, the config file's `get_sweep()` (a dict KEY → list of values) 
 `--config.x=y` flags apply to every point.
 
 Each point trains in WORKDIR/<point name> (`quant=b158,seed=1`), in this process, one after the other.
-Re-running skips finished points and resumes interrupted ones (the trainer's exact resume).
+Re-running skips finished points and resumes interrupted ones (the trainer's exact resume); a point
+whose directory holds a run started with another config (a rerun with changed flags) is refused before
+anything trains, naming the fields. A diverged point is listed as failed in results.md, the other points
+train, and the sweep exits 1 at the end.
 For many machines, `--shard i/n` runs every n-th point from the i-th; `--print_commands` prints one
 `python -m bitjax.main` command per point instead of running (for a SLURM job array, a TPU queue);
 `--collect` only gathers what is on disk. Every invocation writes, over the finished points:
@@ -120,6 +123,33 @@ def _load_module(path: str):
     return mod
 
 
+def _arguments(get_config) -> set[str]:
+    """The argument names a config file's get_config accepts (from its parse_arg error, which lists them)."""
+    try:
+        get_config("bitjax_sweep_probe=0")
+    except ValueError as e:
+        m = re.search(r"known: \[([^\]]*)\]", str(e))
+        if m:
+            return {a.strip().strip("'\"") for a in m[1].split(",") if a.strip()}
+    return set()
+
+
+def _no_field(config, path: str) -> str:
+    """'config.optim has no field 'lrr' (did you mean 'lr'?)': where `path` leaves the config tree."""
+    import difflib
+
+    node, parents = config, []
+    for part in path.split("."):
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            where = ".".join(["config", *parents])
+            near = difflib.get_close_matches(part, keys, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; its fields: {', '.join(sorted(keys))}"
+            return f"{where} has no field {part!r}{hint}"
+        node, parents = node[part], [*parents, part]
+    return f"config.{path} is not a field"
+
+
 def parse_grid(text: str) -> tuple[str, list[str]]:
     """'quant=fp,b158' → ('quant', ['fp', 'b158'])."""
     key, eq, values = text.partition("=")
@@ -157,10 +187,20 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
             kinds[key] = ("arg", key)
         except ValueError as e:  # not an argument (or a bad value of one): a field, if there is one
             if not _has_field(base, field):
+                args = _arguments(get_config)
+                if "." in key:  # a field path that does not exist
+                    raise errors.UserError(f"--grid {key}: {_no_field(base, field)}") from None
+                if key not in args:
+                    known = f" (its arguments: {', '.join(sorted(args))})" if args else ""
+                    raise errors.UserError(
+                        f"--grid {key}: not an argument of {path}{known}, and {_no_field(base, field)}"
+                    ) from None
                 raise errors.UserError(f"--grid {key}={values[0]}: {errors.one_line(e)}") from None
             kinds[key] = ("field", field)
-    if len({k for k, _ in grids}) < len(grids):
-        raise errors.UserError(f"--grid: a key appears twice in {[k for k, _ in grids]}")
+    targets = [kinds[k] for k, _ in grids]  # 'seed' and 'config.seed' are one field
+    twice = sorted({f"{kind} {t}" for kind, t in targets if targets.count((kind, t)) > 1})
+    if twice:
+        raise errors.UserError(f"--grid: {', '.join(twice)} is set by two --grid flags; give it one")
     points = []
     for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in grids]):
         values = dict(combo)
@@ -226,19 +266,54 @@ def finished(wd: str, total_steps: int) -> bool:
     )
 
 
+RECORD = "sweep_point.json"  # in each point's directory: the full config the point was started with
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_record(point: Point, wd: str, config) -> None:
+    """UserError when `wd` holds a run this point started with another config (a rerun with changed flags):
+    its results would be reported as the new settings'. Fields that differ are named."""
+    path = os.path.join(wd, RECORD)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flat(json.load(f))
+    now = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diffs:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diffs[:4])
+        more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        raise errors.UserError(
+            f"point {point.name}: {wd} holds a run of another config ({shown}{more}): "
+            f"use another --workdir, or delete {wd} to train it again"
+        )
+
+
 def run_point(point: Point, workdir: str, config=None) -> dict | None:
     """Trains `point` in workdir/<name> unless finished there (resuming an interrupted run).
 
-    Returns the trainer's final metrics, or None when the point was already finished.
+    Returns the trainer's final metrics, or None when the point was already finished. A point started
+    afresh records its config (RECORD) so that a rerun with other flags is refused, not skipped.
     """
     from bitjax.train import trainer  # jax only when something trains
 
     config = point.config() if config is None else config
     wd = os.path.join(workdir, point.name)
+    check_record(point, wd, config)
     if finished(wd, config.total_steps):
         print(f"=== {point.name}: finished in {wd}, skipped")
         return None
     print(f"\n=== {point.name} → {wd}")
+    if not os.path.isdir(os.path.join(wd, "checkpoints")) and not os.path.exists(os.path.join(wd, RECORD)):
+        os.makedirs(wd, exist_ok=True)
+        with open(os.path.join(wd, RECORD), "w") as f:
+            json.dump(config.to_dict(), f, indent=1, default=str)
     return trainer.train(config, wd)
 
 
@@ -253,6 +328,7 @@ def point_result(point: Point, workdir: str, config=None) -> dict | None:
     """
     config = point.config() if config is None else config
     wd = os.path.join(workdir, point.name)
+    check_record(point, wd, config)
     if not finished(wd, config.total_steps):
         return None
     rows = _metrics_rows(wd)
@@ -291,8 +367,10 @@ def _mean_std(xs: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(xs), fmt)} ± {format(statistics.stdev(xs), fmt)}"
 
 
-def write_results(points: list[Point], workdir: str) -> list[dict]:
-    """WORKDIR/results.csv, results.md and the plots, over the finished points; returns their results."""
+def write_results(points: list[Point], workdir: str, failed: dict[str, str] | None = None) -> list[dict]:
+    """WORKDIR/results.csv, results.md and the plots, over the finished points; returns their results.
+
+    failed: point name → why it stopped (a diverged run), listed under the table."""
     results = [r for r in (point_result(p, workdir) for p in points) if r is not None]
     keys = list(points[0].values) if points else []
     ratio = _fp_reference(results, keys)
@@ -331,6 +409,8 @@ def write_results(points: list[Point], workdir: str) -> list[dict]:
         if ratio:
             cells.append(_mean_std([r["step_time_vs_fp"] for r in rs], ".3f"))
         lines.append("| " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "Failed (not in the table):"] + [f"- {name}: {why}" for name, why in failed.items()]
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(results, groups, group_keys, workdir)
@@ -432,23 +512,33 @@ def main(argv=None):
         for pt in mine:
             print(pt.command(args.workdir))
         return points
+    configs = {pt.name: pt.config() for pt in points}
+    for pt in points:  # a rerun with other flags is refused before anything trains
+        check_record(pt, os.path.join(args.workdir, pt.name), configs[pt.name])
+    failed = {}
     if not args.collect:
         for i, pt in enumerate(mine):
             print(f"\n[{i + 1}/{len(mine)}] ", end="")
-            config = pt.config()
-            if run_point(pt, args.workdir, config) is not None and not finished(
-                os.path.join(args.workdir, pt.name), config.total_steps
-            ):
+            config = configs[pt.name]
+            try:
+                out = run_point(pt, args.workdir, config)
+            except FloatingPointError as e:  # a diverged point is an outcome: record it, train the others
+                failed[pt.name] = errors.one_line(e)
+                print(f"\n{pt.name} diverged ({failed[pt.name]}); going on with the other points")
+                continue
+            if out is not None and not finished(os.path.join(args.workdir, pt.name), config.total_steps):
                 # the trainer stopped early and checkpointed (SIGTERM/SIGINT): so does the sweep
                 print(f"\n{pt.name} stopped before step {config.total_steps}; the same command resumes the sweep")
                 break
-    results = write_results(points, args.workdir)
+    results = write_results(points, args.workdir, failed)
     with open(os.path.join(args.workdir, "results.md")) as f:
         print("\n" + f.read())
     print(
         f"wrote {args.workdir}/results.csv, results.md"
         + ("" if not results else " (+ plots where matplotlib is installed)")
     )
+    if failed:
+        raise FloatingPointError(f"{len(failed)} point(s) diverged: {', '.join(failed)} (see results.md)")
     return results
 
 

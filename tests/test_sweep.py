@@ -163,3 +163,65 @@ def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, dat
     sweep.main(argv)
     assert capsys.readouterr().out.count("skipped") == 2
     assert open(os.path.join(wd, "results.csv")).read() == before
+
+
+@pytest.mark.parametrize(
+    "grids, match",
+    [
+        (["optim.lrr=1e-3"], "config.optim has no field 'lrr' (did you mean 'lr'?)"),
+        (["nosuch=1"], "not an argument of"),
+        (["seed=0,1", "config.seed=2"], "field seed is set by two --grid flags"),
+    ],
+)
+def test_grid_key_messages_name_the_field(config_file, tmp_path, capsys, grids, match):
+    argv = ["--config", config_file, "--workdir", str(tmp_path / "sw")] + [f"--grid={g}" for g in grids]
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and match in err and err.count("\n") == 1, err
+
+
+def _recorded_fake_run(point, wd):
+    """A finished point as run_point leaves it: the fake run plus the config record it was started with."""
+    _fake_run(os.path.join(wd, point.name), 4, 1.0, 2.0, 1000)
+    with open(os.path.join(wd, point.name, sweep.RECORD), "w") as f:
+        json.dump(point.config().to_dict(), f, default=str)
+
+
+def test_a_rerun_with_changed_flags_is_refused_not_reported_as_new(config_file, tmp_path, capsys):
+    wd = str(tmp_path / "sw")
+    base = ["--config", config_file, "--grid", "quant=fp", "--workdir", wd]
+    (point,) = sweep.make_points(config_file, [("quant", ["fp"])])
+    _recorded_fake_run(point, wd)
+    sweep.main(base)  # same flags: finished, skipped, reported
+    assert "skipped" in capsys.readouterr().out
+    before = open(os.path.join(wd, "results.csv")).read()
+    for extra in (["--config.optim.lr=0.02"], ["--config.optim.lr=0.02", "--collect"]):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(base + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "optim.lr: 0.003 there, 0.02 now" in err and err.count("\n") == 1, err
+        assert open(os.path.join(wd, "results.csv")).read() == before  # the old numbers not rewritten
+
+
+def test_a_diverging_point_is_recorded_and_the_others_still_train(config_file, tmp_path, monkeypatch, capsys):
+    wd = str(tmp_path / "sw")
+    trained = []
+
+    def fake_train(config, point_wd):
+        name = os.path.basename(point_wd)
+        trained.append(name)
+        if "b158" in name:
+            raise FloatingPointError("non-finite loss at step 2; the last good checkpoint is step 0")
+        _fake_run(point_wd, config.total_steps, 1.0, 2.0, 1000)
+        return {"eval_bpb": 2.0}
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--config", config_file, "--grid", "quant=b158,fp", "--workdir", wd])
+    assert e.value.code == 1 and "1 point(s) diverged: quant=b158" in capsys.readouterr().err
+    assert trained == ["quant=b158", "quant=fp"]  # the point after the diverged one trained
+    rows = list(csv.DictReader(open(os.path.join(wd, "results.csv"))))
+    assert [r["point"] for r in rows] == ["quant=fp"]
+    md = open(os.path.join(wd, "results.md")).read()
+    assert "Failed (not in the table):\n- quant=b158: non-finite loss at step 2" in md
