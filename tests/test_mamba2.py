@@ -77,8 +77,13 @@ def test_init_is_mamba_ssm_s():
     np.testing.assert_array_equal(p["layers.0.mixer.D"].get_value(), 1.0)
     k = np.asarray(p["layers.0.mixer.conv1d.kernel"].get_value())
     assert k.shape == (4, 2 * 64 + 2 * 8) and np.abs(k).max() <= 0.5  # U(±1/√4)
-    out = np.asarray(p["layers.0.mixer.out_proj.kernel"].get_value())
-    assert abs(out.std() - 0.02 / np.sqrt(2)) < 0.003  # rescaled by 1/√n_layers
+    # mixer_seq_simple._init_weights: Linears keep torch's kaiming_uniform_(a=√5), bound gain·√(3/fan_in)
+    # with gain = √(2/(1 + a²)); out_proj is then divided by √(n_residuals_per_layer · n_layer) = √(1 · 2)
+    kaiming = lambda fan_in: np.sqrt(2 / (1 + 5)) * np.sqrt(3 / fan_in)
+    for name, bound in (("in_proj", kaiming(64)), ("out_proj", kaiming(2 * 64) / np.sqrt(2))):
+        w = np.asarray(p[f"layers.0.mixer.{name}.kernel"].get_value())
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.97 * bound, name  # uniform: fills ±bound
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.03 * bound / np.sqrt(3), name  # U(±b) has std b/√3
 
 
 def test_every_param_has_logical_axes_known_to_the_default_rules():

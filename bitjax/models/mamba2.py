@@ -187,6 +187,17 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
 
 
 # ============================================================================ modules
+def torch_linear_init(scale: float = 1.0):
+    """torch nn.Linear's default weight init for a kernel (in, out): kaiming_uniform(a=√5), whose bound
+    gain·√(3/fan_in) with gain = √(2/(1 + a²)) is 1/√fan_in; times `scale`: U(±scale/√in)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = scale / math.sqrt(shape[0])
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 class CausalConv1d(nnx.Module):
     """Depthwise causal convolution over time: y_t = bias + Σ_{k<K} kernel_k ⊙ x_{t−K+1+k}  (Mamba-2 §7.1).
 
@@ -254,8 +265,10 @@ class Mamba2Mixer(nnx.Module):
             cfg.d_state,
             cfg.chunk_size,
         )
-        init = lambda std: nnx.initializers.normal(stddev=std)
-        # mamba_ssm's LM init: Linear ~ N(0, 0.02); out_proj rescaled by 1/√n_layers (rescale_prenorm_residual)
+        # mamba_ssm's LM init (mixer_seq_simple._init_weights): its Linears keep torch's default,
+        # kaiming_uniform(a=√5) = U(±1/√fan_in) (0.02 is for the embedding only), and with
+        # rescale_prenorm_residual out_proj is divided by √(n_residuals_per_layer · n_layer), 1 residual a
+        # block here (no MLP, d_intermediate = 0).
         self.in_proj = BitDense(
             cfg.d_model,
             w["in_proj"],
@@ -263,7 +276,7 @@ class Mamba2Mixer(nnx.Module):
             norm_eps=cfg.norm_eps,
             axes=("embed", "ssm_in"),
             dtype=dtype,
-            kernel_init=init(0.02),
+            kernel_init=torch_linear_init(),
             rngs=rngs,
         )
         self.conv1d = CausalConv1d(self.conv_dim, cfg.d_conv, use_bias=cfg.conv_bias, rngs=rngs)
@@ -280,7 +293,7 @@ class Mamba2Mixer(nnx.Module):
             norm_eps=cfg.norm_eps,
             axes=("heads", "embed"),
             dtype=dtype,
-            kernel_init=init(0.02 / math.sqrt(cfg.n_layers)),
+            kernel_init=torch_linear_init(1.0 / math.sqrt(cfg.n_layers)),
             rngs=rngs,
         )
 
