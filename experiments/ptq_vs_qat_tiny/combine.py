@@ -14,7 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "quant_choice"))
-from combine import ms, results
+from combine import ms, point, results
 from lr import ROOT, cpu_lr
 
 SEEDS = ["0", "1", "2"]
@@ -47,7 +47,7 @@ def main(qc_workdir, ptq_workdir, out):
                 )
     qat = {}
     for b, m in QAT.items():
-        for r in results(qc_workdir, "tiny", m, cpu_lr(m), SEEDS):
+        for r in results(qc_workdir, point("tiny", m, cpu_lr(m)), SEEDS):
             qat.setdefault(b, []).append(r["eval_bpb"])
             rows.append(
                 {
