@@ -168,7 +168,7 @@ def test_option_reaches_every_quantized_projection(method):
     tokens = jnp.zeros((1, 6), jnp.int32)
     for on in (False, True):
         model = T.Transformer(tiny_config(method, int8_matmul=on, dtype="bfloat16"), rngs=nnx.Rngs(0))
-        hlo = jax.jit(lambda t: model(t)).lower(tokens).as_text()
+        hlo = jax.jit(lambda t, model=model: model(t)).lower(tokens).as_text()
         int_dots = [line for line in hlo.splitlines() if "dot_general" in line and "xi8>" in line]
         assert len(int_dots) == (7 * 2 if on else 0)  # 7 projections × 2 layers; lm_head stays fp
 

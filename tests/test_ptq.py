@@ -45,7 +45,7 @@ def kernels(params):
 
 @pytest.mark.parametrize("name", ["rtn2", "gptq2", "billm"])
 def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
-    out, result = outs[name]
+    out, _result = outs[name]
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
     assert {

@@ -116,7 +116,7 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
             "GGUF export is for b1.58 runs (quant.method='b158'); fp runs: export to HF "
             "(--format hf) and use llama.cpp's convert_hf_to_gguf.py"
         )
-    arch, kw = hf_config(cfg)
+    kw = hf_config(cfg)[1]
     fix = []
     if not cfg.sub_norm:
         fix.append("--config.model.sub_norm=True (llama.cpp's bitnet has attn_sub_norm/ffn_sub_norm)")

@@ -403,7 +403,7 @@ def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax
     n = w32.shape[-2] * w32.shape[-1]
     if criterion == "magnitude":
         a = jnp.abs(w32)
-        k = int(math.ceil(frac * n))
+        k = math.ceil(frac * n)
         if k == 0:
             return jnp.zeros(w.shape, bool)
         kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
