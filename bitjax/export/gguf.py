@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitjax.export.hf import PROJECTIONS, hf_config, hf_quantized, hf_state_dict, require
+from bitjax.export.hf import hf_config, hf_quantized, hf_state_dict, require
+from bitjax.models.transformer import PROJECTIONS
 
 BLOCK = 256  # QK_K
 GGUF_TYPES = ("tq2_0", "tq1_0")
