@@ -137,7 +137,11 @@ def test_gradients_equal_the_fake_quant_paths_bit_for_bit(name, dtype):
     ],
 )
 def test_layer_refuses_specs_without_int8_codes(spec):
-    with pytest.raises(ValueError, match="int8 matmul needs integer-coded quantizers"):
+    with pytest.raises(
+        ValueError,
+        match=r"int8 matmul needs integer-coded quantizers \(act absmax<b>, topk_absmax<b>, absmean<b> with b ≤ 8; "
+        r"weight ternary_absmean with granularity 'tensor' or 'channel'\)",
+    ):
         BitDense(64, 32, quant=spec, int8_matmul=True, rngs=nnx.Rngs(0))
 
 
