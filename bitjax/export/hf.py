@@ -22,7 +22,7 @@ from flax import nnx
 
 from bitjax import models
 from bitjax.models import mamba2
-from bitjax.models.transformer import PROJECTIONS
+from bitjax.models.transformer import PROJECTIONS, default_config
 from bitjax.nn.layer_stack import unstack_layers
 from bitjax.quant.registry import QuantSpec
 
@@ -110,8 +110,6 @@ class Architecture:
 
 def _transformer_from_hf(hf_cfg: dict, arch: str):
     """config.model of an HF BitNetForCausalLM / LlamaForCausalLM config.json dict (see model_config_from_hf)."""
-    from bitjax.models.transformer import default_config
-
     q = hf_cfg.get("quantization_config") or {}
     if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
         raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
