@@ -4,7 +4,7 @@
 
 Three twins of one random-init b158 model (bfloat16 compute), timed side by side in interleaved rounds:
   bf16     each projection holds W̃ = codes·γ precomputed in bfloat16 (what an unpacked export ships)
-  packed   bitjax.nn.packed.PackedDense: uint8 codes (2 bits/weight) + 1/γ, unpacked inside the matmul
+  packed   bitjax.export.packed.PackedDense: uint8 codes (2 bits/weight) + 1/γ, unpacked inside the matmul
   latent   the training model: float32 latent kernels re-quantized every call
 Decode = bitjax.eval.sample.generate (one jitted prefill + fori_loop of one-token steps), greedy, a
 prompt of 8 tokens; tokens/s counts generated tokens only, compile excluded. The three must produce the
@@ -27,8 +27,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bitjax.eval.sample import generate
+from bitjax.export.packed import map_projections, pack_model, projection_bytes, projections
 from bitjax.models import transformer
-from bitjax.nn.packed import PROJECTIONS, map_projections, pack_model, projection_bytes
 
 EXTRA = {"cpu_m": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_dim=1536)}
 
@@ -50,13 +50,8 @@ def bf16_model(model):
 
 
 def bf16_bytes(model):
-    return sum(
-        getattr(o, n).w[...].nbytes
-        for l in model.layers
-        for o in (l.self_attn, l.mlp)
-        for n in PROJECTIONS
-        if hasattr(o, n)
-    )
+    """Bytes of the projections' W̃ in bfloat16 (what bf16_model holds), from the latent model."""
+    return sum(2 * m.kernel[...].size for m in projections(model))
 
 
 def main():
@@ -88,7 +83,7 @@ def main():
                 times[k].append(time.perf_counter() - t)
         tps = {k: args.tokens * args.batch / statistics.median(v) for k, v in times.items()}
         nbytes = {
-            "bf16": bf16_bytes(models["bf16"]),
+            "bf16": bf16_bytes(latent),
             "packed": projection_bytes(models["packed"]),
             "latent": projection_bytes(latent),
         }

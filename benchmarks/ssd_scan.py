@@ -11,6 +11,7 @@ Reports the median time and each chunked variant's speed-up over the scan. --gra
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -45,7 +46,7 @@ def main():
     B, C = (jnp.asarray(r.standard_normal((b, l, g, n)), jnp.float32) for _ in range(2))
     D = jnp.ones((h,), jnp.float32)
 
-    fns = {f"chunked Q={q}": (lambda q: lambda *a: ssd_chunked(*a, q, D=D))(int(q)) for q in args.chunks.split(",")}
+    fns = {f"chunked Q={q}": functools.partial(ssd_chunked, chunk_size=int(q), D=D) for q in args.chunks.split(",")}
     fns["sequential scan"] = lambda *a: ssd_sequential(*a, D=D)
     if args.grad:
         fns = {k: jax.grad(lambda *a, f=f: jnp.sum(f(*a)[0] ** 2), argnums=(0, 1, 3, 4)) for k, f in fns.items()}

@@ -14,9 +14,10 @@ replaced by W̃:
     down_proj    X = act(gate)·up (after ffn_sub_norm), with gate/up already quantized
 Only one H is held at a time. embed_tokens, lm_head and the norms stay full precision (as in GPTQ).
 
-Methods: `rtn` (round to nearest on GPTQ's grid; ignores H), `gptq` (bitjax.quant.gptq), both k-bit
-asymmetric per output channel or per `--group_size` input rows; `billm` (bitjax.quant.billm,
-binarization: --bits 1, the default for it).
+Methods (bitjax.quant.ptq_methods): `rtn` (round to nearest on GPTQ's grid; ignores H), `gptq`
+(bitjax.quant.gptq), both k-bit asymmetric per output channel or per `--group_size` input rows; `billm`
+(bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
+`--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
 --out becomes an ordinary run directory: checkpoints/ holding the run's config (still method 'fp')
 with W̃ in place of each projection kernel (the fake-quantized weights are used as they are), so
@@ -43,25 +44,19 @@ from bitjax import errors
 from bitjax.eval import scoring
 from bitjax.models import transformer
 from bitjax.nn import layer_stack
-from bitjax.quant import weights
-from bitjax.quant.billm import billm
-from bitjax.quant.gptq import gptq, hessian
+from bitjax.quant import ptq_methods
+from bitjax.quant.gptq import hessian
 from bitjax.train import checkpoint as ckpt_lib
 from bitjax.train import trainer
 from bitjax.train import workdir as workdir_lib
 
 MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
-METHODS = ("rtn", "gptq", "billm")
 
 
 # ============================================================================ quantizers
 def quantize_kernel(w: jax.Array, h: jax.Array, method: str, bits: int, group_size: int | None) -> jax.Array:
-    """W̃ (in, out) of kernel w (in, out) given its input Hessian h (in, in)."""
-    if method == "rtn":
-        return weights.rtn(w, bits, "channel" if group_size is None else int(group_size))
-    if method == "gptq":
-        return gptq(w, h, bits, group_size)
-    return billm(w, h)  # blocks of 128 input rows, as the reference
+    """W̃ (in, out) of kernel w (in, out) given its input Hessian h (in, in), by PTQ method `method`."""
+    return ptq_methods.get(method).quantize(w, h, bits, group_size)
 
 
 _quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4))  # compiled once per kernel shape
@@ -169,13 +164,10 @@ def run(
     step: int | None = None,
 ) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json."""
-    if method not in METHODS:
-        raise errors.UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    bits = (1 if method == "billm" else 4) if bits is None else bits
-    if method == "billm" and bits != 1:
-        raise errors.UserError(f"--bits {bits}: billm binarizes (--bits 1); use rtn or gptq for {bits} bits")
-    if method != "billm" and not 2 <= bits <= 8:
-        raise errors.UserError(f"--bits {bits}: {method} takes 2 to 8 bits")
+    try:
+        method, bits = ptq_methods.resolve(method, bits)
+    except ValueError as e:
+        raise errors.UserError(f"--method {method!r}{'' if bits is None else f' --bits {bits}'}: {e}") from None
     if group_size is not None and group_size < 1:
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
     if calib_sequences < 1:
@@ -199,12 +191,13 @@ def run(
         )
     if group_size is not None:
         dims = {mcfg.d_model, mcfg.mlp_dim, mcfg.n_heads * (mcfg.head_dim or mcfg.d_model // mcfg.n_heads)}
-        if method == "billm" or any(d % group_size for d in dims):
+        grouped = ptq_methods.get(method).grouped
+        if not grouped or any(d % group_size for d in dims):
             raise errors.UserError(
                 f"--group_size {group_size}: "
                 + (
-                    "billm has no groups"
-                    if method == "billm"
+                    f"{method} has no groups"
+                    if not grouped
                     else f"must divide every projection's input size {sorted(dims)}"
                 )
             )
@@ -261,7 +254,9 @@ def run(
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a trained full-precision run")
-    p.add_argument("--method", required=True, help="rtn | gptq | billm")
+    p.add_argument(
+        "--method", required=True, help="rtn | gptq | billm, or with the bits in the name as QAT's: rtn4, gptq3"
+    )
     p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq (default 4); billm: 1")
     p.add_argument("--group_size", type=int, default=None, help="input rows per (scale, zero) (default: per channel)")
     p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences from the train split")

@@ -110,7 +110,7 @@ def split_arg(arg: str) -> dict[str, str]:
 def _has_field(config, path: str) -> bool:
     node = config
     for part in path.split("."):
-        if not hasattr(node, "keys") or part not in node.keys():
+        if not hasattr(node, "keys") or part not in node:
             return False
         node = node[part]
     return True
@@ -391,8 +391,10 @@ def write_results(points: list[Point], workdir: str, failed: dict[str, str] | No
     if ratio:
         head.append("step time / fp's (same other grid values)")
     lines = [
-        f"{len(results)} of {len(points)} points finished; mean ± std over "
-        f"{', '.join(k for k in keys if k not in group_keys) or 'one run'}.",
+        (
+            f"{len(results)} of {len(points)} points finished; mean ± std over "
+            f"{', '.join(k for k in keys if k not in group_keys) or 'one run'}."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -50,7 +50,7 @@ def test_ce_and_kl_differ_by_the_teachers_entropy_only():
     rng = np.random.default_rng(1)
     s, t = rng.normal(size=(1, 4, 7)).astype(np.float32), rng.normal(size=(1, 4, 7)).astype(np.float32)
     mask = np.ones((1, 4), np.float32)
-    g = {k: np.asarray(jax.grad(lambda x: distill.loss(x, t, mask, k, 2.0)[0])(s)) for k in ("ce", "kl")}
+    g = {k: np.asarray(jax.grad(lambda x, k=k: distill.loss(x, t, mask, k, 2.0)[0])(s)) for k in ("ce", "kl")}
     np.testing.assert_allclose(g["ce"], g["kl"], atol=1e-6)
     assert abs(float(distill.loss(t, t, mask, "kl", 1.0)[0])) < 1e-5
     assert np.all(np.asarray(jax.grad(lambda x: distill.loss(s, x, mask, "ce", 1.0)[0])(t)) == 0)  # frozen
@@ -206,7 +206,7 @@ def test_a_distilled_run_loads_for_eval_without_its_teacher(data_dir, teacher, t
 
     cfg = student(data_dir, teacher, steps=1, **{"optim.warmup_steps": 0})
     trainer.train(cfg, str(tmp_path / "s"))
-    setup, params = scoring.load(str(tmp_path / "s"), devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    setup, _params = scoring.load(str(tmp_path / "s"), devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
     assert setup.teacher is None and setup.config.distill.teacher_workdir == ""
     assert os.path.isdir(teacher)
 

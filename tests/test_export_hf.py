@@ -154,7 +154,7 @@ def test_latent_weights_requantize_to_the_packed_codes_and_scale():
 
 
 def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
-    workdir, model, config = trained
+    workdir, model, _config = trained
     hf_dir, imported = str(tmp_path / "hf"), str(tmp_path / "imported")
     export_cli.main(["--workdir", workdir, "--format", "hf", "--out", hf_dir])
     base = tiny_config("b158", steps=60, data_dir=data_dir)

@@ -118,3 +118,33 @@ def test_compare_and_step_time_take_any_config_file_and_the_demo_is_unchanged():
     c = step_time.make_config("a48", "small", 4, 32, os.path.join(root, "configs", "transformer.py"))
     assert (c.model.quant.method, c.model.d_model, c.batch_size, c.seq_len) == ("a48", 768, 4, 32)
     assert step_time.make_config("fp", "cpu_m", 4, 32).model.d_model == 512
+
+
+def test_hf_architectures_are_one_registry_and_unknown_ones_are_named():
+    from bitjax.export import hf
+
+    fp, bitnet = transformer.default_config(), transformer.default_config()
+    bitnet.sub_norm = True
+    mamba = models.default_config("mamba2")
+    assert [hf.architecture(c) for c in (fp, bitnet, mamba)] == [
+        "LlamaForCausalLM",
+        "BitNetForCausalLM",
+        "Mamba2ForCausalLM",
+    ]
+    assert {a.family for a in hf.ARCHITECTURES.values()} == {"transformer", "mamba2"}
+    with pytest.raises(
+        ValueError,
+        match=r"architecture 'GPT2LMHeadModel' is not known: LlamaForCausalLM or BitNetForCausalLM or Mamba2",
+    ):
+        hf.get_architecture("GPT2LMHeadModel")
+    with pytest.raises(
+        ValueError, match=r"architecture 'Mamba2ForCausalLM' is not imported: LlamaForCausalLM or BitNetForCausalLM$"
+    ):
+        hf.model_config_from_hf({"architectures": ["Mamba2ForCausalLM"]})
+    cfg = hf.model_config_from_hf(
+        dict(
+            architectures=["LlamaForCausalLM"],
+            **hf.hf_config(fp)[1],
+        )
+    )
+    assert config_lib.to_dict(cfg) == config_lib.to_dict(fp)  # the Llama round trip of the default config

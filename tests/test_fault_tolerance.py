@@ -73,7 +73,8 @@ def final_params(workdir):
 
 
 def run(args, **kw):
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+    # check=False: the assert below reports the output with the return code
+    p = subprocess.run(args, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p
 
@@ -127,12 +128,12 @@ def test_sigterm_checkpoints_and_exits_zero(data_dir, tmp_path):
     wait_for_step(wd, 5, proc)
     # meanwhile, a second run on the same workdir is refused: one line, exit 2, nothing touched
     second = subprocess.run(
-        cli(wd, data_dir, 100_000), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+        cli(wd, data_dir, 100_000), check=False, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 2 and "in use by a live run" in second.stderr, second.stderr[-3000:]
     assert proc.poll() is None  # the first run is still going
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     steps = [int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit()]
     assert steps and 5 <= max(steps) < 100_000  # the step it was on, not the end
@@ -160,7 +161,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
         for i in range(2)
     ]
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        _out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-5000:]
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 6

@@ -137,7 +137,11 @@ def test_gradients_equal_the_fake_quant_paths_bit_for_bit(name, dtype):
     ],
 )
 def test_layer_refuses_specs_without_int8_codes(spec):
-    with pytest.raises(ValueError, match="int8 matmul needs integer-coded quantizers"):
+    with pytest.raises(
+        ValueError,
+        match=r"int8 matmul needs integer-coded quantizers \(act absmax<b>, topk_absmax<b>, absmean<b> with b ≤ 8; "
+        r"weight ternary_absmean with granularity 'tensor' or 'channel'\)",
+    ):
         BitDense(64, 32, quant=spec, int8_matmul=True, rngs=nnx.Rngs(0))
 
 
@@ -168,7 +172,7 @@ def test_option_reaches_every_quantized_projection(method):
     tokens = jnp.zeros((1, 6), jnp.int32)
     for on in (False, True):
         model = T.Transformer(tiny_config(method, int8_matmul=on, dtype="bfloat16"), rngs=nnx.Rngs(0))
-        hlo = jax.jit(lambda t: model(t)).lower(tokens).as_text()
+        hlo = jax.jit(lambda t, model=model: model(t)).lower(tokens).as_text()
         int_dots = [line for line in hlo.splitlines() if "dot_general" in line and "xi8>" in line]
         assert len(int_dots) == (7 * 2 if on else 0)  # 7 projections × 2 layers; lm_head stays fp
 

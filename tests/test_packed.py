@@ -1,4 +1,4 @@
-"""Packed inference (bitjax.nn.packed): 2-bit codes in memory, the training model's logits and greedy tokens."""
+"""Packed inference (bitjax.export.packed): 2-bit codes in memory, the training model's logits and greedy tokens."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +7,9 @@ from flax import nnx
 
 from bitjax.eval.sample import generate
 from bitjax.export.pack import pack_ternary_2bit
+from bitjax.export.packed import PackedDense, pack_model, projection_bytes, unpack_2bit
+from bitjax.models import mamba2 as M
 from bitjax.models import transformer as T
-from bitjax.nn.packed import PackedDense, pack_model, projection_bytes, unpack_2bit
 
 
 def b158(dtype="float32", **kw):
@@ -78,3 +79,19 @@ def test_only_per_tensor_ternary_layers_are_packed():
     cfg.quant.method = "bitnet"
     with pytest.raises(ValueError, match="PackedDense packs per-tensor ternary_absmean"):
         pack_model(T.Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_a_mamba2_models_projections_pack_too():
+    """Packing is family-neutral: a b158 Mamba-2's in_proj/out_proj pack, its logits unchanged."""
+    cfg = M.default_config()
+    cfg.update(dict(vocab_size=64, d_model=32, n_layers=2, d_state=8, headdim=16, chunk_size=8))
+    cfg.quant.method = "b158"
+    model = M.Mamba2LM(cfg, rngs=nnx.Rngs(0))
+    packed = pack_model(model)
+    assert isinstance(packed.layers[0].mixer.in_proj, PackedDense)
+    assert isinstance(packed.layers[1].mixer.out_proj, PackedDense)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, (2, 16)), jnp.int32)
+    fwd = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(np.asarray(fwd(packed, tokens)), np.asarray(fwd(model, tokens)))
+    n = sum(m.kernel[...].size for l in model.layers for m in (l.mixer.in_proj, l.mixer.out_proj))
+    assert projection_bytes(packed) == n // 4 + 4 * 2 * 2

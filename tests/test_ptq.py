@@ -12,6 +12,7 @@ from test_trainer import tiny_config
 
 from bitjax import ptq
 from bitjax.eval import scoring
+from bitjax.quant import ptq_methods
 from bitjax.train import trainer
 
 CALIB = 8
@@ -45,7 +46,7 @@ def kernels(params):
 
 @pytest.mark.parametrize("name", ["rtn2", "gptq2", "billm"])
 def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
-    out, result = outs[name]
+    out, _result = outs[name]
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
     assert {
@@ -145,3 +146,31 @@ def test_group_size_gives_one_grid_per_group_of_input_rows(method):
     groups = q.reshape(4, 16, 8)  # (group, row in group, output channel)
     assert max(len(np.unique(groups[g, :, o])) for g in range(4) for o in range(8)) <= 4
     assert max(len(np.unique(q[:, o])) for o in range(8)) > 4  # per channel it is not one 2-bit grid
+
+
+def test_ptq_methods_take_the_qat_recipes_names_and_refuse_unknown_ones():
+    # the QAT recipe's name and the bare name with bits are one method; the old command lines resolve as before
+    assert ptq_methods.resolve("rtn4") == ptq_methods.resolve("rtn", 4) == ptq_methods.resolve("rtn") == ("rtn", 4)
+    assert ptq_methods.resolve("gptq3") == ptq_methods.resolve("gptq", 3) == ("gptq", 3)
+    assert ptq_methods.resolve("rtn8", 8) == ("rtn", 8)
+    assert ptq_methods.resolve("billm") == ptq_methods.resolve("billm", 1) == ("billm", 1)
+    assert ptq_methods.METHODS == ("rtn", "gptq", "billm")
+    with pytest.raises(ValueError, match="rtn4 is 4-bit: drop the bits or use rtn3"):
+        ptq_methods.resolve("rtn4", 3)
+    with pytest.raises(ValueError, match="gptq takes 2 to 8 bits; use billm for 1 bits"):
+        ptq_methods.resolve("gptq1")
+    with pytest.raises(ValueError, match="billm binarizes"):
+        ptq_methods.resolve("billm", 3)
+    known = r"choose one of rtn, gptq, billm, rtn<k>, gptq<k>, billm<k> \(k = bits\)"
+    for name in ("awq", "awq4", "rtn_4", ""):
+        with pytest.raises(ValueError, match=rf"unknown PTQ method '{name}'; {known}"):
+            ptq_methods.resolve(name)
+    with pytest.raises(ValueError, match=rf"unknown PTQ method 'rtn4'; {known}"):
+        ptq_methods.get("rtn4")  # the registry holds the bare names; resolve() reads the bits off
+
+
+def test_the_qat_recipe_name_writes_the_same_run_as_the_bare_name_with_bits(outs, fp_run, tmp_path):
+    out = str(tmp_path / "rtn2")
+    assert ptq.run(fp_run, "rtn2", None, out, calib_sequences=CALIB) == outs["rtn2"][1]  # --method rtn --bits 2
+    with open(os.path.join(out, "ptq.json")) as a, open(os.path.join(outs["rtn2"][0], "ptq.json")) as b:
+        assert a.read() == b.read()

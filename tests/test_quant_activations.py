@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitjax.quant import activations as A
+from bitjax.quant.registry import get_act_quantizer
 
 EPS = 1e-5
 
@@ -131,3 +132,15 @@ def test_absmean_matches_a48_equation(bits):
 def test_bits_validated():
     with pytest.raises(ValueError, match="activation bits"):
         A.absmax_act(jnp.ones((2, 2)), 1)
+
+
+@pytest.mark.parametrize("name", ["absmin8", "absmax1", "absmax_v2_8", ""])
+def test_an_unknown_activation_quantizer_is_refused_naming_the_known_ones(name):
+    with pytest.raises(
+        ValueError,
+        match=rf"unknown activation quantizer '{name}'; choose one of \('none', 'absmax<b>', 'absmean<b>', "
+        r"'topk_absmax<b>', 'absmax_v1_<b>'\) \(b = bits in 2..16\)",
+    ):
+        get_act_quantizer(name)
+    assert get_act_quantizer("absmax_v1_8")[1:] == ({"bits": 8}, ("granularity",))
+    assert get_act_quantizer("topk_absmax4")[1:] == ({"bits": 4}, ("keep",))

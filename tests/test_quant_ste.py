@@ -85,8 +85,13 @@ def test_absmean_clipped_gradient_masks_outside_the_int4_range():
 
 
 def test_straight_through_validates():
-    with pytest.raises(ValueError, match="unknown gradient rule"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown gradient rule 'magic'; choose one of \('identity', 'clipped', 'approx_sign', 'tanh'\)",
+    ):
         straight_through(jnp.ones(2), jnp.ones(2), rule="magic")
+    with pytest.raises(ValueError, match=r"unknown gradient rule 'magic'; choose one of \('identity'"):
+        rule_derivative("magic", jnp.ones(2))
     with pytest.raises(ValueError, match="needs the normalized input"):
         straight_through(jnp.ones(2), jnp.ones(2), None, "clipped")
 

@@ -150,7 +150,7 @@ def test_binary_values_are_plus_minus_beta_and_sign0_is_plus():
     w = np.array([[0.0, 2.0, -2.0]], np.float32)  # α = 0 → sign(0) = +1, β = 4/3
     q = np.asarray(W.binary_mean(jnp.asarray(w)))
     np.testing.assert_allclose(q, [[4 / 3, 4 / 3, -4 / 3]], rtol=1e-6)
-    codes, beta = W.binary_mean_codes(jnp.asarray(w))
+    codes, _beta = W.binary_mean_codes(jnp.asarray(w))
     np.testing.assert_array_equal(np.asarray(codes), [[1, 1, -1]])
 
 
@@ -223,7 +223,7 @@ def test_rtn_symmetric_tie_rounds_half_to_even_like_torch():
     # sym, 2 bits: scale = 2·max|W|/3 and zero = 2, so W = −max|W| sits at W/scale = −1.5 exactly and
     # torch.round sends it to −2 (code 0): only an exact division keeps that tie.
     w = np.array([[-0.041500617], [0.01], [0.03]], np.float32)
-    codes, scale, zero = W.rtn_codes(jnp.asarray(w), 2, sym=True)
+    codes, _scale, _zero = W.rtn_codes(jnp.asarray(w), 2, sym=True)
     np.testing.assert_array_equal(np.asarray(codes)[:, 0], [0, 2, 3])
     np.testing.assert_array_equal(np.asarray(W.rtn(jnp.asarray(w), 2, sym=True)), np_rtn(w, 2, "channel", True))
 

@@ -190,7 +190,7 @@ def test_skips_are_warned_and_the_default_limit_is_proportionate(data_dir, tmp_p
     with pytest.raises(FloatingPointError, match=r"of \d+ steps skipped .*more than 2"):
         trainer.train(cfg, str(tmp_path))
     assert "update skipped" in caplog.text
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r["train_loss"] is None for r in rows)  # NaN is written as null: strict JSON
 
 

@@ -9,9 +9,9 @@ from jax.sharding import PartitionSpec as P
 from test_trainer import tiny_config
 
 from bitjax.export.hf import hf_state_dict
+from bitjax.export.packed import pack_model
 from bitjax.models import transformer as T
 from bitjax.nn import layer_stack as LS
-from bitjax.nn.packed import pack_model
 from bitjax.train import config as config_lib
 from bitjax.train import mesh as M
 from bitjax.train import trainer

@@ -131,6 +131,6 @@ def test_step_by_step_decoding_matches_sequential():
 
 
 def test_bad_shapes_are_refused():
-    x, dt, A, B, C, _, _ = map(lambda v: None if v is None else jnp.asarray(v), inputs(h=4, g=3))
+    x, dt, A, B, C, _, _ = (None if v is None else jnp.asarray(v) for v in inputs(h=4, g=3))
     with pytest.raises(ValueError, match="g dividing h"):
         ssd_chunked(x, dt, A, B, C, 8)

@@ -3,6 +3,7 @@ shards, scheduler commands, results.csv / results.md / plots."""
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -11,6 +12,12 @@ import pytest
 
 from bitjax import sweep
 from bitjax.train import trainer
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
 
 # A config file as a user writes one: get_config(arg) over the tests' tiny model and local corpus.
 CONFIG = """
@@ -92,11 +99,11 @@ def test_results_mean_std_over_seeds_and_fp_step_time_ratio(config_file, tmp_pat
     for p, (bpb, tok_s) in zip(points, [(2.0, 1000), (2.2, 1000), (3.0, 500), (3.4, 250)]):
         _fake_run(os.path.join(wd, p.name), 4, 1.0, bpb, tok_s)
     sweep.write_results(points, wd)
-    rows = list(csv.DictReader(open(os.path.join(wd, "results.csv"))))
+    rows = list(csv.DictReader(io.StringIO(read(os.path.join(wd, "results.csv")))))
     assert [r["point"] for r in rows] == [p.name for p in points]
     assert float(rows[2]["step_time_s"]) == pytest.approx(tokens / 500)
     assert [float(r["step_time_vs_fp"]) for r in rows] == pytest.approx([1, 1, 2, 4])  # same seed's fp
-    md = open(os.path.join(wd, "results.md")).read()
+    md = read(os.path.join(wd, "results.md"))
     assert "4 of 4 points finished; mean ± std over seed." in md
     assert "step time / fp's (same other grid values)" in md
     assert "| fp | 2 | 1.0000 ± 0.0000 | 1.1000 ± 0.0000 | 2.1000 ± 0.1414 | 1000 ± 0 | 1.000 ± 0.000 |" in md
@@ -113,7 +120,7 @@ def test_a_distilled_points_train_loss_is_its_label_loss(config_file, tmp_path):
     (point,) = sweep.make_points(config_file, [("quant", ["b158"])])
     _fake_run(os.path.join(wd, point.name), 4, 1.0, 2.0, 1000)  # the config file's 4 steps
     path = os.path.join(wd, point.name, "metrics.jsonl")
-    rows = [json.loads(line) for line in open(path)]
+    rows = [json.loads(line) for line in read(path).splitlines()]
     with open(path, "w") as f:
         f.writelines(
             json.dumps({**r, "train_loss": 9.0, "label_loss": r["train_loss"] + 0.5, "distill_loss": 9.0}) + "\n"
@@ -142,7 +149,7 @@ def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, dat
     sweep.main(argv)
     assert "quant=fp stopped before step 5" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(wd, "quant=b158"))
-    assert "0 of 2 points finished" in open(os.path.join(wd, "results.md")).read()
+    assert "0 of 2 points finished" in read(os.path.join(wd, "results.md"))
     monkeypatch.setattr(trainer, "train", real_train)
     sweep.main(argv)  # the same command resumes fp and trains b158
     out = capsys.readouterr().out
@@ -150,19 +157,19 @@ def test_two_point_sweep_trains_skips_when_finished_and_resumes(config_file, dat
     for name in ("quant=fp", "quant=b158"):
         with open(os.path.join(wd, name, "metrics.jsonl")) as f:
             assert [json.loads(l)["step"] for l in f] == [1, 2, 3, 4, 5]  # each step once
-    rows = list(csv.DictReader(open(os.path.join(wd, "results.csv"))))
+    rows = list(csv.DictReader(io.StringIO(read(os.path.join(wd, "results.csv")))))
     assert [r["quant"] for r in rows] == ["fp", "b158"] and all(0 < float(r["eval_bpb"]) < 20 for r in rows)
     assert float(rows[1]["step_time_vs_fp"]) > 0
-    assert "| b158 | 1 |" in open(os.path.join(wd, "results.md")).read()
+    assert "| b158 | 1 |" in read(os.path.join(wd, "results.md"))
 
     def no_training(*a, **k):
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(trainer, "train", no_training)
-    before = open(os.path.join(wd, "results.csv")).read()
+    before = read(os.path.join(wd, "results.csv"))
     sweep.main(argv)
     assert capsys.readouterr().out.count("skipped") == 2
-    assert open(os.path.join(wd, "results.csv")).read() == before
+    assert read(os.path.join(wd, "results.csv")) == before
 
 
 @pytest.mark.parametrize(
@@ -195,13 +202,13 @@ def test_a_rerun_with_changed_flags_is_refused_not_reported_as_new(config_file, 
     _recorded_fake_run(point, wd)
     sweep.main(base)  # same flags: finished, skipped, reported
     assert "skipped" in capsys.readouterr().out
-    before = open(os.path.join(wd, "results.csv")).read()
+    before = read(os.path.join(wd, "results.csv"))
     for extra in (["--config.optim.lr=0.02"], ["--config.optim.lr=0.02", "--collect"]):
         with pytest.raises(SystemExit) as e:
             sweep.main(base + extra)
         err = capsys.readouterr().err
         assert e.value.code == 2 and "optim.lr: 0.003 there, 0.02 now" in err and err.count("\n") == 1, err
-        assert open(os.path.join(wd, "results.csv")).read() == before  # the old numbers not rewritten
+        assert read(os.path.join(wd, "results.csv")) == before  # the old numbers not rewritten
 
 
 def test_a_diverging_point_is_recorded_and_the_others_still_train(config_file, tmp_path, monkeypatch, capsys):
@@ -221,7 +228,7 @@ def test_a_diverging_point_is_recorded_and_the_others_still_train(config_file, t
         sweep.main(["--config", config_file, "--grid", "quant=b158,fp", "--workdir", wd])
     assert e.value.code == 1 and "1 point(s) diverged: quant=b158" in capsys.readouterr().err
     assert trained == ["quant=b158", "quant=fp"]  # the point after the diverged one trained
-    rows = list(csv.DictReader(open(os.path.join(wd, "results.csv"))))
+    rows = list(csv.DictReader(io.StringIO(read(os.path.join(wd, "results.csv")))))
     assert [r["point"] for r in rows] == ["quant=fp"]
-    md = open(os.path.join(wd, "results.md")).read()
+    md = read(os.path.join(wd, "results.md"))
     assert "Failed (not in the table):\n- quant=b158: non-finite loss at step 2" in md

@@ -350,7 +350,7 @@ def test_registry_and_sizes():
         if c.vocab_size == 259:
             c.vocab_size = 32000
         T.validate_config(c)
-        abstract = nnx.eval_shape(lambda: T.Transformer(c, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda c=c: T.Transformer(c, rngs=nnx.Rngs(0)))
         counts[size] = sum(x.size for x in jax.tree.leaves(nnx.state(abstract)))
     assert 100e6 < counts["small"] < 150e6
     assert 0.9e9 < counts["1b"] < 1.3e9  # Llama 3.2 1B (1.24B with its 128k vocab)

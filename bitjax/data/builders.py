@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import os
 from collections.abc import Sequence
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -69,8 +70,8 @@ class PythonStdlib(_DocsBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
         tfds.core.BuilderConfig(
             name=text_lib.python_version_tag(), description="Standard library of this interpreter version."
         )
@@ -136,7 +137,7 @@ class TextFiles(_DocsBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
 
     def _split_generators(self, dl_manager):
         del dl_manager

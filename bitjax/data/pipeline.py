@@ -30,6 +30,7 @@ from bitjax.data import config as config_lib
 from bitjax.data import tokenizers as tok_lib
 from bitjax.data.text import DataError
 
+log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]  # inputs/targets int32[b, L], mask float32[b, L]
 
 _LOCAL_BUILDERS = ("python_stdlib", "text_files")
@@ -179,7 +180,7 @@ class EvalData:
         available = -(-len(self.dataset) // batch_size)
         self.num_batches = available if num_batches < 0 else min(num_batches, available)
         if available < num_batches:
-            logging.warning(
+            log.warning(
                 "config.data.eval_batches=%d but the validation split only fills %d batches; using %d.",
                 num_batches,
                 available,

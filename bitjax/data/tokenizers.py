@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 # SentencePiece's limit on one training sentence, in bytes; longer lines are cut into pieces below it
 # (the trainer would skip them, and fail with an opaque INTERNAL error if every line were too long).
 MAX_SENTENCE_BYTES = 16384
@@ -202,7 +203,7 @@ def train_sentencepiece(
             minloglevel=2,
         )
         os.replace(prefix + ".model", model_path)
-    logging.info("Trained SentencePiece model %s", model_path)
+    log.info("Trained SentencePiece model %s", model_path)
     return SentencePieceTokenizer(model_path)
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitjax.export.hf import PROJECTIONS, hf_config, hf_quantized, hf_state_dict, require
+from bitjax.export.hf import hf_config, hf_quantized, hf_state_dict, require
+from bitjax.models.transformer import PROJECTIONS
 
 BLOCK = 256  # QK_K
 GGUF_TYPES = ("tq2_0", "tq1_0")
@@ -117,7 +118,7 @@ def save_gguf(model, cfg, path: str, *, gguf_type: str = "tq2_0", tokenizer=None
             "GGUF export is for b1.58 runs (quant.method='b158'); fp runs: export to HF "
             "(--format hf) and use llama.cpp's convert_hf_to_gguf.py"
         )
-    arch, kw = hf_config(cfg)
+    kw = hf_config(cfg)[1]
     fix = []
     if not cfg.sub_norm:
         fix.append("--config.model.sub_norm=True (llama.cpp's bitnet has attn_sub_norm/ffn_sub_norm)")

@@ -13,6 +13,8 @@ export builds on this.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ from flax import nnx
 
 from bitjax import models
 from bitjax.models import mamba2
+from bitjax.models.transformer import PROJECTIONS, default_config
 from bitjax.nn.layer_stack import unstack_layers
 from bitjax.quant.registry import QuantSpec
 
@@ -43,40 +46,36 @@ def hf_state_dict(model) -> dict[str, np.ndarray]:
     return out
 
 
-def hf_config(cfg) -> tuple[str, dict]:
-    """(HF architecture, config kwargs) for config.model: BitNet when it has sub-norms, else Llama.
+def _mamba2_kwargs(cfg) -> dict:
+    w = mamba2.dims(cfg)
+    return dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        state_size=cfg.d_state,
+        conv_kernel=cfg.d_conv,
+        expand=cfg.expand,
+        head_dim=cfg.headdim,
+        num_heads=w["heads"],
+        n_groups=cfg.ngroups,
+        chunk_size=cfg.chunk_size,
+        use_bias=False,
+        use_conv_bias=cfg.conv_bias,
+        layer_norm_epsilon=cfg.norm_eps,
+        residual_in_fp32=True,
+        time_step_min=cfg.dt_min,
+        time_step_max=cfg.dt_max,
+        time_step_floor=cfg.dt_init_floor,
+        time_step_limit=(0.0, float("inf")),
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
 
-    BitNetForCausalLM always has attn_sub_norm/ffn_sub_norm and Llama never does, so `sub_norm`
-    decides. Quantization (BitNetQuantConfig) is not part of this dict. A mamba2 config → Mamba2ForCausalLM.
-    """
-    models.require_hf(cfg.name)
-    if cfg.get("name") == "mamba2":
-        w = mamba2.dims(cfg)
-        return "Mamba2ForCausalLM", dict(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.d_model,
-            num_hidden_layers=cfg.n_layers,
-            state_size=cfg.d_state,
-            conv_kernel=cfg.d_conv,
-            expand=cfg.expand,
-            head_dim=cfg.headdim,
-            num_heads=w["heads"],
-            n_groups=cfg.ngroups,
-            chunk_size=cfg.chunk_size,
-            use_bias=False,
-            use_conv_bias=cfg.conv_bias,
-            layer_norm_epsilon=cfg.norm_eps,
-            residual_in_fp32=True,
-            time_step_min=cfg.dt_min,
-            time_step_max=cfg.dt_max,
-            time_step_floor=cfg.dt_init_floor,
-            time_step_limit=(0.0, float("inf")),
-            tie_word_embeddings=cfg.tie_embeddings,
-        )
+
+def _llama_kwargs(cfg) -> dict:
     head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
     if cfg.sub_norm and head_dim * cfg.n_heads != cfg.d_model:
         raise ValueError("HF BitNet's attn_sub_norm has hidden_size features: it needs n_heads · head_dim == d_model")
-    kwargs = dict(
+    return dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         intermediate_size=cfg.mlp_dim,
@@ -90,7 +89,96 @@ def hf_config(cfg) -> tuple[str, dict]:
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         attention_bias=False,
     )
-    return ("BitNetForCausalLM" if cfg.sub_norm else "LlamaForCausalLM"), kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """An HF transformers architecture a bitjax family exports to (and imports from, with `from_hf`).
+
+    holds(cfg): whether config.model of `family` is this architecture; to_hf(cfg): its HF config kwargs;
+    bitnet: HF's BitNet quantizer (BitNetQuantConfig, b1.58) applies to it; from_hf(hf_cfg, arch) →
+    config.model, or None where bitjax does not import the architecture.
+    """
+
+    family: str
+    model_type: str
+    holds: Callable[[Any], bool]
+    to_hf: Callable[[Any], dict]
+    bitnet: bool
+    from_hf: Callable[[dict, str], Any] | None = None
+
+
+def _transformer_from_hf(hf_cfg: dict, arch: str):
+    """config.model of an HF BitNetForCausalLM / LlamaForCausalLM config.json dict (see model_config_from_hf)."""
+    q = hf_cfg.get("quantization_config") or {}
+    if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
+        raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
+    rope = hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_type {rope.get('rope_type')!r} is not implemented in bitjax (default RoPE only)")
+    if hf_cfg.get("attention_bias") or hf_cfg.get("mlp_bias"):
+        raise ValueError("attention_bias / mlp_bias are not implemented in bitjax")
+    act = {"relu2": "relu2", "silu": "silu"}.get(hf_cfg.get("hidden_act", "silu"))
+    if act is None:
+        raise ValueError(f"hidden_act {hf_cfg['hidden_act']!r} is not implemented (silu, relu2)")
+    d, h = hf_cfg["hidden_size"], hf_cfg["num_attention_heads"]
+    head_dim = hf_cfg.get("head_dim") or d // h
+    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 500000.0 if arch.startswith("BitNet") else 10000.0))
+    cfg = default_config()
+    cfg.update(
+        dict(
+            vocab_size=hf_cfg["vocab_size"],
+            d_model=d,
+            n_layers=hf_cfg["num_hidden_layers"],
+            n_heads=h,
+            n_kv_heads=hf_cfg.get("num_key_value_heads") or h,
+            head_dim=None if head_dim * h == d else head_dim,
+            mlp_dim=hf_cfg["intermediate_size"],
+            activation=act,
+            rope_theta=float(theta),
+            norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
+            sub_norm=arch.startswith("BitNet"),
+            tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False)),
+        )
+    )
+    cfg.quant.method = "b158" if q else "fp"
+    return cfg
+
+
+# HF architecture name → what bitjax knows of it. BitNetForCausalLM always has attn_sub_norm/ffn_sub_norm
+# and Llama never does, so a transformer's `sub_norm` picks between them.
+ARCHITECTURES: dict[str, Architecture] = {
+    "LlamaForCausalLM": Architecture(
+        "transformer", "llama", lambda cfg: not cfg.sub_norm, _llama_kwargs, True, _transformer_from_hf
+    ),
+    "BitNetForCausalLM": Architecture(
+        "transformer", "bitnet", lambda cfg: cfg.sub_norm, _llama_kwargs, True, _transformer_from_hf
+    ),
+    "Mamba2ForCausalLM": Architecture("mamba2", "mamba2", lambda cfg: True, _mamba2_kwargs, False),
+}
+
+
+def get_architecture(name: str, *, imported: bool = False) -> Architecture:
+    """The registered HF architecture `name` (one bitjax imports, with `imported`); ValueError listing them."""
+    known = tuple(a for a, spec in ARCHITECTURES.items() if spec.from_hf is not None or not imported)
+    if name not in known:
+        verb = "imported" if imported else "known"
+        raise ValueError(f"architecture {name!r} is not {verb}: {' or '.join(known)}")
+    return ARCHITECTURES[name]
+
+
+def architecture(cfg) -> str:
+    """The HF architecture that holds config.model (ValueError for a family with no HF layout)."""
+    models.require_hf(cfg.name)
+    return next(a for a, spec in ARCHITECTURES.items() if spec.family == cfg.name and spec.holds(cfg))
+
+
+def hf_config(cfg) -> tuple[str, dict]:
+    """(HF architecture, config kwargs) for config.model (:data:`ARCHITECTURES`): a transformer is BitNet
+    when it has sub-norms, else Llama; a mamba2 config is Mamba2ForCausalLM. Quantization
+    (BitNetQuantConfig) is not part of this dict."""
+    arch = architecture(cfg)
+    return arch, ARCHITECTURES[arch].to_hf(cfg)
 
 
 def hf_quantized(cfg) -> bool:
@@ -101,13 +189,13 @@ def hf_quantized(cfg) -> bool:
     The gradient rule does not change the forward, so it is ignored here. HF's Mamba2 is full precision
     only: a quantized mamba2 config (e.g. bimamba's FBI projections) has no HF twin.
     """
-    models.require_hf(cfg.name)
-    if cfg.get("name") == "mamba2":
-        if all(spec.is_fp for spec in mamba2.quant_table(cfg).values()):
+    arch = architecture(cfg)
+    if not ARCHITECTURES[arch].bitnet:
+        if all(spec.is_fp for spec in models.quant_table(cfg).values()):
             return False
         raise ValueError(
             f"config.model.quant (method {cfg.quant.method!r}, rules {cfg.quant.rules!r}) has no HF "
-            "transformers equivalent: HF's Mamba2ForCausalLM is full precision; use 'fp'"
+            f"transformers equivalent: HF's {arch} is full precision; use 'fp'"
         )
     plain = lambda spec: dataclasses.replace(spec, grad="identity")
     table = {role: plain(spec) for role, spec in models.quant_table(cfg).items()}
@@ -159,7 +247,6 @@ def to_hf_model(model, cfg):
 
 
 # ============================================================================ files: export
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
 
 
@@ -224,7 +311,7 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_
     arch, kwargs = hf_config(cfg)
     quantized = hf_quantized(cfg)
     state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
-    model_type = {"BitNetForCausalLM": "bitnet", "Mamba2ForCausalLM": "mamba2"}.get(arch, "llama")
+    model_type = ARCHITECTURES[arch].model_type
     config = dict(
         architectures=[arch],
         model_type=model_type,
@@ -274,57 +361,20 @@ def _read_state(hf_dir: str) -> dict[str, np.ndarray]:
 
 
 def model_config_from_hf(hf_cfg: dict):
-    """config.model for an HF BitNetForCausalLM / LlamaForCausalLM config.json dict.
+    """config.model for an HF config.json dict of an imported architecture (:func:`get_architecture`).
 
-    quantization_config {quant_method: bitnet} → method b158 (BitNet: with sub-norms; Llama: without),
-    none → fp. HF features bitjax lacks are refused, not dropped.
+    BitNetForCausalLM / LlamaForCausalLM: quantization_config {quant_method: bitnet} → method b158 (BitNet:
+    with sub-norms; Llama: without), none → fp. HF features bitjax lacks are refused, not dropped.
     """
-    from bitjax.models.transformer import default_config
-
     arch = (hf_cfg.get("architectures") or [""])[0]
-    if arch not in ("BitNetForCausalLM", "LlamaForCausalLM"):
-        raise ValueError(f"architecture {arch!r} is not imported: BitNetForCausalLM or LlamaForCausalLM")
-    q = hf_cfg.get("quantization_config") or {}
-    if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
-        raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
-    rope = hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope_type {rope.get('rope_type')!r} is not implemented in bitjax (default RoPE only)")
-    if hf_cfg.get("attention_bias") or hf_cfg.get("mlp_bias"):
-        raise ValueError("attention_bias / mlp_bias are not implemented in bitjax")
-    act = {"relu2": "relu2", "silu": "silu"}.get(hf_cfg.get("hidden_act", "silu"))
-    if act is None:
-        raise ValueError(f"hidden_act {hf_cfg['hidden_act']!r} is not implemented (silu, relu2)")
-    d, h = hf_cfg["hidden_size"], hf_cfg["num_attention_heads"]
-    head_dim = hf_cfg.get("head_dim") or d // h
-    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 500000.0 if arch.startswith("BitNet") else 10000.0))
-    cfg = default_config()
-    cfg.update(
-        dict(
-            vocab_size=hf_cfg["vocab_size"],
-            d_model=d,
-            n_layers=hf_cfg["num_hidden_layers"],
-            n_heads=h,
-            n_kv_heads=hf_cfg.get("num_key_value_heads") or h,
-            head_dim=None if head_dim * h == d else head_dim,
-            mlp_dim=hf_cfg["intermediate_size"],
-            activation=act,
-            rope_theta=float(theta),
-            norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
-            sub_norm=arch.startswith("BitNet"),
-            tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False)),
-        )
-    )
-    cfg.quant.method = "b158" if q else "fp"
-    return cfg
+    return get_architecture(arch, imported=True).from_hf(hf_cfg, arch)
 
 
 def _inv_scale(w: np.ndarray) -> np.float32:
-    """1/γ exactly as ternary_absmean computes it (it multiplies by 1/γ and divides by it)."""
-    from bitjax.quant.weights import EPS
+    """1/γ of a kernel, as ternary_absmean computes it (it multiplies by 1/γ and divides by it)."""
+    from bitjax.quant.weights import absmean_inv
 
-    w = jnp.asarray(w, jnp.float32)
-    return np.float32(1.0 / jnp.maximum(jnp.mean(jnp.abs(w)), EPS))
+    return np.float32(absmean_inv(jnp.asarray(w, jnp.float32), (-2, -1)).reshape(()))
 
 
 def _smallest(lo: float, hi: float, ok) -> np.float32:
@@ -373,7 +423,7 @@ def latent_from_codes(codes: np.ndarray, inv_scale: float) -> np.ndarray:
 
 
 def load_hf(hf_dir: str):
-    """(config.model, Transformer) from an HF BitNet (packed offline or online) or Llama directory.
+    """(config.model, model) from an HF BitNet (packed offline or online) or Llama directory.
 
     Offline BitNet: uint8 '….weight' (out/4, in) unpacked with HF's layout, γ = 1/weight_scale for
     linear_class bitlinear and weight_scale for autobitlinear; latent weights by :func:`latent_from_codes`.
@@ -383,7 +433,6 @@ def load_hf(hf_dir: str):
     import os
 
     from bitjax.export.pack import unpack_ternary_2bit
-    from bitjax.models.transformer import Transformer
 
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf_cfg = json.load(f)
@@ -392,7 +441,7 @@ def load_hf(hf_dir: str):
     offline = q.get("quantization_mode", "offline") == "offline" if q else False
     bitlinear = q.get("linear_class", "bitlinear") == "bitlinear"
     state = _read_state(hf_dir)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    model = models.get_model(cfg.name)(cfg, rngs=nnx.Rngs(0))
     names = models.hf_param_names(model)
     used = set()
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -16,14 +16,15 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
        ``bitjax.config.check_fields(cfg, default_config(), "config.model", "bitjax.models.mamba2.default_config()")``;
      * ``SIZE_HINTS``: logical axis → the config field that sets its size (mesh-divisibility errors);
      * ``stage_configs(cfg, total_steps)`` and ``quant_table(cfg)``: the quantization stages and
-       {layer role: QuantSpec} (bitjax.quant.recipes). ``transformer.stage_configs`` reads only
-       ``cfg.quant`` and serves any family with that section as is; ``transformer.quant_table`` is
-       one line over the family's layer roles (``recipes.recipe(method, rules, grad).table(ROLES)``);
+       {layer role: QuantSpec} (bitjax.quant.recipes). ``common.stage_configs`` reads only
+       ``cfg.quant`` (``common.quant_config()``) and serves any family with that section as is;
+       ``quant_table`` is one line over the family's layer roles (``common.quant_table(cfg, ROLES)``);
+       ``common`` also holds the (optionally quantized, optionally tied) ``Embed`` and ``validate_quant``;
      * optional ``SIZES`` (size name → overrides of default_config: what ``preset`` and config files use),
        ``hf_param_names(model)`` (its HF transformers state-dict names, for export), and
        ``init_cache`` / ``decode`` methods on the module (bitjax.eval.sample's fast generation).
 2. One entry in ``_MODELS`` below: ``"mamba2": Family(mamba2.Mamba2, mamba2.validate_config,
-   mamba2.SIZE_HINTS, mamba2.stage_configs, mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES)``.
+   mamba2.SIZE_HINTS, common.stage_configs, mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES)``.
 3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.train.config.trainer_config()`` with
    ``config.model = models.preset("mamba2", size)``; accept the arguments ``quant``, ``size`` and
    ``steps`` (``bitjax.config.parse_arg``) and ``python -m bitjax.compare --config configs/mamba2.py``
@@ -39,7 +40,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from bitjax.models import mamba2, transformer
+from bitjax.models import common, mamba2, transformer
 from bitjax.models.transformer import SIZES, Transformer, validate_config
 
 
@@ -60,7 +61,7 @@ _MODELS = {
         Transformer,
         transformer.validate_config,
         transformer.SIZE_HINTS,
-        transformer.stage_configs,
+        common.stage_configs,
         transformer.quant_table,
         transformer.default_config,
         sizes=transformer.SIZES,
@@ -70,7 +71,7 @@ _MODELS = {
         mamba2.Mamba2LM,
         mamba2.validate_config,
         mamba2.SIZE_HINTS,
-        mamba2.stage_configs,
+        common.stage_configs,
         mamba2.quant_table,
         mamba2.default_config,
         sizes=mamba2.SIZES,

@@ -35,13 +35,13 @@ from ml_collections import ConfigDict, FieldReference
 from ml_collections.config_dict import placeholder
 
 from bitjax import config as config_lib
-from bitjax.models.transformer import DTYPES, Embed, stage_configs, validate_quant  # noqa: F401 (stage_configs: this family's too)
+from bitjax.models import common
+from bitjax.models.common import DTYPES, Embed, is_pos_int, validate_quant
 from bitjax.nn import layer_stack
 from bitjax.nn.bitdense import BitDense
 from bitjax.nn.norms import RMSNorm
 from bitjax.nn.params import param
 from bitjax.nn.ssd import ssd_chunked, ssd_step
-from bitjax.quant import recipes
 from bitjax.quant.registry import QuantSpec
 
 # The layer roles a quantization recipe can name (bitjax.quant.recipes).
@@ -95,7 +95,7 @@ def default_config() -> ConfigDict:
             dt_init_floor=1e-4,
             norm_eps=1e-5,
             tie_embeddings=True,
-            quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float))),
+            quant=common.quant_config(),
             dtype="float32",
             scan_layers=False,
             remat_policy="none",
@@ -126,14 +126,9 @@ def dims(cfg) -> dict[str, int]:
 
 
 # ============================================================================ config validation
-def _is_pos_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-
-
 def quant_table(cfg) -> dict[str, QuantSpec]:
     """{role: QuantSpec} of config.model.quant's method (its final stage), as its layers get them."""
-    q = cfg.quant
-    return recipes.recipe(q.method, q.rules, q.grad).table(ROLES)
+    return common.quant_table(cfg, ROLES)
 
 
 def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
@@ -150,12 +145,12 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     config_lib.check_fields(cfg, default_config(), name, "bitjax.models.mamba2.default_config()")
     need(cfg.name == "mamba2", "name", "must be 'mamba2' for this model")
     need(
-        cfg.vocab_size is None or _is_pos_int(cfg.vocab_size),
+        cfg.vocab_size is None or is_pos_int(cfg.vocab_size),
         "vocab_size",
         "must be a positive int (or None = the tokenizer's size)",
     )
     for f in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
-        need(_is_pos_int(cfg[f]), f, "must be a positive int")
+        need(is_pos_int(cfg[f]), f, "must be a positive int")
     d_inner = cfg.expand * cfg.d_model
     need(
         d_inner % cfg.headdim == 0,
@@ -179,7 +174,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         need(isinstance(cfg[f], bool), f, "must be True or False")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
-    if seq_len is not None and not _is_pos_int(seq_len):
+    if seq_len is not None and not is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
     validate_quant(
         cfg, name, quant_table, "bitjax.models.mamba2.default_config().quant", f" for mamba2 (roles {', '.join(ROLES)})"

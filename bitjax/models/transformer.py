@@ -26,7 +26,6 @@ run by ``jax.lax.scan``; ``remat_policy`` picks what the backward keeps (bitjax.
 
 from __future__ import annotations
 
-import copy
 import numbers
 
 import jax
@@ -36,21 +35,22 @@ from ml_collections import ConfigDict, FieldReference
 from ml_collections.config_dict import placeholder
 
 from bitjax import config as config_lib
+from bitjax.models import common
+from bitjax.models.common import DTYPES, Embed, is_pos_int, stage_configs, validate_quant
 from bitjax.nn import layer_stack
-from bitjax.nn.bitdense import BitDense, default_kernel_init
+from bitjax.nn.bitdense import BitDense
 from bitjax.nn.norms import RMSNorm
-from bitjax.nn.params import param, quant_state
-from bitjax.quant import recipes
 from bitjax.quant.int8_matmul import integer_forms
-from bitjax.quant.registry import QuantSpec, check_rule
+from bitjax.quant.registry import QuantSpec
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,  # SwiGLU (Llama): silu(gate) · up
     "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # BitNet b1.58 2B4T: relu(gate)² · up
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# The layer roles a quantization recipe can name (bitjax.quant.recipes).
-ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed", "lm_head")
+# The decoder layer's projections (attribute names = HF Llama/BitNet module names), and the layer roles a
+# quantization recipe can name (bitjax.quant.recipes): those plus the embedding and the output head.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ROLES = (*PROJECTIONS, "embed", "lm_head")
 
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
@@ -107,7 +107,7 @@ def default_config() -> ConfigDict:
             norm_eps=1e-5,
             sub_norm=False,
             tie_embeddings=False,
-            quant=ConfigDict(dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float))),
+            quant=common.quant_config(),
             dtype="float32",
             scan_layers=False,
             remat_policy="none",
@@ -173,68 +173,9 @@ SIZES = {
 
 
 # ============================================================================ config validation
-def _is_pos_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-
-
-def stage_configs(cfg, total_steps: int = 1) -> list[tuple[int, ConfigDict]]:
-    """[(first step, model config)] of a run: the quantization stages of config.model.quant.
-
-    One entry unless the method has a first stage (a48 trains b158 first): then the first
-    stage's config runs `quant.stage1` (without `quant.rules`, which belong to the method) and the
-    second the method itself. Each returned config has a single stage (stage1='none').
-    """
-    q = cfg.quant
-    stages = recipes.plan(q.method, q.stage1, q.stage2_frac, total_steps)
-    out = []
-    for i, (start, method) in enumerate(stages):
-        c = copy.deepcopy(cfg)
-        c.quant.method, c.quant.stage1 = method, "none"
-        c.quant.rules = q.rules if i == len(stages) - 1 else ""
-        out.append((start, c))
-    return out
-
-
 def quant_table(cfg) -> dict[str, QuantSpec]:
     """{role: QuantSpec} of config.model.quant's method (its final stage), as its layers get them."""
-    q = cfg.quant
-    return recipes.recipe(q.method, q.rules, q.grad).table(ROLES)
-
-
-def validate_quant(cfg, name: str, table_fn, start_from: str, family: str = "") -> None:
-    """Check config.model.quant of any family: fields, method, stages, rules; ValueError naming the field.
-
-    table_fn: the family's cfg → {role: QuantSpec}; every stage's table must resolve (rules that match
-    none of the family's roles, bad options, … are refused here, before anything compiles).
-    """
-    q = cfg.quant
-
-    def need(ok, field, fix):
-        if not ok:
-            raise ValueError(f"{name}.quant.{field}={q.get(field)!r} is invalid: {fix}")
-
-    config_lib.check_fields(q, default_config().quant, f"{name}.quant", start_from, missing_ok=True)
-    need(q.method in recipes.METHODS, "method", f"choose one of {tuple(recipes.METHODS)}")
-    need(
-        q.stage1 in ("", "none") or q.stage1 in recipes.METHODS,
-        "stage1",
-        f"choose '' (the method's), 'none' or one of {tuple(recipes.METHODS)}",
-    )
-    need(
-        q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
-        "stage2_frac",
-        "must be in [0, 1] or None (= the method's)",
-    )
-    for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
-        try:
-            check(q[field])
-        except ValueError as e:
-            raise ValueError(f"{name}.quant.{field}={q[field]!r} is invalid: {e}") from None
-    try:  # every stage's recipe resolves for every role (bad options, rules matching no role, …)
-        for _, c in stage_configs(cfg):
-            table_fn(c)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name}.quant (method={q.method!r}, rules={q.rules!r}) is invalid{family}: {e}") from None
+    return common.quant_table(cfg, ROLES)
 
 
 def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
@@ -251,12 +192,12 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
     config_lib.check_fields(cfg, default_config(), name, "bitjax.models.transformer.default_config()")
     need(cfg.name == "transformer", "name", "must be 'transformer' for this model")
     need(
-        cfg.vocab_size is None or _is_pos_int(cfg.vocab_size),
+        cfg.vocab_size is None or is_pos_int(cfg.vocab_size),
         "vocab_size",
         "must be a positive int (or None = the tokenizer's size)",
     )
     for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
-        need(_is_pos_int(cfg[f]), f, "must be a positive int")
+        need(is_pos_int(cfg[f]), f, "must be a positive int")
     need(
         cfg.n_heads % cfg.n_kv_heads == 0,
         "n_kv_heads",
@@ -277,7 +218,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         )
     else:
         need(
-            _is_pos_int(cfg.head_dim) and cfg.head_dim % 2 == 0,
+            is_pos_int(cfg.head_dim) and cfg.head_dim % 2 == 0,
             "head_dim",
             "must be a positive even int (RoPE rotates pairs) or None (= d_model // n_heads)",
         )
@@ -292,7 +233,7 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         need(isinstance(cfg[f], bool), f, "must be True or False")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
-    if seq_len is not None and not _is_pos_int(seq_len):
+    if seq_len is not None and not is_pos_int(seq_len):
         raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
     validate_quant(cfg, name, quant_table, "bitjax.models.transformer.default_config().quant")
     if cfg.int8_matmul:  # every quantized BitDense of every stage must be integer-coded
@@ -339,72 +280,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # ============================================================================ modules
-class Embed(nnx.Module):
-    """Token embedding, param `embedding` (vocab, d_model), logical axes ('vocab', 'embed').
-
-    quant (the recipe's 'embed' role, when not fp): lookups read W̃ = quant.quantize_weight(E), E
-    taken as a (vocab=in, embed=out) kernel. head_quant (the 'lm_head' role of a tied head):
-    :meth:`attend` quantizes its input with head_quant's act quantizer and reads head_quant's W̃.
-    Learned quantizer params (e.g. FBI α, β) live in `qparams`, shared by both uses.
-    """
-
-    def __init__(
-        self,
-        vocab: int,
-        d_model: int,
-        *,
-        quant: QuantSpec | None = None,
-        head_quant: QuantSpec | None = None,
-        dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        for role, s in (("embed", quant), ("lm_head", head_quant)):
-            if s is not None and (s.norm != "none" or s.output_norm() is not None):
-                raise ValueError(
-                    f"the {role} role (a table lookup{' of a tied head' * (role == 'lm_head')}) "
-                    f"has no input or output norm, got {s}: drop norm / out_norm / weight=onebit "
-                    f"from the rules that match {role}"
-                )
-        self.quant, self.head_quant, self.dtype = quant, head_quant, dtype
-        table = default_kernel_init(rngs.params(), (vocab, d_model), jnp.float32)  # HF: N(0, 0.02)
-        self.embedding = param(table, ("vocab", "embed"))
-        spec = quant or head_quant
-        self.qparams = nnx.Dict(
-            {
-                k: param(v, ("vocab" if side == "in" else "embed",))
-                for k, (v, side) in (spec.init_learned(table) if spec is not None else {}).items()
-            }
-        )
-        self.qstate = nnx.Dict(
-            {
-                k: quant_state(v, ("vocab", "embed"))
-                for k, v in (spec.init_state(table) if spec is not None else {}).items()
-            }
-        )
-
-    def table(self, spec: QuantSpec | None) -> jax.Array:
-        """E (spec None) or W̃ = spec.quantize_weight(E) (vocab, d_model), float32."""
-        if spec is None:
-            return self.embedding[...]
-        return spec.quantize_weight(
-            self.embedding[...],
-            **{k: v[...] for k, v in self.qparams.items()},
-            **{k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()},
-        )
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        """int[B, L] → [B, L, d_model] in `dtype`."""
-        return jnp.take(self.table(self.quant), tokens, axis=0).astype(self.dtype)
-
-    def attend(self, x: jax.Array) -> jax.Array:
-        """Tied output head: x [..., D] · tableᵀ → float32 logits [..., V]."""
-        if self.head_quant is not None:
-            x = self.head_quant.quantize_act(x)
-        return jnp.einsum(
-            "...d,vd->...v", x, self.table(self.head_quant).astype(x.dtype), preferred_element_type=jnp.float32
-        )
-
-
 def _dense(cfg, din, dout, specs, role, axes, dtype, rngs):
     return BitDense(
         din,

@@ -80,7 +80,7 @@ def topk_mask(x: jax.Array, keep: float) -> jax.Array:
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"top-K keep fraction must be in (0, 1], got {keep}")
     d = x.shape[-1]
-    k = max(1, int(math.ceil(keep * d)))
+    k = max(1, math.ceil(keep * d))
     a = jnp.abs(x.astype(jnp.float32))
     if k == d:
         return jnp.ones(x.shape, bool)

@@ -33,7 +33,7 @@ from jax import lax
 
 from bitjax.quant import activations as A
 from bitjax.quant import weights as W
-from bitjax.quant.registry import QuantSpec, get_act_quantizer
+from bitjax.quant.registry import QuantSpec, act_kind, get_act_quantizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,26 +84,30 @@ def _ternary_form(granularity):
     return IntForm(codes, lambda c, inv: c.astype(jnp.float32) / inv, lambda inv: 1.0 / inv)
 
 
+# The integer-coded quantizers, by registry name (bitjax.quant.registry): options → IntForm, or None where
+# those options leave int8 (more than 8 bits; a weight granularity other than 'tensor' / 'channel').
+_ACT_FORMS: dict[str, Callable[..., IntForm | None]] = {
+    "absmax<b>": lambda bits: _absmax_form(bits) if bits <= 8 else None,
+    "topk_absmax<b>": lambda bits, keep=0.5: _absmax_form(bits, keep) if bits <= 8 else None,
+    "absmean<b>": lambda bits: _absmean_form(bits) if bits <= 8 else None,
+}
+_WEIGHT_FORMS: dict[str, Callable[..., IntForm | None]] = {
+    "ternary_absmean": lambda granularity="tensor": (
+        _ternary_form(granularity) if granularity in ("tensor", "channel") else None
+    ),
+}
+
+
 def integer_forms(spec: QuantSpec) -> tuple[IntForm, IntForm]:
-    """(activation form, weight form) of `spec`; ValueError when either is not integer-coded in int8."""
-    fn, fixed, _ = get_act_quantizer(spec.act)
-    act_opts, w_opts = {**fixed, **dict(spec.act_options)}, dict(spec.weight_options)
-    act = None
-    if fn is not None and act_opts.get("bits", 99) <= 8:
-        if fn is A.absmax_act:
-            act = _absmax_form(act_opts["bits"])
-        elif fn is A.topk_absmax_act:
-            act = _absmax_form(act_opts["bits"], act_opts.get("keep", 0.5))
-        elif fn is A.absmean_act:
-            act = _absmean_form(act_opts["bits"])
-    weight = None
-    granularity = w_opts.get("granularity", "tensor")
-    if spec.weight == "ternary_absmean" and granularity in ("tensor", "channel"):
-        weight = _ternary_form(granularity)
+    """(activation form, weight form) of `spec`; ValueError naming the integer-coded quantizers otherwise."""
+    _, fixed, _ = get_act_quantizer(spec.act)
+    act_form, weight_form = _ACT_FORMS.get(act_kind(spec.act)), _WEIGHT_FORMS.get(spec.weight)
+    act = act_form(**fixed, **dict(spec.act_options)) if act_form else None
+    weight = weight_form(**dict(spec.weight_options)) if weight_form else None
     if act is None or weight is None:
         raise ValueError(
-            f"int8 matmul needs integer-coded quantizers (act absmax<b>, topk_absmax<b> or absmean<b> with "
-            f"b ≤ 8; weight ternary_absmean with granularity 'tensor' or 'channel'); got {spec}"
+            f"int8 matmul needs integer-coded quantizers (act {', '.join(_ACT_FORMS)} with b ≤ 8; weight "
+            f"{', '.join(_WEIGHT_FORMS)} with granularity 'tensor' or 'channel'); got {spec}"
         )
     return act, weight
 

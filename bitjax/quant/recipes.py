@@ -193,5 +193,5 @@ def plan(
     frac = m.stage2_frac if stage2_frac is None else stage2_frac
     if frac is None or not 0.0 <= frac <= 1.0:
         raise ValueError(f"stage2_frac={frac!r} must be in [0, 1] when a first stage ({stage1!r}) is set")
-    switch = int(round(frac * total_steps))
+    switch = round(frac * total_steps)
     return [(0, method)] if switch == 0 else [(0, stage1), (switch, method)]

@@ -32,7 +32,7 @@ import jax
 
 from bitjax.quant import activations as A
 from bitjax.quant import weights as W
-from bitjax.quant.ste import GRADIENT_RULES
+from bitjax.quant.ste import get_rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,24 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
 }
 
 WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
-ACT_NAMES = ("none", "absmax<b>", "absmean<b>", "topk_absmax<b>", "absmax_v1_<b>")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActQuantizer:
+    """fn(x, bits=, rule=, **options) → x̃ (bitjax.quant.activations); fn None: the identity ('none')."""
+
+    fn: Callable[..., jax.Array] | None
+    options: tuple[str, ...] = ()
+
+
+# Activation quantizers are named '<stem><b>' with b = bits in 2..16 (absmax8, absmax_v1_8), or 'none'.
+_ACTS: dict[str, ActQuantizer] = {
+    "absmax": ActQuantizer(A.absmax_act),
+    "absmean": ActQuantizer(A.absmean_act),
+    "topk_absmax": ActQuantizer(A.topk_absmax_act, ("keep",)),
+    "absmax_v1_": ActQuantizer(A.absmax_v1_act, ("granularity",)),
+}
+ACT_NAMES = ("none", *(f"{stem}<b>" for stem in _ACTS))
 NORMS = ("none", "rms", "layer")
 OUT_NORMS = {"none": None, "layer": W.onebit_layernorm}
 
@@ -96,20 +113,22 @@ def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
     raise ValueError(f"unknown weight quantizer {name!r}; choose one of {WEIGHT_NAMES}")
 
 
+def act_kind(name: str) -> str:
+    """The registry name of activation quantizer `name`: 'absmax8' → 'absmax<b>', 'none' → 'none'."""
+    if name == "none":
+        return name
+    m = re.fullmatch(r"(.*?)(\d+)", name or "")
+    if m and m[1] in _ACTS and 2 <= int(m[2]) <= 16:
+        return f"{m[1]}<b>"
+    raise ValueError(f"unknown activation quantizer {name!r}; choose one of {ACT_NAMES} (b = bits in 2..16)")
+
+
 def get_act_quantizer(name: str) -> tuple[Callable[..., jax.Array] | None, dict, tuple[str, ...]]:
     """Resolve an activation-quantizer name to (fn or None for 'none', fixed kwargs, options)."""
-    if name == "none":
+    if act_kind(name) == "none":
         return None, {}, ()
-    for pattern, fn, options in (
-        (r"absmax(\d+)", A.absmax_act, ()),
-        (r"absmean(\d+)", A.absmean_act, ()),
-        (r"topk_absmax(\d+)", A.topk_absmax_act, ("keep",)),
-        (r"absmax_v1_(\d+)", A.absmax_v1_act, ("granularity",)),
-    ):
-        m = re.fullmatch(pattern, name or "")
-        if m and 2 <= int(m[1]) <= 16:
-            return fn, {"bits": int(m[1])}, options
-    raise ValueError(f"unknown activation quantizer {name!r}; choose one of {ACT_NAMES} (b = bits in 2..16)")
+    stem, bits = re.fullmatch(r"(.*?)(\d+)", name).groups()
+    return _ACTS[stem].fn, {"bits": int(bits)}, _ACTS[stem].options
 
 
 def parse_options(text: str | None) -> tuple[tuple[str, Any], ...]:
@@ -132,8 +151,8 @@ def parse_options(text: str | None) -> tuple[tuple[str, Any], ...]:
 
 
 def check_rule(rule: str) -> str:
-    if rule not in GRADIENT_RULES:
-        raise ValueError(f"unknown gradient rule {rule!r}; choose one of {GRADIENT_RULES}")
+    """`rule` if it is a gradient rule (bitjax.quant.ste), else ValueError listing them."""
+    get_rule(rule)
     return rule
 
 

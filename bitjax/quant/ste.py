@@ -28,26 +28,42 @@ straight-through op and receive their exact gradients from autodiff.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-GRADIENT_RULES = ("identity", "clipped", "approx_sign", "tanh")
+
+def _approx_sign(u):
+    a = jnp.abs(u)
+    return jnp.where(a < 1, 2 - 2 * a, 0).astype(u.dtype)
+
+
+def _tanh(u):
+    t = jnp.tanh(u.astype(jnp.float32))
+    return (1.001 - t * t).astype(u.dtype)
+
+
+# name → r'(u), elementwise (the module docstring gives each rule's paper and formula)
+_RULES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": jnp.ones_like,
+    "clipped": lambda u: (jnp.abs(u) <= 1).astype(u.dtype),
+    "approx_sign": _approx_sign,
+    "tanh": _tanh,
+}
+GRADIENT_RULES = tuple(_RULES)
+
+
+def get_rule(rule: str) -> Callable[[jax.Array], jax.Array]:
+    """The derivative r' of gradient rule `rule`; ValueError listing the known rules otherwise."""
+    if rule not in _RULES:
+        raise ValueError(f"unknown gradient rule {rule!r}; choose one of {GRADIENT_RULES}")
+    return _RULES[rule]
 
 
 def rule_derivative(rule: str, u: jax.Array) -> jax.Array:
     """r'(u) of a gradient rule, elementwise (same shape and dtype as `u`)."""
-    if rule == "identity":
-        return jnp.ones_like(u)
-    if rule == "clipped":
-        return (jnp.abs(u) <= 1).astype(u.dtype)
-    if rule == "approx_sign":
-        a = jnp.abs(u)
-        return jnp.where(a < 1, 2 - 2 * a, 0).astype(u.dtype)
-    if rule == "tanh":
-        t = jnp.tanh(u.astype(jnp.float32))
-        return (1.001 - t * t).astype(u.dtype)
-    raise ValueError(f"unknown gradient rule {rule!r}; choose one of {GRADIENT_RULES}")
+    return get_rule(rule)(u)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -79,8 +95,7 @@ def straight_through(x: jax.Array, q: jax.Array, u: jax.Array | None = None, rul
       u: `x` in the quantizer's unit range (same shape); unused for ``identity``.
       rule: one of :data:`GRADIENT_RULES`.
     """
-    if rule not in GRADIENT_RULES:
-        raise ValueError(f"unknown gradient rule {rule!r}; choose one of {GRADIENT_RULES}")
+    get_rule(rule)
     if rule == "identity":
         u = None
     elif u is None:

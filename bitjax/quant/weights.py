@@ -288,6 +288,19 @@ def rtn_grid(bits: int) -> int:
     return 2**bits - 1
 
 
+def minmax_range(w32: jax.Array, axis) -> tuple[jax.Array, jax.Array]:
+    """(xmin, xmax) of GPTQ's min-max grid over `axis` (kept as size 1), float32.
+
+    IST-DASLab/gptq, quant.py ``Quantizer.find_params``: the range always contains 0,
+        xmin = min(min W, 0),  xmax = max(max W, 0);  both 0 → xmin = −1, xmax = +1.
+    RTN/GPTQ (:func:`rtn_scale`) and PB-LLM's salient grid (:func:`pb_llm_high`) both start from it.
+    """
+    xmin = jnp.minimum(jnp.min(w32, axis=axis, keepdims=True), 0.0)
+    xmax = jnp.maximum(jnp.max(w32, axis=axis, keepdims=True), 0.0)
+    both0 = (xmin == 0) & (xmax == 0)
+    return jnp.where(both0, -1.0, xmin), jnp.where(both0, 1.0, xmax)
+
+
 def rtn_scale(w32: jax.Array, maxq: int, axis, sym: bool = False):
     """(scale, zero) of GPTQ's min-max ``Quantizer.find_params`` over `axis` (kept as size 1).
 
@@ -298,14 +311,10 @@ def rtn_scale(w32: jax.Array, maxq: int, axis, sym: bool = False):
         scale = (xmax − xmin)/maxq,  zero = round(−xmin/scale)  (sym: zero = (maxq + 1)/2).
     Both float32.
     """
-    xmin = jnp.minimum(jnp.min(w32, axis=axis, keepdims=True), 0.0)
-    xmax = jnp.maximum(jnp.max(w32, axis=axis, keepdims=True), 0.0)
-    if sym:
+    xmin, xmax = minmax_range(w32, axis)
+    if sym:  # (the both-0 fallback, −1 and +1, is already symmetric)
         xmax = jnp.maximum(jnp.abs(xmin), xmax)
         xmin = jnp.where(xmin < 0, -xmax, xmin)
-    both0 = (xmin == 0) & (xmax == 0)
-    xmin = jnp.where(both0, -1.0, xmin)
-    xmax = jnp.where(both0, 1.0, xmax)
     # a true division (XLA would multiply by a rounded 1/maxq): ties in rtn_round depend on it
     scale = (xmax - xmin) / jax.lax.optimization_barrier(jnp.full_like(xmax, maxq))
     zero = jnp.full_like(scale, (maxq + 1) / 2) if sym else jnp.round(-xmin / scale)
@@ -403,7 +412,7 @@ def salient_mask(w: jax.Array, frac: float, criterion: str = "magnitude") -> jax
     n = w32.shape[-2] * w32.shape[-1]
     if criterion == "magnitude":
         a = jnp.abs(w32)
-        k = int(math.ceil(frac * n))
+        k = math.ceil(frac * n)
         if k == 0:
             return jnp.zeros(w.shape, bool)
         kth = kth_largest(a.reshape(*a.shape[:-2], n), k)
@@ -436,10 +445,9 @@ def pb_llm_high(w: jax.Array, bits: int = 8) -> jax.Array:
         raise ValueError(f"salient bits must be in 2..16, got {bits}")
     w32 = w.astype(jnp.float32)
     maxq = 2.0**bits - 1
-    xmin = jnp.minimum(jnp.min(w32, axis=-2, keepdims=True), 0.0)
-    xmax = jnp.maximum(jnp.max(w32, axis=-2, keepdims=True), 0.0)
-    both0 = (xmin == 0) & (xmax == 0)
-    xmin, xmax = jnp.where(both0, -1.0, xmin), jnp.where(both0, 1.0, xmax)
+    xmin, xmax = minmax_range(w32, -2)
+    # XLA may turn these divisions into multiplications by a reciprocal (rtn_scale's true divisions
+    # differ from them in the last ulp of s): kept as they are, so PB-LLM's salient values do not move
     s = (xmax - xmin) / maxq
     z = jnp.round(-xmin / s)
     return s * (jnp.clip(jnp.round(w32 / s) + z, 0, maxq) - z)

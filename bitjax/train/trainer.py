@@ -90,7 +90,7 @@ class MetricsWriter:
                 log.warning(
                     "dropped %d row(s) after step %d from %s: this run logs those steps again", dropped, start, path
                 )
-            self._jsonl = open(path, "a")
+            self._jsonl = open(path, "a")  # noqa: SIM115 (open for the writer's life; close() closes it)
             try:
                 from tensorboardX import SummaryWriter
 

@@ -31,7 +31,8 @@ def main(qc_workdir, ptq_workdir, out):
                 path = os.path.join(ptq_workdir, f"seed={s}", f"{m}{b}", "ptq.json")
                 if not os.path.exists(path):
                     raise SystemExit(f"{path} is missing: run run.sh first")
-                r = json.load(open(path))
+                with open(path) as fh:
+                    r = json.load(fh)
                 ptq.setdefault((m, b), []).append(r["eval_bpb"])
                 fp_by_seed.setdefault(s, r["fp_eval_bpb"])  # the same FP eval in every ptq.json of seed s
                 rows.append(
@@ -67,9 +68,11 @@ def main(qc_workdir, ptq_workdir, out):
         "| weight bits | PTQ: RTN | PTQ: GPTQ | PTQ: BiLLM | QAT (method, its tuned LR) |",
         "|---|---|---|---|---|",
     ]
+    cell = lambda k, b: ms(ptq[(k, b)]) if (k, b) in ptq else ""
     for b, m in QAT.items():
-        cell = lambda k: ms(ptq[(k, b)]) if (k, b) in ptq else ""
-        lines.append(f"| {b} | {cell('rtn')} | {cell('gptq')} | {cell('billm')} | {m} ({cpu_lr(m)}): {ms(qat[b])} |")
+        lines.append(
+            f"| {b} | {cell('rtn', b)} | {cell('gptq', b)} | {cell('billm', b)} | {m} ({cpu_lr(m)}): {ms(qat[b])} |"
+        )
     lines += [
         "",
         "Increase over the FP source, mean ± std over the 3 seeds (PTQ: paired with its own FP run):",
@@ -77,15 +80,10 @@ def main(qc_workdir, ptq_workdir, out):
         "| weight bits | RTN | GPTQ | BiLLM | QAT − mean FP |",
         "|---|---|---|---|---|",
     ]
-    for b, m in QAT.items():
-
-        def inc(k):
-            if (k, b) not in ptq:
-                return ""
-            return ms([q - f for q, f in zip(ptq[(k, b)], fp)])
-
+    inc = lambda k, b: ms([q - f for q, f in zip(ptq[(k, b)], fp)]) if (k, b) in ptq else ""
+    for b in QAT:
         lines.append(
-            f"| {b} | {inc('rtn')} | {inc('gptq')} | {inc('billm')} | "
+            f"| {b} | {inc('rtn', b)} | {inc('gptq', b)} | {inc('billm', b)} | "
             f"{statistics.mean(qat[b]) - statistics.mean(fp):+.4f} |"
         )
     os.makedirs(out, exist_ok=True)

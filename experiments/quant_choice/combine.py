@@ -169,8 +169,10 @@ def main(workdir, out):
         lines.append(f"| {m} | {WHAT[m]} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Architecture-matched FP controls at `mini`: eval bits/byte (Δ fp: mean − fp's mean at the same "
-        "lr; Δ control: the method's mean − its control's, fp with the same architecture, at the same lr)",
+        (
+            "## Architecture-matched FP controls at `mini`: eval bits/byte (Δ fp: mean − fp's mean at the same "
+            "lr; Δ control: the method's mean − its control's, fp with the same architecture, at the same lr)"
+        ),
         "",
         "| run | what | lr | n | eval bits/byte | Δ fp | Δ control |",
         "|---|---|---|---|---|---|---|",

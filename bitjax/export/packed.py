@@ -1,7 +1,10 @@
 """Packed inference: b1.58 projections that hold 2-bit codes in device memory and unpack inside the matmul.
 
-    packed = pack_model(model)          # a copy of a b158 Transformer whose 7 projections are PackedDense
+    packed = pack_model(model)          # a copy of a b158 model whose projections are PackedDense
     generate(packed, prompt, 64, temperature=0)   # bitjax.eval.sample, unchanged
+
+Any family: the projections are the BitDense layers inside ``model.layers`` (a transformer's 7 per layer,
+a Mamba-2 block's in_proj and out_proj); embeddings and lm_head stay as they are.
 
 PackedDense stores the kernel (in, out) as uint8 P (⌈in/4⌉, out) in HF's layout along the input axis
 (input rows cut into 4 contiguous slabs, slab k in bits 2k, 2k+1; bitjax.export.pack) and the float32
@@ -28,9 +31,7 @@ from bitjax.export.pack import pack_ternary_2bit
 from bitjax.nn.bitdense import BitDense
 from bitjax.nn.layer_stack import unstack_layers
 from bitjax.quant.registry import QuantSpec
-from bitjax.quant.weights import EPS
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from bitjax.quant.weights import absmean_inv
 
 
 class Packed(nnx.Variable):
@@ -56,7 +57,7 @@ class PackedDense(nnx.Module):
         ):
             raise ValueError(f"PackedDense packs per-tensor ternary_absmean layers without norm/bias; got {spec}")
         kernel = jnp.asarray(layer.kernel[...], jnp.float32)
-        inv = 1.0 / jnp.maximum(jnp.mean(jnp.abs(kernel)), EPS)  # as ternary_absmean: W̃ = round(W·s)/s
+        inv = absmean_inv(kernel, (-2, -1)).reshape(())  # as ternary_absmean: W̃ = round(W·s)/s
         codes = np.asarray(jnp.clip(jnp.round(kernel * inv), -1, 1), np.int8)
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.act = QuantSpec(act=spec.act, act_options=spec.act_options)
@@ -76,34 +77,38 @@ class PackedDense(nnx.Module):
         )
 
 
+def _slots(module: nnx.Module):
+    """(owner, attribute) of every projection inside `module`, in attribute order; a projection is not entered."""
+    for name, child in list(vars(module).items()):
+        if isinstance(child, (BitDense, PackedDense)):
+            yield module, name
+        elif isinstance(child, nnx.Module):
+            yield from _slots(child)
+
+
+def projections(model) -> list[nnx.Module]:
+    """The projections (BitDense or PackedDense) of every layer of `model`, in the loop layout."""
+    return [getattr(owner, name) for layer in unstack_layers(model).layers for owner, name in _slots(layer)]
+
+
 def map_projections(model, fn):
-    """A deep copy of a Transformer, in the loop layout, with every projection p replaced by fn(p)."""
+    """A deep copy of `model`, in the loop layout, with every projection p of its layers replaced by fn(p)."""
     out = copy.deepcopy(unstack_layers(model))  # nnx modules are Python objects: the given model stays as it is
     for layer in out.layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for name in PROJECTIONS:
-                if hasattr(owner, name):
-                    setattr(owner, name, fn(getattr(owner, name)))
+        for owner, name in list(_slots(layer)):
+            setattr(owner, name, fn(getattr(owner, name)))
     return out
 
 
 def pack_model(model):
-    """A deep copy of a b1.58 Transformer with every projection replaced by a PackedDense."""
+    """A deep copy of a b1.58 model with every projection replaced by a PackedDense."""
     return map_projections(model, PackedDense)
 
 
 def projection_bytes(model) -> int:
     """Bytes the projections' weights occupy in device memory (packed codes + scales, or latent kernels)."""
-    total = 0
-    for layer in unstack_layers(model).layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for name in PROJECTIONS:
-                if hasattr(owner, name):
-                    m = getattr(owner, name)
-                    leaves = (
-                        jax.tree.leaves(nnx.state(m, nnx.Param))
-                        if isinstance(m, BitDense)
-                        else jax.tree.leaves(nnx.state(m, Packed))
-                    )
-                    total += sum(x.nbytes for x in leaves)
-    return total
+    return sum(
+        x.nbytes
+        for m in projections(model)
+        for x in jax.tree.leaves(nnx.state(m, nnx.Param if isinstance(m, BitDense) else Packed))
+    )

@@ -1,0 +1,78 @@
+"""Post-training quantization methods by name: what `python -m bitjax.ptq --method` selects.
+
+Each method maps a kernel W (in, out) and its input Hessian H (in, in) to W̃; bitjax.ptq runs it layer
+by layer. Names are the QAT recipes' (bitjax.quant.recipes) where they mean the same grid: ``rtn4`` is
+``rtn`` with 4 bits, in PTQ as in QAT; ``gptq3`` is ``gptq`` with 3 bits. The bare name takes the bits
+separately (``--method rtn --bits 4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+
+import jax
+
+from bitjax.quant import weights
+from bitjax.quant.billm import billm
+from bitjax.quant.gptq import gptq
+
+
+@dataclasses.dataclass(frozen=True)
+class PTQMethod:
+    """quantize(w, h, bits, group_size) → W̃ (in, out); `bits` the widths it takes, `default_bits` the one
+    used when none is given, `grouped` whether it takes a group size (one grid per group of input rows)."""
+
+    quantize: Callable[[jax.Array, jax.Array, int, int | None], jax.Array]
+    bits: tuple[int, ...]
+    default_bits: int
+    grouped: bool
+    doc: str
+
+
+_METHODS: dict[str, PTQMethod] = {
+    "rtn": PTQMethod(
+        lambda w, h, bits, group_size: weights.rtn(w, bits, "channel" if group_size is None else int(group_size)),
+        bits=tuple(range(2, 9)),
+        default_bits=4,
+        grouped=True,
+        doc="round to nearest on GPTQ's asymmetric min-max grid (ignores H)",
+    ),
+    "gptq": PTQMethod(
+        gptq, bits=tuple(range(2, 9)), default_bits=4, grouped=True, doc="GPTQ (Frantar et al. 2023, Alg. 1)"
+    ),
+    "billm": PTQMethod(
+        lambda w, h, bits, group_size: billm(w, h),  # blocks of 128 input rows, as the reference
+        bits=(1,),
+        default_bits=1,
+        grouped=False,
+        doc="BiLLM (Huang et al. 2024): residual binarization of salient columns, two-group split of the rest",
+    ),
+}
+METHODS = tuple(_METHODS)
+NAMES = (*METHODS, *(f"{m}<k>" for m in METHODS))
+
+
+def get(name: str) -> PTQMethod:
+    """The PTQ method registered as `name` ('rtn', 'gptq', 'billm'); ValueError listing them otherwise."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown PTQ method {name!r}; choose one of {', '.join(NAMES)} (k = bits)")
+    return _METHODS[name]
+
+
+def resolve(method: str, bits: int | None = None) -> tuple[str, int]:
+    """(registered name, bits) of a method as written: 'rtn4' → ('rtn', 4), ('rtn', 4) → ('rtn', 4),
+    ('rtn', None) → ('rtn', 4), 'billm' → ('billm', 1). ValueError for an unknown name, bits the method
+    does not take, or bits that contradict the name's ('rtn4' with bits 3)."""
+    m = re.fullmatch(r"([a-z_]+?)(\d+)", method or "")
+    name, named_bits = (m[1], int(m[2])) if m and m[1] in _METHODS else (method, None)
+    spec = get(name)
+    if named_bits is not None and bits is not None and bits != named_bits:
+        raise ValueError(f"{method} is {named_bits}-bit: drop the bits or use {name}{bits}")
+    bits = next(b for b in (named_bits, bits, spec.default_bits) if b is not None)
+    if bits not in spec.bits:
+        others = " or ".join(n for n, s in _METHODS.items() if bits in s.bits) or "none of them"
+        takes = "binarizes (1 bit)" if spec.bits == (1,) else f"takes {spec.bits[0]} to {spec.bits[-1]} bits"
+        raise ValueError(f"{name} {takes}; use {others} for {bits} bits")
+    return name, bits
