@@ -269,3 +269,26 @@ def test_init_from_a_workdir_without_checkpoints_is_refused(tmp_path, data_dir):
     with pytest.raises(errors.UserError, match=r"config\.init_from=.*holds no checkpoints"):
         trainer.train(cfg, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")  # refused before the workdir is touched
+
+
+@pytest.mark.parametrize("arch, model_type", [("LlamaForCausalLM", "llama"), ("BitNetForCausalLM", "bitnet")])
+def test_missing_config_fields_take_the_architectures_own_defaults(arch, model_type):
+    """A config.json without hidden_act / tie_word_embeddings / rms_norm_eps / rope_theta means what
+    transformers' config class defaults to (BitNet: relu², untied, 1e-5, 5e5; Llama: SiLU, untied, 1e-6, 1e4)."""
+    from bitjax.export.hf import HF_DEFAULTS, model_config_from_hf
+
+    ref = transformers.AutoConfig.for_model(model_type).to_dict()
+    ref["rope_theta"] = (ref.get("rope_parameters") or {}).get("rope_theta", ref.get("rope_theta"))
+    assert HF_DEFAULTS[arch] == {k: ref[k] for k in HF_DEFAULTS[arch]}
+    hf_cfg = dict(
+        architectures=[arch],
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    cfg = model_config_from_hf(hf_cfg)
+    want = HF_DEFAULTS[arch]
+    assert cfg.activation == want["hidden_act"] and cfg.tie_embeddings == want["tie_word_embeddings"]
+    assert cfg.norm_eps == want["rms_norm_eps"] and cfg.rope_theta == want["rope_theta"]

@@ -108,8 +108,18 @@ class Architecture:
     from_hf: Callable[[dict, str], Any] | None = None
 
 
+# What transformers' config classes (LlamaConfig, BitNetConfig) default to for the fields a config.json
+# may leave out: a missing field means the architecture's default, not bitjax's. tests/test_export_hf.py
+# checks this table against the installed transformers.
+HF_DEFAULTS = {
+    "LlamaForCausalLM": dict(hidden_act="silu", tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0),
+    "BitNetForCausalLM": dict(hidden_act="relu2", tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=500000.0),
+}
+
+
 def _transformer_from_hf(hf_cfg: dict, arch: str):
     """config.model of an HF BitNetForCausalLM / LlamaForCausalLM config.json dict (see model_config_from_hf)."""
+    hf_cfg = {**HF_DEFAULTS[arch], **{k: v for k, v in hf_cfg.items() if v is not None}}
     q = hf_cfg.get("quantization_config") or {}
     if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
         raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
@@ -118,12 +128,12 @@ def _transformer_from_hf(hf_cfg: dict, arch: str):
         raise ValueError(f"rope_type {rope.get('rope_type')!r} is not implemented in bitjax (default RoPE only)")
     if hf_cfg.get("attention_bias") or hf_cfg.get("mlp_bias"):
         raise ValueError("attention_bias / mlp_bias are not implemented in bitjax")
-    act = {"relu2": "relu2", "silu": "silu"}.get(hf_cfg.get("hidden_act", "silu"))
+    act = {"relu2": "relu2", "silu": "silu"}.get(hf_cfg["hidden_act"])
     if act is None:
         raise ValueError(f"hidden_act {hf_cfg['hidden_act']!r} is not implemented (silu, relu2)")
     d, h = hf_cfg["hidden_size"], hf_cfg["num_attention_heads"]
     head_dim = hf_cfg.get("head_dim") or d // h
-    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 500000.0 if arch.startswith("BitNet") else 10000.0))
+    theta = rope.get("rope_theta", hf_cfg["rope_theta"])
     cfg = default_config()
     cfg.update(
         dict(
@@ -136,9 +146,9 @@ def _transformer_from_hf(hf_cfg: dict, arch: str):
             mlp_dim=hf_cfg["intermediate_size"],
             activation=act,
             rope_theta=float(theta),
-            norm_eps=float(hf_cfg.get("rms_norm_eps", 1e-5)),
+            norm_eps=float(hf_cfg["rms_norm_eps"]),
             sub_norm=arch.startswith("BitNet"),
-            tie_embeddings=bool(hf_cfg.get("tie_word_embeddings", arch.startswith("Llama") is False)),
+            tie_embeddings=bool(hf_cfg["tie_word_embeddings"]),
         )
     )
     cfg.quant.method = "b158" if q else "fp"
