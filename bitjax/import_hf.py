@@ -31,8 +31,8 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
     """
     from bitjax import config as config_lib
     from bitjax.export.hf import load_hf
-    from bitjax.train import checkpoint as ckpt_lib
-    from bitjax.train import config as train_config
+    from bitjax.run import checkpoint as ckpt_lib
+    from bitjax.run import config as train_config
     from bitjax.train import trainer
 
     model_cfg, model = load_hf(hf_dir)

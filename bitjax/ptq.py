@@ -46,7 +46,7 @@ from bitjax.nn import layer_stack
 from bitjax.quant import weights
 from bitjax.quant.billm import billm
 from bitjax.quant.gptq import gptq, hessian
-from bitjax.train import checkpoint as ckpt_lib
+from bitjax.run import checkpoint as ckpt_lib
 from bitjax.train import trainer
 from bitjax.train import workdir as workdir_lib
 

@@ -11,7 +11,7 @@ from flax import nnx
 from test_trainer import losses, tiny_config
 
 from bitjax import errors
-from bitjax.train import checkpoint as ckpt_lib
+from bitjax.run import checkpoint as ckpt_lib
 from bitjax.train import distill, trainer
 
 

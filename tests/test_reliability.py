@@ -137,7 +137,7 @@ def test_resume_with_another_tokenizer_of_the_same_padded_size_is_refused(data_d
 
 
 def test_fingerprint_is_stored_with_the_checkpoint(data_dir, tmp_path):
-    from bitjax.train import checkpoint
+    from bitjax.run import checkpoint
 
     trainer.train(tiny_config("fp", steps=1, data_dir=data_dir, **{"optim.warmup_steps": 0}), str(tmp_path))
     ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))

@@ -25,9 +25,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from bitjax import errors
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import config as train_config
-from bitjax.train import mesh as mesh_lib
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as train_config
+from bitjax.run import mesh as mesh_lib
 from bitjax.train import trainer
 
 

@@ -2,7 +2,7 @@
 that code outside the family needs goes through it.
 
 A model is any Flax NNX module ``Model(cfg, *, rngs)`` mapping int32 tokens [B, L] to float32 logits
-[B, L, V], its parameters annotated with logical axis names (bitjax.train.mesh). The trainer uses
+[B, L, V], its parameters annotated with logical axis names (bitjax.run.mesh). The trainer uses
 :func:`get_model`, :func:`validate`, :func:`size_hints`, :func:`stage_configs` and :func:`describe`;
 config files use :func:`preset`; stored runs load through :func:`default_config`; HF/GGUF export
 uses :func:`hf_param_names`; distillation takes any family as teacher or student.
@@ -24,7 +24,7 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
        ``init_cache`` / ``decode`` methods on the module (bitjax.eval.sample's fast generation).
 2. One entry in ``_MODELS`` below: ``"mamba2": Family(mamba2.Mamba2, mamba2.validate_config,
    mamba2.SIZE_HINTS, mamba2.stage_configs, mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES)``.
-3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.train.config.trainer_config()`` with
+3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.run.config.trainer_config()`` with
    ``config.model = models.preset("mamba2", size)``; accept the arguments ``quant``, ``size`` and
    ``steps`` (``bitjax.config.parse_arg``) and ``python -m bitjax.compare --config configs/mamba2.py``
    and ``python benchmarks/step_time.py --config configs/mamba2.py`` work unchanged.

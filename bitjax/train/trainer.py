@@ -32,10 +32,10 @@ from bitjax import config as config_lib
 from bitjax import errors, models
 from bitjax.data import pipeline as data_lib
 from bitjax.nn import layer_stack
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import config as train_config
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as train_config
 from bitjax.train import distill, distributed, optim
-from bitjax.train import mesh as mesh_lib
+from bitjax.run import mesh as mesh_lib
 from bitjax.train import workdir as workdir_lib
 
 log = logging.getLogger("bitjax")

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from bitjax import config as config_lib
 from bitjax.data import config as data_config
 from bitjax.train import distill, optim
-from bitjax.train import mesh as mesh_lib
+from bitjax.run import mesh as mesh_lib
 
 NONFINITE_POLICIES = ("skip", "stop")
 
@@ -131,7 +131,7 @@ def _need(ok: bool, field: str, value, fix: str):
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
     config_lib.check_fields(
-        config, {**trainer_config(), "model": None}, "config", "bitjax.train.config.trainer_config()"
+        config, {**trainer_config(), "model": None}, "config", "bitjax.run.config.trainer_config()"
     )
     for field in ("total_steps", "batch_size", "seq_len"):
         v = config[field]
