@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,7 +33,7 @@ from bitjax import config as config_lib
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-MeshAxes = Union[None, str, tuple[str, ...]]
+MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
 
 DEFAULT_RULES: Rules = (
