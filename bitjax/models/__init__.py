@@ -12,7 +12,7 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
 1. ``bitjax/models/mamba2.py``: the module ``Mamba2(cfg, *, rngs)``, and beside it
      * ``default_config()``: its ConfigDict (``name='mamba2'``, ``vocab_size`` (None → the tokenizer's,
        typed ``FieldReference(…, field_type=int)``), a ``quant`` section as the transformer's);
-     * ``validate_config(cfg, seq_len=None)``: ValueError naming the field; start with
+     * ``validate_config(cfg)``: ValueError naming the field; start with
        ``bitjax.config.check_fields(cfg, default_config(), "config.model", "bitjax.models.mamba2.default_config()")``;
      * ``SIZE_HINTS``: logical axis → the config field that sets its size (mesh-divisibility errors);
      * ``stage_configs(cfg, total_steps)`` and ``quant_table(cfg)``: the quantization stages and
@@ -46,7 +46,7 @@ from bitjax.models.transformer import SIZES, Transformer, validate_config
 @dataclasses.dataclass(frozen=True)
 class Family:
     model: type
-    validate: Callable[..., None]  # (cfg, seq_len) → None or ValueError naming the field
+    validate: Callable[..., None]  # cfg → None or ValueError naming the field
     size_hints: dict[str, str]  # logical axis → config field that sets its size
     stage_configs: Callable[..., list]  # (cfg, total_steps) → [(first step, single-stage cfg)]
     quant_table: Callable[[Any], dict]  # cfg → {layer role: QuantSpec}
@@ -90,9 +90,9 @@ def get_model(name: str):
     return _entry(name).model
 
 
-def validate(cfg, seq_len: int | None = None) -> None:
+def validate(cfg) -> None:
     """Validate config.model with its model's validator (ValueError naming the field)."""
-    _entry(cfg.get("name")).validate(cfg, seq_len)
+    _entry(cfg.get("name")).validate(cfg)
 
 
 def size_hints(name: str) -> dict[str, str]:

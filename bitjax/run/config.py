@@ -195,4 +195,4 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     distill.validate_config(config.distill)
     from bitjax import models  # the model validates its own fields
 
-    models.validate(config.model, seq_len=config.seq_len)
+    models.validate(config.model)
