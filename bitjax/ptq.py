@@ -49,6 +49,7 @@ from bitjax.quant.gptq import gptq, hessian
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.train import trainer
 from bitjax.train import workdir as workdir_lib
+from bitjax.train.metrics import jsonable_metrics
 
 MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
 METHODS = ("rtn", "gptq", "billm")
@@ -248,7 +249,7 @@ def run(
         "layer_errors": errs,
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
-        json.dump(trainer.jsonable_metrics(result), f, indent=1)
+        json.dump(jsonable_metrics(result), f, indent=1)
     print(
         f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
         f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"

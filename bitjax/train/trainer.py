@@ -7,17 +7,16 @@ only the step stored in the checkpoint. With config.distill, another run's model
 frozen teacher inside the same jitted step (bitjax.train.distill); `load_run` loads it, as it does
 config.init_from's parameters.
 
-Sections: setup → state & shardings → steps → restore → loop.
+Sections: setup → state & shardings → steps → restore → loop. Beside it: metrics.py (metrics.jsonl,
+TensorBoard, progress), resume.py (fingerprints, resume checks, the workdir lock), guards.py
+(preemption, skip watch).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import signal
-import sys
 import time
 from typing import Any, NamedTuple
 
@@ -34,109 +33,12 @@ from bitjax.data import pipeline as data_lib
 from bitjax.nn import layer_stack
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as train_config
-from bitjax.train import distill, distributed, optim
 from bitjax.run import mesh as mesh_lib
-from bitjax.train import workdir as workdir_lib
+from bitjax.train import distill, distributed, guards, optim, resume
+from bitjax.train.metrics import MetricsWriter, Progress, last_logged
 
 log = logging.getLogger("bitjax")
 VOCAB_MULTIPLE = 128
-
-
-# ============================================================================ metrics
-def jsonable_metrics(metrics: dict) -> dict:
-    """NaN/Inf floats → None, so the output is strict JSON (json.dumps would write a bare NaN)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
-
-
-def truncate_metrics(path: str, step: int) -> int:
-    """Drops the rows of metrics.jsonl after `step` (and a torn last line); returns how many were dropped.
-
-    A run resumed from a checkpoint older than its last logged row (a SIGKILL, a damaged or deleted
-    checkpoint) logs those steps again: without this, they would appear twice.
-    """
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        lines = f.read().splitlines()
-    keep = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):  # a row cut short by a kill: drop it
-            pass
-    if len(keep) < len(lines):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)  # atomic: a crash now leaves either the old or the new file
-    return len(lines) - len(keep)
-
-
-class MetricsWriter:
-    """metrics.jsonl (one JSON object per log step) + TensorBoard events, process 0 only.
-
-    `start`: the step the run (re)starts from; rows and events logged after it by an earlier attempt
-    are dropped, so each step appears once.
-    """
-
-    def __init__(self, workdir: str, enabled: bool, start: int = 0):
-        self.enabled = enabled
-        self._tb = None
-        if enabled:
-            path = os.path.join(workdir, "metrics.jsonl")
-            dropped = truncate_metrics(path, start)
-            if dropped:
-                log.warning(
-                    "dropped %d row(s) after step %d from %s: this run logs those steps again", dropped, start, path
-                )
-            self._jsonl = open(path, "a")
-            try:
-                from tensorboardX import SummaryWriter
-
-                # purge_step: TensorBoard discards the earlier attempt's events from that step on
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1)
-            except ImportError:  # TensorBoard events are optional
-                log.warning("tensorboardX not installed: no TensorBoard events")
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._jsonl.write(json.dumps({"step": step, **jsonable_metrics(metrics)}) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, v, step)
-
-    def close(self):
-        if self.enabled:
-            self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
-
-
-class Progress:
-    """Console progress: step, loss, tokens/s and ETA (a live bar on a terminal)."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.start, self.enabled = total, start, enabled
-        self.tty = enabled and sys.stdout.isatty()
-        self.t0 = time.perf_counter()
-
-    def update(self, step: int, msg: str, force_line: bool = False):
-        if not self.enabled:
-            return
-        done = step - self.start
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        frac = step / self.total
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        line = f"[{bar}] {step}/{self.total} {msg} ETA {eta_s}"
-        if self.tty and not force_line:
-            print("\r" + line, end="", flush=True)
-        else:
-            print(("\r" if self.tty else "") + line, flush=True)
 
 
 # ============================================================================ state
@@ -239,10 +141,10 @@ class Setup:
         # these rules; its tokenizer and vocabulary are checked against this run's before anything loads
         self.teacher: Run | None = None
         if config.distill.teacher_workdir:
-            now_fp = data_fingerprint(config.data, self.tokenizer.name)
+            now_fp = resume.data_fingerprint(config.data, self.tokenizer.name)
             check = lambda meta: distill.check_teacher(
                 config.distill.teacher_workdir,
-                meta.get("data") or data_fingerprint(meta["config"]["data"]),
+                meta.get("data") or resume.data_fingerprint(meta["config"]["data"]),
                 meta["config"]["model"].get("vocab_size"),
                 now_fp,
                 mcfg.vocab_size,
@@ -398,158 +300,6 @@ def describe_stages(setup: Setup) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ restore
-# Data fields that define the token stream (not where it is cached, nor how much of it is evaluated).
-DATA_IDENTITY = (
-    "name",
-    "paths",
-    "text_key",
-    "train_split",
-    "validation_fraction",
-    "encoding",
-    "tokenizer",
-    "vocab_size",
-    "spm_sample_bytes",
-)
-
-
-def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
-    """What a checkpoint's token stream was made from: the data fields above + the tokenizer's identity."""
-    d = json.loads(json.dumps(config_lib.to_dict(data_config)))
-    fp = {f"data.{k}": d[k] for k in DATA_IDENTITY if k in d}
-    if d.get("tokenizer") == "byte":  # only sentencepiece reads these
-        for k in ("data.vocab_size", "data.spm_sample_bytes"):
-            fp.pop(k, None)
-    if tokenizer_name is not None:  # e.g. a sentencepiece model retrained on other text has another name
-        fp["tokenizer vocabulary"] = tokenizer_name
-    return fp
-
-
-def _diffs(saved, now, path: str) -> list[str]:
-    """'config.a.b: saved X, now Y' for each leaf that differs."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [
-            d for k in sorted(set(saved) | set(now), key=str) for d in _diffs(saved.get(k), now.get(k), f"{path}.{k}")
-        ]
-    return [] if saved == now else [f"{path}: saved {saved!r}, now {now!r}"]
-
-
-def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str, tokenizer_name: str) -> None:
-    """Refuse to resume a workdir written by a different model/data/seed: nothing is overwritten."""
-    saved = meta.get("config", {})
-    now = json.loads(json.dumps(config_lib.to_dict(config)))
-    diffs = []
-    for key in ("model", "seq_len", "batch_size", "seed", "distill"):
-        if key in saved:
-            diffs += _diffs(saved[key], now[key], f"config.{key}")
-    # checkpoints from before the fingerprint was stored: compare the data fields of their config
-    saved_fp = meta.get("data") or data_fingerprint(saved.get("data", {}))
-    now_fp = data_fingerprint(config.data, tokenizer_name)
-    diffs += [
-        f"config.{k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
-        if k.startswith("data.")
-        else f"the {k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
-        for k in now_fp
-        if k in saved_fp and saved_fp[k] != now_fp[k]
-    ]
-    if diffs:
-        fields = sorted({d.split(":")[0].split(".")[1] if d.startswith("config.") else "data" for d in diffs})
-        raise errors.UserError(
-            f"{workdir} holds checkpoints of a run with a different "
-            f"{' / '.join('config.' + f for f in fields)} ({'; '.join(diffs)}). Resuming would mix "
-            f"incompatible runs: use a new --workdir, or restore the original value(s). Nothing was "
-            f"changed on disk."
-        )
-
-
-def _last_logged(workdir: str) -> dict:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [l for l in f.read().splitlines() if l.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
-class _Preemption:
-    """SIGTERM/SIGINT → finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        del frame
-        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
-            raise KeyboardInterrupt("second interrupt: stopped without a final checkpoint")
-        log.warning(
-            "received signal %d: checkpointing after this step and stopping (Ctrl-C again to quit at once)", signum
-        )
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _SkipWatch:
-    """nonfinite='skip': a console warning at each skipped step; stops after too many in a row.
-
-    Each step's `finite` flag is read one step late, so the host never waits for the device. Every
-    process checks (the flag is replicated, so all stop at the same step); only `lead` warns.
-    """
-
-    def __init__(self, config: ConfigDict, lead: bool):
-        self.limit, self.enabled, self.lead = config.max_consecutive_skips, config.nonfinite == "skip", lead
-        self.pending, self.in_a_row = None, 0
-
-    def __call__(self, step: int | None = None, finite=None) -> None:
-        """Records step `step`'s flag and checks the previous one (no arguments: check the last one)."""
-        if not self.enabled:
-            return
-        prev, self.pending = self.pending, (None if step is None else (step, finite))
-        if prev is None:
-            return
-        if bool(prev[1]):
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        if self.lead:
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0], self.in_a_row)
-        if self.in_a_row > self.limit:
-            raise FloatingPointError(
-                f"{self.in_a_row} steps in a row skipped for non-finite values (more than "
-                f"config.max_consecutive_skips={self.limit}) at step {prev[0]}; stopping. Lower "
-                f"config.optim.lr or raise config.optim.warmup_steps."
-            )
-
-
-def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.Lock | None:
-    """Process 0 checks, creates and locks `workdir`; in multi-process runs the others learn whether it could."""
-    lock, error = None, None
-    if lead:
-        try:
-            workdir_lib.prepare(workdir)
-            lock = workdir_lib.Lock(workdir).acquire()
-        except errors.UserError as e:
-            error = e
-    if process_count > 1 and distributed.any_process(error is not None) and error is None:
-        if lock is not None:
-            lock.release()
-        error = errors.UserError(f"process 0 could not use --workdir {workdir}; see its error")
-    if error is not None:
-        raise error
-    return lock
-
-
 class Run(NamedTuple):
     """Another run's model as `load_run` restores it: frozen parameters and what runs them."""
 
@@ -629,7 +379,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     many steps of this invocation, as a preemption would; the run can be resumed later.
     """
     setup = Setup(config, devices)  # validates everything before touching the workdir
-    lock = _lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
+    lock = resume.lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
     try:
         ckpt = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -652,7 +402,7 @@ def _run(
     lead = setup.pi == 0
     meta = {
         "config": config_lib.to_dict(config),
-        "data": data_fingerprint(config.data, setup.tokenizer.name),
+        "data": resume.data_fingerprint(config.data, setup.tokenizer.name),
         "quant_recipe": setup.quant_table,
     }
     if setup.teacher is not None:  # which teacher checkpoint: a resume must distill from the same one
@@ -660,14 +410,8 @@ def _run(
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     if ckpt.latest_step() is not None:
         saved_meta = ckpt.restore_metadata()
-        _check_resume_compatible(config, saved_meta, workdir, setup.tokenizer.name)
-        if saved_meta.get("teacher_step", meta.get("teacher_step")) != meta.get("teacher_step"):
-            raise errors.UserError(
-                f"{workdir} was distilled from step {saved_meta['teacher_step']} of "
-                f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}, whose latest checkpoint is "
-                f"now step {setup.teacher.step}: resuming would change the teacher mid-run. Use a new --workdir, "
-                f"or restore that teacher checkpoint. Nothing was changed on disk."
-            )
+        resume.check_compatible(config, saved_meta, workdir, setup.tokenizer.name)
+        resume.check_same_teacher(config, saved_meta, meta.get("teacher_step"), workdir)
         step0, state = ckpt.restore_latest(restore_target)
         if lead:
             print(f"resumed from {workdir} at step {step0}")
@@ -696,7 +440,7 @@ def _run(
             )
 
     if start >= config.total_steps:  # already finished: report, do not train further
-        last = _last_logged(workdir)
+        last = last_logged(workdir)
         last.update(setup.evaluate(state["params"]))
         last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
         if lead:
@@ -704,13 +448,13 @@ def _run(
         return last
 
     writer = MetricsWriter(workdir, lead, start)
-    skip_watch = _SkipWatch(config, lead)
+    skip_watch = guards.SkipWatch(config, lead)
     progress = Progress(config.total_steps, start, lead)
     tokens_per_step = config.batch_size * config.seq_len
     last: dict[str, Any] = {}
     t_log, steps_since, first_interval = time.perf_counter(), 0, True
     step_times = []
-    with _Preemption() as preempt:
+    with guards.Preemption() as preempt:
         for step in range(start, config.total_steps):
             state, m = setup.train_steps[setup.stage_at(step)](state, setup.train_batch(step))
             done = step + 1
