@@ -1,2 +1,3 @@
-"""A run's floor below the trainer: its config fields (config.py), mesh and axis rules (mesh.py), checkpoints
-(checkpoint.py). Training is one user of them; the tools that read runs are the others."""
+"""A run: its config resolved once (plan.py), its checkpoints (checkpoint.py), mesh and axis rules (mesh.py)
+and config fields (config.py). Everything that reads a workdir (sample, eval, export, ptq, a distillation
+teacher, init_from) goes through `bitjax.run.plan.restore`; training (bitjax.train) is one user of it."""
