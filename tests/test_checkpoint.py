@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from bitjax.run import mesh as M
-from bitjax.train import optim
 from bitjax.run.checkpoint import Checkpointer, abstract_with_shardings
+from bitjax.train import optim
 
 # A failed orbax read (the corrupt / incompatible cases below) can leave un-awaited
 # tasks behind in orbax's event loop; harmless noise, reported at garbage collection.
