@@ -5,6 +5,7 @@ import ast
 import glob
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -138,6 +139,22 @@ def test_a_tokenizer_that_is_missing_or_not_the_runs_is_one_clear_error(moved_ru
         sample.main(["--workdir", copy, "--tokens", "1"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "is missing" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_is_read_past_and_left_in_place(moved_run, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(moved_run, copy)
+    ckpts = copy / "checkpoints"
+    shutil.copytree(ckpts / "2", ckpts / "3")  # a newer step, then damaged
+    with open(ckpts / "3" / "state" / "manifest.ocdbt", "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        f.write(bytes(b ^ 0xFF for b in data))
+    with caplog.at_level(logging.WARNING, logger="bitjax"):
+        plan, _ = plan_lib.restore(str(copy))
+    assert plan.step == 2 and "checkpoint step 3" in caplog.text
+    assert sorted(os.listdir(ckpts)) == ["2", "3"]  # a reader renames nothing
 
 
 def test_a_workdir_from_before_stored_tokenizers_loads_its_byte_tokenizer():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -35,6 +36,7 @@ from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
 
+log = logging.getLogger("bitjax")
 # config.model.vocab_size=None is the tokenizer's, padded to a multiple of this so the vocab axis shards
 # evenly and matmuls tile well; the padding ids never occur as targets
 VOCAB_MULTIPLE = 128
@@ -295,7 +297,8 @@ def restore(
     run's own config.mesh on all devices). field: how the user named `workdir` (errors name it).
     check(meta): called on the checkpoint's metadata before anything loads (raise UserError to refuse).
     tokenizer=False: plan.tokenizer is None (a teacher or init_from source needs none). A workdir
-    without checkpoints or an absent step raises UserError, and nothing is created on disk.
+    without checkpoints or an absent step raises UserError, and nothing is created on disk. step=None
+    reads past a damaged newest checkpoint to the one before, with a warning (nothing is renamed).
     """
     who = f"{field} {workdir!r}" if field.startswith("--") else f"{field}={workdir!r}"
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -311,25 +314,42 @@ def restore(
             raise errors.UserError(f"{who} holds no finished checkpoint in {ckpt_dir}: train that run first")
         if step is not None and step not in steps:
             raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
-        step = steps[-1] if step is None else step
-        meta = ckpt.restore_metadata(step)
-        if check is not None:
-            check(meta)
-        config = run_config.with_defaults(meta["config"])
-        config.distill.teacher_workdir = config.init_from = ""
-        if isinstance(mesh, dict):
-            config.mesh = ConfigDict(dict(mesh))
-        tok = restore_tokenizer(workdir, meta, config, who) if tokenizer else None
-        try:
-            plan = resolve(config, tok, devices, mesh=mesh, rules=rules, step=step)
-        except errors.UserError:
-            raise
-        except ValueError as e:
-            raise errors.UserError(f"{who}: its stored config does not resolve here: {e}") from None
-        params = ckpt.restore_params(step, plan.params_target())
+        todo = [step] if step is not None else steps[::-1]
+        for i, s in enumerate(todo):
+            try:
+                return _restore_step(ckpt, s, workdir, who, devices, mesh, rules, check, tokenizer)
+            except errors.UserError:
+                raise
+            except Exception as e:  # a damaged newest checkpoint: read the one before
+                if i == len(todo) - 1:
+                    raise
+                log.warning(
+                    "checkpoint step %d in %s could not be read (%s: %s); trying the previous one",
+                    s,
+                    ckpt_dir,
+                    type(e).__name__,
+                    str(e)[:300],
+                )
     finally:
         ckpt.close()
-    return plan, params
+
+
+def _restore_step(ckpt, step, workdir, who, devices, mesh, rules, check, tokenizer) -> tuple[Plan, Any]:
+    meta = ckpt.restore_metadata(step)
+    if check is not None:
+        check(meta)
+    config = run_config.with_defaults(meta["config"])
+    config.distill.teacher_workdir = config.init_from = ""
+    if isinstance(mesh, dict):
+        config.mesh = ConfigDict(dict(mesh))
+    tok = restore_tokenizer(workdir, meta, config, who) if tokenizer else None
+    try:
+        plan = resolve(config, tok, devices, mesh=mesh, rules=rules, step=step)
+    except errors.UserError:
+        raise
+    except ValueError as e:
+        raise errors.UserError(f"{who}: its stored config does not resolve here: {e}") from None
+    return plan, ckpt.restore_params(step, plan.params_target())
 
 
 def restore_one_device(workdir: str, step: int | None = None) -> tuple[Plan, Any]:
