@@ -32,8 +32,8 @@ def measure(size: str, n_layers: int, scan: bool, method: str, batch: int, seq_l
     import jax.numpy as jnp
 
     from bitjax.models import transformer
-    from bitjax.train import checkpoint as ckpt_lib
-    from bitjax.train import config as config_lib
+    from bitjax.run import checkpoint as ckpt_lib
+    from bitjax.run import config as config_lib
     from bitjax.train import trainer
 
     c = config_lib.trainer_config()

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.step_time import make_config
-from bitjax.train import checkpoint as ckpt_lib
+from bitjax.run import checkpoint as ckpt_lib
 from bitjax.train import trainer
 
 FIELDS = (

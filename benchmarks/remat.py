@@ -26,8 +26,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bitjax.models import transformer
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import config as config_lib
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as config_lib
 from bitjax.train import trainer
 
 

@@ -2,7 +2,7 @@
 
 A config file is `configs/<name>.py` with `get_config(arg)`; the command line is
 `--config configs/transformer.py:quant=b158,size=tiny --config.total_steps=500`. The trainer's
-fields (and their validation) are bitjax.train.config; each model family's are its own
+fields (and their validation) are bitjax.run.config; each model family's are its own
 (bitjax.models). This module imports neither: it sits below both.
 
     parse_arg(arg, **defaults)         'quant=b158,size=tiny' → ConfigDict of the config file's arguments

@@ -22,44 +22,57 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from bitjax import errors
+from bitjax.run import mesh as mesh_lib
+
 
 def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> ConfigDict:
     """Write `workdir`/checkpoints/0 holding the HF model's parameters and a fresh optimizer state.
 
     Returns the run config stored with it (config.model from the HF config.json). Refuses a workdir
-    that already holds checkpoints (nothing there is overwritten).
+    that already holds checkpoints (nothing there is overwritten). The data config's tokenizer is
+    stored with the run (a sentencepiece one is trained on its corpus if not cached yet).
     """
     from bitjax import config as config_lib
+    from bitjax.data import pipeline
     from bitjax.export.hf import load_hf
-    from bitjax.train import checkpoint as ckpt_lib
-    from bitjax.train import config as train_config
-    from bitjax.train import trainer
+    from bitjax.run import checkpoint as ckpt_lib
+    from bitjax.run import config as run_config
+    from bitjax.run import plan as plan_lib
+    from bitjax.train import optim
 
     model_cfg, model = load_hf(hf_dir)
-    config = ConfigDict(config_lib.to_dict(config)) if config is not None else train_config.trainer_config()
+    config = ConfigDict(config_lib.to_dict(config)) if config is not None else run_config.trainer_config()
     config.model = model_cfg
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
-    setup = trainer.Setup(config, devices=jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+    with errors.as_user_errors():
+        run_config.validate(config, mesh)
+        tokenizer = pipeline.get_tokenizer(run_config.data_config(config))
+        plan = plan_lib.resolve(config, tokenizer, mesh=mesh)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     if ckpt.latest_step() is not None:
         ckpt.close()
         raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
-    params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), setup.state_sharding["params"])
+    params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), plan.param_shardings)
+    tx, _ = optim.make_optimizer(plan.config.optim, plan.config.total_steps)
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
-        "opt_state": setup.tx.init(params),
+        "opt_state": tx.init(params),
         "skipped": jnp.zeros((), jnp.int32),
     }
     meta = {
-        "config": config_lib.to_dict(config),
-        "quant_recipe": setup.quant_table,
+        "config": config_lib.to_dict(plan.config),
+        "tokenizer": plan_lib.tokenizer_meta(tokenizer),
+        "quant_recipe": plan.quant_table,
         "imported_from": os.path.abspath(hf_dir),
     }
+    plan_lib.store_tokenizer(workdir, tokenizer)
     ckpt.save(0, state, meta, force=True)
     ckpt.wait()
     ckpt.close()
-    return config
+    return plan.config
 
 
 def main(argv):

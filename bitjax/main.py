@@ -50,11 +50,11 @@ def main(argv):
     # a no-op for a single process; see bitjax/train/distributed.py
     with errors.as_user_errors():  # incomplete --coordinator_address/--num_processes/--process_id
         distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _AUTO.value)
-    from bitjax.train import trainer  # after distributed init: it touches devices
+    from bitjax.train import metrics, trainer  # after distributed init: it touches devices
 
-    metrics = trainer.train(_CONFIG.value, _WORKDIR.value)
+    final = trainer.train(_CONFIG.value, _WORKDIR.value)
     # strict JSON (NaN → null): the output is meant to be read by other tools
-    print(json.dumps(trainer.jsonable_metrics(metrics), indent=1))
+    print(json.dumps(metrics.jsonable_metrics(final), indent=1))
 
 
 if __name__ == "__main__":

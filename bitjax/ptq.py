@@ -1,10 +1,12 @@
 """Post-training quantization of a trained full-precision run, layer by layer (GPTQ's sequential procedure).
 
     python -m bitjax.ptq --workdir runs/fp --method gptq --bits 3 [--group_size 128] \
-        [--calib_sequences 128] [--step N] --out runs/fp_gptq3
+        [--calib_sequences 128] [--calib_text 'notes/*.md' [--eval_text FILES]] [--step N] --out runs/fp_gptq3
 
-Calibration: `--calib_sequences` sequences of the run's train split (its first batches, config.seq_len
-tokens each). The embedding runs once; then for each decoder layer in order, on the calibration
+Calibration: `--calib_sequences` sequences of config.seq_len tokens: by default the run's train split (its
+first batches, so its corpus must be at hand), or with `--calib_text` any local text under the run's
+tokenizer (each file a document followed by <eos>, as training lays them out; the first sequences of the
+stream), which needs only the workdir. The embedding runs once; then for each decoder layer in order, on the calibration
 activations that come out of the already-quantized earlier layers (and earlier projections of this
 layer), each projection's input X is captured, H = hessian(X) = 2XᵀX/n (n sequences), and its kernel W (in, out) is
 replaced by W̃:
@@ -20,10 +22,12 @@ Methods (bitjax.quant.ptq_methods): `rtn` (round to nearest on GPTQ's grid; igno
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
 --out becomes an ordinary run directory: checkpoints/ holding the run's config (still method 'fp')
-with W̃ in place of each projection kernel (the fake-quantized weights are used as they are), so
-bitjax.sample, bitjax.eval and bitjax.eval.scoring.load read it as any run. DIR/ptq.json holds
-eval_loss / eval_bpb on the validation split (the trainer's eval, same batches), those of the FP run,
-and per projection the layer error tr((W − W̃)ᵀ H (W − W̃)) = 2‖XW − XW̃‖²/n.
+with W̃ in place of each projection kernel (the fake-quantized weights are used as they are) and the
+run's tokenizer, so bitjax.sample, bitjax.eval and bitjax.run.plan.restore read it as any run.
+DIR/ptq.json holds eval_loss (nats/token) / eval_bpb / eval_ppl and those of the FP run, on the
+validation split (the trainer's eval, same batches) or with --calib_text on the --eval_text files
+(default: the calibration files; bitjax.eval.perplexity), `eval_data` saying which, and per projection
+the layer error tr((W − W̃)ᵀ H (W − W̃)) = 2‖XW − XW̃‖²/n.
 A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq) is refused, never deleted.
 """
 
@@ -41,14 +45,18 @@ import numpy as np
 from flax import nnx
 
 from bitjax import errors
-from bitjax.eval import scoring
+from bitjax.eval import perplexity
+from bitjax.eval.scoring import Scorer
 from bitjax.models import transformer
 from bitjax.nn import layer_stack
 from bitjax.quant import ptq_methods
 from bitjax.quant.gptq import hessian
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import trainer
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as run_config
+from bitjax.run import plan as plan_lib
+from bitjax.train import optim
 from bitjax.train import workdir as workdir_lib
+from bitjax.train.metrics import jsonable_metrics
 
 MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
 
@@ -70,13 +78,48 @@ def layer_error(w: jax.Array, wq: jax.Array, h: jax.Array) -> float:
 
 
 # ============================================================================ calibration
-def calibration_tokens(setup: trainer.Setup, n: int) -> np.ndarray:
+def calibration_tokens(train_data, n: int) -> np.ndarray:
     """The first `n` sequences of the train split (the trainer's batches 0, 1, …): int32 [n, seq_len]."""
     rows, step = [], 0
     while sum(len(r) for r in rows) < n:
-        rows.append(np.asarray(setup.train_data.batch(step, 0, 1)["inputs"]))
+        rows.append(np.asarray(train_data.batch(step, 0, 1)["inputs"]))
         step += 1
     return np.concatenate(rows)[:n]
+
+
+def text_calibration_tokens(tokenizer, texts: list[str], n: int, seq_len: int) -> np.ndarray:
+    """Up to `n` sequences int32 [≤ n, seq_len] from the start of the stream d0 <eos> d1 <eos> … of `texts`."""
+    stream = np.concatenate([np.append(tokenizer.encode(t), tokenizer.eos_id) for t in texts]).astype(np.int32)
+    rows = min(n, len(stream) // seq_len)
+    if rows == 0:
+        raise errors.UserError(
+            f"--calib_text: the files hold {len(stream)} tokens; one calibration sequence needs config.seq_len={seq_len}"
+        )
+    return stream[: rows * seq_len].reshape(rows, seq_len)
+
+
+def read_texts(files: list[str]) -> list[str]:
+    texts = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    return texts
+
+
+def run_data(plan: plan_lib.Plan):
+    """(train, eval) data of the run's own corpus (the trainer's batches), refused if its tokenizer changed."""
+    from bitjax.data import pipeline  # tfds and grain: only when the train split is read
+
+    try:
+        train, evaluation, tok = pipeline.get_datasets(run_config.data_config(plan.config))
+    except errors.UserError as e:
+        raise errors.UserError(f"{e} (calibrate on other text with --calib_text FILES)") from None
+    if tok.name != plan.tokenizer.name:
+        raise errors.UserError(
+            f"the run's corpus now gives tokenizer {tok.name}, not its own {plan.tokenizer.name}; "
+            "calibrate on other text with --calib_text FILES"
+        )
+    return train, evaluation
 
 
 class _Recorder(nnx.Module):
@@ -162,8 +205,13 @@ def run(
     group_size: int | None = None,
     calib_sequences: int = 128,
     step: int | None = None,
+    calib_text: list[str] | None = None,
+    eval_text: list[str] | None = None,
 ) -> dict:
-    """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json."""
+    """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json.
+
+    calib_text, eval_text: glob patterns of text files (None: the run's train and validation splits).
+    """
     try:
         method, bits = ptq_methods.resolve(method, bits)
     except ValueError as e:
@@ -174,16 +222,18 @@ def run(
         raise errors.UserError(f"--calib_sequences {calib_sequences}: must be ≥ 1")
     if os.path.abspath(out) == os.path.abspath(workdir):
         raise errors.UserError("--out must differ from --workdir (the trained run is never written)")
+    if eval_text and not calib_text:
+        raise errors.UserError("--eval_text goes with --calib_text (without it, the validation split is evaluated)")
+    with errors.as_user_errors():  # a pattern that matches no file
+        calib_files = perplexity.expand_paths(calib_text) if calib_text else None
+        eval_files = perplexity.expand_paths(eval_text) if eval_text else calib_files
 
     # one device: the calibration pass is eager and small next to training
-    setup, params = scoring.load(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
-    src = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        step = src.latest_step() if step is None else step
+    plan, params = plan_lib.restore_one_device(workdir, step)
+    step = plan.step
+    with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as src:
         meta = src.restore_metadata(step)
-    finally:
-        src.close()
-    mcfg = setup.config.model
+    mcfg = plan.config.model
     if mcfg.name != "transformer" or mcfg.quant.method != "fp":
         raise errors.UserError(
             f"--workdir {workdir} trained {mcfg.name} with quant.method={mcfg.quant.method!r}: "
@@ -201,23 +251,36 @@ def run(
                     else f"must divide every projection's input size {sorted(dims)}"
                 )
             )
+    if calib_files is None:
+        train_data, eval_data = run_data(plan)
+        tokens = calibration_tokens(train_data, calib_sequences)
+        eval_step = plan.eval_step()
+        evaluate = lambda p: plan_lib.evaluate(plan, eval_step, p, eval_data)
+    else:
+        tokens = text_calibration_tokens(plan.tokenizer, read_texts(calib_files), calib_sequences, plan.config.seq_len)
+        eval_texts = read_texts(eval_files)
+
+        def evaluate(p):
+            m = perplexity.score_texts(Scorer(plan, p), eval_texts)
+            return {"eval_loss": m["nats_per_token"], "eval_bpb": m["bits_per_byte"], "eval_ppl": m["token_ppl"]}
+
     fresh_out(out)  # every check above passed: now the disk is touched
 
-    fp_eval = setup.evaluate(params)
-    model = layer_stack.unstack_layers(setup.model(params))  # quantized layer by layer
-    tokens = calibration_tokens(setup, calib_sequences)
+    fp_eval = evaluate(params)
+    model = layer_stack.unstack_layers(plan.model(params))  # quantized layer by layer
     print(
         f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
         f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers"
     )
     errs = quantize_model(model, tokens, method, bits, group_size)
     qparams = layer_stack.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
-    q_eval = setup.evaluate(qparams)
+    q_eval = evaluate(qparams)
 
+    tx, _ = optim.make_optimizer(plan.config.optim, plan.config.total_steps)
     state = {
         "step": jnp.asarray(step, jnp.int32),
         "params": qparams,
-        "opt_state": setup.tx.init(qparams),
+        "opt_state": tx.init(qparams),  # fresh, as the trainer would start from it
         "skipped": jnp.zeros((), jnp.int32),
     }
     ptq = {
@@ -225,10 +288,14 @@ def run(
         "bits": bits,
         "group_size": group_size,
         "calib_sequences": len(tokens),
+        "calib_data": "train split" if calib_files is None else calib_files,
+        "eval_data": "validation split" if eval_files is None else eval_files,
         "source": os.path.abspath(workdir),
         "source_step": int(step),
     }
-    meta = {**meta, "ptq": ptq}  # the run's own config (its mesh, not this process's)
+    # the run's own config (its mesh, not this process's) and tokenizer, copied along: OUT restores alone
+    meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer), "ptq": ptq}
+    plan_lib.store_tokenizer(out, plan.tokenizer)
     with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
         ckpt.save(int(step), state, meta, force=True)
         ckpt.wait()
@@ -242,7 +309,7 @@ def run(
         "layer_errors": errs,
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
-        json.dump(trainer.jsonable_metrics(result), f, indent=1)
+        json.dump(jsonable_metrics(result), f, indent=1)
     print(
         f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
         f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"
@@ -259,11 +326,27 @@ def main(argv=None):
     )
     p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq (default 4); billm: 1")
     p.add_argument("--group_size", type=int, default=None, help="input rows per (scale, zero) (default: per channel)")
-    p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences from the train split")
+    p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences (of config.seq_len tokens)")
+    p.add_argument(
+        "--calib_text", action="append", help="glob(s) of text files to calibrate on (default: the train split)"
+    )
+    p.add_argument(
+        "--eval_text", action="append", help="with --calib_text: glob(s) of text files to evaluate on (default: those)"
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
-    return run(args.workdir, args.method, args.bits, args.out, args.group_size, args.calib_sequences, args.step)
+    return run(
+        args.workdir,
+        args.method,
+        args.bits,
+        args.out,
+        args.group_size,
+        args.calib_sequences,
+        args.step,
+        args.calib_text,
+        args.eval_text,
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python -m bitjax.sample --workdir workdirs/compare/b158 --prompt "def " --tokens 200
 
-The model config is read from the checkpoint itself, so the same command works for any run.
+The model config and tokenizer are read from the workdir alone (bitjax.run.plan.restore), so the same
+command works for any run, also one whose corpus is gone.
 """
 
 from __future__ import annotations
@@ -14,15 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bitjax import errors
-from bitjax.eval import sample, scoring
-
-
-def load(workdir: str, step: int | None = None):
-    """(Setup, params) of the checkpoint at `step` (default: latest) in `workdir`, on one device.
-
-    UserError (and nothing created on disk) for a workdir without checkpoints or an absent step.
-    """
-    return scoring.load(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+from bitjax.eval import sample
+from bitjax.run import plan as plan_lib
 
 
 @errors.cli
@@ -37,18 +31,18 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=1, help="samples")
     args = p.parse_args(argv)
-    setup, params = load(args.workdir, args.step)
-    ids = setup.tokenizer.encode(args.prompt)
+    plan, params = plan_lib.restore_one_device(args.workdir, args.step)
+    ids = plan.tokenizer.encode(args.prompt)
     prompt = jnp.asarray(np.tile(ids[None], (args.num, 1)), jnp.int32)
     out = sample.generate(
-        setup.model(params),
+        plan.model(params),
         prompt,
         args.tokens,
         rng=jax.random.key(args.seed),
         temperature=args.temperature,
         top_k=args.top_k or None,
     )
-    texts = [setup.tokenizer.decode(np.asarray(row)) for row in out]
+    texts = [plan.tokenizer.decode(np.asarray(row)) for row in out]
     for t in texts:
         print(t)
         print("-" * 40)

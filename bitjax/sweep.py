@@ -217,8 +217,8 @@ def make_points(config_spec: str, grids: list[tuple[str, list[str]]], fixed: lis
     names = [p.name for p in points]
     if len(set(names)) < len(names):
         raise errors.UserError(f"two points share a directory name: {names}")
-    from bitjax.train import config as train_config
-    from bitjax.train import mesh as mesh_lib
+    from bitjax.run import config as train_config
+    from bitjax.run import mesh as mesh_lib
 
     for p in points:  # every point parses and validates now, not after hours of the earlier ones
         c = p.config()

@@ -6,7 +6,7 @@ Arguments (after the colon): quant = fp | bimamba (or any method over `*_proj`: 
 size = tiny | small | 780m | 1.3b | 2.7b (bitjax.models.mamba2.SIZES), steps = total steps (0 = size default).
 """
 
-from bitjax.train import config as train_config
+from bitjax.run import config as train_config
 
 # Per size: (total_steps, batch_size, seq_len, peak lr, warmup at total_steps). The Bi-Mamba sizes take the
 # reference trainer's recipe (github.com/Tangshengku/Bi-Mamba fbi_mamba.py: AdamW lr 2.5e-4 cosine to 10%,

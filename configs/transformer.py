@@ -6,7 +6,7 @@ Arguments (after the colon): quant = fp | bitnet | b158 | a48 | fbi | onebit | â
 size = nano | tiny | mini (CPU) | small | 1b | 3b | 7b (bitjax.models.transformer.SIZES, via bitjax.models.preset), steps = total steps (0 = size default).
 """
 
-from bitjax.train import config as train_config
+from bitjax.run import config as train_config
 
 # Per size: (total_steps, batch_size, seq_len, peak lr of the quantized methods, warmup at total_steps)
 RUN = {

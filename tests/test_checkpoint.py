@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bitjax.train import mesh as M
+from bitjax.run import mesh as M
+from bitjax.run.checkpoint import Checkpointer, abstract_with_shardings
 from bitjax.train import optim
-from bitjax.train.checkpoint import Checkpointer, abstract_with_shardings
 
 # A failed orbax read (the corrupt / incompatible cases below) can leave un-awaited
 # tasks behind in orbax's event loop; harmless noise, reported at garbage collection.
@@ -110,7 +110,7 @@ def test_damaged_latest_falls_back(tmp_path, mesh, caplog, damage):
 
     ck = Checkpointer(tmp_path, keep=5, save_every=1)
     assert ck.latest_step() == 2
-    with caplog.at_level(logging.WARNING, logger="bitjax.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="bitjax.run.checkpoint"):
         step, restored = ck.restore_latest(target)
     assert step == 1
     assert_same(restored, jax.tree.map(lambda x: x + 1, state))
@@ -147,7 +147,7 @@ def test_metadata_falls_back_past_damaged_meta(tmp_path, caplog):
         ck.save(2, {"w": jnp.zeros(2)}, {"model": "b"})
     _garble(tmp_path / "2" / "meta" / "metadata")
     with Checkpointer(tmp_path, keep=3, save_every=1) as ck:
-        with caplog.at_level(logging.WARNING, logger="bitjax.train.checkpoint"):
+        with caplog.at_level(logging.WARNING, logger="bitjax.run.checkpoint"):
             assert ck.restore_metadata() == {"model": "a"}
         assert "Metadata of checkpoint step 2" in caplog.text
         with pytest.raises(ValueError):  # the garbled JSON does not decode

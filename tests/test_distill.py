@@ -11,7 +11,7 @@ from flax import nnx
 from test_trainer import losses, tiny_config
 
 from bitjax import errors
-from bitjax.train import checkpoint as ckpt_lib
+from bitjax.run import checkpoint as ckpt_lib
 from bitjax.train import distill, trainer
 
 
@@ -202,12 +202,12 @@ def test_bad_distill_fields_are_named(field, value, message):
 @pytest.mark.slow
 def test_a_distilled_run_loads_for_eval_without_its_teacher(data_dir, teacher, tmp_path):
     """Sampling/eval of a distilled run read only its own checkpoint (the teacher may be gone)."""
-    from bitjax.eval import scoring
+    from bitjax.run import plan as plan_lib
 
     cfg = student(data_dir, teacher, steps=1, **{"optim.warmup_steps": 0})
     trainer.train(cfg, str(tmp_path / "s"))
-    setup, _params = scoring.load(str(tmp_path / "s"), devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
-    assert setup.teacher is None and setup.config.distill.teacher_workdir == ""
+    plan, _ = plan_lib.restore_one_device(str(tmp_path / "s"))
+    assert plan.config.distill.teacher_workdir == ""
     assert os.path.isdir(teacher)
 
 

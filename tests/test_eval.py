@@ -16,6 +16,7 @@ from test_trainer import tiny_config
 
 from bitjax.eval import __main__ as eval_cli
 from bitjax.eval import perplexity, sample, scoring
+from bitjax.run import plan as plan_lib
 from bitjax.train import trainer
 
 SEQ = 32  # tiny_config's seq_len: the model's context for evaluation
@@ -23,11 +24,11 @@ SEQ = 32  # tiny_config's seq_len: the model's context for evaluation
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
-    """A tiny b158 run trained for 3 steps on the 8-device mesh; (workdir, setup, params)."""
+    """A tiny b158 run trained for 3 steps on the 8-device mesh; (workdir, plan, params)."""
     wd = str(tmp_path_factory.mktemp("run"))
     trainer.train(tiny_config("b158", steps=3, data_dir=data_dir, **{"optim.warmup_steps": 1}), wd)
-    setup, params = scoring.load(wd)
-    return wd, setup, params
+    plan, params = plan_lib.restore(wd)
+    return wd, plan, params
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,10 @@ def direct_logprob(direct, tokens, n_pred):
 def test_missing_workdir_or_step_is_one_clear_error_and_creates_nothing(run, tmp_path, capsys):
     wd = tmp_path / "typo"
     with pytest.raises(ValueError, match="holds no checkpoints"):
-        scoring.load(str(wd))
+        plan_lib.restore(str(wd))
     assert not wd.exists()
     with pytest.raises(ValueError, match=r"--step 7: .* steps \[3\]"):
-        scoring.load(run[0], 7)
+        plan_lib.restore(run[0], 7)
     with pytest.raises(SystemExit) as exit_info:
         eval_cli.main(["--workdir", str(wd), "--text_files", __file__])
     assert exit_info.value.code == 2  # a user error: one line, exit 2, as the other CLIs

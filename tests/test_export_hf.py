@@ -29,6 +29,7 @@ from bitjax.export.hf import latent_from_codes, load_hf, save_hf
 from bitjax.import_hf import import_hf
 from bitjax.models import transformer as T
 from bitjax.quant.weights import ternary_absmean_codes
+from bitjax.run import plan as plan_lib
 from bitjax.train import trainer
 
 pytestmark = pytest.mark.slow
@@ -67,10 +68,8 @@ def trained(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("b158"))
     cfg = tiny_config("b158", steps=60, data_dir=data_dir, **B158_2B4T)
     trainer.train(cfg, workdir)
-    from bitjax.sample import load
-
-    setup, params = load(workdir)
-    return workdir, setup.model(params), setup.config
+    plan, params = plan_lib.restore_one_device(workdir)
+    return workdir, plan.model(params), plan.config
 
 
 @pytest.mark.parametrize("linear_class", ["bitlinear", "autobitlinear"])
@@ -159,11 +158,10 @@ def test_round_trip_import_sample_and_finetune(trained, tmp_path, data_dir):
     export_cli.main(["--workdir", workdir, "--format", "hf", "--out", hf_dir])
     base = tiny_config("b158", steps=60, data_dir=data_dir)
     import_hf(hf_dir, imported, base)
-    from bitjax.sample import load
     from bitjax.sample import main as sample_main
 
-    setup, params = load(imported)
-    back = setup.model(params)
+    plan, params = plan_lib.restore_one_device(imported)
+    back = plan.model(params)
     # every projection's quantized weight is the original run's (codes equal, γ to float32 round-off)
     for a, b in [(model.layers[i].mlp.down_proj, back.layers[i].mlp.down_proj) for i in range(2)]:
         np.testing.assert_allclose(np.asarray(b.quantized_kernel()), np.asarray(a.quantized_kernel()), rtol=1.2e-7)

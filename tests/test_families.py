@@ -90,7 +90,7 @@ def test_a_new_family_trains_and_is_distilled_from_a_transformer(bigram_family, 
     out = trainer.train(cfg, str(tmp_path / "bigram"))
     assert np.isfinite(out["distill_loss"]) and np.isfinite(out["eval_bpb"])
     # the student is the bigram (its own parameter tree), the teacher a transformer
-    from bitjax.train import checkpoint as ckpt_lib
+    from bitjax.run import checkpoint as ckpt_lib
 
     meta = ckpt_lib.Checkpointer(str(tmp_path / "bigram" / "checkpoints")).restore_metadata()
     assert meta["config"]["model"]["name"] == "bigram" and meta["teacher_step"] == 4

@@ -13,7 +13,7 @@ from flax import nnx
 from bitjax.models import transformer as T
 from bitjax.nn import BitDense
 from bitjax.quant import QuantSpec
-from bitjax.train import config as config_lib
+from bitjax.run import config as config_lib
 
 B158 = QuantSpec("ternary_absmean", "absmax8")
 SPECS = {

@@ -12,7 +12,7 @@ from bitjax.eval.sample import generate
 from bitjax.models import mamba2 as M
 from bitjax.models import transformer as T
 from bitjax.quant import QuantSpec
-from bitjax.train import mesh as mesh_lib
+from bitjax.run import mesh as mesh_lib
 
 V = 61
 

@@ -45,7 +45,7 @@ def mamba_config(method="bimamba", steps=12, data_dir=None, **over):
 def test_presets_have_the_papers_sizes(size, params):
     """Bi-Mamba's 780M/1.3B/2.7B (and mamba2-130m) with the GPT-NeoX vocabulary of those checkpoints."""
     cfg = get_config(f"quant=bimamba,size={size}")
-    models.validate(cfg.model, seq_len=cfg.seq_len)
+    models.validate(cfg.model)
     cfg.model.vocab_size = 50288  # state-spaces/mamba2-*: 50277 padded to a multiple of 16
     abstract = nnx.state(nnx.eval_shape(lambda: M.Mamba2LM(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
     n = sum(math.prod(v.shape) for v in jax.tree.leaves(abstract))
@@ -55,7 +55,7 @@ def test_presets_have_the_papers_sizes(size, params):
 
 def test_tiny_preset_validates_and_fp_is_full_precision():
     cfg = get_config("quant=fp,size=tiny")
-    models.validate(cfg.model, seq_len=cfg.seq_len)
+    models.validate(cfg.model)
     assert set(models.describe(cfg.model).values()) == {"fp"}
     assert models.describe(get_config("size=tiny").model)["in_proj"] == "weight=fbi, act=none"
     with pytest.raises(ValueError, match="unknown size"):

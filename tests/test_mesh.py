@@ -8,7 +8,7 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from bitjax.train import mesh as M
+from bitjax.run import mesh as M
 
 
 def mesh222():

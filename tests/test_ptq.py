@@ -11,8 +11,8 @@ import pytest
 from test_trainer import tiny_config
 
 from bitjax import ptq
-from bitjax.eval import scoring
 from bitjax.quant import ptq_methods
+from bitjax.run import plan as plan_lib
 from bitjax.train import trainer
 
 CALIB = 8
@@ -63,11 +63,14 @@ def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
     assert saved["calib_sequences"] == CALIB and len(saved["layer_errors"]) == 2 * 7
     assert math.isfinite(saved["eval_bpb"]) and saved["eval_bpb"] > 0
     # the written checkpoint is what was evaluated: loading it (as bitjax.sample/eval do) gives the same loss
-    setup, params = scoring.load(out, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
-    assert setup.config.model.quant.method == "fp"
-    assert setup.evaluate(params)["eval_loss"] == pytest.approx(saved["eval_loss"], rel=1e-5)
+    plan, params = plan_lib.restore_one_device(out)
+    assert plan.config.model.quant.method == "fp"
+    _, eval_data = ptq.run_data(plan)
+    assert plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"] == pytest.approx(
+        saved["eval_loss"], rel=1e-5
+    )
     # every projection kernel changed; embeddings and lm_head did not
-    _, fp_params = scoring.load(fp_run, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    _, fp_params = plan_lib.restore_one_device(fp_run)
     for (path, q), (_, w) in zip(kernels(params), kernels(fp_params)):
         assert not np.array_equal(q, w), path
     for key in ("embed_tokens", "lm_head"):
@@ -77,7 +80,7 @@ def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
 
 @pytest.mark.parametrize("name, levels", [("rtn2", 4), ("gptq2", 4), ("billm", None)])
 def test_quantized_kernels_are_on_their_grid(outs, name, levels):
-    _, params = scoring.load(outs[name][0], devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+    _, params = plan_lib.restore_one_device(outs[name][0])
     for path, q in kernels(params):
         per_channel = max(len(np.unique(q[:, o])) for o in range(q.shape[1]))
         if levels is not None:  # k bits per output channel: at most 2^k values

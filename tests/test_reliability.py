@@ -13,7 +13,7 @@ import pytest
 from test_trainer import FILES, tiny_config
 
 from bitjax import errors
-from bitjax.train import trainer
+from bitjax.train import guards, metrics, trainer
 from bitjax.train import workdir as workdir_lib
 
 
@@ -137,7 +137,7 @@ def test_resume_with_another_tokenizer_of_the_same_padded_size_is_refused(data_d
 
 
 def test_fingerprint_is_stored_with_the_checkpoint(data_dir, tmp_path):
-    from bitjax.train import checkpoint
+    from bitjax.run import checkpoint
 
     trainer.train(tiny_config("fp", steps=1, data_dir=data_dir, **{"optim.warmup_steps": 0}), str(tmp_path))
     ck = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
@@ -218,7 +218,7 @@ def test_nonfinite_stop_without_a_checkpoint_says_so(data_dir, tmp_path):
 
 
 def test_a_second_ctrl_c_quits_at_once():
-    with trainer._Preemption() as p:
+    with guards.Preemption() as p:
         p._handler(signal.SIGINT, None)
         assert p.requested
         with pytest.raises(KeyboardInterrupt):
@@ -226,7 +226,7 @@ def test_a_second_ctrl_c_quits_at_once():
 
 
 def test_metrics_are_strict_json():
-    out = trainer.jsonable_metrics({"a": float("nan"), "b": float("inf"), "c": 1.5, "d": 3})
+    out = metrics.jsonable_metrics({"a": float("nan"), "b": float("inf"), "c": 1.5, "d": 3})
     assert json.dumps(out, allow_nan=False) == '{"a": null, "b": null, "c": 1.5, "d": 3}'
 
 

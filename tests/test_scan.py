@@ -12,8 +12,8 @@ from bitjax.export.hf import hf_state_dict
 from bitjax.export.packed import pack_model
 from bitjax.models import transformer as T
 from bitjax.nn import layer_stack as LS
-from bitjax.train import config as config_lib
-from bitjax.train import mesh as M
+from bitjax.run import config as config_lib
+from bitjax.run import mesh as M
 from bitjax.train import trainer
 
 V = 61

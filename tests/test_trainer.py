@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bitjax.models import transformer
-from bitjax.train import config as train_config
+from bitjax.run import config as train_config
 from bitjax.train import trainer
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -116,7 +116,7 @@ def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, ca
     trainer.train(cfg, str(tmp_path / "b"), stop_after=4)  # … and again in stage 2 (step 7)
     trainer.train(cfg, str(tmp_path / "b"))
     assert losses(str(tmp_path / "a")) == losses(str(tmp_path / "b"))  # bitwise
-    from bitjax.train import checkpoint as ckpt_lib
+    from bitjax.run import checkpoint as ckpt_lib
 
     meta = ckpt_lib.Checkpointer(str(tmp_path / "b" / "checkpoints")).restore_metadata()
     assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
@@ -182,7 +182,7 @@ def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
     """The 1b preset's train step traces and lowers with fsdp × tensor sharding (no compile: seconds)."""
     import importlib.util
 
-    from bitjax.train import checkpoint
+    from bitjax.run import checkpoint
 
     spec = importlib.util.spec_from_file_location(
         "cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "transformer.py")

@@ -323,7 +323,7 @@ def test_validate_config_names_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         T.validate_config(config(**{field: value}))
     with pytest.raises(ValueError, match=match):  # the trainer's entry point and the constructor agree
-        models.validate(config(**{field: value}), seq_len=128)
+        models.validate(config(**{field: value}))
 
 
 def test_validate_config_unknown_field_and_option():

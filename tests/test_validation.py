@@ -8,7 +8,7 @@ import pytest
 from test_trainer import tiny_config
 
 from bitjax import config as config_lib
-from bitjax.train import config as train_config
+from bitjax.run import config as train_config
 from bitjax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +239,7 @@ def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir,
 
 def test_a_stored_config_from_before_a_field_existed_still_validates():
     """Runs saved before a trainer/data/model field was added load with that field's default."""
-    from bitjax.train import mesh as mesh_lib
+    from bitjax.run import mesh as mesh_lib
 
     stored = tiny_config("b158").to_dict()
     del stored["max_consecutive_skips"], stored["data"]["encoding"], stored["model"]["quant"]["stage1"]

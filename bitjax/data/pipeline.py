@@ -380,6 +380,21 @@ def cached_tokens(corpus: Corpus, which: str, tokenizer: tok_lib.Tokenizer, cach
 # ----------------------------------------------------------------------------
 
 
+def _corpus_and_tokenizer(cfg) -> tuple[Corpus, str, tok_lib.Tokenizer]:
+    """(corpus, its cache directory, the tokenizer, trained on its train split if not cached yet)."""
+    data_dir = config_lib.resolve_data_dir(cfg)
+    corpus = load_corpus(cfg, data_dir)
+    cache_dir = os.path.join(data_dir, "bitjax_cache", corpus.identity, corpus.text_key)
+    model_path = os.path.join(cache_dir, f"spm-v{cfg.vocab_size}-s{cfg.spm_sample_bytes}.model")
+    return corpus, cache_dir, tok_lib.make_tokenizer(cfg, lambda: corpus.sample_texts("train"), model_path)
+
+
+def get_tokenizer(cfg) -> tok_lib.Tokenizer:
+    """The tokenizer of the data config `cfg` alone (the corpus is opened only for a trained one)."""
+    cfg = config_lib.complete(cfg)
+    return tok_lib.ByteTokenizer() if cfg.tokenizer == "byte" else _corpus_and_tokenizer(cfg)[2]
+
+
 def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
     """Builds everything the trainer needs from the data config.
 
@@ -405,12 +420,7 @@ def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:
             "config.seq_len and batch_size must be >= 1 and seed "
             f">= 0 (got {cfg.seq_len}, {cfg.batch_size}, {cfg.seed})."
         )
-    data_dir = config_lib.resolve_data_dir(cfg)
-    corpus = load_corpus(cfg, data_dir)
-    cache_dir = os.path.join(data_dir, "bitjax_cache", corpus.identity, corpus.text_key)
-    model_path = os.path.join(cache_dir, f"spm-v{cfg.vocab_size}-s{cfg.spm_sample_bytes}.model")
-    tokenizer = tok_lib.make_tokenizer(cfg, lambda: corpus.sample_texts("train"), model_path)
-
+    corpus, cache_dir, tokenizer = _corpus_and_tokenizer(cfg)
     train_tokens = cached_tokens(corpus, "train", tokenizer, cache_dir)
     eval_tokens = cached_tokens(corpus, "eval", tokenizer, cache_dir)
     need = cfg.seq_len + 1

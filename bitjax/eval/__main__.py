@@ -106,14 +106,13 @@ def main(argv=None):
         except ImportError as e:
             raise errors.UserError(f"--tasks needs lm-evaluation-harness: pip install 'bitjax[eval]' ({e})") from None
     from bitjax.eval import perplexity
-    from bitjax.eval.scoring import Scorer, load
+    from bitjax.eval.scoring import Scorer
+    from bitjax.run import plan as plan_lib
 
-    try:
+    with errors.as_user_errors():
         files = perplexity.expand_paths(args.text_files) if args.text_files else None
-        setup, params = load(args.workdir, args.step, mesh=_parse_mesh(args.mesh))
-    except ValueError as e:
-        raise errors.UserError(str(e)) from None
-    scorer = Scorer(setup, params, batch_size=args.batch_size, max_length=args.max_length)
+        plan, params = plan_lib.restore(args.workdir, args.step, mesh=_parse_mesh(args.mesh))
+    scorer = Scorer(plan, params, batch_size=args.batch_size, max_length=args.max_length)
     if files is not None:
         out = perplexity.score_files(scorer, files)
         out.update(workdir=args.workdir, step=args.step, max_length=scorer.max_length, tokenizer=scorer.tokenizer.name)

@@ -31,7 +31,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from bitjax.eval import sample
-from bitjax.eval.scoring import Scorer, load, rolling_windows
+from bitjax.eval.scoring import Scorer, rolling_windows
+from bitjax.run import plan as plan_lib
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -63,8 +64,8 @@ class BitjaxLM(TemplateLM):
         if scorer is None:
             if not workdir:
                 raise ValueError("the bitjax model needs --model_args workdir=<a trained run's workdir>")
-            setup, params = load(workdir, None if step in (None, "") else int(step), mesh=mesh)
-            scorer = Scorer(setup, params, batch_size=bs, max_length=None if max_length is None else int(max_length))
+            plan, params = plan_lib.restore(workdir, None if step in (None, "") else int(step), mesh=mesh)
+            scorer = Scorer(plan, params, batch_size=bs, max_length=None if max_length is None else int(max_length))
         self.scorer = scorer
         self.tok = scorer.tokenizer
         self.max_gen_toks = int(max_gen_toks)
@@ -160,7 +161,7 @@ class BitjaxLM(TemplateLM):
                 prompt = np.asarray([ids for _, ids in chunk] + [chunk[0][1]] * (bs - len(chunk)), np.int32)
                 toks = sample.generate(
                     self._model,
-                    self.scorer.setup.global_batch(prompt),
+                    self.scorer.plan.global_batch(prompt),
                     max_new,
                     rng=jax.random.key(self.seed + 1000 * g + start),
                     temperature=temperature,

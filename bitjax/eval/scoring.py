@@ -1,7 +1,7 @@
-"""Load a trained run and score token sequences with it in fixed shapes (no lm-eval dependency).
+"""Score token sequences with a trained run in fixed shapes (no lm-eval dependency).
 
-    setup, params = load(workdir)                 # the run's config, tokenizer, mesh and parameters
-    scorer = Scorer(setup, params, batch_size=8)
+    plan, params = bitjax.run.plan.restore(workdir)   # the run's config, tokenizer, mesh and parameters
+    scorer = Scorer(plan, params, batch_size=8)
     logp, greedy = scorer.score([(tokens, n_pred), ...])   # summed log-prob of each sequence's last n_pred tokens
 
 Sequences are sorted by length, cut into batches of `batch_size` rows (short batches padded with
@@ -15,63 +15,20 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
-from bitjax import errors
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import config as train_config
-from bitjax.train import mesh as mesh_lib
-from bitjax.train import trainer
+from bitjax.run.plan import Plan
 
 
-def _data_parallel_size(config: ConfigDict, mesh) -> int:
-    axes = dict(mesh_lib.rules_from_config(config.axis_rules)).get("batch") or ()
+def _data_parallel_size(plan) -> int:
+    axes = dict(plan.rules).get("batch") or ()
     axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes)
-
-
-def load(workdir: str, step: int | None = None, *, devices=None, mesh: dict | None = None):
-    """(Setup, params) of the checkpoint at `step` (default: the latest) in `workdir`.
-
-    The model, data and tokenizer come from the config saved with the checkpoint. mesh: axis sizes
-    {data, fsdp, tensor} to run on (default: the run's own config.mesh); devices: default all.
-    config.batch_size is rounded up to a multiple of the data-parallel size so that a run trained on
-    another device count still loads. A missing workdir, a workdir without checkpoints or an absent
-    step raise UserError (a ValueError), and nothing is created on disk.
-    """
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise errors.UserError(
-            f"--workdir {workdir!r} holds no checkpoints ({ckpt_dir} does not exist): "
-            f"check the path, or train first (python -m bitjax.main --workdir ...)"
-        )
-    ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
-    try:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise errors.UserError(f"--workdir {workdir!r} holds no finished checkpoint in {ckpt_dir}; train first")
-        if step is not None and step not in steps:
-            raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
-        config = train_config.with_defaults(ckpt.restore_metadata(step)["config"])
-        config.distill.teacher_workdir = ""  # a distilled run evaluates (and samples) without its teacher
-        if mesh is not None:
-            config.mesh = ConfigDict(dict(mesh))
-        devices = jax.devices() if devices is None else list(devices)
-        dp = _data_parallel_size(config, mesh_lib.make_mesh(config.mesh, devices))
-        config.batch_size = -(-config.batch_size // dp) * dp
-        setup = trainer.Setup(config, devices=devices)
-        target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-        state = ckpt.restore(step, target)
-    finally:
-        ckpt.close()
-    return setup, state["params"]
+    return math.prod(plan.mesh.shape[a] for a in axes)
 
 
 def length_buckets(max_length: int, smallest: int = 16) -> list[int]:
@@ -120,25 +77,25 @@ def _score(graphdef, params, batch):
 
 
 class Scorer:
-    """Scores sequences with a run's model on its mesh, in fixed (batch_size, bucket) shapes.
+    """Scores sequences with a run's model on its plan's mesh, in fixed (batch_size, bucket) shapes.
 
     max_length: the longest input the model sees (default config.seq_len, the training length);
     longer sequences are cut from the left.
     """
 
-    def __init__(self, setup, params, batch_size: int = 8, max_length: int | None = None):
-        self.setup, self.params = setup, params
-        self.tokenizer = setup.tokenizer
-        self.max_length = int(max_length or setup.config.seq_len)
-        dp = _data_parallel_size(setup.config, setup.mesh)
+    def __init__(self, plan: Plan, params, batch_size: int = 8, max_length: int | None = None):
+        self.plan, self.params = plan, params
+        self.tokenizer = plan.tokenizer
+        self.max_length = int(max_length or plan.config.seq_len)
+        dp = _data_parallel_size(plan)
         self.batch_size = -(-int(batch_size) // dp) * dp  # batch rows shard over the data axes
         self.buckets = length_buckets(self.max_length)
-        self.graphdef = setup.graphdef
+        self.graphdef = plan.graphdef
         self.shapes_compiled: set[tuple[int, int]] = set()
 
     def model(self):
         """The concrete NNX model (for generation)."""
-        return self.setup.model(self.params)
+        return self.plan.model(self.params)
 
     def bucket(self, length: int) -> int:
         return next(b for b in self.buckets if b >= length)
@@ -170,7 +127,7 @@ class Scorer:
                 m = len(tokens) - 1
                 inputs[row, :m], targets[row, :m] = tokens[:-1], tokens[1:]
                 mask[row, m - n_pred : m] = 1.0
-            batch = self.setup.global_batch({"inputs": inputs, "targets": targets, "mask": mask})
+            batch = self.plan.global_batch({"inputs": inputs, "targets": targets, "mask": mask})
             self.shapes_compiled.add((self.batch_size, length))
             lp, hit = jax.device_get(_score(self.graphdef, self.params, batch))
             logp[idx], greedy[idx] = lp[: len(idx)], hit[: len(idx)]

@@ -3,7 +3,7 @@
     python -m bitjax.export --workdir runs/b158 --format hf --out runs/b158-hf [--linear_class bitlinear]
     python -m bitjax.export --workdir runs/b158 --format gguf --out b158.gguf [--gguf_type tq2_0|tq1_0]
 
-The model config comes from the run's checkpoint (as bitjax.sample). `hf` needs `pip install
+The model config and tokenizer come from the workdir alone (bitjax.run.plan.restore). `hf` needs `pip install
 'bitjax[hf]'`, `gguf` needs `pip install 'bitjax[gguf]'`.
 """
 
@@ -30,10 +30,10 @@ def main(argv=None) -> dict:
     p.add_argument("--gguf_type", default="tq2_0", choices=("tq2_0", "tq1_0"))
     args = p.parse_args(argv)
 
-    from bitjax.sample import load
+    from bitjax.run import plan as plan_lib
 
-    setup, params = load(args.workdir, args.step)
-    model, cfg, tok = setup.model(params), setup.config.model, setup.tokenizer
+    plan, params = plan_lib.restore_one_device(args.workdir, args.step)
+    model, cfg, tok = plan.model(params), plan.config.model, plan.tokenizer
     ids = {"bos_token_id": int(tok.bos_id), "eos_token_id": int(tok.eos_id), "pad_token_id": int(tok.pad_id)}
     if args.format == "hf":
         from bitjax.export.hf import save_hf

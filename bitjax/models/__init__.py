@@ -2,7 +2,7 @@
 that code outside the family needs goes through it.
 
 A model is any Flax NNX module ``Model(cfg, *, rngs)`` mapping int32 tokens [B, L] to float32 logits
-[B, L, V], its parameters annotated with logical axis names (bitjax.train.mesh). The trainer uses
+[B, L, V], its parameters annotated with logical axis names (bitjax.run.mesh). The trainer uses
 :func:`get_model`, :func:`validate`, :func:`size_hints`, :func:`stage_configs` and :func:`describe`;
 config files use :func:`preset`; stored runs load through :func:`default_config`; HF/GGUF export
 uses :func:`hf_param_names`; distillation takes any family as teacher or student.
@@ -12,7 +12,7 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
 1. ``bitjax/models/mamba2.py``: the module ``Mamba2(cfg, *, rngs)``, and beside it
      * ``default_config()``: its ConfigDict (``name='mamba2'``, ``vocab_size`` (None → the tokenizer's,
        typed ``FieldReference(…, field_type=int)``), a ``quant`` section as the transformer's);
-     * ``validate_config(cfg, seq_len=None)``: ValueError naming the field; start with
+     * ``validate_config(cfg)``: ValueError naming the field; start with
        ``bitjax.config.check_fields(cfg, default_config(), "config.model", "bitjax.models.mamba2.default_config()")``;
      * ``SIZE_HINTS``: logical axis → the config field that sets its size (mesh-divisibility errors);
      * ``stage_configs(cfg, total_steps)`` and ``quant_table(cfg)``: the quantization stages and
@@ -25,7 +25,7 @@ Adding a family (e.g. ``mamba2``) is two files and one registry entry:
        ``init_cache`` / ``decode`` methods on the module (bitjax.eval.sample's fast generation).
 2. One entry in ``_MODELS`` below: ``"mamba2": Family(mamba2.Mamba2, mamba2.validate_config,
    mamba2.SIZE_HINTS, common.stage_configs, mamba2.quant_table, mamba2.default_config, sizes=mamba2.SIZES)``.
-3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.train.config.trainer_config()`` with
+3. ``configs/mamba2.py``: ``get_config(arg)`` = ``bitjax.run.config.trainer_config()`` with
    ``config.model = models.preset("mamba2", size)``; accept the arguments ``quant``, ``size`` and
    ``steps`` (``bitjax.config.parse_arg``) and ``python -m bitjax.compare --config configs/mamba2.py``
    and ``python benchmarks/step_time.py --config configs/mamba2.py`` work unchanged.
@@ -47,7 +47,7 @@ from bitjax.models.transformer import SIZES, Transformer, validate_config
 @dataclasses.dataclass(frozen=True)
 class Family:
     model: type
-    validate: Callable[..., None]  # (cfg, seq_len) → None or ValueError naming the field
+    validate: Callable[..., None]  # cfg → None or ValueError naming the field
     size_hints: dict[str, str]  # logical axis → config field that sets its size
     stage_configs: Callable[..., list]  # (cfg, total_steps) → [(first step, single-stage cfg)]
     quant_table: Callable[[Any], dict]  # cfg → {layer role: QuantSpec}
@@ -91,9 +91,9 @@ def get_model(name: str):
     return _entry(name).model
 
 
-def validate(cfg, seq_len: int | None = None) -> None:
+def validate(cfg) -> None:
     """Validate config.model with its model's validator (ValueError naming the field)."""
-    _entry(cfg.get("name")).validate(cfg, seq_len)
+    _entry(cfg.get("name")).validate(cfg)
 
 
 def size_hints(name: str) -> dict[str, str]:

@@ -131,11 +131,8 @@ def quant_table(cfg) -> dict[str, QuantSpec]:
     return common.quant_table(cfg, ROLES)
 
 
-def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
-    """Raise ValueError naming the bad field (e.g. `config.model.headdim=48`), its value and a fix.
-
-    `seq_len` is accepted for the trainer's interface; SSD handles any length.
-    """
+def validate_config(cfg, *, name: str = "config.model") -> None:
+    """Raise ValueError naming the bad field (e.g. `config.model.headdim=48`), its value and a fix."""
 
     def need(ok, field, fix):
         if not ok:
@@ -174,8 +171,6 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         need(isinstance(cfg[f], bool), f, "must be True or False")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
-    if seq_len is not None and not is_pos_int(seq_len):
-        raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
     validate_quant(
         cfg, name, quant_table, "bitjax.models.mamba2.default_config().quant", f" for mamba2 (roles {', '.join(ROLES)})"
     )

@@ -178,11 +178,8 @@ def quant_table(cfg) -> dict[str, QuantSpec]:
     return common.quant_table(cfg, ROLES)
 
 
-def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.model") -> None:
-    """Raise ValueError naming the bad field (e.g. `config.model.n_kv_heads=3`), its value and a fix.
-
-    `seq_len` is accepted for the trainer's interface; RoPE needs no maximum length.
-    """
+def validate_config(cfg, *, name: str = "config.model") -> None:
+    """Raise ValueError naming the bad field (e.g. `config.model.n_kv_heads=3`), its value and a fix."""
 
     def need(ok, field, fix):
         if not ok:
@@ -233,8 +230,6 @@ def validate_config(cfg, seq_len: int | None = None, *, name: str = "config.mode
         need(isinstance(cfg[f], bool), f, "must be True or False")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
-    if seq_len is not None and not is_pos_int(seq_len):
-        raise ValueError(f"seq_len={seq_len!r} is invalid: must be a positive int")
     validate_quant(cfg, name, quant_table, "bitjax.models.transformer.default_config().quant")
     if cfg.int8_matmul:  # every quantized BitDense of every stage must be integer-coded
         dense_roles = [r for r in ROLES if r != "embed" and not (r == "lm_head" and cfg.tie_embeddings)]

@@ -1,7 +1,7 @@
 """One way to create a parameter: latent float32 value + logical axis names.
 
 Logical names live in the Variable's ``out_sharding`` metadata; the trainer maps
-them to mesh axes with the rules table in the config (bitjax.train.mesh).
+them to mesh axes with the rules table in the config (bitjax.run.mesh).
 ``eager_sharding=False`` keeps module construction mesh-agnostic (Flax ≥0.12
 would otherwise try to shard at creation and demand a mesh context).
 """

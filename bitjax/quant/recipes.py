@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,8 +58,9 @@ class Rule:
         return f"{self.pattern}: " + ", ".join(f"{k}={v}" for k, v in self.updates)
 
 
+@functools.cache  # a rules string is parsed once per process: every model, stage and check reuses it
 def parse_rules(text: str | None) -> tuple[Rule, ...]:
-    """'o_proj: act=topk_absmax8, act.keep=0.5; down_proj: act=absmax8' → rules ('' → ())."""
+    """'o_proj: act=topk_absmax8, act.keep=0.5; down_proj: act=absmax8' → rules ('' → ()); immutable."""
     rules = []
     for chunk in filter(str.strip, (text or "").split(";")):
         pattern, sep, body = chunk.partition(":")

@@ -37,7 +37,7 @@ from bitjax import config as config_lib
 from bitjax import errors
 
 LOSSES = ("ce", "kl")
-# fingerprint keys (bitjax.train.trainer.data_fingerprint) that name the tokenizer, not the text
+# fingerprint keys (bitjax.train.resume.data_fingerprint) that name the tokenizer, not the text
 TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "tokenizer vocabulary")
 
 
@@ -96,7 +96,7 @@ def loss(
 def check_teacher(workdir: str, teacher_fp: dict, teacher_vocab, student_fp: dict, student_vocab: int) -> None:
     """UserError unless the teacher run tokenizes as the student does (checked before its parameters load).
 
-    *_fp: the runs' data fingerprints (bitjax.train.trainer.data_fingerprint); only their tokenizer
+    *_fp: the runs' data fingerprints (bitjax.train.resume.data_fingerprint); only their tokenizer
     fields are compared (the teacher may have been trained on other text). *_vocab: the runs'
     config.model.vocab_size (the logits' width): both softmaxes must range over one vocabulary.
     """

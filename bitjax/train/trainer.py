@@ -1,25 +1,23 @@
-"""The one trainer: sharded init, jitted step, eval, checkpoints, metrics.
+"""The one trainer: a run's plan + data + optimizer + compiled steps, and the loop.
 
-It knows nothing about model type or quantization: a model is any Flax NNX
-module registered in `bitjax.models` that maps int32 tokens [B, L] to logits
-[B, L, V]. Data batches are a pure function of (seed, step), so resuming needs
-only the step stored in the checkpoint. With config.distill, another run's model (any family) is a
-frozen teacher inside the same jitted step (bitjax.train.distill); `load_run` loads it, as it does
-config.init_from's parameters.
+It knows nothing about model type or quantization: a model is any Flax NNX module registered in
+`bitjax.models` that maps int32 tokens [B, L] to logits [B, L, V]; the config is resolved into a plan
+(bitjax.run.plan: stages, model, shardings, tokenizer). Data batches are a pure function of (seed, step),
+so resuming needs only the step stored in the checkpoint. With config.distill, another run's model (any
+family) is a frozen teacher inside the same jitted step (bitjax.train.distill).
 
-Sections: setup → state & shardings → steps → restore → loop.
+Reads top to bottom: Setup (everything checked and traced before the workdir is touched) → train (lock,
+checkpointer) → _run (restore or init, then the loop: step, log, checkpoint, evaluate, stop).
+Beside it: metrics.py (metrics.jsonl, TensorBoard, progress), resume.py (fingerprints, resume checks,
+the workdir lock), guards.py (preemption, skip watch).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import signal
-import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,128 +27,17 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
-from bitjax import errors, models
+from bitjax import errors
 from bitjax.data import pipeline as data_lib
 from bitjax.nn import layer_stack
-from bitjax.train import checkpoint as ckpt_lib
-from bitjax.train import config as train_config
-from bitjax.train import distill, distributed, optim
-from bitjax.train import mesh as mesh_lib
-from bitjax.train import workdir as workdir_lib
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as run_config
+from bitjax.run import mesh as mesh_lib
+from bitjax.run import plan as plan_lib
+from bitjax.train import distill, distributed, guards, optim, resume
+from bitjax.train.metrics import MetricsWriter, Progress, last_logged
 
 log = logging.getLogger("bitjax")
-VOCAB_MULTIPLE = 128
-
-
-# ============================================================================ metrics
-def jsonable_metrics(metrics: dict) -> dict:
-    """NaN/Inf floats → None, so the output is strict JSON (json.dumps would write a bare NaN)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
-
-
-def truncate_metrics(path: str, step: int) -> int:
-    """Drops the rows of metrics.jsonl after `step` (and a torn last line); returns how many were dropped.
-
-    A run resumed from a checkpoint older than its last logged row (a SIGKILL, a damaged or deleted
-    checkpoint) logs those steps again: without this, they would appear twice.
-    """
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        lines = f.read().splitlines()
-    keep = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):  # a row cut short by a kill: drop it
-            pass
-    if len(keep) < len(lines):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)  # atomic: a crash now leaves either the old or the new file
-    return len(lines) - len(keep)
-
-
-class MetricsWriter:
-    """metrics.jsonl (one JSON object per log step) + TensorBoard events, process 0 only.
-
-    `start`: the step the run (re)starts from; rows and events logged after it by an earlier attempt
-    are dropped, so each step appears once.
-    """
-
-    def __init__(self, workdir: str, enabled: bool, start: int = 0):
-        self.enabled = enabled
-        self._tb = None
-        if enabled:
-            path = os.path.join(workdir, "metrics.jsonl")
-            dropped = truncate_metrics(path, start)
-            if dropped:
-                log.warning(
-                    "dropped %d row(s) after step %d from %s: this run logs those steps again", dropped, start, path
-                )
-            self._jsonl = open(path, "a")  # noqa: SIM115 (open for the writer's life; close() closes it)
-            try:
-                from tensorboardX import SummaryWriter
-
-                # purge_step: TensorBoard discards the earlier attempt's events from that step on
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1)
-            except ImportError:  # TensorBoard events are optional
-                log.warning("tensorboardX not installed: no TensorBoard events")
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._jsonl.write(json.dumps({"step": step, **jsonable_metrics(metrics)}) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, v, step)
-
-    def close(self):
-        if self.enabled:
-            self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
-
-
-class Progress:
-    """Console progress: step, loss, tokens/s and ETA (a live bar on a terminal)."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.start, self.enabled = total, start, enabled
-        self.tty = enabled and sys.stdout.isatty()
-        self.t0 = time.perf_counter()
-
-    def update(self, step: int, msg: str, force_line: bool = False):
-        if not self.enabled:
-            return
-        done = step - self.start
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        frac = step / self.total
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        line = f"[{bar}] {step}/{self.total} {msg} ETA {eta_s}"
-        if self.tty and not force_line:
-            print("\r" + line, end="", flush=True)
-        else:
-            print(("\r" if self.tty else "") + line, flush=True)
-
-
-# ============================================================================ state
-def same_tree(a, b) -> bool:
-    """Whether two parameter trees have the same structure, shapes and dtypes (values aside)."""
-    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
-    return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
-    """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * mask), jnp.sum(mask)
 
 
 def _get_datasets_once(dcfg, pi: int, pc: int):
@@ -182,77 +69,50 @@ class TrainStep:
 
 
 class Setup:
-    """Everything derived from a config before the loop: mesh, data, model, optimizer, jitted fns."""
+    """A run's plan + data + optimizer + compiled steps: everything derived from a config before the loop.
+
+    The plan's fields are also attributes (config, mesh, rules, tokenizer, stages, graphdefs, graphdef,
+    quant_table, num_params, batch_sharding); config is the plan's (vocab_size resolved).
+    """
 
     def __init__(self, config: ConfigDict, devices=None):
-        self.config = config
-        self.mesh = mesh_lib.make_mesh(config.mesh, devices)
-        self.rules = mesh_lib.rules_from_config(config.axis_rules)
         self.pi, self.pc = jax.process_index(), jax.process_count()
         with errors.as_user_errors():  # every ValueError up to here is about the config or the data
-            self._check(config)
+            self._check(config, devices)
 
-    def _check(self, config: ConfigDict):
-        """Validates the config, opens the data, builds the model abstractly and traces the train step."""
-        train_config.validate(config, self.mesh, self.pc)
-
-        # ---- data (fails with a DataError on bad input, before any compile)
-        dcfg = ConfigDict(
-            {**config.data.to_dict(), "batch_size": config.batch_size, "seq_len": config.seq_len, "seed": config.seed}
+    def _check(self, config: ConfigDict, devices):
+        """Validates the config, opens the data, resolves the plan and traces the train step."""
+        mesh = mesh_lib.make_mesh(config.mesh, devices)
+        run_config.validate(config, mesh, self.pc)
+        # data: fails with a DataError on bad input, before any compile
+        self.train_data, self.eval_data, tokenizer = _get_datasets_once(
+            run_config.data_config(config), self.pi, self.pc
         )
-        self.train_data, self.eval_data, self.tokenizer = _get_datasets_once(dcfg, self.pi, self.pc)
-        mcfg = config.model
-        with mcfg.unlocked():
-            if mcfg.get("vocab_size") in (None, 0):
-                # padded to a multiple of 128 so the vocab axis shards evenly and matmuls tile well;
-                # the padding ids never occur as targets
-                mcfg.vocab_size = -(-self.tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-        if mcfg.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(
-                f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
-                f"{self.tokenizer.vocab_size}; set it to None to use the tokenizer's size"
-            )
-
-        # ---- model: abstract first, so shapes are checked against the mesh before compiling.
-        # A method trained in stages (a48 after b158) has one model config per stage, all sharing
-        # one parameter tree; the stage is a function of the step alone, so resume is exact.
-        model_cls = models.get_model(mcfg.name)
-        self.stages = models.stage_configs(mcfg, config.total_steps)
-        builds = [lambda key, c=c: model_cls(c, rngs=nnx.Rngs(params=key)) for _, c in self.stages]
-        self.build = builds[-1]
-        splits = [nnx.split(nnx.eval_shape(lambda b=b: b(jax.random.key(0)))) for b in builds]
-        self.graphdefs = [graphdef for graphdef, _ in splits]
-        abstract_params = splits[-1][1]
-        for (start, c), (_, other) in zip(self.stages, splits):
-            if not same_tree(other, abstract_params):
-                raise ValueError(
-                    f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
-                    f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
-                    f"stages must share one parameter tree; choose another stage1 or 'none'"
-                )
-        self.graphdef = self.graphdefs[-1]
-        self.quant_table = models.describe(mcfg)
-        mesh_lib.check_divisible(abstract_params, self.mesh, self.rules, hints=models.size_hints(mcfg.name))
+        self.plan = plan = plan_lib.resolve(config, tokenizer, mesh=mesh)
+        self.config, self.mesh, self.rules, self.tokenizer = plan.config, plan.mesh, plan.rules, plan.tokenizer
+        self.stages, self.graphdefs, self.graphdef = plan.stages, plan.graphdefs, plan.graphdef
+        self.quant_table, self.num_params, self.batch_sharding = plan.quant_table, plan.num_params, plan.batch_sharding
+        config = plan.config  # from here on: vocab_size resolved
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps)
 
-        # ---- teacher (config.distill): another run's model (any family), frozen, sharded on this mesh by
+        # teacher (config.distill): another run's model (any family), frozen, sharded on this mesh by
         # these rules; its tokenizer and vocabulary are checked against this run's before anything loads
-        self.teacher: Run | None = None
+        self.teacher: plan_lib.Run | None = None
         if config.distill.teacher_workdir:
-            now_fp = data_fingerprint(config.data, self.tokenizer.name)
+            now_fp = resume.data_fingerprint(config.data, tokenizer.name)
             check = lambda meta: distill.check_teacher(
                 config.distill.teacher_workdir,
-                meta.get("data") or data_fingerprint(meta["config"]["data"]),
+                meta.get("data") or resume.data_fingerprint(meta["config"]["data"]),
                 meta["config"]["model"].get("vocab_size"),
                 now_fp,
-                mcfg.vocab_size,
+                config.model.vocab_size,
             )
-            self.teacher = load_run(
+            self.teacher = plan_lib.load_run(
                 config.distill.teacher_workdir, self.mesh, self.rules, "config.distill.teacher_workdir", check
             )
 
-        param_sh = nnx.to_pure_dict(mesh_lib.param_shardings(abstract_params, self.mesh, self.rules))
-        abstract_pure = nnx.to_pure_dict(abstract_params)
+        param_sh = plan.param_shardings
+        abstract_pure = nnx.to_pure_dict(plan.abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_pure)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         opt_sh = optax.tree_map_params(
@@ -265,9 +125,7 @@ class Setup:
             "opt_state": abstract_opt,
             "skipped": jax.ShapeDtypeStruct((), jnp.int32),
         }
-        self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.rules)
         self.teacher_params = {} if self.teacher is None else self.teacher.params  # {}: no teacher
-        self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_pure))
         self._jit()
         # Trace (no compile) each stage's train step on abstract inputs: a model error that only shows when the
         # model runs (e.g. a quantizer group size that does not divide a weight) is reported now, before
@@ -280,14 +138,13 @@ class Setup:
         for train_step in self.train_steps:
             train_step.trace(state, batch)
 
-    # ------------------------------------------------------------------------ steps
     def _jit(self):
         tx, lr_fn = self.tx, self.lr_fn
         skip_nonfinite = self.config.nonfinite == "skip"
         dcfg, teacher_graphdef = self.config.distill, self.teacher and self.teacher.graphdef
 
         def init(key):
-            params = nnx.to_pure_dict(nnx.state(self.build(key)))
+            params = nnx.to_pure_dict(nnx.state(self.plan.build(key)))
             return {
                 "step": jnp.zeros((), jnp.int32),
                 "params": params,
@@ -295,11 +152,11 @@ class Setup:
                 "skipped": jnp.zeros((), jnp.int32),
             }
 
-        def make_steps(graphdef):
+        def make_train_step(graphdef):
             def loss_fn(params, batch, teacher_params):
                 """(the loss minimised, its parts): label CE, or with a teacher (1 − w)·distill + w·label CE."""
                 logits = nnx.merge(graphdef, params)(batch["inputs"])
-                total, count = cross_entropy(logits, batch["targets"], batch["mask"])
+                total, count = plan_lib.cross_entropy(logits, batch["targets"], batch["mask"])
                 label = total / jnp.maximum(count, 1.0)
                 if teacher_graphdef is None:
                     return label, {}
@@ -332,36 +189,25 @@ class Setup:
                     "finite": finite,
                 }
 
-            def eval_step(params, batch):
-                model = nnx.merge(graphdef, params)
-                return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
-
             repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
             teacher_sh = jax.tree.map(lambda x: x.sharding, self.teacher_params)
-            return (
-                jax.jit(
-                    train_step,
-                    in_shardings=(self.state_sharding, self.batch_sharding, teacher_sh),
-                    out_shardings=(self.state_sharding, repl),
-                    donate_argnums=0,
-                ),
-                jax.jit(
-                    eval_step, in_shardings=(self.state_sharding["params"], self.batch_sharding), out_shardings=repl
-                ),
+            return jax.jit(
+                train_step,
+                in_shardings=(self.state_sharding, self.batch_sharding, teacher_sh),
+                out_shardings=(self.state_sharding, repl),
+                donate_argnums=0,
             )
 
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-        train_jits, self.eval_steps = zip(*map(make_steps, self.graphdefs))
-        self.train_steps = tuple(TrainStep(f, self.teacher_params) for f in train_jits)
+        self.train_steps = tuple(TrainStep(make_train_step(g), self.teacher_params) for g in self.graphdefs)
+        self.eval_steps = tuple(self.plan.eval_step(i) for i in range(len(self.graphdefs)))
         self.train_step, self.eval_step = self.train_steps[-1], self.eval_steps[-1]  # the final stage's
 
     def stage_at(self, step: int) -> int:
-        """Index of the stage that trains step `step` (0-based) and evaluates after `step` steps."""
-        return max(i for i, (start, _) in enumerate(self.stages) if start <= step)
+        return self.plan.stage_at(step)
 
-    # ------------------------------------------------------------------------ helpers
     def global_batch(self, np_batch) -> dict[str, jax.Array]:
-        return mesh_lib.shard_batch(np_batch, self.mesh, self.rules)
+        return self.plan.global_batch(np_batch)
 
     def train_batch(self, step: int):
         return self.global_batch(self.train_data.batch(step, self.pi, self.pc))
@@ -369,237 +215,11 @@ class Setup:
     def evaluate(self, params, step: int | None = None) -> dict[str, float]:
         """Held-out loss of the model as trained at `step` (None: the final stage's model)."""
         eval_step = self.eval_steps[-1 if step is None else self.stage_at(step)]
-        total, count = 0.0, 0.0
-        for b in self.eval_data.batches(self.pi, self.pc):
-            t, c = eval_step(params, self.global_batch(b))
-            total, count = total + float(t), count + float(c)
-        loss = total / max(count, 1.0)
-        return {
-            "eval_loss": loss,
-            "eval_ppl": math.exp(min(loss, 50.0)),
-            "eval_bpb": self.eval_data.bits_per_byte(loss),
-        }
+        return plan_lib.evaluate(self.plan, eval_step, params, self.eval_data, self.pi, self.pc)
 
     def model(self, params):
         """A concrete NNX model holding `params` (for sampling and export)."""
-        return nnx.merge(self.graphdef, params)
-
-
-def describe_stages(setup: Setup) -> str:
-    """The quantization recipe in force: per stage a 'quantization from step S: method M' line, then
-    one 'role: spec' line per layer role (printed at start; the table is stored with checkpoints)."""
-    lines = []
-    for start, cfg in setup.stages:
-        lines.append(
-            f"quantization from step {start}: method {cfg.quant.method}"
-            + (f", rules {cfg.quant.rules!r}" if cfg.quant.rules else "")
-        )
-        lines += [f"  {role:>10}: {spec}" for role, spec in models.describe(cfg).items()]
-    return "\n".join(lines)
-
-
-# ============================================================================ restore
-# Data fields that define the token stream (not where it is cached, nor how much of it is evaluated).
-DATA_IDENTITY = (
-    "name",
-    "paths",
-    "text_key",
-    "train_split",
-    "validation_fraction",
-    "encoding",
-    "tokenizer",
-    "vocab_size",
-    "spm_sample_bytes",
-)
-
-
-def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
-    """What a checkpoint's token stream was made from: the data fields above + the tokenizer's identity."""
-    d = json.loads(json.dumps(config_lib.to_dict(data_config)))
-    fp = {f"data.{k}": d[k] for k in DATA_IDENTITY if k in d}
-    if d.get("tokenizer") == "byte":  # only sentencepiece reads these
-        for k in ("data.vocab_size", "data.spm_sample_bytes"):
-            fp.pop(k, None)
-    if tokenizer_name is not None:  # e.g. a sentencepiece model retrained on other text has another name
-        fp["tokenizer vocabulary"] = tokenizer_name
-    return fp
-
-
-def _diffs(saved, now, path: str) -> list[str]:
-    """'config.a.b: saved X, now Y' for each leaf that differs."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [
-            d for k in sorted(set(saved) | set(now), key=str) for d in _diffs(saved.get(k), now.get(k), f"{path}.{k}")
-        ]
-    return [] if saved == now else [f"{path}: saved {saved!r}, now {now!r}"]
-
-
-def _check_resume_compatible(config: ConfigDict, meta: dict, workdir: str, tokenizer_name: str) -> None:
-    """Refuse to resume a workdir written by a different model/data/seed: nothing is overwritten."""
-    saved = meta.get("config", {})
-    now = json.loads(json.dumps(config_lib.to_dict(config)))
-    diffs = []
-    for key in ("model", "seq_len", "batch_size", "seed", "distill"):
-        if key in saved:
-            diffs += _diffs(saved[key], now[key], f"config.{key}")
-    # checkpoints from before the fingerprint was stored: compare the data fields of their config
-    saved_fp = meta.get("data") or data_fingerprint(saved.get("data", {}))
-    now_fp = data_fingerprint(config.data, tokenizer_name)
-    diffs += [
-        f"config.{k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
-        if k.startswith("data.")
-        else f"the {k}: saved {saved_fp[k]!r}, now {now_fp[k]!r}"
-        for k in now_fp
-        if k in saved_fp and saved_fp[k] != now_fp[k]
-    ]
-    if diffs:
-        fields = sorted({d.split(":")[0].split(".")[1] if d.startswith("config.") else "data" for d in diffs})
-        raise errors.UserError(
-            f"{workdir} holds checkpoints of a run with a different "
-            f"{' / '.join('config.' + f for f in fields)} ({'; '.join(diffs)}). Resuming would mix "
-            f"incompatible runs: use a new --workdir, or restore the original value(s). Nothing was "
-            f"changed on disk."
-        )
-
-
-def _last_logged(workdir: str) -> dict:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [l for l in f.read().splitlines() if l.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
-class _Preemption:
-    """SIGTERM/SIGINT → finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        del frame
-        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
-            raise KeyboardInterrupt("second interrupt: stopped without a final checkpoint")
-        log.warning(
-            "received signal %d: checkpointing after this step and stopping (Ctrl-C again to quit at once)", signum
-        )
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _SkipWatch:
-    """nonfinite='skip': a console warning at each skipped step; stops after too many in a row.
-
-    Each step's `finite` flag is read one step late, so the host never waits for the device. Every
-    process checks (the flag is replicated, so all stop at the same step); only `lead` warns.
-    """
-
-    def __init__(self, config: ConfigDict, lead: bool):
-        self.limit, self.enabled, self.lead = config.max_consecutive_skips, config.nonfinite == "skip", lead
-        self.pending, self.in_a_row = None, 0
-
-    def __call__(self, step: int | None = None, finite=None) -> None:
-        """Records step `step`'s flag and checks the previous one (no arguments: check the last one)."""
-        if not self.enabled:
-            return
-        prev, self.pending = self.pending, (None if step is None else (step, finite))
-        if prev is None:
-            return
-        if bool(prev[1]):
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        if self.lead:
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", prev[0], self.in_a_row)
-        if self.in_a_row > self.limit:
-            raise FloatingPointError(
-                f"{self.in_a_row} steps in a row skipped for non-finite values (more than "
-                f"config.max_consecutive_skips={self.limit}) at step {prev[0]}; stopping. Lower "
-                f"config.optim.lr or raise config.optim.warmup_steps."
-            )
-
-
-def _lock_workdir(workdir: str, lead: bool, process_count: int) -> workdir_lib.Lock | None:
-    """Process 0 checks, creates and locks `workdir`; in multi-process runs the others learn whether it could."""
-    lock, error = None, None
-    if lead:
-        try:
-            workdir_lib.prepare(workdir)
-            lock = workdir_lib.Lock(workdir).acquire()
-        except errors.UserError as e:
-            error = e
-    if process_count > 1 and distributed.any_process(error is not None) and error is None:
-        if lock is not None:
-            lock.release()
-        error = errors.UserError(f"process 0 could not use --workdir {workdir}; see its error")
-    if error is not None:
-        raise error
-    return lock
-
-
-class Run(NamedTuple):
-    """Another run's model as `load_run` restores it: frozen parameters and what runs them."""
-
-    workdir: str
-    step: int  # of the checkpoint restored
-    config: ConfigDict  # its stored config, completed with today's defaults
-    graphdef: Any  # its model as trained at `step` (the stage in force then)
-    params: Any  # pure dict of jax.Arrays, sharded on the caller's mesh by its rules
-
-
-def load_run(workdir: str, mesh, rules, field: str, check=None) -> Run:
-    """`workdir`'s latest checkpoint as a :class:`Run`: parameters only (no optimizer state is read).
-
-    The model (any registered family) comes from the config stored with the checkpoint; its
-    parameters are placed on `mesh` by `rules` (logical axes → mesh axes), like this run's own.
-    field: the config field that named `workdir` (for errors). check(meta): called on the
-    checkpoint's metadata before anything else loads (raise UserError to refuse the run).
-    """
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise errors.UserError(
-            f"{field}={workdir!r} holds no checkpoints/ (the workdir of a bitjax run, or "
-            "one written by python -m bitjax.import_hf, is expected)"
-        )
-    ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise errors.UserError(
-                f"{field}={workdir!r} holds no finished checkpoint in {ckpt_dir}: "
-                "train that run first (or name another)"
-            )
-        meta = ckpt.restore_metadata(step)
-        if check is not None:
-            check(meta)
-        config = train_config.with_defaults(meta["config"])
-        try:
-            models.validate(config.model)
-            stages = models.stage_configs(config.model, config.total_steps)
-        except ValueError as e:
-            raise errors.UserError(f"{field}={workdir!r}: its stored model config is invalid today: {e}") from None
-        mcfg = stages[max(i for i, (start, _) in enumerate(stages) if start <= step)][1]
-        model_cls = models.get_model(mcfg.name)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(mcfg, rngs=nnx.Rngs(params=0))))
-        mesh_lib.check_divisible(abstract, mesh, rules, hints=models.size_hints(mcfg.name))
-        shardings = nnx.to_pure_dict(mesh_lib.param_shardings(abstract, mesh, rules))
-        params = ckpt.restore_params(step, ckpt_lib.abstract_with_shardings(nnx.to_pure_dict(abstract), shardings))
-    finally:
-        ckpt.close()
-    return Run(workdir, step, config, graphdef, params)
+        return self.plan.model(params)
 
 
 def params_from_run(workdir: str, setup: Setup):
@@ -609,10 +229,10 @@ def params_from_run(workdir: str, setup: Setup):
     tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
     imported fp model); per-layer and stacked (config.model.scan_layers) layouts are converted.
     """
-    params = load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
+    params = plan_lib.load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
     want = setup.abstract_state["params"]
     params = layer_stack.layers_like(params, want)
-    if not same_tree(params, want):
+    if not plan_lib.same_tree(params, want):
         raise errors.UserError(
             f"config.init_from={workdir!r}: its parameters differ from this run's model "
             "(config.model shapes and learned quantizer parameters must match the "
@@ -629,7 +249,8 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     many steps of this invocation, as a preemption would; the run can be resumed later.
     """
     setup = Setup(config, devices)  # validates everything before touching the workdir
-    lock = _lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
+    config = setup.config  # the plan's: vocab_size resolved
+    lock = resume.lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
     try:
         ckpt = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -637,7 +258,7 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             save_every=max(config.checkpoint_every, 1),
         )
         try:
-            return _run(setup, config, workdir, ckpt, stop_after)
+            return _run(setup, workdir, ckpt, stop_after)
         finally:
             ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
             ckpt.close()
@@ -646,28 +267,23 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
             lock.release()
 
 
-def _run(
-    setup: Setup, config: ConfigDict, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: int | None
-) -> dict[str, Any]:
-    lead = setup.pi == 0
+def _run(setup: Setup, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: int | None) -> dict[str, Any]:
+    config, lead = setup.config, setup.pi == 0
+    # stored with every checkpoint: with the tokenizer's copy in the workdir, what restores the run alone
     meta = {
         "config": config_lib.to_dict(config),
-        "data": data_fingerprint(config.data, setup.tokenizer.name),
+        "data": resume.data_fingerprint(config.data, setup.tokenizer.name),
+        "tokenizer": plan_lib.tokenizer_meta(setup.tokenizer),
         "quant_recipe": setup.quant_table,
     }
+    teacher_step = None if setup.teacher is None else setup.teacher.step
     if setup.teacher is not None:  # which teacher checkpoint: a resume must distill from the same one
-        meta["teacher_step"] = setup.teacher.step
+        meta["teacher_step"] = teacher_step
     restore_target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
     if ckpt.latest_step() is not None:
         saved_meta = ckpt.restore_metadata()
-        _check_resume_compatible(config, saved_meta, workdir, setup.tokenizer.name)
-        if saved_meta.get("teacher_step", meta.get("teacher_step")) != meta.get("teacher_step"):
-            raise errors.UserError(
-                f"{workdir} was distilled from step {saved_meta['teacher_step']} of "
-                f"config.distill.teacher_workdir={config.distill.teacher_workdir!r}, whose latest checkpoint is "
-                f"now step {setup.teacher.step}: resuming would change the teacher mid-run. Use a new --workdir, "
-                f"or restore that teacher checkpoint. Nothing was changed on disk."
-            )
+        resume.check_compatible(config, saved_meta, workdir, setup.tokenizer.name)
+        resume.check_same_teacher(config, saved_meta, teacher_step, workdir)
         step0, state = ckpt.restore_latest(restore_target)
         if lead:
             print(f"resumed from {workdir} at step {step0}")
@@ -682,11 +298,12 @@ def _run(
                 print(f"initialised from {config.init_from} (its latest checkpoint's parameters)")
     start = int(state["step"])
     if lead:
+        plan_lib.store_tokenizer(workdir, setup.tokenizer)  # restore reads it from here, never from the corpus
         print(
             f"model {config.model.name} ({config.model.quant.method}): {setup.num_params / 1e6:.2f}M params; "
             f"mesh {dict(setup.mesh.shape)}; {config.total_steps} steps × {config.batch_size}×{config.seq_len} tokens"
         )
-        print(describe_stages(setup))
+        print(setup.plan.describe())
         if setup.teacher is not None:
             d = config.distill
             print(
@@ -696,7 +313,7 @@ def _run(
             )
 
     if start >= config.total_steps:  # already finished: report, do not train further
-        last = _last_logged(workdir)
+        last = last_logged(workdir)
         last.update(setup.evaluate(state["params"]))
         last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
         if lead:
@@ -704,13 +321,13 @@ def _run(
         return last
 
     writer = MetricsWriter(workdir, lead, start)
-    skip_watch = _SkipWatch(config, lead)
+    skip_watch = guards.SkipWatch(config, lead)
     progress = Progress(config.total_steps, start, lead)
     tokens_per_step = config.batch_size * config.seq_len
     last: dict[str, Any] = {}
     t_log, steps_since, first_interval = time.perf_counter(), 0, True
     step_times = []
-    with _Preemption() as preempt:
+    with guards.Preemption() as preempt:
         for step in range(start, config.total_steps):
             state, m = setup.train_steps[setup.stage_at(step)](state, setup.train_batch(step))
             done = step + 1
@@ -750,7 +367,7 @@ def _run(
                 if not first_interval:  # the first interval includes compilation
                     step_times.append(dt / steps_since)
                 t_log, steps_since, first_interval = time.perf_counter(), 0, False
-                limit = train_config.max_skipped_steps(config)
+                limit = run_config.max_skipped_steps(config)
                 if last["skipped_steps"] > limit:
                     raise FloatingPointError(
                         f"{last['skipped_steps']} of {done} steps skipped for non-finite values (more than "

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from bitjax.export.hf import load_hf, save_hf, to_hf_model
-from bitjax.sample import load
+from bitjax.run.plan import restore_one_device
 
 
 def gap(a, b):
@@ -39,11 +39,11 @@ def main():
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--text", default=os.path.join(sysconfig.get_paths()["stdlib"], "calendar.py"))
     args = p.parse_args()
-    setup, params = load(args.workdir)
-    model, cfg = setup.model(params), setup.config.model
+    plan, params = restore_one_device(args.workdir)
+    model, cfg = plan.model(params), plan.config.model
     with open(args.text, "rb") as f:
         text = f.read()[4000 : 4000 + args.tokens].decode("utf-8", "replace")
-    ids = setup.tokenizer.encode(text)[None, : args.tokens]
+    ids = plan.tokenizer.encode(text)[None, : args.tokens]
     mine = np.asarray(model(jnp.asarray(ids, jnp.int32)))
     print(
         f"{args.workdir}: {cfg.quant.method}, {ids.shape[1]} tokens of {args.text}; |logit| mean "
@@ -64,7 +64,7 @@ def main():
                     cfg,
                     d,
                     linear_class=lc,
-                    token_ids=dict(bos_token_id=setup.tokenizer.bos_id, eos_token_id=setup.tokenizer.eos_id),
+                    token_ids=dict(bos_token_id=plan.tokenizer.bos_id, eos_token_id=plan.tokenizer.eos_id),
                 )
                 ref = hf_logits(transformers.BitNetForCausalLM.from_pretrained(d).eval())
                 print(f"  HF packed offline ({lc:13s})            {gap(mine, ref)}")

@@ -34,7 +34,7 @@ def abstract_with_shardings(abstract_state, shardings):
     """``jax.ShapeDtypeStruct(shape, dtype, sharding=s)`` per leaf: a restore target.
 
     ``abstract_state`` from ``jax.eval_shape`` / ``nnx.eval_shape`` +
-    ``nnx.state``; ``shardings`` from ``bitjax.train.mesh.param_shardings`` of
+    ``nnx.state``; ``shardings`` from ``bitjax.run.mesh.param_shardings`` of
     the same tree (same structure, leaf for leaf).
     """
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)

@@ -1,4 +1,4 @@
-"""The trainer's config: defaults of every field it reads, validation, stored configs completed.
+"""A run's config: defaults of every field the trainer reads, validation, stored configs completed.
 
 A config file starts from :func:`trainer_config` and sets `config.model` to a family's
 (bitjax.models.preset / default_config); bitjax.config has the helpers config files share.
@@ -14,9 +14,9 @@ import ml_collections
 from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
-from bitjax.data import config as data_config
+from bitjax.data import config as data_defaults
+from bitjax.run import mesh as mesh_lib
 from bitjax.train import distill, optim
-from bitjax.train import mesh as mesh_lib
 
 NONFINITE_POLICIES = ("skip", "stop")
 
@@ -46,7 +46,7 @@ def trainer_config() -> ConfigDict:
     c.batch_size = 16
     c.seq_len = 128
     c.seed = 0
-    c.data = data_config.default_config()
+    c.data = data_defaults.default_config()
     for key in ("batch_size", "seq_len", "seed"):  # one place for each: the top-level fields
         del c.data[key]
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -98,6 +98,13 @@ def preset(
     return config, arg
 
 
+def data_config(config: ConfigDict) -> ConfigDict:
+    """config.data as bitjax.data takes it: with the run's batch_size, seq_len and seed (top-level fields)."""
+    return ConfigDict(
+        {**config.data.to_dict(), "batch_size": config.batch_size, "seq_len": config.seq_len, "seed": config.seed}
+    )
+
+
 def max_skipped_steps(config: ConfigDict) -> int:
     """config.max_skipped_steps, or by default a tenth of the run: 8 of 10 steps skipped is no run."""
     return config.max_skipped_steps if config.max_skipped_steps is not None else max(config.total_steps // 10, 1)
@@ -130,9 +137,7 @@ def _need(ok: bool, field: str, value, fix: str):
 
 def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     """Checks every trainer field (and the model's, via its own validator) before anything runs."""
-    config_lib.check_fields(
-        config, {**trainer_config(), "model": None}, "config", "bitjax.train.config.trainer_config()"
-    )
+    config_lib.check_fields(config, {**trainer_config(), "model": None}, "config", "bitjax.run.config.trainer_config()")
     for field in ("total_steps", "batch_size", "seq_len"):
         v = config[field]
         _need(isinstance(v, int) and v > 0, field, v, "must be a positive int")
@@ -195,4 +200,4 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     distill.validate_config(config.distill)
     from bitjax import models  # the model validates its own fields
 
-    models.validate(config.model, seq_len=config.seq_len)
+    models.validate(config.model)

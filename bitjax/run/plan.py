@@ -1,0 +1,374 @@
+"""A run as one object: its config resolved once into a frozen :class:`Plan`, or restored from its workdir.
+
+    plan = resolve(config, tokenizer)          # stages, quant tables, model, abstract params, shardings
+    plan, params = restore(workdir, step)      # from the workdir alone: no corpus opened, no step traced
+
+A workdir is self-contained: checkpoints/<step>/meta holds the config, the data fingerprint, the
+quantization recipe and the tokenizer's identity; a trained (sentencepiece) tokenizer's model file is
+copied to tokenizer/<name>.model and fingerprinted by its sha256 (the byte tokenizer needs nothing). So a
+workdir copied to another machine samples, evaluates, exports and calibrates PTQ without its corpus.
+
+The trainer's Setup is a plan + data + optimizer + compiled steps (bitjax.train.trainer); sample, eval,
+export, ptq, import_hf, a distillation teacher and init_from read runs through this module only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from bitjax import errors, models
+from bitjax.data import tokenizers as tok_lib
+from bitjax.run import checkpoint as ckpt_lib
+from bitjax.run import config as run_config
+from bitjax.run import mesh as mesh_lib
+
+log = logging.getLogger("bitjax")
+# config.model.vocab_size=None is the tokenizer's, padded to a multiple of this so the vocab axis shards
+# evenly and matmuls tile well; the padding ids never occur as targets
+VOCAB_MULTIPLE = 128
+TOKENIZER_DIR = "tokenizer"  # in the workdir: the copy of a trained tokenizer's model file
+
+
+def same_tree(a, b) -> bool:
+    """Whether two parameter trees have the same structure, shapes and dtypes (values aside)."""
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+    """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+# ============================================================================ the plan
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """Everything a run config determines before data or compilation.
+
+    config: the run config with config.model.vocab_size resolved (a copy: the caller's is not changed).
+    tokenizer: the run's (None for a teacher or init_from source, whose tokenizer is not needed).
+    stages: ((first step, single-stage model config), …): one unless the method trains in stages (a48
+      after b158), all sharing one parameter tree. quant_tables: per stage {layer role: spec text}.
+    graphdefs: per stage the model's NNX graph. abstract_params: nnx.State of ShapeDtypeStructs.
+    param_shardings: pure dict of NamedShardings (on `mesh` by `rules`), leaf for leaf.
+    step: the checkpoint a restored plan came from (None: resolved from a config).
+    """
+
+    config: ConfigDict
+    tokenizer: tok_lib.Tokenizer | None
+    mesh: Mesh
+    rules: tuple
+    stages: tuple
+    quant_tables: tuple
+    graphdefs: tuple
+    abstract_params: Any
+    param_shardings: Any
+    step: int | None = None
+
+    @property
+    def graphdef(self):
+        """The final stage's model graph (what sample, eval and export run)."""
+        return self.graphdefs[-1]
+
+    @property
+    def quant_table(self) -> dict[str, str]:
+        """The final stage's {layer role: spec}: stored with checkpoints as the run's quant_recipe."""
+        return self.quant_tables[-1]
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_params))
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return mesh_lib.batch_sharding(self.mesh, self.rules)
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that trains step `step` (0-based) and evaluates after `step` steps."""
+        return max(i for i, (start, _) in enumerate(self.stages) if start <= step)
+
+    def build(self, key) -> nnx.Module:
+        """The final stage's model with freshly initialised parameters (trace it under jit)."""
+        return models.get_model(self.config.model.name)(self.stages[-1][1], rngs=nnx.Rngs(params=key))
+
+    def model(self, params) -> nnx.Module:
+        """A concrete NNX model of the final stage holding `params` (for sampling and export)."""
+        return nnx.merge(self.graphdef, params)
+
+    def params_target(self):
+        """The parameters as a restore target: ShapeDtypeStructs with this plan's shardings."""
+        return ckpt_lib.abstract_with_shardings(nnx.to_pure_dict(self.abstract_params), self.param_shardings)
+
+    def global_batch(self, np_batch) -> dict[str, jax.Array]:
+        """This process's rows of a batch → global jax.Arrays sharded over the batch axes."""
+        return mesh_lib.shard_batch(np_batch, self.mesh, self.rules)
+
+    def eval_step(self, stage: int = -1):
+        """jit(params, batch) → (Σ masked NLL, masked tokens) of stage `stage`'s model, on this plan's shardings."""
+        graphdef = self.graphdefs[stage]
+
+        def eval_step(params, batch):
+            model = nnx.merge(graphdef, params)
+            return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+
+        repl = NamedSharding(self.mesh, PartitionSpec())
+        return jax.jit(eval_step, in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=repl)
+
+    def describe(self) -> str:
+        """Per stage a 'quantization from step S: method M' line, then one 'role: spec' line per layer role."""
+        lines = []
+        for (start, cfg), table in zip(self.stages, self.quant_tables):
+            lines.append(
+                f"quantization from step {start}: method {cfg.quant.method}"
+                + (f", rules {cfg.quant.rules!r}" if cfg.quant.rules else "")
+            )
+            lines += [f"  {role:>10}: {spec}" for role, spec in table.items()]
+        return "\n".join(lines)
+
+
+def resolve(
+    config: ConfigDict,
+    tokenizer: tok_lib.Tokenizer | None,
+    devices=None,
+    *,
+    mesh: Mesh | dict | None = None,
+    rules=None,
+    step: int | None = None,
+) -> Plan:
+    """`config` → its :class:`Plan` (ValueError naming the field on a bad config; nothing compiles).
+
+    The trainer validates the whole run config first (bitjax.run.config.validate); a restored config
+    passed it when it was trained. tokenizer: fills config.model.vocab_size=None (None: the config must
+    set it). mesh: a Mesh, or axis sizes {data, fsdp, tensor} (default config.mesh) on `devices` (default
+    all). rules: logical → mesh axes (default config.axis_rules).
+    """
+    config = copy.deepcopy(config)
+    if not isinstance(mesh, Mesh):
+        mesh = mesh_lib.make_mesh(config.mesh if mesh is None else ConfigDict(dict(mesh)), devices)
+    rules = mesh_lib.rules_from_config(config.axis_rules) if rules is None else rules
+    mcfg = config.model
+    if tokenizer is not None:
+        with mcfg.unlocked():
+            if mcfg.get("vocab_size") in (None, 0):
+                mcfg.vocab_size = -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        if mcfg.vocab_size < tokenizer.vocab_size:
+            raise ValueError(
+                f"config.model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                f"{tokenizer.vocab_size}; set it to None to use the tokenizer's size"
+            )
+
+    # Abstract first, so shapes are checked against the mesh before compiling. A method trained in
+    # stages has one model config per stage; the stage is a function of the step alone, so resume is exact.
+    model_cls = models.get_model(mcfg.name)
+    stages = tuple(models.stage_configs(mcfg, config.total_steps))
+    splits = [
+        nnx.split(nnx.eval_shape(lambda c=c: model_cls(c, rngs=nnx.Rngs(params=jax.random.key(0))))) for _, c in stages
+    ]
+    abstract = splits[-1][1]
+    for (start, c), (_, other) in zip(stages, splits):
+        if not same_tree(other, abstract):
+            raise ValueError(
+                f"config.model.quant.stage1={c.quant.method!r} (steps from {start}) has other "
+                f"parameters than config.model.quant.method={mcfg.quant.method!r}: both "
+                f"stages must share one parameter tree; choose another stage1 or 'none'"
+            )
+    mesh_lib.check_divisible(abstract, mesh, rules, hints=models.size_hints(mcfg.name))
+    return Plan(
+        config=config,
+        tokenizer=tokenizer,
+        mesh=mesh,
+        rules=rules,
+        stages=stages,
+        quant_tables=tuple(models.describe(c) for _, c in stages),
+        graphdefs=tuple(g for g, _ in splits),
+        abstract_params=abstract,
+        param_shardings=nnx.to_pure_dict(mesh_lib.param_shardings(abstract, mesh, rules)),
+        step=step,
+    )
+
+
+def evaluate(plan: Plan, eval_step, params, eval_data, process_index: int = 0, process_count: int = 1) -> dict:
+    """{eval_loss, eval_ppl, eval_bpb} of `params` over `eval_data`'s batches (bitjax.data.EvalData).
+
+    eval_step: `plan.eval_step(stage)`, compiled once by the caller.
+    """
+    total, count = 0.0, 0.0
+    for b in eval_data.batches(process_index, process_count):
+        t, c = eval_step(params, plan.global_batch(b))
+        total, count = total + float(t), count + float(c)
+    loss = total / max(count, 1.0)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_bpb": eval_data.bits_per_byte(loss)}
+
+
+# ============================================================================ the tokenizer, in the workdir
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tokenizer_meta(tokenizer: tok_lib.Tokenizer) -> dict:
+    """What a checkpoint records of its tokenizer: its name, and for a trained one the workdir copy of
+    its model file and that file's sha256."""
+    if isinstance(tokenizer, tok_lib.SentencePieceTokenizer):
+        file = f"{TOKENIZER_DIR}/{tokenizer.name}.model"
+        return {"name": tokenizer.name, "file": file, "sha256": _sha256(tokenizer.model_path)}
+    return {"name": tokenizer.name}
+
+
+def store_tokenizer(workdir: str, tokenizer: tok_lib.Tokenizer) -> None:
+    """Copies a trained tokenizer's model file into `workdir` (atomically, once), so that restoring
+    the run needs no corpus. The byte tokenizer needs no file."""
+    meta = tokenizer_meta(tokenizer)
+    if "file" not in meta:
+        return
+    dst = os.path.join(workdir, meta["file"])
+    if os.path.exists(dst) and _sha256(dst) == meta["sha256"]:
+        return
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    shutil.copyfile(tokenizer.model_path, tmp)
+    os.replace(tmp, dst)
+
+
+def restore_tokenizer(workdir: str, meta: dict, config: ConfigDict, who: str) -> tok_lib.Tokenizer:
+    """The tokenizer a checkpoint's `meta` names, from `workdir` alone (see :func:`tokenizer_meta`).
+
+    A checkpoint written before tokenizers were stored with it has a byte tokenizer (nothing to read) or
+    a sentencepiece one that only its corpus can rebuild: that corpus is opened, or a UserError says why not.
+    """
+    saved = meta.get("tokenizer")
+    if saved is None:
+        if config.data.tokenizer == "byte":
+            return tok_lib.ByteTokenizer()
+        from bitjax.data import pipeline  # tfds and grain: only for these older workdirs
+
+        try:
+            return pipeline.get_tokenizer(run_config.data_config(config))
+        except ValueError as e:  # DataError: the corpus is gone or changed
+            raise errors.UserError(
+                f"{who} predates tokenizers stored in the workdir, and its sentencepiece tokenizer cannot be "
+                f"rebuilt from its corpus ({e}); restore the corpus, or retrain with today's bitjax"
+            ) from None
+    if "file" not in saved:
+        return tok_lib.ByteTokenizer()
+    path = os.path.join(workdir, saved["file"])
+    if not os.path.exists(path):
+        raise errors.UserError(f"{who}: its tokenizer {path} is missing; copy the whole workdir, tokenizer/ included")
+    if _sha256(path) != saved["sha256"]:
+        raise errors.UserError(
+            f"{who}: {path} is not the tokenizer this run was trained with (its sha256 differs from the checkpoint's)"
+        )
+    return tok_lib.SentencePieceTokenizer(path)
+
+
+# ============================================================================ restore
+def restore(
+    workdir: str,
+    step: int | None = None,
+    *,
+    devices=None,
+    mesh: Mesh | dict | None = None,
+    rules=None,
+    field: str = "--workdir",
+    check: Callable[[dict], None] | None = None,
+    tokenizer: bool = True,
+) -> tuple[Plan, Any]:
+    """(plan, params) of the checkpoint at `step` (default: the latest) in `workdir`, from the workdir alone.
+
+    Only parameters are read (no optimizer state); no corpus is opened and nothing compiles. The plan's
+    config is the stored one completed with today's defaults, without its distillation teacher and
+    init_from (a trained run needs neither). devices, mesh, rules: as :func:`resolve` (default the
+    run's own config.mesh on all devices). field: how the user named `workdir` (errors name it).
+    check(meta): called on the checkpoint's metadata before anything loads (raise UserError to refuse).
+    tokenizer=False: plan.tokenizer is None (a teacher or init_from source needs none). A workdir
+    without checkpoints or an absent step raises UserError, and nothing is created on disk. step=None
+    reads past a damaged newest checkpoint to the one before, with a warning (nothing is renamed).
+    """
+    who = f"{field} {workdir!r}" if field.startswith("--") else f"{field}={workdir!r}"
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise errors.UserError(
+            f"{who} holds no checkpoints/ ({ckpt_dir} does not exist): check the path, or train first "
+            "(python -m bitjax.main --workdir ...) or import one (python -m bitjax.import_hf)"
+        )
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir)  # the directory exists: orbax creates nothing
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise errors.UserError(f"{who} holds no finished checkpoint in {ckpt_dir}: train that run first")
+        if step is not None and step not in steps:
+            raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
+        todo = [step] if step is not None else steps[::-1]
+        for i, s in enumerate(todo):
+            try:
+                return _restore_step(ckpt, s, workdir, who, devices, mesh, rules, check, tokenizer)
+            except errors.UserError:
+                raise
+            except Exception as e:  # a damaged newest checkpoint: read the one before
+                if i == len(todo) - 1:
+                    raise
+                log.warning(
+                    "checkpoint step %d in %s could not be read (%s: %s); trying the previous one",
+                    s,
+                    ckpt_dir,
+                    type(e).__name__,
+                    str(e)[:300],
+                )
+    finally:
+        ckpt.close()
+
+
+def _restore_step(ckpt, step, workdir, who, devices, mesh, rules, check, tokenizer) -> tuple[Plan, Any]:
+    meta = ckpt.restore_metadata(step)
+    if check is not None:
+        check(meta)
+    config = run_config.with_defaults(meta["config"])
+    config.distill.teacher_workdir = config.init_from = ""
+    if isinstance(mesh, dict):
+        config.mesh = ConfigDict(dict(mesh))
+    tok = restore_tokenizer(workdir, meta, config, who) if tokenizer else None
+    try:
+        plan = resolve(config, tok, devices, mesh=mesh, rules=rules, step=step)
+    except errors.UserError:
+        raise
+    except ValueError as e:
+        raise errors.UserError(f"{who}: its stored config does not resolve here: {e}") from None
+    return plan, ckpt.restore_params(step, plan.params_target())
+
+
+def restore_one_device(workdir: str, step: int | None = None) -> tuple[Plan, Any]:
+    """:func:`restore` on the first device alone (sampling, export and PTQ's eager passes are small)."""
+    return restore(workdir, step, devices=jax.devices()[:1], mesh=dict(data=1, fsdp=1, tensor=1))
+
+
+class Run(NamedTuple):
+    """Another run's model, frozen (a distillation teacher, config.init_from's source): see :func:`load_run`."""
+
+    workdir: str
+    step: int  # of the checkpoint restored
+    config: ConfigDict  # its stored config, completed with today's defaults
+    graphdef: Any  # its model as trained at `step` (the stage in force then)
+    params: Any  # pure dict of jax.Arrays, sharded on the caller's mesh by its rules
+
+
+def load_run(workdir: str, mesh: Mesh, rules, field: str, check=None) -> Run:
+    """`workdir`'s latest checkpoint as a :class:`Run`, its parameters placed on `mesh` by `rules` (the
+    caller's, as its own parameters). field, check: as :func:`restore`."""
+    plan, params = restore(workdir, mesh=mesh, rules=rules, field=field, check=check, tokenizer=False)
+    return Run(workdir, plan.step, plan.config, plan.graphdefs[plan.stage_at(plan.step)], params)
