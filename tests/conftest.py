@@ -9,7 +9,7 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
-sys.path.insert(0, os.path.dirname(__file__))  # test modules share helpers (test_validation → test_trainer)
+sys.path.insert(0, os.path.dirname(__file__))  # test modules share builders.py (tiny_config, FILES, losses)
 
 import pytest
 
@@ -32,3 +32,22 @@ def subprocess_compilation_cache(tmp_path_factory):
         mp.setenv("JAX_COMPILATION_CACHE_DIR", cache)
         mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         yield cache
+
+
+@pytest.fixture(scope="session")
+def corpus_files():
+    """The small stdlib corpus every trainer test trains on (builders.FILES)."""
+    from builders import FILES
+
+    return list(FILES)
+
+
+@pytest.fixture
+def make_config(data_dir):
+    """builders.tiny_config with this session's tfds data_dir: make_config("a48", steps=6, **{"optim.lr": 1e-3})."""
+    from builders import tiny_config
+
+    def make(method="b158", steps=30, **over):
+        return tiny_config(method, steps, data_dir=data_dir, **over)
+
+    return make

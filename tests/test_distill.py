@@ -7,8 +7,8 @@ import os
 import jax
 import numpy as np
 import pytest
+from builders import losses, tiny_config
 from flax import nnx
-from test_trainer import losses, tiny_config
 
 from bitjax import errors
 from bitjax.run import checkpoint as ckpt_lib

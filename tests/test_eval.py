@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from builders import tiny_config
 from flax import nnx
-from test_trainer import tiny_config
 
 from bitjax.eval import __main__ as eval_cli
 from bitjax.eval import perplexity, sample, scoring

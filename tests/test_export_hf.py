@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 pytest.importorskip("accelerate")  # transformers' BitNet quantizer refuses to load without it
 
-from test_trainer import tiny_config
+from builders import tiny_config
 
 from bitjax import errors
 from bitjax.data.tokenizers import ByteTokenizer

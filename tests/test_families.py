@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from builders import tiny_config
 from flax import nnx
 from ml_collections import ConfigDict, FieldReference
-from test_trainer import tiny_config
 
 from bitjax import config as config_lib
 from bitjax import models

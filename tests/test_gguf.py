@@ -156,7 +156,7 @@ def test_llama_cpp_loads_and_generates(tmp_path):
 @pytest.mark.slow
 def test_cli_exports_a_trained_run(tmp_path, data_dir):
     """python -m bitjax.export --format gguf on a workdir (3 training steps: the path, not the quality)."""
-    from test_trainer import tiny_config
+    from builders import tiny_config
 
     from bitjax.export import __main__ as export_cli
     from bitjax.train import trainer

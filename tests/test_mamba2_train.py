@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+from builders import FILES, losses, tiny_config
 from flax import nnx
-from test_trainer import FILES, losses, tiny_config
 
 from bitjax import models
 from bitjax.models import mamba2 as M

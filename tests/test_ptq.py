@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from test_trainer import tiny_config
+from builders import tiny_config
 
 from bitjax import ptq
 from bitjax.quant import ptq_methods

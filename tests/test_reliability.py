@@ -10,7 +10,7 @@ import struct
 import subprocess
 
 import pytest
-from test_trainer import FILES, tiny_config
+from builders import FILES, tiny_config
 
 from bitjax import errors
 from bitjax.train import guards, metrics, trainer

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_trainer import FILES, STDLIB, tiny_config
+from builders import FILES, STDLIB, tiny_config
 
 from bitjax.run import plan as plan_lib
 from bitjax.train import trainer

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from builders import tiny_config
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from test_trainer import tiny_config
 
 from bitjax.export.hf import hf_state_dict
 from bitjax.export.packed import pack_model

@@ -22,7 +22,7 @@ def read(path: str) -> str:
 # A config file as a user writes one: get_config(arg) over the tests' tiny model and local corpus.
 CONFIG = """
 from bitjax import config as config_lib
-from test_trainer import tiny_config
+from builders import tiny_config
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, quant="fp", steps=4)

@@ -2,55 +2,19 @@
 
 import json
 import os
-import sysconfig
 
 import jax
 import numpy as np
 import pytest
+from builders import FILES, STDLIB, losses, tiny_config  # noqa: F401  (re-exported for older imports)
 
-from bitjax.models import transformer
-from bitjax.run import config as train_config
 from bitjax.train import trainer
-
-STDLIB = sysconfig.get_paths()["stdlib"]
-FILES = [
-    os.path.join(STDLIB, f)
-    for f in ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "colorsys.py", "bisect.py", "heapq.py")
-]
-
-
-def tiny_config(method="b158", steps=30, data_dir=None, **over):
-    c = train_config.trainer_config()
-    c.total_steps, c.batch_size, c.seq_len = steps, 8, 32
-    c.log_every, c.eval_every = 1, 0
-    c.optim.lr, c.optim.warmup_steps = 3e-3, 5
-    c.data.name, c.data.paths, c.data.data_dir = "text_files", tuple(FILES), data_dir
-    c.data.eval_batches = 2
-    c.model = transformer.default_config()
-    c.model.update(dict(vocab_size=None, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64))
-    c.model.quant.method = method
-    for key, value in over.items():  # dotted keys, as on the command line
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def losses(workdir):
-    by_step = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            by_step[r["step"]] = r["train_loss"]
-    return [by_step[k] for k in sorted(by_step)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fp", "bitnet", "b158"])
-def test_a_few_dozen_steps_reduce_the_loss(method, data_dir, tmp_path):
-    out = trainer.train(tiny_config(method, steps=40, data_dir=data_dir), str(tmp_path))
+def test_a_few_dozen_steps_reduce_the_loss(method, make_config, tmp_path):
+    out = trainer.train(make_config(method, steps=40), str(tmp_path))
     ls = losses(str(tmp_path))
     assert len(ls) == 40
     assert np.mean(ls[-5:]) < np.mean(ls[:5]) - 0.5, ls
@@ -61,11 +25,11 @@ def test_a_few_dozen_steps_reduce_the_loss(method, data_dir, tmp_path):
     assert final["step"] == 40 and {"eval_loss", "eval_bpb", "eval_ppl", "tokens_per_s", "lr"} <= set(final)
 
 
-def test_sharded_loss_equals_single_device_loss(data_dir):
-    cfg8 = tiny_config("b158", steps=10, data_dir=data_dir)
+def test_sharded_loss_equals_single_device_loss(make_config):
+    cfg8 = make_config("b158", steps=10)
     cfg8.mesh.update(dict(data=2, fsdp=2, tensor=2))
     s8 = trainer.Setup(cfg8)
-    cfg1 = tiny_config("b158", steps=10, data_dir=data_dir)
+    cfg1 = make_config("b158", steps=10)
     cfg1.mesh.update(dict(data=1, fsdp=1, tensor=1))
     s1 = trainer.Setup(cfg1, devices=jax.devices()[:1])
     st8, st1 = s8.init_fn(jax.random.key(0)), s1.init_fn(jax.random.key(0))
@@ -85,8 +49,8 @@ def test_sharded_loss_equals_single_device_loss(data_dir):
 
 
 @pytest.mark.slow
-def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
-    cfg = tiny_config("b158", steps=12, data_dir=data_dir, checkpoint_every=4)
+def test_save_restore_continue_matches_uninterrupted_run(make_config, tmp_path):
+    cfg = make_config("b158", steps=12, checkpoint_every=4)
     trainer.train(cfg, str(tmp_path / "a"))
     trainer.train(cfg, str(tmp_path / "b"), stop_after=6)  # "preempted" after step 6
     assert max(os.listdir(tmp_path / "b" / "checkpoints")) == "6"
@@ -95,10 +59,10 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, capsys):
+def test_a48_two_stage_switch_survives_preemption_exactly(make_config, tmp_path, capsys):
     """a4.8 trains W1.58A8 first, then its hybrid scheme; a run cut across the switch resumes bitwise."""
     over = {"model.quant.stage2_frac": 0.5, "model.activation": "relu2", "checkpoint_every": 4}
-    cfg = tiny_config("a48", steps=10, data_dir=data_dir, **over)
+    cfg = make_config("a48", steps=10, **over)
     setup = trainer.Setup(cfg)
     assert [(s, c.quant.method) for s, c in setup.stages] == [(0, "b158"), (5, "a48")]
     assert [setup.stage_at(t) for t in range(10)] == [0] * 5 + [1] * 5
@@ -122,9 +86,9 @@ def test_a48_two_stage_switch_survives_preemption_exactly(data_dir, tmp_path, ca
     assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
 
 
-def test_frozen_quantizer_state_stays_bit_exact_through_training(data_dir):
+def test_frozen_quantizer_state_stays_bit_exact_through_training(make_config):
     """PB-LLM's mask and 8-bit salient values: no gradient, no weight decay, no AdamW update."""
-    setup = trainer.Setup(tiny_config("pb_llm", steps=8, data_dir=data_dir))
+    setup = trainer.Setup(make_config("pb_llm", steps=8))
     state = setup.init_fn(jax.random.key(0))
     proj = lambda st: st["params"]["layers"][0]["mlp"]["up_proj"]
     before = jax.tree.map(np.asarray, proj(state))
@@ -136,11 +100,11 @@ def test_frozen_quantizer_state_stays_bit_exact_through_training(data_dir):
         np.testing.assert_array_equal(after["qstate"][k], before["qstate"][k])
 
 
-def test_resume_with_a_different_model_is_refused(data_dir, tmp_path):
-    trainer.train(tiny_config("fp", steps=6, data_dir=data_dir), str(tmp_path), stop_after=2)
+def test_resume_with_a_different_model_is_refused(make_config, tmp_path):
+    trainer.train(make_config("fp", steps=6), str(tmp_path), stop_after=2)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     with pytest.raises(ValueError, match=r"different config.model"):
-        trainer.train(tiny_config("b158", steps=6, data_dir=data_dir), str(tmp_path))
+        trainer.train(make_config("b158", steps=6), str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
@@ -155,23 +119,23 @@ def test_resume_with_a_different_model_is_refused(data_dir, tmp_path):
         ({"nonfinite": "ignore"}, r"config.nonfinite"),
     ],
 )
-def test_bad_config_fails_before_compiling_and_names_the_field(override, message, data_dir, tmp_path):
-    cfg = tiny_config("b158", data_dir=data_dir, **override)
+def test_bad_config_fails_before_compiling_and_names_the_field(override, message, make_config, tmp_path):
+    cfg = make_config("b158", **override)
     with pytest.raises(ValueError, match=message):
         trainer.Setup(cfg)
 
 
-def test_dims_not_divisible_by_mesh_are_reported_with_the_path(data_dir):
-    cfg = tiny_config("b158", data_dir=data_dir, **{"model.mlp_dim": 66})
+def test_dims_not_divisible_by_mesh_are_reported_with_the_path(make_config):
+    cfg = make_config("b158", **{"model.mlp_dim": 66})
     cfg.mesh.update(dict(data=2, fsdp=1, tensor=4))
     with pytest.raises(ValueError, match=r"mlp.*not divisible by 4.*config.model.mlp_dim"):
         trainer.Setup(cfg)
 
 
-def test_sample_cli_generates_from_a_checkpoint(data_dir, tmp_path):
+def test_sample_cli_generates_from_a_checkpoint(make_config, tmp_path):
     from bitjax import sample
 
-    trainer.train(tiny_config("b158", steps=6, data_dir=data_dir), str(tmp_path))
+    trainer.train(make_config("b158", steps=6), str(tmp_path))
     texts = sample.main(["--workdir", str(tmp_path), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
     assert len(texts) == 1 and texts[0].startswith("def ")
     again = sample.main(["--workdir", str(tmp_path), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
@@ -208,8 +172,8 @@ def test_large_preset_lowers_on_a_sharded_mesh(data_dir):
     assert "bf16" in lowered.as_text()  # the preset computes in bfloat16
 
 
-def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
-    cfg = tiny_config("fp", steps=6, data_dir=data_dir, log_every=4, eval_every=3)
+def test_every_eval_is_written_at_its_own_step(make_config, tmp_path):
+    cfg = make_config("fp", steps=6, log_every=4, eval_every=3)
     trainer.train(cfg, str(tmp_path))
     with open(tmp_path / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
@@ -221,11 +185,11 @@ def test_every_eval_is_written_at_its_own_step(data_dir, tmp_path):
 @pytest.mark.slow
 # orbax's failed read of the damaged step leaves an asyncio callback behind; harmless here
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_damaged_latest_checkpoint_falls_back_and_the_run_stays_exact(data_dir, tmp_path, caplog):
+def test_damaged_latest_checkpoint_falls_back_and_the_run_stays_exact(make_config, tmp_path, caplog):
     """A run whose newest checkpoint is damaged resumes from the one before and still matches exactly."""
     import logging
 
-    cfg = tiny_config("b158", steps=12, data_dir=data_dir, checkpoint_every=4)
+    cfg = make_config("b158", steps=12, checkpoint_every=4)
     trainer.train(cfg, str(tmp_path / "ref"))
     wd = tmp_path / "cut"
     trainer.train(cfg, str(wd), stop_after=10)  # checkpoints at 4, 8 and 10 (the preemption)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from test_trainer import tiny_config
+from builders import tiny_config
 
 from bitjax import config as config_lib
 from bitjax.run import config as train_config
@@ -218,7 +218,7 @@ TINY = [
     ],
 )
 def test_cli_data_model_and_workdir_errors_are_one_line(case, message, data_dir, tmp_path):
-    from test_trainer import FILES
+    from builders import FILES
 
     paths = repr(tuple(FILES))
     wd = tmp_path / "wd"
