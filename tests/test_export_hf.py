@@ -72,11 +72,14 @@ def trained(tmp_path_factory, data_dir):
     return workdir, plan.model(params), plan.config
 
 
-@pytest.mark.parametrize("linear_class", ["bitlinear", "autobitlinear"])
+@pytest.mark.parametrize("linear_class", ["bitlinear", None])
 def test_exported_directory_loads_in_transformers_with_bitjax_logits(trained, tmp_path, linear_class):
     workdir, model, config = trained
     out = str(tmp_path / "hf")
-    info = export_cli.main(["--workdir", workdir, "--format", "hf", "--out", out, "--linear_class", linear_class])
+    flags = [] if linear_class is None else ["--linear_class", linear_class]
+    info = export_cli.main(["--workdir", workdir, "--format", "hf", "--out", out, *flags])
+    # the default is what microsoft/bitnet-b1.58-2B-4T ships: AutoBitLinear, offline (packed), scale γ
+    linear_class = linear_class or "autobitlinear"
     with open(os.path.join(out, "config.json")) as f:
         hf_cfg = json.load(f)
     assert hf_cfg["architectures"] == ["BitNetForCausalLM"]
@@ -129,7 +132,7 @@ def test_b158_without_sub_norm_exports_as_llama_with_bitlinear(tmp_path):
     cfg.update(dict(vocab_size=384, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128))
     cfg.quant.method = "b158"
     model = T.Transformer(cfg, rngs=nnx.Rngs(2))
-    assert save_hf(model, cfg, str(tmp_path))["architecture"] == "LlamaForCausalLM"
+    assert save_hf(model, cfg, str(tmp_path), linear_class="bitlinear")["architecture"] == "LlamaForCausalLM"
     hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path)).eval()
     assert type(hf.model.layers[0].self_attn.o_proj).__name__ == "BitLinear"
     tokens = np.random.default_rng(0).integers(0, 384, (2, 40))

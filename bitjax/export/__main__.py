@@ -1,6 +1,6 @@
 """Export a trained run: packed HF BitNet checkpoint directory, or a GGUF file for llama.cpp.
 
-    python -m bitjax.export --workdir runs/b158 --format hf --out runs/b158-hf [--linear_class bitlinear]
+    python -m bitjax.export --workdir runs/b158 --format hf --out runs/b158-hf [--linear_class autobitlinear|bitlinear]
     python -m bitjax.export --workdir runs/b158 --format gguf --out b158.gguf [--gguf_type tq2_0|tq1_0]
 
 The model config and tokenizer come from the workdir alone (bitjax.run.plan.restore). `hf` needs `pip install
@@ -23,9 +23,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="a directory (hf) or a .gguf file (gguf)")
     p.add_argument(
         "--linear_class",
-        default="bitlinear",
+        default="autobitlinear",
         choices=("bitlinear", "autobitlinear"),
-        help="hf, b158: HF's BitLinear (2B4T's; weight_scale = 1/γ) or AutoBitLinear (= γ)",
+        help="hf, b158: HF's AutoBitLinear (what microsoft/bitnet-b1.58-2B-4T ships; weight_scale = γ, "
+        "multiplied) or BitLinear (weight_scale = 1/γ, divided)",
     )
     p.add_argument("--gguf_type", default="tq2_0", choices=("tq2_0", "tq1_0"))
     args = p.parse_args(argv)

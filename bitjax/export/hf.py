@@ -274,7 +274,7 @@ def _is_projection(hf_name: str) -> bool:
     return hf_name.startswith("model.layers.") and hf_name.rsplit(".", 2)[-2] in PROJECTIONS
 
 
-def packed_state_dict(model, cfg, linear_class: str = "bitlinear") -> dict[str, np.ndarray]:
+def packed_state_dict(model, cfg, linear_class: str = "autobitlinear") -> dict[str, np.ndarray]:
     """HF offline BitNet state dict: projections as packed uint8 codes + `weight_scale`, the rest float32.
 
     Per projection (torch orientation, W = kernelᵀ (out, in)), with (codes, γ) = ternary_absmean_codes(W):
@@ -303,11 +303,11 @@ def packed_state_dict(model, cfg, linear_class: str = "bitlinear") -> dict[str, 
     return state
 
 
-def save_hf(model, cfg, out_dir: str, *, linear_class: str = "bitlinear", token_ids: dict | None = None) -> dict:
+def save_hf(model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", token_ids: dict | None = None) -> dict:
     """Write an HF checkpoint directory: config.json + model.safetensors (float32 for non-packed tensors).
 
     b158 → quantization_config {quant_method: bitnet, linear_class, quantization_mode: offline}
-    (microsoft/bitnet-b1.58-2B-4T's form) and packed projections (:func:`packed_state_dict`), on
+    (microsoft/bitnet-b1.58-2B-4T ships linear_class autobitlinear, the default) and packed projections (:func:`packed_state_dict`), on
     BitNetForCausalLM when config.model.sub_norm (the 2B4T layout), else on LlamaForCausalLM: HF's BitNet
     quantizer swaps every Linear but lm_head of any model for BitLinear, so a Llama with that config
     is b1.58 without sub-norms. fp → LlamaForCausalLM (BitNetForCausalLM with plain Linear when
