@@ -8,9 +8,10 @@
 
 HF BitNetForCausalLM (packed offline, bitlinear or autobitlinear, or online) → b158 with sub-norms;
 LlamaForCausalLM → fp (bitjax.export.hf.load_hf). The model fields come from the HF config and replace
-the config's `model`; the rest (data, tokenizer, optimizer) is the given config's or the trainer
-defaults. bitjax tokenizes with its own tokenizers (byte / sentencepiece), not the HF tokenizer, so the
-HF vocabulary must cover the data config's tokenizer. Needs `pip install 'bitjax[hf]'`.
+the config's `model`; the rest (data, optimizer) is the given config's or the trainer defaults. A
+directory with a tokenizer.json keeps it (data.tokenizer='hf', copied into the workdir; off with
+--nokeep_tokenizer); else the config's tokenizer, which the HF vocabulary must cover. Needs
+`pip install 'bitjax[hf]'`.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def check_workdir(workdir: str) -> None:
         )
 
 
-def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> ConfigDict:
+def import_hf(
+    hf_dir: str, workdir: str, config: ConfigDict | None = None, *, keep_tokenizer: bool = True
+) -> ConfigDict:
     """Write `workdir`/checkpoints/0 holding the HF model's parameters and a fresh optimizer state.
 
     Returns the run config stored with it (config.model from the HF config.json). The source is
@@ -122,6 +125,9 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
     existing run is refused, never overwritten) before anything is written; the import holds the
     workdir's LOCK while it writes, so a run started meanwhile is refused. The data config's
     tokenizer is stored with the run (a sentencepiece one is trained on its corpus if not cached yet).
+    keep_tokenizer: an HF directory with a tokenizer.json keeps it (data.tokenizer='hf' with
+    tokenizer_path=hf_dir), whatever tokenizer the config names; a tokenizer whose vocabulary the
+    model's embedding does not cover is refused.
     """
     from bitjax import config as config_lib
     from bitjax.data import pipeline
@@ -134,6 +140,9 @@ def import_hf(hf_dir: str, workdir: str, config: ConfigDict | None = None) -> Co
     config = ConfigDict(config_lib.to_dict(config)) if config is not None else run_config.trainer_config()
     config.model = model_cfg
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    if keep_tokenizer and os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
+        config.data.tokenizer = "hf"
+        config.data.tokenizer_path = os.path.abspath(hf_dir)
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
     with errors.as_user_errors():
         run_config.validate(config, mesh)
@@ -187,7 +196,7 @@ def main(argv):
     if len(argv) != 2:
         raise errors.UserError("usage: python -m bitjax.import_hf HF_DIR --workdir W [--config FILE ...]")
     config = flags.FLAGS["config"].value if flags.FLAGS["config"].present else None
-    cfg = import_hf(argv[1], flags.FLAGS.workdir, config)
+    cfg = import_hf(argv[1], flags.FLAGS.workdir, config, keep_tokenizer=flags.FLAGS.keep_tokenizer)
     print(
         f"imported {argv[1]} → {flags.FLAGS.workdir} (model {cfg.model.quant.method}, "
         f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}); sample with "
@@ -201,5 +210,6 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "run config (data, optimizer); its model is replaced")
     flags.DEFINE_string("workdir", None, "the bitjax workdir to create")
+    flags.DEFINE_bool("keep_tokenizer", True, "use the HF directory's tokenizer.json (else the config's)")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -27,7 +27,7 @@ def stdlib_text(name, n=20000):
         return f.read()[:n]
 
 
-def train(kind, d):
+def train(kind, d, vocab_size=None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -36,7 +36,7 @@ def train(kind, d):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=vocab_size or 400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
     else:
         tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))

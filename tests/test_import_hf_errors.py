@@ -202,3 +202,29 @@ def test_cli_one_line_exit_2(tmp_path):
     assert lines[-1].startswith("error: ") and missing in lines[-1], r.stderr
     assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_directory_tokenizer_kept_or_refused(src, tmp_path):
+    """An HF directory's tokenizer.json comes with the import (data.tokenizer=hf, copied into the
+    workdir); one that does not load, or whose vocabulary the embedding does not cover, is refused."""
+    from test_hf_tokenizer import TEXT, train
+
+    from bitjax.data.tokenizers import HFTokenizer
+    from bitjax.run import plan as plan_lib
+
+    tok_dir = train("bytelevel", str(tmp_path / "tok"), vocab_size=400)  # > the model's 384
+    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), src)
+    refused(src, str(tmp_path / "w"), "vocab_size=384", "400")
+    with open(os.path.join(src, "tokenizer.json"), "w") as f:
+        f.write('{"model": ')
+    refused(src, str(tmp_path / "w"), "tokenizer.json", "does not load")
+    tok_dir = train("bytelevel", str(tmp_path / "tok2"), vocab_size=300)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok_dir, name), src)
+    w = str(tmp_path / "w")
+    cfg = import_hf(src, w)
+    assert cfg.data.tokenizer == "hf"
+    plan, _ = plan_lib.restore_one_device(w)
+    want = HFTokenizer(src)
+    assert plan.tokenizer.name == want.name and plan.tokenizer.eos_id == want.eos_id
+    np.testing.assert_array_equal(plan.tokenizer.encode(TEXT), want.encode(TEXT))
