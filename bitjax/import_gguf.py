@@ -4,7 +4,8 @@ Tensors are dequantized with gguf-py (`gguf.quants.dequantize`: F32/F16/BF16/Q8_
 Q6_K and the rest it knows) to float32 and renamed to transformers' Llama names. llama.cpp's converter
 permutes the rows of attn_q / attn_k (convert_hf_to_gguf.py LlamaModel.permute: each head's rows
 interleaved for its rotate-adjacent RoPE); that permutation is undone here, back to HF's rotate-half
-layout. Not done yet (issue 27): the tokenizer from `tokenizer.ggml.*`, bitnet-architecture files.
+layout. The tokenizer comes from `tokenizer.ggml.*` through transformers' GGUF converter (see
+_save_tokenizer). Not done yet (issue 27): bitnet-architecture files.
 """
 
 from __future__ import annotations
@@ -109,3 +110,19 @@ def gguf_to_hf(path: str, out_dir: str) -> None:
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    _save_tokenizer(path, out_dir)
+
+
+def _save_tokenizer(path: str, out_dir: str) -> None:
+    """tokenizer.json + tokenizer_config.json of the file's `tokenizer.ggml.*` (gpt2 BPE or llama
+    SentencePiece), rebuilt by transformers' own GGUF tokenizer converter; skipped with a warning where
+    it cannot (the import then tokenizes with the config's tokenizer)."""
+    import logging
+
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+        tok.save_pretrained(out_dir)
+    except Exception as e:  # noqa: BLE001 - any failure of the optional converter only loses the tokenizer
+        logging.getLogger("bitjax").warning("%s: its tokenizer is not imported (%s)", path, errors.one_line(e))

@@ -42,13 +42,14 @@ def imported(tmp_path_factory):
     plan, params = plan_lib.restore_one_device(w)
     hf = transformers.AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE)
-    return plan.model(params), hf.eval(), tok
+    assert plan.tokenizer.name.startswith("hf-") and plan.tokenizer.vocab_size == 49152
+    return plan.model(params), hf.eval(), tok, plan.tokenizer
 
 
 def test_logits_match_transformers(imported):
     import jax.numpy as jnp
 
-    model, hf, tok = imported
+    model, hf, tok, _ = imported
     with open(os.path.join(sysconfig.get_paths()["stdlib"], "calendar.py")) as f:
         text = f.read()[3000:6000]
     ids = np.asarray(tok(text)["input_ids"][:256])[None]
@@ -60,3 +61,11 @@ def test_logits_match_transformers(imported):
     print(f"SmolLM2-135M GGUF import vs transformers, 256 tokens: max|Δ| {d.max():.2e}, mean {d.mean():.2e}")
     assert d.max() <= 1e-3, d.max()
     np.testing.assert_array_equal(mine.argmax(-1), ref.argmax(-1))
+
+
+def test_tokenizer_gives_transformers_ids(imported):
+    _, _, tok, mine = imported
+    for text in ("The capital of France is", "déjà vu — 東京 🙂\n\tdef f(x): return x ** 2"):
+        np.testing.assert_array_equal(mine.encode(text), tok(text, add_special_tokens=False)["input_ids"])
+        assert mine.decode(mine.encode(text)) == text
+    assert (mine.bos_id, mine.eos_id) == (tok.bos_token_id, tok.eos_token_id)
