@@ -43,13 +43,13 @@ def imported(tmp_path_factory):
     hf = transformers.AutoModelForCausalLM.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_FILE)
     assert plan.tokenizer.name.startswith("hf-") and plan.tokenizer.vocab_size == 49152
-    return plan.model(params), hf.eval(), tok, plan.tokenizer
+    return plan.model(params), hf.eval(), tok, plan.tokenizer, w
 
 
 def test_logits_match_transformers(imported):
     import jax.numpy as jnp
 
-    model, hf, tok, _ = imported
+    model, hf, tok, _, _ = imported
     with open(os.path.join(sysconfig.get_paths()["stdlib"], "calendar.py")) as f:
         text = f.read()[3000:6000]
     ids = np.asarray(tok(text)["input_ids"][:256])[None]
@@ -64,8 +64,22 @@ def test_logits_match_transformers(imported):
 
 
 def test_tokenizer_gives_transformers_ids(imported):
-    _, _, tok, mine = imported
+    _, _, tok, mine, _ = imported
     for text in ("The capital of France is", "déjà vu — 東京 🙂\n\tdef f(x): return x ** 2"):
         np.testing.assert_array_equal(mine.encode(text), tok(text, add_special_tokens=False)["input_ids"])
         assert mine.decode(mine.encode(text)) == text
     assert (mine.bos_id, mine.eos_id) == (tok.bos_token_id, tok.eos_token_id)
+
+
+def test_greedy_generation_gives_transformers_tokens(imported):
+    from bitjax.sample import main as sample_main
+
+    _, hf, tok, _, w = imported
+    prompt = "The capital of France is"
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = hf.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+    want = tok.decode(out[0], skip_special_tokens=True)
+    texts = sample_main(["--workdir", w, "--prompt", prompt, "--tokens", "6", "--temperature", "0"])
+    print(f"greedy: bitjax {texts[0]!r}, transformers {want!r}")
+    assert " Paris" in want and texts == [want]
