@@ -83,3 +83,36 @@ def test_greedy_generation_gives_transformers_tokens(imported):
     texts = sample_main(["--workdir", w, "--prompt", prompt, "--tokens", "6", "--temperature", "0"])
     print(f"greedy: bitjax {texts[0]!r}, transformers {want!r}")
     assert " Paris" in want and texts == [want]
+
+
+def test_eval_text_files_nats_per_token_is_hf_logits(imported, tmp_path):
+    """bitjax.eval --text_files on a document shorter than the context: one window <eos> d, every token
+    of d predicted once; the same nats/token from transformers' logits of that window."""
+    from bitjax.eval import __main__ as eval_cli
+
+    _, hf, tok, mine, w = imported
+    text = "Paris is the capital and largest city of France. It sits on the Seine, in the north of the country."
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    out = eval_cli.main(
+        [
+            "--workdir",
+            w,
+            "--text_files",
+            str(path),
+            "--max_length",
+            "128",
+            "--batch_size",
+            "8",
+            "--mesh",
+            "data=-1,fsdp=1,tensor=1",
+        ]
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    inp = torch.tensor([[mine.eos_id, *ids[:-1]]])
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(inp).logits.double(), -1)[0]
+    ref = -float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
+    print(f"eval --text_files nats/token: bitjax {out['nats_per_token']:.6f}, from HF logits {ref:.6f}")
+    assert out["tokens"] == len(ids) and out["bytes"] == len(text.encode())
+    assert abs(out["nats_per_token"] - ref) < 1e-4, (out["nats_per_token"], ref)
