@@ -40,8 +40,11 @@ def default_config() -> ml_collections.ConfigDict:
         in data_dir yet (network!). Local corpora never download.
 
     Tokenizer:
-      tokenizer: 'byte' (259 ids: bytes + pad/bos/eos) or 'sentencepiece'
-        (trained once on the train split, saved under data_dir).
+      tokenizer: 'byte' (259 ids: bytes + pad/bos/eos), 'sentencepiece'
+        (trained once on the train split, saved under data_dir) or 'hf'
+        (a pretrained HF tokenizer.json: tokenizer_path).
+      tokenizer_path: for 'hf', a tokenizer.json or an HF directory holding one
+        (its tokenizer_config.json names bos/eos/pad).
       vocab_size: SentencePiece vocabulary size (an upper bound: a tiny corpus
         may give fewer pieces); ignored for 'byte'.
       spm_sample_bytes: UTF-8 bytes of train text (whole documents in a seeded
@@ -65,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.validation_fraction = 0.03
     c.download = False
     c.tokenizer = "byte"
+    c.tokenizer_path = ""
     c.vocab_size = 4096
     c.spm_sample_bytes = 4_000_000
     c.seq_len = 128

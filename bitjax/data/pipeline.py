@@ -392,7 +392,9 @@ def _corpus_and_tokenizer(cfg) -> tuple[Corpus, str, tok_lib.Tokenizer]:
 def get_tokenizer(cfg) -> tok_lib.Tokenizer:
     """The tokenizer of the data config `cfg` alone (the corpus is opened only for a trained one)."""
     cfg = config_lib.complete(cfg)
-    return tok_lib.ByteTokenizer() if cfg.tokenizer == "byte" else _corpus_and_tokenizer(cfg)[2]
+    if cfg.tokenizer in ("byte", "hf"):  # nothing to train: no corpus needed
+        return tok_lib.make_tokenizer(cfg)
+    return _corpus_and_tokenizer(cfg)[2]
 
 
 def get_datasets(cfg) -> tuple[TrainData, EvalData, tok_lib.Tokenizer]:

@@ -228,6 +228,106 @@ def _user_errors(vocab_size: int):
         raise
 
 
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (Radford et al. 2019, encoder.py bytes_to_unicode), inverted: each of
+    the 256 printable stand-in characters → the byte it stands for."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _kinds(node) -> set[str]:
+    """Every component `type` in a tokenizer.json pre_tokenizer/decoder tree (Sequence included)."""
+    if isinstance(node, dict):
+        return {node.get("type", "")} | {k for v in node.values() for k in _kinds(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in _kinds(v)}
+    return set()
+
+
+class HFTokenizer(Tokenizer):
+    """An HF `tokenizers` tokenizer.json (e.g. a pretrained model's BPE), with its specials.
+
+    `path`: a tokenizer.json, or a directory holding one (and optionally tokenizer_config.json, whose
+    bos_token / eos_token / pad_token name the special ids; pad falls back to eos, bos to eos).
+    encode adds no specials (the tokenizer's post-processor is not run), as the other tokenizers.
+    token_bytes: byte-level BPE (GPT-2 / Llama-3 / SmolLM) pieces through GPT-2's byte alphabet;
+    SentencePiece-style pieces with '▁' → one space byte and '<0xXX>' → one byte; specials 0 (the
+    dummy-prefix '▁' of a text's first word counts one byte more than the text holds).
+    name: 'hf-<sha256 of tokenizer.json, 12 hex>' (a changed file is another tokenizer).
+    """
+
+    def __init__(self, path: str):
+        import json
+
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError as e:
+            raise ValueError("config.data.tokenizer='hf' needs the tokenizers package: pip install tokenizers") from e
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        try:
+            self._tok = _Tok.from_file(file)
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"tokenizer {file} does not load ({' '.join(str(e).split())})") from e
+        self.model_path = file
+        with open(file, "rb") as f:
+            raw = f.read()
+        self.name = f"hf-{hashlib.sha256(raw).hexdigest()[:12]}"
+        spec = json.loads(raw)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        specials = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        conf = {}
+        conf_file = os.path.join(os.path.dirname(file), "tokenizer_config.json")
+        if os.path.exists(conf_file):
+            with open(conf_file) as f:
+                conf = json.load(f)
+
+        def special(key):
+            tok = conf.get(key)
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            return self._tok.token_to_id(tok) if tok else None
+
+        self.eos_id = special("eos_token")
+        if self.eos_id is None:
+            self.eos_id = min(specials) if specials else self.vocab_size - 1
+        self.bos_id = special("bos_token")
+        self.bos_id = self.eos_id if self.bos_id is None else self.bos_id
+        self.pad_id = special("pad_token")
+        self.pad_id = self.eos_id if self.pad_id is None else self.pad_id
+        self.chat_template = conf.get("chat_template")
+        byte_level = "ByteLevel" in _kinds([spec.get("pre_tokenizer"), spec.get("decoder")])
+        decoder = _gpt2_byte_decoder()
+        nbytes = np.zeros(self.vocab_size, np.int32)
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            if piece is None or i in specials:
+                continue
+            if byte_level:
+                nbytes[i] = sum(1 if c in decoder else len(c.encode("utf-8")) for c in piece)
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+                nbytes[i] = 1
+            else:
+                nbytes[i] = len(piece.replace("▁", " ").encode("utf-8"))
+        self.token_bytes = nbytes
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        out = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, np.int32) for e in out]
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+
 def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None, model_path: str | None = None) -> Tokenizer:
     """Builds the tokenizer named by `cfg.tokenizer`.
 
@@ -248,4 +348,8 @@ def make_tokenizer(cfg, texts: Callable[[], Iterable[str]] | None = None, model_
         if texts is None:
             raise ValueError(f"No SentencePiece model at {model_path} and no texts to train one.")
         return train_sentencepiece(texts(), model_path, cfg.vocab_size, sample_bytes=cfg.spm_sample_bytes)
-    raise ValueError(f"Unknown config.data.tokenizer {kind!r}; use 'byte' or 'sentencepiece'.")
+    if kind == "hf":
+        if not cfg.get("tokenizer_path"):
+            raise ValueError("config.data.tokenizer='hf' needs config.data.tokenizer_path (a tokenizer.json or HF dir)")
+        return HFTokenizer(cfg.tokenizer_path)
+    raise ValueError(f"Unknown config.data.tokenizer {kind!r}; use 'byte', 'sentencepiece' or 'hf'.")

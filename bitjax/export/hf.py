@@ -120,7 +120,7 @@ HF_DEFAULTS = {
 def _transformer_from_hf(hf_cfg: dict, arch: str):
     """config.model of an HF BitNetForCausalLM / LlamaForCausalLM config.json dict (see model_config_from_hf)."""
     hf_cfg = {**HF_DEFAULTS[arch], **{k: v for k, v in hf_cfg.items() if v is not None}}
-    q = hf_cfg.get("quantization_config") or {}
+    q = quantization(hf_cfg)
     if q and (q.get("quant_method") != "bitnet" or q.get("use_rms_norm")):
         raise ValueError(f"quantization_config {q} is not imported: only HF BitNet without use_rms_norm (b1.58)")
     rope = hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {}
@@ -376,8 +376,26 @@ def model_config_from_hf(hf_cfg: dict):
     BitNetForCausalLM / LlamaForCausalLM: quantization_config {quant_method: bitnet} → method b158 (BitNet:
     with sub-norms; Llama: without), none → fp. HF features bitjax lacks are refused, not dropped.
     """
-    arch = (hf_cfg.get("architectures") or [""])[0]
+    arch = hf_architecture(hf_cfg)
     return get_architecture(arch, imported=True).from_hf(hf_cfg, arch)
+
+
+# config.json's model_type → its architecture, for configs without `architectures` (transformers' own
+# GGUF loader writes none)
+MODEL_TYPES = {"llama": "LlamaForCausalLM", "bitnet": "BitNetForCausalLM", "mamba2": "Mamba2ForCausalLM"}
+
+
+def hf_architecture(hf_cfg: dict) -> str:
+    """The config.json's architecture: `architectures[0]`, else the one of its `model_type`, else ''."""
+    archs = hf_cfg.get("architectures") or []
+    return archs[0] if archs else MODEL_TYPES.get(hf_cfg.get("model_type", ""), "")
+
+
+def quantization(hf_cfg: dict) -> dict:
+    """The config's quantization_config, {} for none or quant_method gguf: transformers' GGUF loader
+    dequantizes the file's tensors, so such a checkpoint holds plain float weights."""
+    q = hf_cfg.get("quantization_config") or {}
+    return {} if q.get("quant_method") == "gguf" else q
 
 
 def _inv_scale(w: np.ndarray) -> np.float32:
@@ -447,7 +465,7 @@ def load_hf(hf_dir: str):
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf_cfg = json.load(f)
     cfg = model_config_from_hf(hf_cfg)
-    q = hf_cfg.get("quantization_config") or {}
+    q = quantization(hf_cfg)
     offline = q.get("quantization_mode", "offline") == "offline" if q else False
     bitlinear = q.get("linear_class", "bitlinear") == "bitlinear"
     state = _read_state(hf_dir)

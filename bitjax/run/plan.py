@@ -228,6 +228,9 @@ def tokenizer_meta(tokenizer: tok_lib.Tokenizer) -> dict:
     if isinstance(tokenizer, tok_lib.SentencePieceTokenizer):
         file = f"{TOKENIZER_DIR}/{tokenizer.name}.model"
         return {"name": tokenizer.name, "file": file, "sha256": _sha256(tokenizer.model_path)}
+    if isinstance(tokenizer, tok_lib.HFTokenizer):  # a directory: tokenizer.json (+ tokenizer_config.json)
+        file = f"{TOKENIZER_DIR}/{tokenizer.name}/tokenizer.json"
+        return {"name": tokenizer.name, "file": file, "sha256": _sha256(tokenizer.model_path)}
     return {"name": tokenizer.name}
 
 
@@ -241,6 +244,10 @@ def store_tokenizer(workdir: str, tokenizer: tok_lib.Tokenizer) -> None:
     if os.path.exists(dst) and _sha256(dst) == meta["sha256"]:
         return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if isinstance(tokenizer, tok_lib.HFTokenizer):  # its specials and chat template: before the json
+        conf = os.path.join(os.path.dirname(tokenizer.model_path), "tokenizer_config.json")
+        if os.path.exists(conf):
+            shutil.copyfile(conf, os.path.join(os.path.dirname(dst), "tokenizer_config.json"))
     tmp = f"{dst}.tmp-{os.getpid()}"
     shutil.copyfile(tokenizer.model_path, tmp)
     os.replace(tmp, dst)
@@ -274,6 +281,8 @@ def restore_tokenizer(workdir: str, meta: dict, config: ConfigDict, who: str) ->
         raise errors.UserError(
             f"{who}: {path} is not the tokenizer this run was trained with (its sha256 differs from the checkpoint's)"
         )
+    if path.endswith(".json"):
+        return tok_lib.HFTokenizer(path)
     return tok_lib.SentencePieceTokenizer(path)
 
 

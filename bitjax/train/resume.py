@@ -34,7 +34,7 @@ def data_fingerprint(data_config, tokenizer_name: str | None = None) -> dict:
     """What a checkpoint's token stream was made from: the data fields above + the tokenizer's identity."""
     d = json.loads(json.dumps(config_lib.to_dict(data_config)))
     fp = {f"data.{k}": d[k] for k in DATA_IDENTITY if k in d}
-    if d.get("tokenizer") == "byte":  # only sentencepiece reads these
+    if d.get("tokenizer") in ("byte", "hf"):  # only sentencepiece reads these (hf: its name is its hash)
         for k in ("data.vocab_size", "data.spm_sample_bytes"):
             fp.pop(k, None)
     if tokenizer_name is not None:  # e.g. a sentencepiece model retrained on other text has another name
