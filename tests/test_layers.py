@@ -14,7 +14,7 @@ LAYERS = [
     {"run"},
     {"train"},
     {"eval", "export"},
-    {"ptq", "import_hf", "sample"},
+    {"ptq", "import_hf", "import_gguf", "sample"},
     {"main", "sweep", "compare"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
