@@ -18,6 +18,7 @@ max(flops / peak, bytes / HBM bandwidth) with the MFU it implies. Needs the `tpu
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -62,6 +63,9 @@ def topology_devices(name: str):
     """The devices of TPU topology `name` (UserError without libtpu or for an unknown name)."""
     from jax.experimental import topologies
 
+    # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) meant for real chips; compiling only, several
+    # processes (a test and a background AOT run) may share this machine
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return topologies.get_topology_desc(name, "tpu").devices
     except RuntimeError as e:
@@ -123,11 +127,12 @@ def _sum_cost(cost, key: str) -> float:
     return float(sum((c or {}).get(key, 0.0) for c in cost))
 
 
-def compile_report(config, topology: str, step: str = "train") -> dict:
-    """Compiles `step` of `config` for `topology`; the report (see the module docstring) as a dict."""
+def compile_report(config, topology: str, step: str = "train", num_devices: int | None = None) -> dict:
+    """Compiles `step` of `config` for `topology` (its first `num_devices` chips: libtpu has no 1-chip v5e
+    topology); the report (see the module docstring) as a dict."""
     from bitjax.train import trainer  # the trainer's own Setup: same mesh, rules, shardings, step
 
-    devices = topology_devices(topology)
+    devices = topology_devices(topology)[:num_devices]
     chip = chip_of(devices[0])
     spec = CHIPS[chip]
     config = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else config
@@ -147,7 +152,34 @@ def compile_report(config, topology: str, step: str = "train") -> dict:
     else:
         params = ckpt_lib.abstract_with_shardings(setup.abstract_state["params"], setup.state_sharding["params"])
         lowered = setup.eval_step.lower(params, batch)
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # libtpu refuses a program whose temporaries exceed the chip: report that figure, not a traceback
+        m = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+            raise
+        unit = lambda u: 1024 ** "KMGT".index(u) * 1024
+        temp = int(float(m.group(1)) * unit(m.group(2)))
+        return {
+            "topology": topology,
+            "chip": chip,
+            "chips": len(devices),
+            "step": step,
+            "mesh": dict(setup.mesh.shape),
+            "batch_size": config.batch_size,
+            "seq_len": config.seq_len,
+            "num_params": setup.num_params,
+            "fits": False,
+            "hbm_bytes_per_chip": spec["hbm_gib"] * GIB,
+            "hbm_available_bytes_per_chip": int(float(m.group(3)) * unit(m.group(4))),
+            "temp_bytes_per_chip": temp,
+            "peak_bytes_per_chip": None,
+            "argument_bytes_per_chip": None,
+            "flops_per_step": None,
+            "compile_s": time.perf_counter() - t0,
+            "error": str(e).splitlines()[0],
+        }
     compile_s = time.perf_counter() - t0
 
     mem = compiled.memory_analysis()
@@ -195,6 +227,12 @@ def compile_report(config, topology: str, step: str = "train") -> dict:
 
 def format_report(r: dict) -> str:
     g = lambda b: f"{b / GIB:.2f} GiB"
+    if "error" in r:  # out of HBM at compile time: libtpu gives the temporaries only
+        return (
+            f"{r['step']} step, {r['topology']} ({r['chips']}× {r['chip']}), mesh {r['mesh']}, batch "
+            f"{r['batch_size']}×{r['seq_len']}: DOES NOT FIT: temp {g(r['temp_bytes_per_chip'])} per chip > "
+            f"{g(r['hbm_available_bytes_per_chip'])} available (compile {r['compile_s']:.1f} s)"
+        )
     lines = [
         (
             f"{r['step']} step, {r['topology']} ({r['chips']}× {r['chip']}), mesh {r['mesh']}, "
