@@ -148,7 +148,7 @@ def compile_report(config, topology: str, step: str = "train", num_devices: int 
     t0 = time.perf_counter()
     if step == "train":
         state = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_sharding)
-        lowered = setup.train_step.lower(state, batch)  # under the mesh (TrainStep)
+        lowered = setup.train_step.lower(state, batch)
     else:
         params = ckpt_lib.abstract_with_shardings(setup.abstract_state["params"], setup.state_sharding["params"])
         lowered = setup.eval_step.lower(params, batch)

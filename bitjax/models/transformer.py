@@ -37,7 +37,7 @@ from ml_collections.config_dict import placeholder
 from bitjax import config as config_lib
 from bitjax.models import common
 from bitjax.models.common import DTYPES, Embed, is_pos_int, stage_configs, validate_quant
-from bitjax.nn import layer_stack, sharding
+from bitjax.nn import layer_stack
 from bitjax.nn.bitdense import BitDense
 from bitjax.nn.norms import RMSNorm
 from bitjax.quant.int8_matmul import integer_forms
@@ -398,14 +398,9 @@ class Transformer(nnx.Module):
         )
 
     def _forward(self, tokens, positions, caches=None, index=None):
-        # the residual stream stays batch-sharded (bitjax.nn.sharding; a no-op without a context mesh)
-        x = sharding.batch_sharded(self.embed_tokens(tokens))
+        x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
-
-        def call(layer, x, cache):
-            y, new_cache = layer(sharding.batch_sharded(x), cos, sin, cache, index)
-            return sharding.batch_sharded(y), new_cache
-
+        call = lambda layer, x, cache: layer(x, cos, sin, cache, index)
         x, new_caches = layer_stack.apply_layers(self.layers, x, call, self.remat_policy, caches)
         x = self.norm(x)
         if self.lm_head is None:

@@ -55,21 +55,17 @@ class TrainStep:
     """A jitted step(state, batch, teacher_params) used as step(state, batch): the frozen teacher's
     parameters ({} without one) are passed along each call, never donated, never checkpointed."""
 
-    def __init__(self, jitted, teacher_params, mesh):
-        self.jitted, self.teacher_params, self.mesh = jitted, teacher_params, mesh
+    def __init__(self, jitted, teacher_params):
+        self.jitted, self.teacher_params = jitted, teacher_params
 
-    # under the mesh: the models' activation constraints (bitjax.nn.sharding) apply
     def __call__(self, state, batch):
-        with jax.set_mesh(self.mesh):
-            return self.jitted(state, batch, self.teacher_params)
+        return self.jitted(state, batch, self.teacher_params)
 
     def trace(self, state, batch):
-        with jax.set_mesh(self.mesh):
-            return self.jitted.trace(state, batch, self.teacher_params)
+        return self.jitted.trace(state, batch, self.teacher_params)
 
     def lower(self, state, batch):
-        with jax.set_mesh(self.mesh):
-            return self.jitted.lower(state, batch, self.teacher_params)
+        return self.jitted.lower(state, batch, self.teacher_params)
 
 
 class Setup:
@@ -206,7 +202,7 @@ class Setup:
             )
 
         self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
-        self.train_steps = tuple(TrainStep(make_train_step(g), self.teacher_params, self.mesh) for g in self.graphdefs)
+        self.train_steps = tuple(TrainStep(make_train_step(g), self.teacher_params) for g in self.graphdefs)
         self.eval_steps = tuple(self.plan.eval_step(i) for i in range(len(self.graphdefs)))
         self.train_step, self.eval_step = self.train_steps[-1], self.eval_steps[-1]  # the final stage's
 
