@@ -15,7 +15,7 @@ LAYERS = [
     {"train"},
     {"eval", "export"},
     {"ptq", "import_hf", "import_gguf", "sample"},
-    {"main", "sweep", "compare"},
+    {"main", "sweep", "compare", "aot"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 # The one deliberate exception: a run's config is the trainer's whole config, so run/config.py reads the

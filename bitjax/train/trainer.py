@@ -75,18 +75,21 @@ class Setup:
     quant_table, num_params, batch_sharding); config is the plan's (vocab_size resolved).
     """
 
-    def __init__(self, config: ConfigDict, devices=None):
+    def __init__(self, config: ConfigDict, devices=None, *, data: bool = True):
         self.pi, self.pc = jax.process_index(), jax.process_count()
         with errors.as_user_errors():  # every ValueError up to here is about the config or the data
-            self._check(config, devices)
+            self._check(config, devices, data)
 
-    def _check(self, config: ConfigDict, devices):
-        """Validates the config, opens the data, resolves the plan and traces the train step."""
+    def _check(self, config: ConfigDict, devices, data: bool = True):
+        """Validates the config, opens the data, resolves the plan and traces the train step.
+
+        data=False (bitjax.aot: compile only) opens no data; config.model.vocab_size must then be set.
+        """
         mesh = mesh_lib.make_mesh(config.mesh, devices)
         run_config.validate(config, mesh, self.pc)
         # data: fails with a DataError on bad input, before any compile
-        self.train_data, self.eval_data, tokenizer = _get_datasets_once(
-            run_config.data_config(config), self.pi, self.pc
+        self.train_data, self.eval_data, tokenizer = (
+            _get_datasets_once(run_config.data_config(config), self.pi, self.pc) if data else (None, None, None)
         )
         self.plan = plan = plan_lib.resolve(config, tokenizer, mesh=mesh)
         self.config, self.mesh, self.rules, self.tokenizer = plan.config, plan.mesh, plan.rules, plan.tokenizer
