@@ -28,7 +28,8 @@ DIR/ptq.json holds eval_loss (nats/token) / eval_bpb / eval_ppl and those of the
 validation split (the trainer's eval, same batches) or with --calib_text on the --eval_text files
 (default: the calibration files; bitjax.eval.perplexity), `eval_data` saying which, and per projection
 the layer error tr((W − W̃)ᵀ H (W − W̃)) = 2‖XW − XW̃‖²/n.
-A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq) is refused, never deleted.
+A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq, and holding exactly what ptq wrote:
+not a run trained on there) is refused, never deleted; --out may not be --workdir or lie in or around it.
 """
 
 from __future__ import annotations
@@ -197,6 +198,18 @@ def fresh_out(out: str) -> None:
     )
 
 
+def check_out_apart(workdir: str, out: str) -> None:
+    """UserError if --out is --workdir, or one holds the other, compared as real paths (a symlink to the
+    run is the run: issue 29.3); replacing --out must never delete the trained run."""
+    src, dst = os.path.realpath(workdir), os.path.realpath(out)
+    if src == dst:
+        raise errors.UserError(
+            f"--out {out} is --workdir {workdir} (the same directory): the trained run is never written"
+        )
+    if os.path.commonpath([src, dst]) in (src, dst):
+        raise errors.UserError(f"--out {out} and --workdir {workdir} lie one inside the other: choose another --out")
+
+
 def run(
     workdir: str,
     method: str,
@@ -220,8 +233,7 @@ def run(
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
     if calib_sequences < 1:
         raise errors.UserError(f"--calib_sequences {calib_sequences}: must be ≥ 1")
-    if os.path.abspath(out) == os.path.abspath(workdir):
-        raise errors.UserError("--out must differ from --workdir (the trained run is never written)")
+    check_out_apart(workdir, out)
     if eval_text and not calib_text:
         raise errors.UserError("--eval_text goes with --calib_text (without it, the validation split is evaluated)")
     with errors.as_user_errors():  # a pattern that matches no file
@@ -310,6 +322,7 @@ def run(
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
         json.dump(jsonable_metrics(result), f, indent=1)
+    workdir_lib.seal(out, MARKER)  # a later ptq replaces OUT only while it holds just this (issue 29.2)
     print(
         f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
         f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"
