@@ -254,3 +254,52 @@ def test_ptq_out_that_is_or_holds_the_workdir_is_refused(where, fp_run, tmp_path
     before = workdir_lib.listing(str(src), "")
     err = one_line_error(capsys, ptq.main, ["--workdir", str(src), "--method", "rtn", "--out", str(out)])
     assert "--workdir" in err and workdir_lib.listing(str(src), "") == before
+
+
+# ------------------------------------------------------------------ 29.13: sample
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tokens", "-3"], "--tokens -3: must be ≥ 1"),
+        (["--temperature", "-1"], "--temperature -1.0: must be ≥ 0"),
+        (["--top_k", "-1"], "--top_k -1: must be ≥ 0"),
+        (["--num", "0"], "--num 0: must be ≥ 1"),
+    ],
+)
+def test_sample_flags_are_checked_before_loading(flags, message, tmp_path, capsys):
+    from bitjax import sample as sample_cli
+
+    err = one_line_error(capsys, sample_cli.main, ["--workdir", str(tmp_path / "nope"), *flags])
+    assert message in err and not (tmp_path / "nope").exists()
+
+
+def test_sample_with_an_empty_prompt_starts_from_eos(fp_run):
+    from bitjax import sample as sample_cli
+
+    texts = sample_cli.main(["--workdir", fp_run, "--prompt", "", "--tokens", "3", "--temperature", "0"])
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+# ------------------------------------------------------------------ 29.5: a run killed in its final eval
+def test_a_run_killed_in_its_final_eval_is_finished_by_the_rerun(data_dir, tmp_path, monkeypatch):
+    from bitjax import sweep
+
+    real = trainer.Setup.evaluate
+
+    def crash(self, params, step=None):
+        raise RuntimeError("killed during the final eval")
+
+    cfg = tiny_config("fp", steps=3, data_dir=data_dir, **{"optim.warmup_steps": 1})
+    monkeypatch.setattr(trainer.Setup, "evaluate", crash)
+    with pytest.raises(RuntimeError):
+        trainer.train(cfg, str(tmp_path))
+    assert os.path.isdir(tmp_path / "checkpoints" / "3") and not sweep.finished(str(tmp_path), 3)
+    monkeypatch.setattr(trainer.Setup, "evaluate", real)
+    out = trainer.train(cfg, str(tmp_path))  # already finished: evaluates, and now logs the final row
+    assert sweep.finished(str(tmp_path), 3)
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows].count(3) == 1 and rows[-1]["eval_bpb"] == pytest.approx(out["eval_bpb"])
+    trainer.train(cfg, str(tmp_path))  # a second rerun adds nothing
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert len(f.readlines()) == len(rows)

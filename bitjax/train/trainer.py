@@ -314,7 +314,16 @@ def _run(setup: Setup, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: in
 
     if start >= config.total_steps:  # already finished: report, do not train further
         last = last_logged(workdir)
-        last.update(setup.evaluate(state["params"]))
+        logged = last.get("step") == start and last.get("eval_bpb") is not None
+        ev = setup.evaluate(state["params"])
+        last.update(ev)
+        if not logged:  # killed during its final eval: write the final row it never wrote (issue 29.5)
+            row = {k: v for k, v in last.items() if k != "step"} if last.get("step") == start else {}
+            row.update(ev, skipped_steps=int(jax.device_get(state["skipped"])))
+            writer = MetricsWriter(workdir, lead, start)
+            writer.write(start, row)
+            writer.close()
+            last = {**last, **row}
         last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
         if lead:
             print(f"{workdir} already holds a finished run ({start} steps); evaluated it again")
