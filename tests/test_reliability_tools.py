@@ -303,3 +303,13 @@ def test_a_run_killed_in_its_final_eval_is_finished_by_the_rerun(data_dir, tmp_p
     trainer.train(cfg, str(tmp_path))  # a second rerun adds nothing
     with open(tmp_path / "metrics.jsonl") as f:
         assert len(f.readlines()) == len(rows)
+
+
+# ------------------------------------------------------------------ 29.14: init_from a mismatched run
+def test_init_from_a_mismatched_run_leaves_no_empty_checkpoints(fp_run, data_dir, tmp_path):
+    cfg = tiny_config(
+        "fp", steps=2, data_dir=data_dir, **{"model.d_model": 64, "init_from": fp_run, "optim.warmup_steps": 1}
+    )
+    with pytest.raises(errors.UserError, match="config.init_from"):
+        trainer.train(cfg, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd" / "checkpoints").exists()

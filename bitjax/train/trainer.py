@@ -252,16 +252,19 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     config = setup.config  # the plan's: vocab_size resolved
     lock = resume.lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
     try:
-        ckpt = ckpt_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            keep=config.keep_checkpoints,
-            save_every=max(config.checkpoint_every, 1),
-        )
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        had_checkpoints = os.path.isdir(ckpt_dir)
+        ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=config.keep_checkpoints, save_every=max(config.checkpoint_every, 1))
         try:
-            return _run(setup, workdir, ckpt, stop_after)
-        finally:
-            ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
-            ckpt.close()
+            try:
+                return _run(setup, workdir, ckpt, stop_after)
+            finally:
+                ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
+                ckpt.close()
+        except errors.UserError:  # refused before any step (a mismatched init_from): leave no empty checkpoints/
+            if not had_checkpoints and os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+                os.rmdir(ckpt_dir)
+            raise
     finally:
         if lock is not None:
             lock.release()
