@@ -46,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from bitjax import errors
+from bitjax.data import text as text_lib
 from bitjax.eval import perplexity
 from bitjax.eval.scoring import Scorer
 from bitjax.models import transformer
@@ -59,6 +60,7 @@ from bitjax.train import optim
 from bitjax.train import workdir as workdir_lib
 from bitjax.train.metrics import jsonable_metrics
 
+MAX_CALIB_SEQUENCES = 4096  # GPTQ calibrates on 128; the bound keeps a typo from exhausting memory
 MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
 
 
@@ -99,12 +101,9 @@ def text_calibration_tokens(tokenizer, texts: list[str], n: int, seq_len: int) -
     return stream[: rows * seq_len].reshape(rows, seq_len)
 
 
-def read_texts(files: list[str]) -> list[str]:
-    texts = []
-    for path in files:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            texts.append(f.read())
-    return texts
+def read_texts(files: list[str], encoding: str = text_lib.DEFAULT_ENCODING) -> list[str]:
+    """The files as training reads them (config.data.encoding; a binary or undecodable file is a DataError)."""
+    return [text_lib.read_text(path, encoding) for path in files]
 
 
 def run_data(plan: plan_lib.Plan):
@@ -231,8 +230,8 @@ def run(
         raise errors.UserError(f"--method {method!r}{'' if bits is None else f' --bits {bits}'}: {e}") from None
     if group_size is not None and group_size < 1:
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
-    if calib_sequences < 1:
-        raise errors.UserError(f"--calib_sequences {calib_sequences}: must be ≥ 1")
+    if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
+        raise errors.UserError(f"--calib_sequences {calib_sequences}: must be in [1, {MAX_CALIB_SEQUENCES}]")
     check_out_apart(workdir, out)
     if eval_text and not calib_text:
         raise errors.UserError("--eval_text goes with --calib_text (without it, the validation split is evaluated)")
@@ -269,8 +268,11 @@ def run(
         eval_step = plan.eval_step()
         evaluate = lambda p: plan_lib.evaluate(plan, eval_step, p, eval_data)
     else:
-        tokens = text_calibration_tokens(plan.tokenizer, read_texts(calib_files), calib_sequences, plan.config.seq_len)
-        eval_texts = read_texts(eval_files)
+        encoding = plan.config.data.get("encoding", text_lib.DEFAULT_ENCODING)
+        tokens = text_calibration_tokens(
+            plan.tokenizer, read_texts(calib_files, encoding), calib_sequences, plan.config.seq_len
+        )
+        eval_texts = read_texts(eval_files, encoding)
 
         def evaluate(p):
             m = perplexity.score_texts(Scorer(plan, p), eval_texts)

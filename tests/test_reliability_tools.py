@@ -313,3 +313,20 @@ def test_init_from_a_mismatched_run_leaves_no_empty_checkpoints(fp_run, data_dir
     with pytest.raises(errors.UserError, match="config.init_from"):
         trainer.train(cfg, str(tmp_path / "wd"))
     assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_ptq_calib_sequences_are_bounded_and_text_is_read_as_training_reads_it(fp_run, tmp_path, capsys):
+    from bitjax import ptq
+
+    out = tmp_path / "q"
+    err = one_line_error(
+        capsys, ptq.main, ["--workdir", fp_run, "--method", "rtn", "--out", str(out), "--calib_sequences", "10000000"]
+    )
+    assert "--calib_sequences 10000000: must be in [1, 4096]" in err and not out.exists()
+    (tmp_path / "bin.txt").write_bytes(b"x" * 100 + b"\0\xff")
+    err = one_line_error(
+        capsys,
+        ptq.main,
+        ["--workdir", fp_run, "--method", "rtn", "--out", str(out), "--calib_text", str(tmp_path / "bin.txt")],
+    )
+    assert "not a text file" in err and not out.exists()
