@@ -28,7 +28,8 @@ DIR/ptq.json holds eval_loss (nats/token) / eval_bpb / eval_ppl and those of the
 validation split (the trainer's eval, same batches) or with --calib_text on the --eval_text files
 (default: the calibration files; bitjax.eval.perplexity), `eval_data` saying which, and per projection
 the layer error tr((W − W̃)ᵀ H (W − W̃)) = 2‖XW − XW̃‖²/n.
-A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq) is refused, never deleted.
+A --out that holds anything but an earlier PTQ output (marked .bitjax_ptq, and holding exactly what ptq wrote:
+not a run trained on there) is refused, never deleted; --out may not be --workdir or lie in or around it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from bitjax import errors
+from bitjax.data import text as text_lib
 from bitjax.eval import perplexity
 from bitjax.eval.scoring import Scorer
 from bitjax.models import transformer
@@ -58,6 +60,7 @@ from bitjax.train import optim
 from bitjax.train import workdir as workdir_lib
 from bitjax.train.metrics import jsonable_metrics
 
+MAX_CALIB_SEQUENCES = 4096  # GPTQ calibrates on 128; the bound keeps a typo from exhausting memory
 MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it replace
 
 
@@ -98,12 +101,9 @@ def text_calibration_tokens(tokenizer, texts: list[str], n: int, seq_len: int) -
     return stream[: rows * seq_len].reshape(rows, seq_len)
 
 
-def read_texts(files: list[str]) -> list[str]:
-    texts = []
-    for path in files:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            texts.append(f.read())
-    return texts
+def read_texts(files: list[str], encoding: str = text_lib.DEFAULT_ENCODING) -> list[str]:
+    """The files as training reads them (config.data.encoding; a binary or undecodable file is a DataError)."""
+    return [text_lib.read_text(path, encoding) for path in files]
 
 
 def run_data(plan: plan_lib.Plan):
@@ -197,6 +197,18 @@ def fresh_out(out: str) -> None:
     )
 
 
+def check_out_apart(workdir: str, out: str) -> None:
+    """UserError if --out is --workdir, or one holds the other, compared as real paths (a symlink to the
+    run is the run: issue 29.3); replacing --out must never delete the trained run."""
+    src, dst = os.path.realpath(workdir), os.path.realpath(out)
+    if src == dst:
+        raise errors.UserError(
+            f"--out {out} is --workdir {workdir} (the same directory): the trained run is never written"
+        )
+    if os.path.commonpath([src, dst]) in (src, dst):
+        raise errors.UserError(f"--out {out} and --workdir {workdir} lie one inside the other: choose another --out")
+
+
 def run(
     workdir: str,
     method: str,
@@ -218,10 +230,9 @@ def run(
         raise errors.UserError(f"--method {method!r}{'' if bits is None else f' --bits {bits}'}: {e}") from None
     if group_size is not None and group_size < 1:
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
-    if calib_sequences < 1:
-        raise errors.UserError(f"--calib_sequences {calib_sequences}: must be ≥ 1")
-    if os.path.abspath(out) == os.path.abspath(workdir):
-        raise errors.UserError("--out must differ from --workdir (the trained run is never written)")
+    if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
+        raise errors.UserError(f"--calib_sequences {calib_sequences}: must be in [1, {MAX_CALIB_SEQUENCES}]")
+    check_out_apart(workdir, out)
     if eval_text and not calib_text:
         raise errors.UserError("--eval_text goes with --calib_text (without it, the validation split is evaluated)")
     with errors.as_user_errors():  # a pattern that matches no file
@@ -257,8 +268,11 @@ def run(
         eval_step = plan.eval_step()
         evaluate = lambda p: plan_lib.evaluate(plan, eval_step, p, eval_data)
     else:
-        tokens = text_calibration_tokens(plan.tokenizer, read_texts(calib_files), calib_sequences, plan.config.seq_len)
-        eval_texts = read_texts(eval_files)
+        encoding = plan.config.data.get("encoding", text_lib.DEFAULT_ENCODING)
+        tokens = text_calibration_tokens(
+            plan.tokenizer, read_texts(calib_files, encoding), calib_sequences, plan.config.seq_len
+        )
+        eval_texts = read_texts(eval_files, encoding)
 
         def evaluate(p):
             m = perplexity.score_texts(Scorer(plan, p), eval_texts)
@@ -310,6 +324,7 @@ def run(
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
         json.dump(jsonable_metrics(result), f, indent=1)
+    workdir_lib.seal(out, MARKER)  # a later ptq replaces OUT only while it holds just this (issue 29.2)
     print(
         f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
         f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"

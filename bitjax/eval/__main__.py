@@ -31,6 +31,49 @@ def _parse_mesh(text: str | None) -> dict | None:
     return {"data": 1, "fsdp": 1, "tensor": 1, **out}
 
 
+def check_args(args) -> None:
+    """Every argument checked before anything loads (issue 29.8, 29.12): UserError naming the flag."""
+    from bitjax.eval.scoring import check_sizes
+
+    with errors.as_user_errors():
+        check_sizes(args.batch_size, args.max_length)
+    if args.limit is not None and not args.limit > 0:
+        raise errors.UserError(f"--limit {args.limit:g}: must be > 0 (docs per task, or a fraction below 1)")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise errors.UserError(f"--num_fewshot {args.num_fewshot}: must be ≥ 0")
+    if args.max_gen_toks < 1:
+        raise errors.UserError(f"--max_gen_toks {args.max_gen_toks}: must be ≥ 1")
+    if args.bootstrap_iters < 0:
+        raise errors.UserError(f"--bootstrap_iters {args.bootstrap_iters}: must be ≥ 0")
+    if args.step is not None and args.step < 0:
+        raise errors.UserError(f"--step {args.step}: must be ≥ 0")
+    if args.out and os.path.isdir(args.out):
+        raise errors.UserError(f"--out {args.out} is a directory: name a JSON file")
+    if args.tasks is not None:
+        if not [t for t in args.tasks.split(",") if t]:
+            raise errors.UserError(f"--tasks {args.tasks!r}: names no task")
+        if args.include_path and not os.path.isdir(args.include_path):
+            raise errors.UserError(f"--include_path {args.include_path}: not a directory")
+    with errors.as_user_errors():
+        _parse_mesh(args.mesh)
+
+
+def check_tasks(args):
+    """The TaskManager for --tasks; UserError naming any task lm-eval does not know (before the model loads)."""
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
+    tasks = [t for t in args.tasks.split(",") if t]
+    known = set(tm.match_tasks(tasks))
+    missing = [t for t in tasks if t not in known and "*" not in t]
+    if missing:
+        raise errors.UserError(
+            f"--tasks: unknown task(s) {', '.join(missing)} (python -m lm_eval --tasks list shows them; "
+            "local task YAMLs need --include_path)"
+        )
+    return tm
+
+
 def _write(path: str | None, obj) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -39,7 +82,7 @@ def _write(path: str | None, obj) -> None:
         print(f"wrote {path}")
 
 
-def run_tasks(args, scorer) -> dict:
+def run_tasks(args, scorer, tm=None) -> dict:
     """lm_eval.simple_evaluate over `args.tasks`; prints the table, returns the JSON-able results."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -48,7 +91,8 @@ def run_tasks(args, scorer) -> dict:
     from bitjax.eval.harness import BitjaxLM
 
     lm = BitjaxLM(scorer=scorer, max_gen_toks=args.max_gen_toks)
-    tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
+    if tm is None:
+        tm = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
     tasks = [t for t in args.tasks.split(",") if t]
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     results = lm_eval.simple_evaluate(
@@ -99,12 +143,15 @@ def main(argv=None):
     p.add_argument("--mesh", default=None, help="data=N,fsdp=N,tensor=N (default: the run's config.mesh)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    check_args(args)
 
-    if args.tasks:  # before loading anything
+    tm = None
+    if args.tasks is not None:  # before loading anything
         try:
             import lm_eval  # noqa: F401
         except ImportError as e:
             raise errors.UserError(f"--tasks needs lm-evaluation-harness: pip install 'bitjax[eval]' ({e})") from None
+        tm = check_tasks(args)
     from bitjax.eval import perplexity
     from bitjax.eval.scoring import Scorer
     from bitjax.run import plan as plan_lib
@@ -114,7 +161,8 @@ def main(argv=None):
         plan, params = plan_lib.restore(args.workdir, args.step, mesh=_parse_mesh(args.mesh))
     scorer = Scorer(plan, params, batch_size=args.batch_size, max_length=args.max_length)
     if files is not None:
-        out = perplexity.score_files(scorer, files)
+        with errors.as_user_errors():  # an empty, binary or undecodable file: one line, as in training
+            out = perplexity.score_files(scorer, files)
         out.update(workdir=args.workdir, step=args.step, max_length=scorer.max_length, tokenizer=scorer.tokenizer.name)
         print(
             f"{out['documents']} files, {out['tokens']} tokens, {out['bytes']} bytes: "
@@ -122,7 +170,7 @@ def main(argv=None):
             f"token ppl {out['token_ppl']:.3f}"
         )
     else:
-        out = run_tasks(args, scorer)
+        out = run_tasks(args, scorer, tm)
     _write(args.out, out)
     return out
 

@@ -30,11 +30,38 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from bitjax import errors
 from bitjax.eval import sample
 from bitjax.eval.scoring import Scorer, rolling_windows
 from bitjax.run import plan as plan_lib
 
 DEFAULT_MAX_GEN_TOKS = 256
+HARNESS_ARGS = ("device", "max_batch_size")  # what lm-eval itself passes every model; accepted, ignored
+
+
+def _int(name: str, value, low: int) -> int:
+    """A --model_args integer ≥ low, or UserError naming it (issue 29.8, 29.13)."""
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise errors.UserError(f"--model_args {name}={value!r}: expected an integer") from None
+    if out < low or isinstance(value, bool) or (isinstance(value, float) and value != out):
+        raise errors.UserError(f"--model_args {name}={value!r}: expected an integer ≥ {low}")
+    return out
+
+
+def _mesh(value) -> dict | None:
+    """mesh: a dict, or 'data=N' / 'data=N;fsdp=N;tensor=N' (a comma would end --model_args' value)."""
+    if value is None or isinstance(value, dict):
+        return value
+    from bitjax.eval.__main__ import _parse_mesh
+
+    try:
+        return _parse_mesh(str(value).replace(";", ","))
+    except ValueError:
+        raise errors.UserError(
+            f"--model_args mesh={value!r}: expected data=N;fsdp=N;tensor=N (one of them may be -1)"
+        ) from None
 
 
 @register_model("bitjax")
@@ -60,16 +87,25 @@ class BitjaxLM(TemplateLM):
         **unused,
     ):
         super().__init__()
-        bs = 8 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
+        typos = sorted(set(unused) - set(HARNESS_ARGS))
+        if typos:  # a typo (stpe=5) must not be ignored
+            raise errors.UserError(
+                f"--model_args: unknown argument(s) {', '.join(typos)} for the bitjax model "
+                "(it takes workdir, step, batch_size, max_length, mesh, max_gen_toks, seed)"
+            )
+        auto = batch_size in (None, "auto") or str(batch_size).startswith("auto")
+        bs = 8 if auto else _int("batch_size", batch_size, 1)
+        self.max_gen_toks = _int("max_gen_toks", max_gen_toks, 1)
+        self.seed = _int("seed", seed, 0)
         if scorer is None:
             if not workdir:
-                raise ValueError("the bitjax model needs --model_args workdir=<a trained run's workdir>")
-            plan, params = plan_lib.restore(workdir, None if step in (None, "") else int(step), mesh=mesh)
-            scorer = Scorer(plan, params, batch_size=bs, max_length=None if max_length is None else int(max_length))
+                raise errors.UserError("the bitjax model needs --model_args workdir=<a trained run's workdir>")
+            step = None if step in (None, "") else _int("step", step, 0)
+            max_length = None if max_length is None else _int("max_length", max_length, 1)
+            plan, params = plan_lib.restore(str(workdir), step, mesh=_mesh(mesh), field="--model_args workdir")
+            scorer = Scorer(plan, params, batch_size=bs, max_length=max_length)
         self.scorer = scorer
         self.tok = scorer.tokenizer
-        self.max_gen_toks = int(max_gen_toks)
-        self.seed = int(seed)
         self._model = None
 
     @classmethod

@@ -7,6 +7,14 @@
 from lm_eval.__main__ import cli_evaluate
 
 import bitjax.eval.harness  # noqa: F401  (registers `bitjax`)
+from bitjax import errors
+
+
+@errors.cli
+def main():
+    """lm-eval's CLI; a user error in the bitjax model's --model_args is one line `error: ...`, exit 2."""
+    cli_evaluate()
+
 
 if __name__ == "__main__":
-    cli_evaluate()
+    main()

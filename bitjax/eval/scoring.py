@@ -49,17 +49,22 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -
     each sequence has at most L + 1 tokens (L = max_length). Equals lm-eval's
     get_rolling_token_windows(context_len=1) + make_disjoint_window.
     """
+    if int(max_length) < 1:  # a window of ≤ 0 tokens never advances (issue 29.9: an endless loop)
+        raise ValueError(f"max_length {max_length}: must be ≥ 1")
     tokens = list(tokens)
     if not tokens:
         return
     first = min(max_length, len(tokens))
     yield [prefix_token] + tokens[:first], first
     done = first
-    while done < len(tokens):
+    for _ in range(len(tokens)):  # each window predicts ≥ 1 token: a bound that cannot fail open
+        if done >= len(tokens):
+            return
         n = min(len(tokens) - done, max_length)
         end = done + n
         yield tokens[max(end - max_length - 1, 0) : end], n
         done = end
+    raise AssertionError("rolling_windows did not finish within len(tokens) windows")
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -76,6 +81,14 @@ def _score(graphdef, params, batch):
     return jnp.sum(jnp.where(mask, tgt, 0.0), axis=-1), jnp.all(hit | ~mask, axis=-1)
 
 
+def check_sizes(batch_size, max_length) -> None:
+    """ValueError unless batch_size ≥ 1 and max_length is None (the run's seq_len) or ≥ 1 (issue 29.8)."""
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch_size {batch_size}: must be ≥ 1")
+    if max_length is not None and int(max_length) < 1:
+        raise ValueError(f"--max_length {max_length}: must be ≥ 1 (omit it for the run's seq_len)")
+
+
 class Scorer:
     """Scores sequences with a run's model on its plan's mesh, in fixed (batch_size, bucket) shapes.
 
@@ -84,9 +97,10 @@ class Scorer:
     """
 
     def __init__(self, plan: Plan, params, batch_size: int = 8, max_length: int | None = None):
+        check_sizes(batch_size, max_length)
         self.plan, self.params = plan, params
         self.tokenizer = plan.tokenizer
-        self.max_length = int(max_length or plan.config.seq_len)
+        self.max_length = int(plan.config.seq_len if max_length is None else max_length)
         dp = _data_parallel_size(plan)
         self.batch_size = -(-int(batch_size) // dp) * dp  # batch rows shard over the data axes
         self.buckets = length_buckets(self.max_length)

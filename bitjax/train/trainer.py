@@ -255,16 +255,19 @@ def train(config: ConfigDict, workdir: str, *, devices=None, stop_after: int | N
     config = setup.config  # the plan's: vocab_size resolved
     lock = resume.lock_workdir(workdir, setup.pi == 0, setup.pc)  # a second run on a live workdir stops here
     try:
-        ckpt = ckpt_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            keep=config.keep_checkpoints,
-            save_every=max(config.checkpoint_every, 1),
-        )
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        had_checkpoints = os.path.isdir(ckpt_dir)
+        ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=config.keep_checkpoints, save_every=max(config.checkpoint_every, 1))
         try:
-            return _run(setup, workdir, ckpt, stop_after)
-        finally:
-            ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
-            ckpt.close()
+            try:
+                return _run(setup, workdir, ckpt, stop_after)
+            finally:
+                ckpt.wait()  # whatever stopped the run, a save in flight is finished, never left half-written
+                ckpt.close()
+        except errors.UserError:  # refused before any step (a mismatched init_from): leave no empty checkpoints/
+            if not had_checkpoints and os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+                os.rmdir(ckpt_dir)
+            raise
     finally:
         if lock is not None:
             lock.release()
@@ -317,7 +320,16 @@ def _run(setup: Setup, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: in
 
     if start >= config.total_steps:  # already finished: report, do not train further
         last = last_logged(workdir)
-        last.update(setup.evaluate(state["params"]))
+        logged = last.get("step") == start and last.get("eval_bpb") is not None
+        ev = setup.evaluate(state["params"])
+        last.update(ev)
+        if not logged:  # killed during its final eval: write the final row it never wrote (issue 29.5)
+            row = {k: v for k, v in last.items() if k != "step"} if last.get("step") == start else {}
+            row.update(ev, skipped_steps=int(jax.device_get(state["skipped"])))
+            writer = MetricsWriter(workdir, lead, start)
+            writer.write(start, row)
+            writer.close()
+            last = {**last, **row}
         last.update(step=start, step_time_s=last.get("step_time_s", float("nan")))
         if lead:
             print(f"{workdir} already holds a finished run ({start} steps); evaluated it again")

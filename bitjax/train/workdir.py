@@ -36,15 +36,56 @@ def prepare(workdir: str) -> None:
         )
 
 
+def listing(path: str, marker: str) -> dict[str, int]:
+    """{relative path: size} of every file under `path` but the marker (what :func:`seal` records)."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if rel != marker:
+                out[rel] = os.path.getsize(full)
+    return out
+
+
+def seal(path: str, marker: str) -> None:
+    """Records in `path`/`marker` what the tool wrote there: :func:`fresh` replaces only that, unchanged."""
+    with open(os.path.join(path, marker), "w") as f:
+        json.dump(listing(path, marker), f, indent=0, sort_keys=True)
+
+
+def replaceable(path: str, marker: str) -> bool:
+    """Whether `path` is absent, empty, or marked by a tool and (if sealed) still holds exactly what it wrote."""
+    if not os.path.isdir(path) or not os.listdir(path):
+        return True
+    mark = os.path.join(path, marker)
+    if not os.path.isfile(mark):
+        return False
+    with open(mark) as f:
+        text = f.read()
+    if not text.strip():  # marked, never sealed (a tool whose output is a run it then trains: compare)
+        return True
+    try:
+        return json.loads(text) == listing(path, marker)
+    except ValueError:
+        return False
+
+
 def fresh(path: str, marker: str, refusal: str) -> None:
     """Makes `path` an empty directory marked `marker`, deleting only a directory a tool marked so.
 
     A non-empty `path` without the marker may hold a user's real run: UserError(`refusal`), nothing
-    deleted. A marked one is replaced, unless a live run still holds its lock.
+    deleted. A marked one is replaced, unless a live run still holds its lock, or it was sealed
+    (:func:`seal`) and holds anything else now (e.g. a run trained on inside a PTQ output, issue 29.2).
     """
     if os.path.isdir(path) and os.listdir(path):
         if not os.path.exists(os.path.join(path, marker)):
             raise UserError(refusal)
+        if not replaceable(path, marker):
+            raise UserError(
+                f"{path} holds more than the tool wrote there (a run trained on in it?); nothing was deleted. "
+                "Choose another output directory."
+            )
         with Lock(path):  # refuses if a run is still writing there
             pass
         shutil.rmtree(path)
