@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from builders import FILES, STDLIB, tiny_config
 
+from bitjax import errors
 from bitjax.run import plan as plan_lib
 from bitjax.train import trainer
 
@@ -175,3 +177,41 @@ def test_a_resolved_plan_leaves_the_callers_config_as_it_was():
     assert plan.quant_table == plan.quant_tables[-1] and len(plan.quant_tables) == 2
     assert "quantization from step 19: method a48" in plan.describe()
     json.dumps(plan.quant_table)  # stored with checkpoints as it is
+
+
+def _live_run_deletes_on_first_read(monkeypatch, ckpts, step, newer):
+    """Emulates a run saving every step with keep=1: while the reader reads `step`, the run saves `newer`
+    and its keep policy deletes `step` (issue 29.12: eval of such a run failed 4 of 6 times)."""
+    real = plan_lib.ckpt_lib.Checkpointer.restore_params
+    calls = []
+
+    def restore_params(self, s, target):
+        calls.append(s)
+        if len(calls) == 1:
+            shutil.copytree(ckpts / str(step), ckpts / str(newer))
+            shutil.rmtree(ckpts / str(step))
+        return real(self, s, target)
+
+    monkeypatch.setattr(plan_lib.ckpt_lib.Checkpointer, "restore_params", restore_params)
+    return calls
+
+
+def test_a_checkpoint_deleted_while_read_by_a_live_run_reads_the_newer_one(moved_run, tmp_path, monkeypatch, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(moved_run, copy)
+    calls = _live_run_deletes_on_first_read(monkeypatch, copy / "checkpoints", 2, 3)
+    with caplog.at_level(logging.WARNING, logger="bitjax"):
+        plan, params = plan_lib.restore(str(copy))
+    assert calls == [2, 3] and plan.step == 3 and "deleted while being read" in caplog.text
+    assert sorted(os.listdir(copy / "checkpoints")) == ["3"]  # nothing renamed as damaged
+    _, reference = plan_lib.restore(str(moved_run))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_explicit_step_deleted_while_read_is_one_clear_error(moved_run, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(moved_run, copy)
+    _live_run_deletes_on_first_read(monkeypatch, copy / "checkpoints", 2, 3)
+    with pytest.raises(errors.UserError, match=r"--step 2: .*deleted that checkpoint while it was being read.*\[3\]"):
+        plan_lib.restore(str(copy), 2)

@@ -98,7 +98,10 @@ class Checkpointer:
 
     # -- bookkeeping ---------------------------------------------------------------
 
-    def all_steps(self) -> list[int]:
+    def all_steps(self, reload: bool = False) -> list[int]:
+        """The finished steps; reload=True re-reads the directory (another process may have saved or deleted)."""
+        if reload:
+            self._mngr.reload()
         return sorted(self._mngr.all_steps())
 
     def latest_step(self) -> int | None:

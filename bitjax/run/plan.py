@@ -323,24 +323,51 @@ def restore(
             raise errors.UserError(f"{who} holds no finished checkpoint in {ckpt_dir}: train that run first")
         if step is not None and step not in steps:
             raise errors.UserError(f"--step {step}: {workdir} has checkpoints at steps {steps} only")
-        todo = [step] if step is not None else steps[::-1]
-        for i, s in enumerate(todo):
-            try:
-                return _restore_step(ckpt, s, workdir, who, devices, mesh, rules, check, tokenizer)
-            except errors.UserError:
-                raise
-            except Exception as e:  # a damaged newest checkpoint: read the one before
-                if i == len(todo) - 1:
+        damaged: set[int] = set()
+        for _ in range(_LIVE_RETRIES):
+            todo = [step] if step is not None else [s for s in steps[::-1] if s not in damaged]
+            for i, s in enumerate(todo):
+                try:
+                    return _restore_step(ckpt, s, workdir, who, devices, mesh, rules, check, tokenizer)
+                except errors.UserError:
                     raise
-                log.warning(
-                    "checkpoint step %d in %s could not be read (%s: %s); trying the previous one",
-                    s,
-                    ckpt_dir,
-                    type(e).__name__,
-                    str(e)[:300],
-                )
+                except Exception as e:
+                    if not os.path.isdir(os.path.join(ckpt_dir, str(s))):
+                        # deleted while we read it: a live run's keep policy removed it after a newer save
+                        if step is not None:
+                            raise errors.UserError(
+                                f"--step {step}: the run in {workdir} deleted that checkpoint while it was being "
+                                f"read (it is still training and keeps only its newest ones): pass a step it "
+                                f"still has (now {ckpt.all_steps(reload=True)}) or omit --step"
+                            ) from None
+                        log.warning(
+                            "checkpoint step %d in %s was deleted while being read; reading the newest again",
+                            s,
+                            ckpt_dir,
+                        )
+                        break
+                    if i == len(todo) - 1:
+                        raise
+                    damaged.add(s)  # a damaged newest checkpoint: read the one before
+                    log.warning(
+                        "checkpoint step %d in %s could not be read (%s: %s); trying the previous one",
+                        s,
+                        ckpt_dir,
+                        type(e).__name__,
+                        str(e)[:300],
+                    )
+            steps = ckpt.all_steps(reload=True)
+            if not steps:
+                raise errors.UserError(f"{who}: its checkpoints in {ckpt_dir} were all deleted while being read")
+        raise errors.UserError(
+            f"{who}: its newest checkpoint was deleted while being read {_LIVE_RETRIES} times (a live run saving "
+            "every step with a small keep): pass --step of a checkpoint it keeps, or read it when it has finished"
+        )
     finally:
         ckpt.close()
+
+
+_LIVE_RETRIES = 5  # a run saving every step can delete the step being read; after that many, give up
 
 
 def _restore_step(ckpt, step, workdir, who, devices, mesh, rules, check, tokenizer) -> tuple[Plan, Any]:
