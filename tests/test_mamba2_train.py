@@ -81,7 +81,7 @@ def test_sharded_loss_equals_single_device_loss(data_dir):
 
 
 @pytest.mark.slow
-def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
+def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path, capsys):
     cfg = mamba_config(steps=12, data_dir=data_dir, checkpoint_every=4)
     out = trainer.train(cfg, str(tmp_path / "a"))
     trainer.train(cfg, str(tmp_path / "b"), stop_after=6)  # "preempted" after step 6
@@ -99,6 +99,20 @@ def test_save_restore_continue_matches_uninterrupted_run(data_dir, tmp_path):
         sample.main(["--workdir", str(tmp_path / "b"), "--prompt", "def ", "--tokens", "8", "--temperature", "0"])
         == texts
     )  # the resumed run's parameters are the same
+    # Bi-Mamba's FBI projections have no HF or llama.cpp layout (issue 29.10): one line, exit 2, nothing written
+    from test_reliability_tools import export, one_line_error
+
+    capsys.readouterr()  # the training's own output
+    before = sorted(os.listdir(tmp_path))
+    hf = one_line_error(
+        capsys, export, "--workdir", str(tmp_path / "a"), "--format", "hf", "--out", str(tmp_path / "hf")
+    )
+    gguf = one_line_error(
+        capsys, export, "--workdir", str(tmp_path / "a"), "--format", "gguf", "--out", str(tmp_path / "m.gguf")
+    )
+    assert "fbi" in hf.lower() or "mamba" in hf.lower(), hf
+    assert "mamba" in gguf.lower() or "llama.cpp" in gguf, gguf
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 @pytest.mark.slow
