@@ -10,8 +10,9 @@ exactly and each block's d is fp16(γ): the file dequantizes to W̃ up to the fp
 blocks are made by `gguf.quants.quantize` itself (the reference packing of gguf-py).
 
 llama.cpp's `bitnet` graph (src/models/bitnet.cpp) fixes what can be exported: BitNet's sub-norms,
-SiLU gated MLP (LLM_FFN_SILU; gguf-py 0.19 has no key that declares another FFN activation, so a relu²
-model would run with the wrong one), a tied output head
+SiLU gated MLP (LLM_FFN_SILU, hard-coded: the graph reads no activation key and gguf-py 0.19 has none, so a
+relu² model would run with the wrong one; relu² BitNets such as 2B4T run in microsoft/BitNet's fork under
+its `bitnet-b1.58`/`bitnet-25` architectures, not targeted here), a tied output head
 (it multiplies by token_embd), NEOX RoPE (HF's rotate_half, bitjax's), RMSNorm. Those are checked here
 and anything else is refused. llama.cpp quantizes activations its own way (per block of 256, q8_K), not
 b1.58's per-token int8 absmax, so its logits approximate bitjax's rather than equal them.
