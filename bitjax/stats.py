@@ -102,7 +102,7 @@ class Test:
             return "untested (n = 1)"
         if self.noise:
             return "within seed noise"
-        return "differs" if self.p < 0.05 else "a hint (|t| ≥ 2, p ≥ 0.05)"
+        return "differs" if self.p < 0.05 else "a hint (t beyond ±2, p ≥ 0.05)"  # no "|": it sits in tables
 
     def text(self, fmt: str = ".4f") -> str:
         """'Δ +0.0350, Welch t 0.55 (df 2.3, p 0.63), per seed + − +: within seed noise'."""

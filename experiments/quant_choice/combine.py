@@ -36,6 +36,23 @@ WHAT = {
     "fp+out_norm": "fp + OneBit's affine-free LayerNorm on every projection's output",
     "fp+relu2": "fp + a4.8's ReLU² GLU",
 }
+# pairs of methods (each at its chosen LR) the README's reading compares, besides each method vs fp
+READING = {
+    "tiny": [
+        ("rtn3", "rtn4"),
+        ("rtn2", "rtn3"),
+        ("rtn2", "rtn4"),
+        ("rtn2", "b158"),
+        ("rtn3", "b158"),
+        ("a48", "b158"),
+        ("fbi", "b158"),
+        ("pb_llm", "b158"),
+        ("onebit", "b158"),
+        ("onebit", "rtn2"),
+        ("bitnet", "onebit"),
+    ],
+    "mini": [("rtn3", "rtn4"), ("rtn2", "rtn3"), ("a48", "b158"), ("bitnet", "rtn2")],
+}
 # (method, its lr, control, the control's lr): the comparisons the reading makes at `mini`
 CONTROLS = [
     ("fp+out_norm", "1e-3", "fp", "1e-3"),
@@ -84,22 +101,28 @@ def main(out=HERE):
                 "(seeds 0, 1, 2); seeds 1–2: the mean without seed 0, which chose the LR; bias: seed 0 − that mean."
             ),
             "",
-            "| method | what | lr | n | eval bits/byte | − fp | seeds 1–2 | seed 0 − seeds 1–2 |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | what | lr | n | eval bits/byte | − fp | seeds 1–2 | seed 0 − seeds 1–2 | − fp, seeds 1–2 only |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for m in METHODS:
             k = (s, m, chosen[(s, m)])
             t = "" if m == "fp" else stats.welch(bpb(k), bpb(fpk), seeds(k), seeds(fpk)).text()
             later = [r["eval_bpb"] for r in runs[k] if r["seed"] != "0"]
+            fp_later = [r["eval_bpb"] for r in runs[fpk] if r["seed"] != "0"]
+            t12 = "" if m == "fp" else stats.welch(later, fp_later).text()
             lines.append(
                 f"| {m} | {WHAT[m]} | {k[2]} | {len(runs[k])} | {stats.mean_std(bpb(k))} | {t} | "
-                f"{stats.mean_std(later)} | {seed0[k] - statistics.mean(later):+.4f} |"
+                f"{stats.mean_std(later)} | {seed0[k] - statistics.mean(later):+.4f} | {t12} |"
             )
         order = stats.ordering({m: bpb((s, m, chosen[(s, m)])) for m in METHODS})
         bias = [
             seed0[k] - statistics.mean(r["eval_bpb"] for r in runs[k] if r["seed"] != "0")
             for k in ((s, m, chosen[(s, m)]) for m in METHODS)
         ]
+        lines += ["", f"Other comparisons the reading makes at `{s}` (Welch t, per-seed signs):", ""]
+        for a, b in READING[s]:
+            ka, kb = (s, a, chosen[(s, a)]), (s, b, chosen[(s, b)])
+            lines.append(f"- {a} − {b}: {stats.welch(bpb(ka), bpb(kb), seeds(ka), seeds(kb)).text()}")
         lines += [
             "",
             f"Ordering at `{s}` (groups that differ, bitjax.stats.groups: Welch |t| ≥ 2): {order}",
