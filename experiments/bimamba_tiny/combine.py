@@ -3,8 +3,8 @@
     python experiments/bimamba_tiny/combine.py [OUT_DIR]      # default: this directory
 
 results.csv holds each run's eval bits/byte as the README's prose gave them (3 decimals): the workdirs, and
-with them the per-seed train/eval losses and tokens/s, are gone (`source` says so). run.sh's sweeps write
-full per-run results.csv files into the workdir; collect them into this one when re-running.
+with them the per-seed train/eval losses and tokens/s, are gone (`source` says so). When run.sh re-runs them,
+collect.py rewrites results.csv from the workdirs with every metric (source = run).
 """
 
 import os
