@@ -33,7 +33,6 @@ import dataclasses
 import importlib.util
 import itertools
 import json
-import math
 import os
 import re
 import shlex
@@ -359,12 +358,9 @@ def _fp_reference(results: list[dict], keys: list[str]) -> dict[str, float]:
 
 
 def _mean_std(xs: list[float], fmt: str) -> str:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return format(xs[0], fmt)
-    return f"{format(statistics.mean(xs), fmt)} ± {format(statistics.stdev(xs), fmt)}"
+    from bitjax import stats
+
+    return stats.mean_std(xs, fmt)
 
 
 def write_results(points: list[Point], workdir: str, failed: dict[str, str] | None = None) -> list[dict]:
@@ -448,7 +444,7 @@ def plot(results, groups, group_keys, workdir):
         if not steps:
             continue
         mean = [statistics.mean(col) for col in zip(*ys)]
-        label = ",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all"
+        label = ", ".join(g) or "all"
         (line,) = ax.plot(steps, mean, label=f"{label} (n={len(ys)})", lw=1.2, marker="o" if len(steps) < 3 else None)
         if len(ys) > 1:
             ax.fill_between(
@@ -460,7 +456,7 @@ def plot(results, groups, group_keys, workdir):
                 lw=0,
             )
     ax.set(xlabel="step", ylabel="train loss (nats/token)", title="loss curves (mean over seeds, min–max shaded)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title=", ".join(group_keys) or None, title_fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "loss_curves.png"), dpi=120)
     plt.close(fig)
@@ -469,16 +465,118 @@ def plot(results, groups, group_keys, workdir):
     labels, means, stds = [], [], []
     for g, rs in groups.items():
         xs = [r["eval_bpb"] for r in rs if r["eval_bpb"] is not None]
-        labels.append(",".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all")
+        labels.append(", ".join(g) or "all")  # the values; the keys are the axis title
         means.append(statistics.mean(xs) if xs else float("nan"))
         stds.append(statistics.stdev(xs) if len(xs) > 1 else 0.0)
     ax.errorbar(range(len(means)), means, yerr=stds, fmt="o", capsize=4)  # points: no bar from an arbitrary 0
+    for i, (g, rs) in enumerate(groups.items()):  # every seed: 3 runs are too few to hide behind a bar
+        ax.plot([i + 0.1] * len(rs), [r["eval_bpb"] for r in rs], ".", color="k", ms=3)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set(ylabel="eval bits/byte", title="eval bits/byte, mean ± std")
+    n = sorted({len(rs) for rs in groups.values()})
+    ax.set(
+        xlabel=", ".join(group_keys) or "run",
+        ylabel="eval bits/byte (lower is better)",
+        title=f"eval bits/byte, mean ± sample std over seeds (n={'/'.join(map(str, n))})",
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "eval_bpb.png"), dpi=120)
     plt.close(fig)
+
+
+# ============================================================================ studies
+# experiments/<study>/combine.py builds results.md and the plots from the committed results.csv alone
+# (one row per point and seed), with these helpers and bitjax.stats; tests/test_studies.py re-runs each.
+
+# One colour per method, the same in every panel and study (matplotlib's tab10/tab20 entries).
+METHOD_COLORS = {
+    "fp": "#7f7f7f",
+    "b158": "#1f77b4",
+    "bitnet": "#d62728",
+    "a48": "#2ca02c",
+    "fbi": "#ff7f0e",
+    "onebit": "#9467bd",
+    "pb_llm": "#8c564b",
+    "rtn2": "#e377c2",
+    "rtn3": "#bcbd22",
+    "rtn4": "#17becf",
+    "rtn": "#f7b6d2",
+    "gptq": "#aec7e8",
+    "billm": "#ffbb78",
+}
+_EXTRA_COLORS = ["#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
+
+
+def color(name: str, others: list[str] | None = None) -> str:
+    """The method's colour (METHOD_COLORS); a name not there gets the next spare colour by its place in
+    `others` (the study's list of such names, so a study's own labels keep one colour across panels)."""
+    if name in METHOD_COLORS:
+        return METHOD_COLORS[name]
+    others = [o for o in (others or [name]) if o not in METHOD_COLORS]
+    return _EXTRA_COLORS[others.index(name) % len(_EXTRA_COLORS)] if name in others else _EXTRA_COLORS[0]
+
+
+def read_csv(path: str, numeric=METRICS + ("step_time_vs_fp", "eval_ppl", "fp_eval_bpb")) -> list[dict]:
+    """A study's results.csv as dicts; the `numeric` columns as floats (None where empty), the rest strings."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in r:
+            if k in numeric:
+                r[k] = float(r[k]) if r[k] not in ("", None) else None
+    return rows
+
+
+def group_rows(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
+    """rows grouped by the values of `keys`, in first-seen order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def points_panel(ax, labels: list[str], values: list[list[float]], colors: list[str], fp: list[float] | None = None):
+    """Mean ± sample std of each label (error bars), every seed as a dot, and fp's mean ± std as a band."""
+    from bitjax import stats
+
+    if fp:
+        m = statistics.mean(fp)
+        s = statistics.stdev(fp) if len(fp) > 1 else 0.0
+        ax.axhspan(m - s, m + s, color="grey", alpha=0.2, lw=0, label=f"fp mean ± std (n={len(fp)})")
+        ax.axhline(m, color="grey", lw=0.8)
+    for i, (ys, c) in enumerate(zip(values, colors)):
+        ys = stats._clean(ys)
+        ax.errorbar(
+            [i], [statistics.mean(ys)], yerr=[statistics.stdev(ys) if len(ys) > 1 else 0.0], fmt="o", color=c, capsize=4
+        )
+        ax.plot([i + 0.12] * len(ys), ys, ".", color="k", ms=3)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+def table(groups: dict[tuple, list[dict]], headers: list[str], metrics: list[tuple[str, str, str]]) -> list[str]:
+    """Markdown rows: the group's values, n, then mean ± sample std of each (column, header, format)."""
+    from bitjax import stats
+
+    lines = ["| " + " | ".join([*headers, "n", *(h for _, h, _ in metrics)]) + " |"]
+    lines.append("|" + "---|" * (len(headers) + 1 + len(metrics)))
+    for g, rs in groups.items():
+        cells = [*g, str(len(rs)), *(stats.mean_std([r[c] for r in rs], f) for c, _, f in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, or None (and a note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install 'bitjax[plots]'): no plots", file=sys.stderr)
+        return None
+    return plt
 
 
 # ============================================================================ CLI

@@ -1,72 +1,60 @@
-"""One table (results.md) and plots (loss_curves.png, eval_bpb.png) over the two sweeps of run.sh.
+"""results.md and eval_bpb.png of the Bi-Mamba study, from results.csv alone.
 
-    python experiments/bimamba_tiny/combine.py WORKDIR OUT_DIR
+    python experiments/bimamba_tiny/combine.py [OUT_DIR]      # default: this directory
 
-Settings: FP Mamba-2 and Bi-Mamba from scratch (WORKDIR/scratch), Bi-Mamba distilled from the FP Mamba-2
-and from the FP transformer (WORKDIR/distilled); mean ± std over 3 seeds. Train loss is the label
-cross-entropy for every run (a distilled run's objective is its distillation loss; bitjax.sweep reports
-its label_loss), so the curves compare.
+results.csv holds each run's eval bits/byte as the README's prose gave them (3 decimals): the workdirs, and
+with them the per-seed train/eval losses and tokens/s, are gone (`source` says so). When run.sh re-runs them,
+collect.py rewrites results.csv from the workdirs with every metric (source = run).
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from bitjax import sweep
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from bitjax import stats, sweep
 
-TEACHERS = {
-    "teacher_mamba2": "Bi-Mamba, distilled from FP Mamba-2",
-    "teacher_transformer": "Bi-Mamba, distilled from FP transformer",
-}
-
-
-def setting(point: sweep.Point) -> str:
-    if "quant" in point.values:
-        return {"fp": "FP Mamba-2", "bimamba": "Bi-Mamba, from scratch"}[point.values["quant"]]
-    return TEACHERS[os.path.basename(point.values["distill.teacher_workdir"])]
+COMPARE = [
+    ("Bi-Mamba, from scratch", "FP Mamba-2"),
+    ("Bi-Mamba, distilled from FP Mamba-2", "Bi-Mamba, from scratch"),
+    ("Bi-Mamba, distilled from FP transformer", "Bi-Mamba, from scratch"),
+]
 
 
-def main(workdir: str, out: str):
-    W = workdir
-    sweeps = [
-        (
-            os.path.join(W, "scratch"),
-            sweep.make_points("configs/mamba2.py:size=tiny", [("quant", ["fp", "bimamba"]), ("seed", ["0", "1", "2"])]),
-        ),
-        (
-            os.path.join(W, "distilled"),
-            sweep.make_points(
-                "configs/mamba2.py:quant=bimamba,size=tiny",
-                [("distill.teacher_workdir", [os.path.join(W, t) for t in TEACHERS]), ("seed", ["0", "1", "2"])],
-            ),
-        ),
-    ]
-    groups: dict[tuple, list[dict]] = {}
-    for wd, points in sweeps:
-        for p in points:
-            r = sweep.point_result(p, wd)
-            if r is None:
-                raise SystemExit(f"{os.path.join(wd, p.name)} is not finished: run run.sh first")
-            groups.setdefault((setting(p),), []).append(r)
-    ms = sweep._mean_std  # "mean ± std", as the sweep's own tables
+def main(out=HERE):
+    rows = sweep.read_csv(os.path.join(HERE, "results.csv"))
+    groups = sweep.group_rows(rows, ["setting"])
+    names = [g for (g,) in groups]
+    bpb = {g: [r["eval_bpb"] for r in groups[(g,)]] for g in names}
+    seeds = {g: [r["seed"] for r in groups[(g,)]] for g in names}
     lines = [
-        "| setting | runs | final train loss (label CE) | eval loss (nats/token) | eval bits/byte | tokens/s |",
-        "|---|---|---|---|---|---|",
+        (
+            f"{len(rows)} runs; mean ± sample std over seeds {', '.join(sorted({r['seed'] for r in rows}))} "
+            "(per-run values recovered at 3 decimals)."
+        ),
+        "",
     ]
-    for (name,), rs in groups.items():
-        lines.append(
-            f"| {name} | {len(rs)} | {ms([r['train_loss'] for r in rs], '.4f')} | "
-            f"{ms([r['eval_loss'] for r in rs], '.4f')} | {ms([r['eval_bpb'] for r in rs], '.4f')} | "
-            f"{ms([r['tokens_per_s'] for r in rs], '.0f')} |"
-        )
-        for r in rs:
-            print(f"{name:45s} seed {r.get('seed')}: eval bpb {r['eval_bpb']:.4f}")
+    lines += sweep.table(groups, ["setting"], [("eval_bpb", "eval bits/byte", ".4f")])
+    lines += ["", "Comparisons (eval bits/byte; Welch t over independently trained seeds, per-seed signs):", ""]
+    for a, b in COMPARE:
+        lines.append(f"- {a} − {b}: {stats.welch(bpb[a], bpb[b], seeds[a], seeds[b]).text()}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    sweep.plot([r for rs in groups.values() for r in rs], groups, ["setting"], out)
+    plt = sweep.pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors = [sweep.color("fp"), sweep.color("b158"), sweep.color("fbi"), sweep.color("bitnet")]
+    labels = [n.replace(", ", ",\n") for n in names]
+    sweep.points_panel(ax, labels, [bpb[n] for n in names], colors, fp=bpb["FP Mamba-2"])
+    ax.set(xlabel="Mamba-2 tiny run", ylabel="eval bits/byte (lower is better)")
+    ax.set_title(f"Bi-Mamba vs FP Mamba-2: mean ± std, dots = seeds (n={len(bpb[names[0]])})", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:2])

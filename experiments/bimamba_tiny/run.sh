@@ -11,5 +11,6 @@ python -m bitjax.main --config configs/transformer.py:quant=fp,size=tiny --workd
 python -m bitjax.sweep --config configs/mamba2.py:quant=bimamba,size=tiny \
     --grid "distill.teacher_workdir=$W/teacher_mamba2,$W/teacher_transformer" --grid seed=0,1,2 \
     --workdir "$W/distilled"
-# 4. One table and one plot over all of them.
-python experiments/bimamba_tiny/combine.py "$W" experiments/bimamba_tiny
+# 4. One row per run, then the table and the plot from that csv alone.
+python experiments/bimamba_tiny/collect.py "$W" experiments/bimamba_tiny/results.csv   # one row per run
+python experiments/bimamba_tiny/combine.py   # results.md and eval_bpb.png from that csv alone

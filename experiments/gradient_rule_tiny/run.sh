@@ -6,4 +6,5 @@ set -euo pipefail
 W=${W:-workdirs/gradient_rule_tiny}
 python -m bitjax.sweep --config configs/transformer.py:size=tiny --grid quant=bitnet,b158 \
     --grid model.quant.grad=identity,clipped,approx_sign --grid seed=0,1,2 --workdir "$W"
-cp "$W/results.md" "$W/results.csv" "$W/loss_curves.png" "$W/eval_bpb.png" experiments/gradient_rule_tiny/
+cp "$W/results.csv" experiments/gradient_rule_tiny/   # one row per run
+python experiments/gradient_rule_tiny/combine.py   # results.md and eval_bpb.png from that csv alone

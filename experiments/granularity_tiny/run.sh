@@ -7,4 +7,5 @@ W=${W:-workdirs/granularity_tiny}
 python -m bitjax.sweep --config configs/transformer.py:quant=b158,size=tiny \
     --grid "model.quant.rules=*_proj: weight.granularity=tensor,*_proj: weight.granularity=channel,*_proj: weight.granularity=group128,*_proj: weight.granularity=group32" \
     --grid seed=0,1,2 --workdir "$W"
-cp "$W/results.md" "$W/results.csv" "$W/loss_curves.png" "$W/eval_bpb.png" experiments/granularity_tiny/
+cp "$W/results.csv" experiments/granularity_tiny/   # one row per run
+python experiments/granularity_tiny/combine.py   # results.md and eval_bpb.png from that csv alone

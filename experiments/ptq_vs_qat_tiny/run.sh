@@ -15,4 +15,5 @@ for s in 0 1 2; do
   done; done
   [ -f "$P/seed=$s/billm1/ptq.json" ] || echo "python -m bitjax.ptq --workdir '$fp' --method billm --out '$P/seed=$s/billm1'"
 done | xargs -P 2 -I{} bash -c '{} > /dev/null'
-python experiments/ptq_vs_qat_tiny/combine.py "$W" "$P" experiments/ptq_vs_qat_tiny
+python experiments/ptq_vs_qat_tiny/collect.py "$W" "$P" experiments/ptq_vs_qat_tiny/results.csv
+python experiments/ptq_vs_qat_tiny/combine.py   # results.md and ptq_vs_qat.png from that csv alone

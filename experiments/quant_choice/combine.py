@@ -1,47 +1,27 @@
-"""The tables (results.md, results.csv) and plots (eval_bpb.png, loss_curves.png) of run.sh's runs.
+"""results.md and eval_bpb.png of the quantizer-choice study, from results.csv alone.
 
-    python experiments/quant_choice/combine.py WORKDIR OUT_DIR
+    python experiments/quant_choice/combine.py [OUT_DIR]      # default: this directory
 
-Reads WORKDIR/<point> for run.sh's steps: the LR tuning at `tiny` (seed 0) and the 3 seeds of each method
-at its CPU_LR (configs/transformer.py) there (all required); the LR tuning at `mini` (seed 0), the seeds of
-each method at its best LR of that tuning, and the architecture-matched FP controls (those that finished;
-the tables give n). Fails naming the first missing `tiny` point.
+results.csv: one row per run (size, quant, lr, seed); `quant` is a method or an fp control with one of a
+method's architecture changes (fp+out_norm, fp+relu2). `source` says where a row comes from: `run` (the
+run's metrics.jsonl, via the old combine.py) or the committed results.md the LR-tuning rows were recovered
+from after their workdirs were gone (eval bits/byte at 4 decimals, no losses).
+
+The LR of each method at each size was chosen on seed 0, and seed 0 is one of the three reported seeds:
+the tables therefore also give the mean over seeds 1–2 alone (not used to choose) and seed 0 minus it.
 """
 
-import csv
 import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lr import ROOT, cpu_lr
-
-sys.path.insert(0, ROOT)
-from bitjax import sweep
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from bitjax import stats, sweep
 
 METHODS = ["fp", "b158", "bitnet", "a48", "fbi", "onebit", "pb_llm", "rtn2", "rtn3", "rtn4"]
-TUNING_LRS = ["3e-4", "1e-3", "3e-3", "1e-2"]  # run.sh step 1: {1e-3, 3e-3}, then one more past the better
-MINI_LRS = ["3e-4", "1e-3", "3e-3"]  # run.sh step 3
-SEEDS = ["0", "1", "2"]
-# run.sh step 5: fp with one of OneBit's / a4.8's architecture changes: {label: (grid extras, what)}
-CONTROLS = {
-    "fp+out_norm": (
-        [("model.quant.rules", "*_proj:out_norm=layer")],
-        "fp + OneBit's affine-free LayerNorm on every projection's output",
-    ),
-    "fp+relu2": ([("model.activation", "relu2")], "fp + a4.8's ReLU² GLU"),
-}
-CONTROL_OF = {"onebit": "fp+out_norm", "a48": "fp+relu2"}
-CONTROL_ROWS = [
-    ("fp", "1e-3"),
-    ("fp+out_norm", "1e-3"),
-    ("onebit", "1e-3"),
-    ("fp+relu2", "1e-3"),
-    ("a48", "1e-3"),
-    ("fp", "3e-3"),
-    ("fp+relu2", "3e-3"),
-    ("a48", "3e-3"),
-]
+SIZES = ["tiny", "mini"]
+LRS = ["3e-4", "1e-3", "3e-3", "1e-2"]
 WHAT = {
     "fp": "full precision",
     "b158": "ternary absmean W, int8 absmax acts",
@@ -53,224 +33,164 @@ WHAT = {
     "rtn2": "2-bit GPTQ grid (QAT)",
     "rtn3": "3-bit GPTQ grid (QAT)",
     "rtn4": "4-bit GPTQ grid (QAT)",
+    "fp+out_norm": "fp + OneBit's affine-free LayerNorm on every projection's output",
+    "fp+relu2": "fp + a4.8's ReLU² GLU",
 }
+# pairs of methods (each at its chosen LR) the README's reading compares, besides each method vs fp
+READING = {
+    "tiny": [
+        ("rtn3", "rtn4"),
+        ("rtn2", "rtn3"),
+        ("rtn2", "rtn4"),
+        ("rtn2", "b158"),
+        ("rtn3", "b158"),
+        ("a48", "b158"),
+        ("fbi", "b158"),
+        ("pb_llm", "b158"),
+        ("onebit", "b158"),
+        ("onebit", "rtn2"),
+        ("bitnet", "onebit"),
+    ],
+    "mini": [("rtn3", "rtn4"), ("rtn2", "rtn3"), ("a48", "b158"), ("bitnet", "rtn2")],
+}
+# (method, its lr, control, the control's lr): the comparisons the reading makes at `mini`
+CONTROLS = [
+    ("fp+out_norm", "1e-3", "fp", "1e-3"),
+    ("onebit", "1e-3", "fp+out_norm", "1e-3"),
+    ("fp+relu2", "1e-3", "fp", "1e-3"),
+    ("a48", "3e-3", "fp+relu2", "1e-3"),
+    ("a48", "1e-3", "fp+relu2", "1e-3"),
+    ("fp+relu2", "3e-3", "fp", "3e-3"),
+]
 
 
-def results(workdir, grid, seeds, partial=False):
-    """The finished points of `grid` ((key, value) pairs, run.sh's order) × seeds; a missing one is an
-    error unless `partial` (then it is left out)."""
-    points = sweep.make_points("configs/transformer.py", [(k, [v]) for k, v in grid] + [("seed", seeds)])
-    out = []
-    for p in points:
-        r = sweep.point_result(p, workdir)
-        if r is None and not partial:
-            raise SystemExit(f"{os.path.join(workdir, p.name)} is not finished: run run.sh first")
-        out += [r] if r is not None else []
-    return out
-
-
-def point(size, method, lr, extra=()):
-    return [("size", size), ("quant", method), *extra, ("optim.lr", lr)]
-
-
-def ms(xs, f=".4f"):
-    return sweep._mean_std(xs, f)  # 'mean ± std', or the value alone for one run: as the sweep's tables
-
-
-def seed0_bpb(workdir, size, method, lr):
-    """Eval bits/byte of the seed-0 point, None if that point never started (or, at `mini`, is unfinished;
-    a half-run `tiny` one is an error)."""
-    name = sweep.safe_name({"size": size, "quant": method, "optim.lr": lr, "seed": "0"})
-    if not os.path.isdir(os.path.join(workdir, name)):
-        return None
-    rs = results(workdir, point(size, method, lr), ["0"], partial=size != "tiny")
-    return rs[0]["eval_bpb"] if rs else None
-
-
-def lr_table(bpb0, lrs, chosen):
-    """Markdown rows: each method's seed-0 eval bits/byte at every LR of `lrs` that ran; chosen[m] last.
-
-    bpb0: {(method, lr): eval bits/byte or None}."""
-    lines = ["| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " | chosen |", "|---|" + "---|" * (len(lrs) + 1)]
-    for m in METHODS:
-        cells = ["" if bpb0[(m, lr)] is None else f"{bpb0[(m, lr)]:.4f}" for lr in lrs]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {chosen[m]} |")
-    return lines
-
-
-def main(workdir, out):
-    os.chdir(ROOT)  # the point names hold configs/transformer.py relative to the repository root
-    tiny0 = {(m, lr): seed0_bpb(workdir, "tiny", m, lr) for m in METHODS for lr in TUNING_LRS}
-    mini0 = {(m, lr): seed0_bpb(workdir, "mini", m, lr) for m in METHODS for lr in MINI_LRS}
-    tuned = {m: cpu_lr(m) for m in METHODS}
-    # run.sh step 3: each method's best seed-0 LR at `mini`, where its seeds 1 and 2 ran
-    mini_best = {
-        m: min((lr for lr in MINI_LRS if mini0[(m, lr)] is not None), key=lambda lr: mini0[(m, lr)]) for m in METHODS
+def main(out=HERE):
+    rows = sweep.read_csv(os.path.join(HERE, "results.csv"))
+    runs = sweep.group_rows(rows, ["size", "quant", "lr"])
+    seed0 = {k: next((r["eval_bpb"] for r in rs if r["seed"] == "0"), None) for k, rs in runs.items()}
+    # the reported LR: the one that ran every seed (for a method, the argmin of its seed-0 tuning row)
+    chosen = {
+        (s, m): max(
+            (lr for lr in LRS if (s, m, lr) in runs), key=lambda lr: (len(runs[(s, m, lr)]), -seed0[(s, m, lr)])
+        )
+        for s in SIZES
+        for m in METHODS
     }
-    lines = ["## LR tuning at `tiny` (seed 0): eval bits/byte", ""]
-    lines += lr_table(tiny0, TUNING_LRS, tuned)
-    lines += ["", "## LR tuning at `mini` (seed 0): eval bits/byte", ""]
-    lines += lr_table(mini0, MINI_LRS, mini_best)
-
-    rows, groups = [], {}
-
-    def collect(key, label, grid, seeds, partial, required=True):
-        rs = results(workdir, grid, seeds, partial=partial)
-        if not rs and not required:
-            return
-        if not rs:
-            raise SystemExit(f"no finished run of {grid} in {workdir}: run run.sh first")
-        groups[(key, label)] = rs
-        g = dict(grid)  # label: the method, or the control's name (fp + an architecture change)
-        rows.extend(
-            {
-                "size": g["size"],
-                "quant": label,
-                "lr": g["optim.lr"],
-                "seed": r["seed"],
-                "train_loss": r["train_loss"],
-                "eval_loss": r["eval_loss"],
-                "eval_bpb": r["eval_bpb"],
-            }
-            for r in rs
-        )
-
-    for m in METHODS:
-        collect("tiny", m, point("tiny", m, tuned[m]), SEEDS, partial=False)
-        collect("mini", m, point("mini", m, mini_best[m]), SEEDS, partial=True)
-    for label, lr in CONTROL_ROWS:  # fp, its architecture variants, and the methods they are controls for
-        extra = CONTROLS[label][0] if label in CONTROLS else []
-        collect(
-            ("controls", lr),
-            label,
-            point("mini", "fp" if label in CONTROLS else label, lr, extra),
-            SEEDS,
-            partial=True,
-            required=False,
-        )
-    rows = list({(r["size"], r["quant"], r["lr"], r["seed"]): r for r in rows}.values())
-    bpb = {k: [r["eval_bpb"] for r in rs] for k, rs in groups.items()}
-    mean = lambda k, m: statistics.mean(bpb[(k, m)])
-    keys = ["tiny", "mini"]
+    bpb = lambda k: [r["eval_bpb"] for r in runs[k]]
+    seeds = lambda k: [r["seed"] for r in runs[k]]
+    lines = []
+    for s in SIZES:
+        lines += [f"## LR tuning at `{s}` (seed 0): eval bits/byte", ""]
+        lines += [
+            "| method | " + " | ".join(f"lr {lr}" for lr in LRS) + " | chosen (lowest) |",
+            "|---|" + "---|" * (len(LRS) + 1),
+        ]
+        for m in METHODS:
+            cells = ["" if seed0.get((s, m, lr)) is None else f"{seed0[(s, m, lr)]:.4f}" for lr in LRS]
+            best = min((lr for lr in LRS if seed0.get((s, m, lr)) is not None), key=lambda lr: seed0[(s, m, lr)])
+            assert best == chosen[(s, m)], (s, m, best, chosen[(s, m)])  # the seeds ran at the seed-0 winner
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {best} |")
+        lines.append("")
+    for s in SIZES:
+        fpk = (s, "fp", chosen[(s, "fp")])
+        lines += [
+            f"## `{s}`: each method at its LR chosen at `{s}`: eval bits/byte",
+            "",
+            (
+                "mean ± sample std over n seeds; − fp: Welch t over the independently trained seeds, per-seed signs "
+                "(seeds 0, 1, 2); seeds 1–2: the mean without seed 0, which chose the LR; bias: seed 0 − that mean."
+            ),
+            "",
+            "| method | what | lr | n | eval bits/byte | − fp | seeds 1–2 | seed 0 − seeds 1–2 | − fp, seeds 1–2 only |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in METHODS:
+            k = (s, m, chosen[(s, m)])
+            t = "" if m == "fp" else stats.welch(bpb(k), bpb(fpk), seeds(k), seeds(fpk)).text()
+            later = [r["eval_bpb"] for r in runs[k] if r["seed"] != "0"]
+            fp_later = [r["eval_bpb"] for r in runs[fpk] if r["seed"] != "0"]
+            t12 = "" if m == "fp" else stats.welch(later, fp_later).text()
+            lines.append(
+                f"| {m} | {WHAT[m]} | {k[2]} | {len(runs[k])} | {stats.mean_std(bpb(k))} | {t} | "
+                f"{stats.mean_std(later)} | {seed0[k] - statistics.mean(later):+.4f} | {t12} |"
+            )
+        order = stats.ordering({m: bpb((s, m, chosen[(s, m)])) for m in METHODS})
+        bias = [
+            seed0[k] - statistics.mean(r["eval_bpb"] for r in runs[k] if r["seed"] != "0")
+            for k in ((s, m, chosen[(s, m)]) for m in METHODS)
+        ]
+        lines += ["", f"Other comparisons the reading makes at `{s}` (Welch t, per-seed signs):", ""]
+        for a, b in READING[s]:
+            ka, kb = (s, a, chosen[(s, a)]), (s, b, chosen[(s, b)])
+            lines.append(f"- {a} − {b}: {stats.welch(bpb(ka), bpb(kb), seeds(ka), seeds(kb)).text()}")
+        lines += [
+            "",
+            f"Ordering at `{s}` (groups that differ, bitjax.stats.groups: Welch |t| ≥ 2): {order}",
+            "",
+            (
+                f"Seed 0 − seeds 1–2 over the {len(METHODS)} methods: {stats.mean_std(bias)} (mean ± std): the "
+                "reported means (seeds 0–2) include this third of it."
+            ),
+            "",
+        ]
+    lines += [
+        "## Architecture-matched FP controls at `mini`: eval bits/byte",
+        "",
+        "| run | what | lr | n | eval bits/byte |",
+        "|---|---|---|---|---|",
+    ]
+    shown = list(dict.fromkeys([(a, la) for a, la, _, _ in CONTROLS] + [(b, lb) for _, _, b, lb in CONTROLS]))
+    for m, lr in sorted(shown, key=lambda x: (x[1], x[0] != "fp", x[0])):
+        k = ("mini", m, lr)
+        lines.append(f"| {m} | {WHAT[m]} | {lr} | {len(runs[k])} | {stats.mean_std(bpb(k))} |")
+    lines += ["", "Comparisons (Welch t, per-seed signs):", ""]
+    for a, la, b, lb in CONTROLS:
+        ka, kb = ("mini", a, la), ("mini", b, lb)
+        lines.append(f"- {a} ({la}) − {b} ({lb}): {stats.welch(bpb(ka), bpb(kb), seeds(ka), seeds(kb)).text()}")
     lines += [
         "",
-        "## Each method at its tuned LR: eval bits/byte (mean ± std over n seeds; Δ = mean − fp's mean)",
+        "## Final train loss and eval loss (nats/token), mean ± std over the same seeds",
         "",
-        "`tiny`: at CPU_LR (tuned at `tiny`); `mini`: at the LR tuned at `mini` (seed 0, table above).",
-        "",
-        "| method | what | tiny lr | tiny | n | Δ | mini lr | mini | n | Δ |",
-        "|---|" + "---|" * 9,
+        "| method | " + " | ".join(f"{s} train | {s} eval" for s in SIZES) + " |",
+        "|---|" + "---|---|" * len(SIZES),
     ]
     for m in METHODS:
         cells = []
-        for k, lr in (("tiny", tuned[m]), ("mini", mini_best[m])):
-            delta = "" if m == "fp" else f"{mean(k, m) - mean(k, 'fp'):+.3f}"
-            cells += [lr, ms(bpb[(k, m)]), str(len(bpb[(k, m)])), delta]
-        lines.append(f"| {m} | {WHAT[m]} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        (
-            "## Architecture-matched FP controls at `mini`: eval bits/byte (Δ fp: mean − fp's mean at the same "
-            "lr; Δ control: the method's mean − its control's, fp with the same architecture, at the same lr)"
-        ),
-        "",
-        "| run | what | lr | n | eval bits/byte | Δ fp | Δ control |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, lr in CONTROL_ROWS:
-        k = ("controls", lr)
-        if (k, label) not in bpb:
-            continue
-        what = CONTROLS[label][1] if label in CONTROLS else WHAT[label]
-        d_fp = "" if label == "fp" else f"{mean(k, label) - mean(k, 'fp'):+.3f}"
-        ctl = CONTROL_OF.get(label)
-        d_ctl = f"{mean(k, label) - mean(k, ctl):+.3f} (vs {ctl})" if (k, ctl) in bpb else ""
-        lines.append(f"| {label} | {what} | {lr} | {len(bpb[(k, label)])} | {ms(bpb[(k, label)])} | {d_fp} | {d_ctl} |")
-    lines += [
-        "",
-        "Final train loss and eval loss (nats/token), mean ± std over the same seeds:",
-        "",
-        "| method | " + " | ".join(f"{k} train | {k} eval" for k in keys) + " |",
-        "|---|" + "---|---|" * len(keys),
-    ]
-    for m in METHODS:
-        cells = []
-        for k in keys:
-            cells += [ms([r["train_loss"] for r in groups[(k, m)]]), ms([r["eval_loss"] for r in groups[(k, m)]])]
+        for s in SIZES:
+            rs = runs[(s, m, chosen[(s, m)])]
+            cells += [stats.mean_std([r["train_loss"] for r in rs]), stats.mean_std([r["eval_loss"] for r in rs])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print("\n".join(lines))
-    plot(groups, bpb, keys, out)
 
-
-def plot(groups, bpb, keys, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(16, 4.6))
-    for ax, s in zip(axes, keys):
-        means = [statistics.mean(bpb[(s, m)]) for m in METHODS]
-        stds = [statistics.stdev(bpb[(s, m)]) if len(bpb[(s, m)]) > 1 else 0.0 for m in METHODS]
-        ax.axhspan(means[0] - stds[0], means[0] + stds[0], color="grey", alpha=0.2, lw=0, label="fp ± std")
-        ax.errorbar(range(len(METHODS)), means, yerr=stds, fmt="o", capsize=4)
-        for i, m in enumerate(METHODS):  # the seeds themselves: 3 runs are too few to hide behind a bar
-            ax.plot([i] * len(bpb[(s, m)]), bpb[(s, m)], ".", color="k", ms=3)
-        ax.set_xticks(range(len(METHODS)), METHODS, rotation=30, ha="right")
-        n = sorted({len(bpb[(s, m)]) for m in METHODS})
-        ax.set(
-            title=f"{s}, each at its {s}-tuned LR ({'/'.join(map(str, n))} seed{'s' if n != [1] else ''})",
-            ylabel="eval bits/byte",
-        )
+    plt = sweep.pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, len(SIZES) + 1, figsize=(17, 4.8))
+    names = METHODS + ["fp+out_norm", "fp+relu2"]
+    for ax, s in zip(axes, SIZES):
+        ks = [(s, m, chosen[(s, m)]) for m in METHODS]
+        sweep.points_panel(ax, METHODS, [bpb(k) for k in ks], [sweep.color(m, names) for m in METHODS], fp=bpb(ks[0]))
+        ax.set(xlabel="method (each at its LR chosen at this size)", ylabel="eval bits/byte (lower is better)")
+        ax.set_title(f"{s}: mean ± std, dots = seeds (n=3)", fontsize=10)
         ax.legend(fontsize=8)
-    ctl = [(label, lr) for label, lr in CONTROL_ROWS if (("controls", lr), label) in bpb]
     ax = axes[-1]
-    for i, (label, lr) in enumerate(ctl):
-        ys = bpb[(("controls", lr), label)]
-        ax.errorbar(
-            [i],
-            [statistics.mean(ys)],
-            yerr=[statistics.stdev(ys) if len(ys) > 1 else 0.0],
-            fmt="o",
-            capsize=4,
-            color="C1" if label.startswith("fp") else "C0",
-        )
-        ax.plot([i] * len(ys), ys, ".", color="k", ms=3)
-    ax.set_xticks(range(len(ctl)), [f"{label} {lr}" for label, lr in ctl], rotation=30, ha="right")
-    ax.set(title="mini: methods vs fp with their architecture", ylabel="eval bits/byte")
+    ctl = [("fp", "1e-3"), ("fp+out_norm", "1e-3"), ("onebit", "1e-3"), ("fp+relu2", "1e-3"), ("a48", "3e-3")]
+    sweep.points_panel(
+        ax,
+        [f"{m} (lr {lr}, n={len(runs[('mini', m, lr)])})" for m, lr in ctl],
+        [bpb(("mini", m, lr)) for m, lr in ctl],
+        [sweep.color(m, names) for m, _ in ctl],
+        fp=bpb(("mini", "fp", "1e-3")),
+    )
+    ax.set(xlabel="run", ylabel="eval bits/byte (lower is better)")
+    ax.set_title("mini: OneBit and a4.8 vs fp with their architecture", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(15, 4.4), sharey=True)
-    for ax, s in zip(axes, keys):
-        for m in METHODS:
-            steps, ys = sweep.seed_curves(groups[(s, m)])
-            ax.plot(
-                steps,
-                [statistics.mean(col) for col in zip(*ys)],
-                lw=1.1,
-                label=m,
-                ls="-" if m in ("fp", "b158") else "--",
-            )
-        ax.set(
-            title=f"{s}, each at its {s}-tuned LR: train loss, mean over seeds",
-            xlabel="step",
-            ylabel="train loss (nats/token)",
-            ylim=(1.5, 3.5),
-        )
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
-    plt.close(fig)
-
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:2])

@@ -39,5 +39,6 @@ done | run2
       --grid seed=0,1,2
   sweep --grid size=mini --grid quant=fp --grid model.activation=relu2 --grid optim.lr=1e-3 --grid seed=0,1,2
   sweep --grid size=mini --grid quant=fp --grid model.activation=relu2 --grid optim.lr=3e-3 --grid seed=0; } | run2
-# 6. Tables and plots.
-python experiments/quant_choice/combine.py "$W" experiments/quant_choice
+# 6. One row per run, then the tables and plots from that csv alone.
+python experiments/quant_choice/collect.py "$W" experiments/quant_choice/results.csv   # one row per run
+python experiments/quant_choice/combine.py   # results.md and eval_bpb.png from that csv alone

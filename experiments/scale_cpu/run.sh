@@ -7,4 +7,5 @@ set -euo pipefail
 W=${W:-workdirs/scale_cpu}
 python -m bitjax.sweep --config configs/transformer.py --grid size=nano,tiny,mini --grid quant=fp,b158 \
     --grid seed=0,1,2 --workdir "$W"
-cp "$W/results.md" "$W/results.csv" "$W/loss_curves.png" "$W/eval_bpb.png" experiments/scale_cpu/
+cp "$W/results.csv" experiments/scale_cpu/   # one row per run
+python experiments/scale_cpu/combine.py   # results.md and eval_bpb.png from that csv alone

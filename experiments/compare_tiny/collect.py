@@ -1,0 +1,36 @@
+"""One results.csv for compare_tiny: the seed-100 LR tuning (the sweep's own csv) and the reported seeds.
+
+    python experiments/compare_tiny/collect.py WORKDIR SCALE_CPU_CSV OUT_CSV
+
+role = tune: WORKDIR/results.csv (fp, b158 × {1e-3, 3e-3, 1e-2}, seed 100); role = report: the `tiny` rows
+of experiments/scale_cpu/results.csv (seeds 0–2 at the configs' LRs, fp 1e-3 and b158 3e-3).
+"""
+
+import csv
+import sys
+
+COLS = ["role", "quant", "lr", "seed", "train_loss", "eval_loss", "eval_bpb"]
+CONFIG_LR = {"fp": "1e-3", "b158": "3e-3"}  # configs/transformer.py's CPU_LR, what scale_cpu ran
+
+
+def main(workdir, scale_csv, out_csv):
+    with open(f"{workdir}/results.csv", newline="") as f:
+        rows = [
+            dict(role="tune", lr=r["optim.lr"], **{k: r[k] for k in COLS if k not in ("role", "lr")})
+            for r in csv.DictReader(f)
+        ]
+    with open(scale_csv, newline="") as f:
+        rows += [
+            dict(role="report", lr=CONFIG_LR[r["quant"]], **{k: r[k] for k in COLS if k not in ("role", "lr")})
+            for r in csv.DictReader(f)
+            if r["size"] == "tiny"
+        ]
+    with open(out_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, COLS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} runs → {out_csv}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
