@@ -7,7 +7,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "bitjax"
 
 # docs/ARCHITECTURE.md, bottom to top; a module may import its own layer and those below it.
 LAYERS = [
-    {"errors"},
+    {"errors", "stats"},
     {"quant"},
     {"config", "nn"},
     {"models", "data"},
