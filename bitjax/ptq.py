@@ -16,7 +16,8 @@ replaced by W̃:
     down_proj    X = act(gate)·up (after ffn_sub_norm), with gate/up already quantized
 Only one H is held at a time. embed_tokens, lm_head and the norms stay full precision (as in GPTQ).
 
-Methods (bitjax.quant.ptq_methods): `rtn` (round to nearest on GPTQ's grid; ignores H), `gptq`
+Methods (bitjax.quant.ptq_methods): `rtn` (round to nearest on GPTQ's grid; H is not used to
+quantize, only to report the same layer error as gptq's, so the two compare per projection), `gptq`
 (bitjax.quant.gptq), both k-bit asymmetric per output channel or per `--group_size` input rows; `billm`
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
