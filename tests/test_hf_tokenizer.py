@@ -16,10 +16,12 @@ import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
 
+import builders
+
 from bitjax.data import config as data_config
 from bitjax.data import tokenizers as tok_lib
 
-TEXT = "déjà vu — naïve café 東京 🙂\n\tdef f(x):  return x ** 2  # ok"
+TEXT = builders.TEXT
 
 
 def stdlib_text(name, n=20000):
@@ -27,31 +29,7 @@ def stdlib_text(name, n=20000):
         return f.read()[:n]
 
 
-def train(kind, d, vocab_size=None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    if kind == "bytelevel":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size or 400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        )
-    else:
-        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
-        byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials + byte_pieces)
-    # TEXT in the corpus: a SentencePiece-style BPE has every character of it (BpeTrainer leaves the
-    # <0xXX> pieces as added tokens, outside its model, so its byte fallback is not exercised here)
-    tok.train_from_iterator([stdlib_text("calendar.py"), stdlib_text("textwrap.py"), TEXT], trainer)
-    os.makedirs(d, exist_ok=True)
-    tok.save(os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": "{{ x }}"}, f)
-    return d
+train = builders.hf_tokenizer  # (kind, directory) → the directory, holding a trained tokenizer.json
 
 
 @pytest.fixture(scope="module", params=["bytelevel", "sentencepiece"])
