@@ -302,3 +302,37 @@ def test_fp_gguf_refusals(tmp_path):
     cfg.activation = "relu2"
     with pytest.raises(ValueError, match="activation=silu"):
         save_gguf(model, cfg, str(tmp_path / "b.gguf"), tokenizer=ByteTokenizer())
+
+
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0"])
+def test_bitnet_gguf_imports_back_into_b158(tmp_path, gguf_type):
+    """export (bitnet, TQ) → bitjax.import_gguf → load_hf: every projection re-quantizes to the exported codes
+    with γ = fp16(γ) of the file (F16-fallback rows included), the rest exact; logits follow."""
+    pytest.importorskip("safetensors")
+    pytest.importorskip("torch")
+    from bitjax.export.hf import load_hf
+    from bitjax.import_gguf import gguf_to_hf
+
+    cfg, model = b158(d_model=256, mlp_dim=512, n_layers=1)
+    path = str(tmp_path / "m.gguf")
+    save_gguf(model, cfg, path, gguf_type=gguf_type, tokenizer=ByteTokenizer())
+    gguf_to_hf(path, str(tmp_path / "hf"))
+    back_cfg, back = load_hf(str(tmp_path / "hf"))
+    assert back_cfg.quant.method == "b158" and back_cfg.sub_norm and back_cfg.tie_embeddings
+    assert back_cfg.activation == "silu" and back_cfg.rope_theta == cfg.rope_theta
+    for name, kernel in projections(model).items():
+        b = projections(back)[name]
+        c0, g0 = ternary_absmean_codes(jnp.asarray(kernel))
+        c1, g1 = ternary_absmean_codes(jnp.asarray(b))
+        np.testing.assert_array_equal(np.asarray(c1), np.asarray(c0), err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(g1, np.float32), np.asarray(g0).astype(np.float16).astype(np.float32), err_msg=name
+        )
+    from bitjax.export.hf import hf_state_dict
+
+    sa, sb = hf_state_dict(model), hf_state_dict(back)
+    for name in [n for n in sa if "_proj" not in n]:  # embeddings and every norm (sub-norms too): F32, exact
+        np.testing.assert_array_equal(sb[name], sa[name], err_msg=name)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 259, (2, 32)), jnp.int32)
+    a, b = np.asarray(model(tokens)), np.asarray(back(tokens))
+    assert np.abs(a - b).mean() < 2e-3 * np.abs(a).mean() and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
