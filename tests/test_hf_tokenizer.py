@@ -120,3 +120,32 @@ def test_a_run_trains_with_it_and_carries_it(tmp_path):
         json.dump(spec, f)
     with pytest.raises(errors.UserError, match="not the tokenizer this run was trained with"):
         plan_lib.restore(workdir)
+
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_chat_prompt_is_transformers_apply_chat_template(tmp_path):
+    """bitjax.sample --chat renders the prompt as transformers does (SmolLM2's ChatML-style template)."""
+    transformers = pytest.importorskip("transformers")
+    from bitjax import errors
+    from bitjax.sample import chat_prompt
+
+    d = train("bytelevel", str(tmp_path / "tok"))
+    conf = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**conf, "chat_template": CHATML}))
+    tok = tok_lib.HFTokenizer(d)
+    hf = transformers.AutoTokenizer.from_pretrained(d)
+    question = "What is the capital of France?"
+    want = hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    assert chat_prompt(tok, question) == want
+    assert want.endswith("<|im_start|>assistant\n")
+    im_start = tok.encode("<|im_start|>")  # the rendered specials encode as their ids
+    assert list(im_start) == [tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").token_to_id("<|im_start|>")]
+    with pytest.raises(errors.UserError, match="no chat template"):
+        chat_prompt(tok_lib.ByteTokenizer(), question)
