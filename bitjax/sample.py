@@ -41,7 +41,10 @@ def chat_prompt(tokenizer, text: str) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise errors.UserError(f"--chat: this run's tokenizer ({tokenizer.name}) has no chat template")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise errors.UserError("--chat needs jinja2: pip install 'bitjax[hf]' (or jinja2)") from None
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
