@@ -149,3 +149,13 @@ def test_chat_prompt_is_transformers_apply_chat_template(tmp_path):
     assert list(im_start) == [tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").token_to_id("<|im_start|>")]
     with pytest.raises(errors.UserError, match="no chat template"):
         chat_prompt(tok_lib.ByteTokenizer(), question)
+    # transformers 5 writes the template apart, as chat_template.jinja: read, and stored with the run
+    from bitjax.run import plan as plan_lib
+
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**conf, "chat_template": None}))
+    (tmp_path / "tok" / "chat_template.jinja").write_text(CHATML)
+    apart = tok_lib.HFTokenizer(d)
+    assert chat_prompt(apart, question) == want
+    plan_lib.store_tokenizer(str(tmp_path / "run"), apart)
+    stored = tok_lib.HFTokenizer(str(tmp_path / "run" / "tokenizer" / apart.name))
+    assert stored.chat_template == CHATML

@@ -70,6 +70,7 @@ def test_tokenizer_gives_transformers_ids(imported):
         np.testing.assert_array_equal(mine.encode(text), tok(text, add_special_tokens=False)["input_ids"])
         assert mine.decode(mine.encode(text)) == text
     assert (mine.bos_id, mine.eos_id) == (tok.bos_token_id, tok.eos_token_id)
+    assert mine.chat_template and mine.chat_template == tok.chat_template  # for bitjax.sample --chat
 
 
 def test_greedy_generation_gives_transformers_tokens(imported):

@@ -69,6 +69,8 @@ def save_tokenizer(tokenizer: tok_lib.Tokenizer, out_dir: str) -> list[str]:
         shutil.copyfile(tokenizer.model_path, os.path.join(out_dir, "tokenizer.json"))
         tok_json = tokenizer._tok
         conf.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        if tokenizer.chat_template:  # inline, wherever the source kept it
+            conf["chat_template"] = tokenizer.chat_template
         conf.setdefault("model_max_length", MAX_LENGTH)
         files = ["tokenizer.json"]
     else:
