@@ -5,7 +5,13 @@ Q6_K and the rest it knows) to float32 and renamed to transformers' Llama names.
 permutes the rows of attn_q / attn_k (convert_hf_to_gguf.py LlamaModel.permute: each head's rows
 interleaved for its rotate-adjacent RoPE); that permutation is undone here, back to HF's rotate-half
 layout. The tokenizer comes from `tokenizer.ggml.*` through transformers' GGUF converter (see
-_save_tokenizer). Not done yet (issue 27): bitnet-architecture files.
+_save_tokenizer).
+
+bitnet-architecture files (what bitjax.export --format gguf writes for b1.58: TQ2_0/TQ1_0 projections,
+each block d·codes with d = fp16(γ), or F16 of W̃ where rows hold no whole block) become an online HF
+BitNet directory (sub-norms, SiLU, tied head) whose projections are latent weights that b1.58 re-quantizes
+to the file's codes with γ = the file's d (bitjax.export.hf.latent_from_codes); no q/k permutation (the
+bitnet graph uses NEOX RoPE, HF's rotate-half).
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+BITNET_NAMES = {
+    "attn_sub_norm.weight": "self_attn.attn_sub_norm.weight",
+    "ffn_sub_norm.weight": "mlp.ffn_sub_norm.weight",
+}
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -41,6 +52,21 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     undone, i.e. reshape(n_head, d/2, 2, in) → swap → reshape(n_head·d, in)."""
     rows = w.shape[0]
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def latent_weight(w: np.ndarray, path: str, name: str) -> np.ndarray:
+    """Latent torch-layout (out, in) weights of a dequantized ternary projection W̃ = codes·γ (γ the blocks'
+    shared d): codes = W̃/γ, exactly ±1/0 (else the file is not b1.58: refused), then latent_from_codes."""
+    from bitjax.export.hf import latent_from_codes
+
+    gamma = float(np.abs(w).max())
+    if gamma == 0:
+        return np.zeros_like(w)
+    codes = w / np.float32(gamma)
+    if not np.isin(codes, (-1.0, 0.0, 1.0)).all():
+        raise errors.UserError(f"{path}: tensor {name} is not ternary with one scale (not a b1.58 projection)")
+    inv = np.float32(1.0) / np.float32(gamma)
+    return latent_from_codes(codes.T, inv).T  # latent_from_codes works in kernel (in, out) layout
 
 
 def _field(reader, key, default=None):
@@ -65,9 +91,10 @@ def gguf_to_hf(path: str, out_dir: str) -> None:
     except Exception as e:  # a file that is not GGUF, or cut short
         raise errors.UserError(f"{path} is not a readable GGUF file ({errors.one_line(e)})") from e
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise errors.UserError(f"{path}: GGUF architecture {arch!r} is not imported (llama only, for now)")
-    a = lambda k, d=None: _field(reader, f"llama.{k}", d)
+    if arch not in ("llama", "bitnet"):
+        raise errors.UserError(f"{path}: GGUF architecture {arch!r} is not imported (llama or bitnet)")
+    bitnet = arch == "bitnet"
+    a = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
     n_head, n_kv = a("attention.head_count"), a("attention.head_count_kv") or a("attention.head_count")
     state = {}
     for t in reader.tensors:
@@ -80,19 +107,22 @@ def gguf_to_hf(path: str, out_dir: str) -> None:
             name = GLOBAL_NAMES[t.name]
         else:
             parts = t.name.split(".", 2)
-            if parts[0] != "blk" or parts[2] not in BLOCK_NAMES:
-                raise errors.UserError(f"{path}: tensor {t.name} has no place in a Llama")
-            name = f"model.layers.{parts[1]}.{BLOCK_NAMES[parts[2]]}"
-            if parts[2] == "attn_q.weight":
+            names = {**BLOCK_NAMES, **BITNET_NAMES} if bitnet else BLOCK_NAMES
+            if parts[0] != "blk" or parts[2] not in names:
+                raise errors.UserError(f"{path}: tensor {t.name} has no place in a {'BitNet' if bitnet else 'Llama'}")
+            name = f"model.layers.{parts[1]}.{names[parts[2]]}"
+            if bitnet and parts[2].split(".")[0] in PROJECTIONS:
+                w = latent_weight(w, path, t.name)
+            elif parts[2] == "attn_q.weight" and not bitnet:
                 w = unpermute(w, n_head)
-            elif parts[2] == "attn_k.weight":
+            elif parts[2] == "attn_k.weight" and not bitnet:
                 w = unpermute(w, n_kv)
         state[name] = torch.from_numpy(np.array(w, np.float32, order="C"))  # a writable copy
     embed = state["model.embed_tokens.weight"]
     head_dim = a("attention.key_length") or embed.shape[1] // n_head
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": ["BitNetForCausalLM" if bitnet else "LlamaForCausalLM"],
+        "model_type": arch,
         "vocab_size": int(embed.shape[0]),
         "hidden_size": int(embed.shape[1]),
         "num_hidden_layers": a("block_count"),
@@ -106,6 +136,10 @@ def gguf_to_hf(path: str, out_dir: str) -> None:
         "hidden_act": "silu",
         "tie_word_embeddings": "lm_head.weight" not in state,
     }
+    if bitnet:
+        config["quantization_config"] = dict(
+            quant_method="bitnet", linear_class="autobitlinear", quantization_mode="online"
+        )
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1)

@@ -49,3 +49,41 @@ def losses(workdir):
             r = json.loads(line)
             by_step[r["step"]] = r["train_loss"]
     return [by_step[k] for k in sorted(by_step)]
+
+
+TEXT = "déjà vu — naïve café 東京 🙂\n\tdef f(x):  return x ** 2  # ok"
+
+
+def _stdlib_text(name, n=20000):
+    with open(os.path.join(STDLIB, name), encoding="utf-8") as f:
+        return f.read()[:n]
+
+
+def hf_tokenizer(kind, d, vocab_size=None):
+    """A small HF tokenizer.json (+ tokenizer_config.json: bos <|im_start|>, eos <|im_end|>, a chat template)
+    trained offline in `d` by the `tokenizers` library on two stdlib files and TEXT: kind 'bytelevel'
+    (GPT-2 style byte-level BPE, 400 pieces) or 'sentencepiece' (Metaspace BPE + <0xXX> pieces)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if kind == "bytelevel":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size or 400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+    else:
+        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+        byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials + byte_pieces)
+    # TEXT in the corpus: a SentencePiece-style BPE has every character of it (BpeTrainer leaves the
+    # <0xXX> pieces as added tokens, outside its model, so its byte fallback is not exercised here)
+    tok.train_from_iterator([_stdlib_text("calendar.py"), _stdlib_text("textwrap.py"), TEXT], trainer)
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": "{{ x }}"}, f)
+    return d

@@ -99,6 +99,10 @@ def test_exported_directory_loads_in_transformers_with_bitjax_logits(trained, tm
     ws = float(state["model.layers.0.self_attn.q_proj.weight_scale"][0])
     np.testing.assert_allclose(ws, 1 / gamma if linear_class == "bitlinear" else gamma, rtol=1e-7)
     assert info["projection_bytes"] * 7.9 <= info["projection_bf16_bytes"]
+    # the run's tokenizer comes along: HF's tokenizer of the export gives its bytes
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok("déjà  vu\n")["input_ids"] == list("déjà  vu\n".encode()) and hf_tok.eos_token_id == 258
+    assert transformers.GenerationConfig.from_pretrained(out).pad_token_id == 256
 
     hf = transformers.BitNetForCausalLM.from_pretrained(out).eval()
     cls = "BitLinear" if linear_class == "bitlinear" else "AutoBitLinear"

@@ -191,3 +191,148 @@ def test_cli_exports_a_trained_run(tmp_path, data_dir):
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert field(r, "bitnet.vocab_size") == 384 and field(r, "bitnet.block_count") == 1
     assert {t.tensor_type for t in r.tensors if t.name.endswith("ffn_up.weight")} == {gguf.GGMLQuantizationType.TQ1_0}
+
+
+# ---------------------------------------------------------------------------- fp runs: llama architecture
+def fp_llama(tie=True, vocab=384):
+    cfg = T.default_config()
+    cfg.update(dict(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128, tie_embeddings=tie))
+    return cfg, T.Transformer(cfg, rngs=nnx.Rngs(3))
+
+
+def q8_0_reference(x):
+    """ggml's Q8_0 restated (ggml-quants.c quantize_row_q8_0_ref): blocks of 32 along a row, d = max|x|/127,
+    q = roundf(x·(1/d)) (half away from zero, int8), d stored as fp16: x ≈ q·fp16(d)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+    r = b * np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    q = np.trunc(r + np.copysign(0.5, r))
+    return (q * d.astype(np.float16).astype(np.float32)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0"])
+def test_fp_run_exports_as_llama_and_reads_back(tmp_path, gguf_type):
+    from bitjax.export.hf import hf_state_dict
+
+    cfg, model = fp_llama(tie=gguf_type != "f16")
+    path = str(tmp_path / "m.gguf")
+    info = save_gguf(model, cfg, path, gguf_type=gguf_type, tokenizer=ByteTokenizer())
+    r = gguf.GGUFReader(path)
+    assert field(r, "general.architecture") == "llama" and field(r, "llama.block_count") == 2
+    assert field(r, "llama.attention.head_count_kv") == 2 and field(r, "llama.vocab_size") == 384
+    state = hf_state_dict(model)
+    got = {t.name: t for t in r.tensors}
+    assert ("output.weight" in got) == (gguf_type == "f16")  # untied head only
+    for hf_name, want in state.items():
+        parts = hf_name.split(".")
+        if hf_name == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif hf_name == "lm_head.weight":
+            name = "output.weight"
+        elif hf_name == "model.norm.weight":
+            name = "output_norm.weight"
+        else:
+            short = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
+            short.update(gate_proj="ffn_gate", up_proj="ffn_up", down_proj="ffn_down")
+            short.update(input_layernorm="attn_norm", post_attention_layernorm="ffn_norm")
+            name = f"blk.{parts[2]}.{short[parts[-2]]}.weight"
+        if parts[-2] in ("q_proj", "k_proj"):  # llama.cpp's permute: (heads, 2, d/2, in) → (heads, d/2, 2, in)
+            h = 4 if parts[-2] == "q_proj" else 2
+            want = want.reshape(h, 2, want.shape[0] // h // 2, -1).swapaxes(1, 2).reshape(want.shape)
+        t = got[name]
+        back = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        if want.ndim == 1 or gguf_type == "f32":
+            np.testing.assert_array_equal(back, want)
+        elif gguf_type == "f16":
+            np.testing.assert_array_equal(back, want.astype(np.float16).astype(np.float32))
+        else:
+            np.testing.assert_allclose(back, q8_0_reference(want), rtol=0, atol=1e-7)
+        assert info["tensors"][name] == ("F32" if want.ndim == 1 else gguf_type.upper())
+
+
+def test_fp_gguf_loads_in_transformers_with_bitjax_logits(tmp_path):
+    """transformers' own GGUF loader (it undoes the q/k permutation itself) on the f32 export."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg, model = fp_llama(tie=False)
+    save_gguf(model, cfg, str(tmp_path / "m.gguf"), gguf_type="f32", tokenizer=ByteTokenizer())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="m.gguf", dtype=torch.float32)
+    tokens = np.random.default_rng(0).integers(0, 259, (2, 40))
+    mine = np.asarray(model(jnp.asarray(tokens, jnp.int32)))
+    with torch.no_grad():
+        ref = hf.eval()(torch.from_numpy(tokens)).logits.numpy()
+    assert np.abs(mine - ref).max() < 2e-5
+
+
+def test_hf_byte_level_tokenizer_is_written_as_gpt2_vocab(tmp_path):
+    """An HF byte-level BPE run tokenizer → tokenizer.ggml.* (gpt2); transformers' GGUF tokenizer of the
+    file encodes as the `tokenizers` library does on the source tokenizer.json."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    import builders
+
+    from bitjax.data.tokenizers import HFTokenizer
+
+    src = builders.hf_tokenizer("bytelevel", str(tmp_path / "tok"))
+    tok = HFTokenizer(src)
+    cfg, model = fp_llama(vocab=512)
+    (tmp_path / "g").mkdir()
+    save_gguf(model, cfg, str(tmp_path / "g" / "m.gguf"), gguf_type="f32", tokenizer=tok)
+    r = gguf.GGUFReader(str(tmp_path / "g" / "m.gguf"))
+    assert field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "gpt2"
+    assert field(r, "tokenizer.ggml.eos_token_id") == tok.eos_id and len(field(r, "tokenizer.ggml.tokens")) == 512
+    ref = tokenizers.Tokenizer.from_file(f"{src}/tokenizer.json")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "g"), gguf_file="m.gguf")
+    for text in (builders.TEXT, "  two  spaces\tand\r\nlines <|im_end|> end", "ünïcödé ∑ x² 𝔘"):
+        assert hf(text, add_special_tokens=False)["input_ids"] == ref.encode(text, add_special_tokens=False).ids
+    assert hf.eos_token_id == tok.eos_id and hf.chat_template == "{{ x }}"
+
+
+def test_fp_gguf_refusals(tmp_path):
+    import builders
+
+    from bitjax.data.tokenizers import HFTokenizer
+
+    cfg, model = fp_llama()
+    big = HFTokenizer(builders.hf_tokenizer("bytelevel", str(tmp_path / "tok")))  # 400 ids
+    with pytest.raises(ValueError, match="400 ids do not fit the model's 384"):
+        save_gguf(model, cfg, str(tmp_path / "c.gguf"), tokenizer=big)
+    with pytest.raises(ValueError, match="must be one of"):
+        save_gguf(model, cfg, str(tmp_path / "a.gguf"), gguf_type="tq2_0", tokenizer=ByteTokenizer())
+    cfg.activation = "relu2"
+    with pytest.raises(ValueError, match="activation=silu"):
+        save_gguf(model, cfg, str(tmp_path / "b.gguf"), tokenizer=ByteTokenizer())
+
+
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0"])
+def test_bitnet_gguf_imports_back_into_b158(tmp_path, gguf_type):
+    """export (bitnet, TQ) → bitjax.import_gguf → load_hf: every projection re-quantizes to the exported codes
+    with γ = fp16(γ) of the file (F16-fallback rows included), the rest exact; logits follow."""
+    pytest.importorskip("safetensors")
+    pytest.importorskip("torch")
+    from bitjax.export.hf import load_hf
+    from bitjax.import_gguf import gguf_to_hf
+
+    cfg, model = b158(d_model=256, mlp_dim=512, n_layers=1)
+    path = str(tmp_path / "m.gguf")
+    save_gguf(model, cfg, path, gguf_type=gguf_type, tokenizer=ByteTokenizer())
+    gguf_to_hf(path, str(tmp_path / "hf"))
+    back_cfg, back = load_hf(str(tmp_path / "hf"))
+    assert back_cfg.quant.method == "b158" and back_cfg.sub_norm and back_cfg.tie_embeddings
+    assert back_cfg.activation == "silu" and back_cfg.rope_theta == cfg.rope_theta
+    for name, kernel in projections(model).items():
+        b = projections(back)[name]
+        c0, g0 = ternary_absmean_codes(jnp.asarray(kernel))
+        c1, g1 = ternary_absmean_codes(jnp.asarray(b))
+        np.testing.assert_array_equal(np.asarray(c1), np.asarray(c0), err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(g1, np.float32), np.asarray(g0).astype(np.float16).astype(np.float32), err_msg=name
+        )
+    from bitjax.export.hf import hf_state_dict
+
+    sa, sb = hf_state_dict(model), hf_state_dict(back)
+    for name in [n for n in sa if "_proj" not in n]:  # embeddings and every norm (sub-norms too): F32, exact
+        np.testing.assert_array_equal(sb[name], sa[name], err_msg=name)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 259, (2, 32)), jnp.int32)
+    a, b = np.asarray(model(tokens)), np.asarray(back(tokens))
+    assert np.abs(a - b).mean() < 2e-3 * np.abs(a).mean() and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95

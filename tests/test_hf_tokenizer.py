@@ -16,10 +16,12 @@ import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
 
+import builders
+
 from bitjax.data import config as data_config
 from bitjax.data import tokenizers as tok_lib
 
-TEXT = "déjà vu — naïve café 東京 🙂\n\tdef f(x):  return x ** 2  # ok"
+TEXT = builders.TEXT
 
 
 def stdlib_text(name, n=20000):
@@ -27,31 +29,7 @@ def stdlib_text(name, n=20000):
         return f.read()[:n]
 
 
-def train(kind, d, vocab_size=None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    if kind == "bytelevel":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size or 400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        )
-    else:
-        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
-        byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials + byte_pieces)
-    # TEXT in the corpus: a SentencePiece-style BPE has every character of it (BpeTrainer leaves the
-    # <0xXX> pieces as added tokens, outside its model, so its byte fallback is not exercised here)
-    tok.train_from_iterator([stdlib_text("calendar.py"), stdlib_text("textwrap.py"), TEXT], trainer)
-    os.makedirs(d, exist_ok=True)
-    tok.save(os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": "{{ x }}"}, f)
-    return d
+train = builders.hf_tokenizer  # (kind, directory) → the directory, holding a trained tokenizer.json
 
 
 @pytest.fixture(scope="module", params=["bytelevel", "sentencepiece"])
@@ -142,3 +120,42 @@ def test_a_run_trains_with_it_and_carries_it(tmp_path):
         json.dump(spec, f)
     with pytest.raises(errors.UserError, match="not the tokenizer this run was trained with"):
         plan_lib.restore(workdir)
+
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_chat_prompt_is_transformers_apply_chat_template(tmp_path):
+    """bitjax.sample --chat renders the prompt as transformers does (SmolLM2's ChatML-style template)."""
+    transformers = pytest.importorskip("transformers")
+    from bitjax import errors
+    from bitjax.sample import chat_prompt
+
+    d = train("bytelevel", str(tmp_path / "tok"))
+    conf = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**conf, "chat_template": CHATML}))
+    tok = tok_lib.HFTokenizer(d)
+    hf = transformers.AutoTokenizer.from_pretrained(d)
+    question = "What is the capital of France?"
+    want = hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    assert chat_prompt(tok, question) == want
+    assert want.endswith("<|im_start|>assistant\n")
+    im_start = tok.encode("<|im_start|>")  # the rendered specials encode as their ids
+    assert list(im_start) == [tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").token_to_id("<|im_start|>")]
+    with pytest.raises(errors.UserError, match="no chat template"):
+        chat_prompt(tok_lib.ByteTokenizer(), question)
+    # transformers 5 writes the template apart, as chat_template.jinja: read, and stored with the run
+    from bitjax.run import plan as plan_lib
+
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**conf, "chat_template": None}))
+    (tmp_path / "tok" / "chat_template.jinja").write_text(CHATML)
+    apart = tok_lib.HFTokenizer(d)
+    assert chat_prompt(apart, question) == want
+    plan_lib.store_tokenizer(str(tmp_path / "run"), apart)
+    stored = tok_lib.HFTokenizer(str(tmp_path / "run" / "tokenizer" / apart.name))
+    assert stored.chat_template == CHATML

@@ -194,7 +194,7 @@ def test_gguf_export_never_overwrites_a_file(fp_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("gguf_of_fp", "llama.cpp"),
+        ("ternary_gguf_of_fp", "must be one of"),
         ("missing_workdir", "holds no checkpoints/"),
         ("absent_step", "--step 7:"),
         ("missing_parent", "parent directory"),
@@ -204,7 +204,9 @@ def test_gguf_export_never_overwrites_a_file(fp_run, tmp_path, capsys):
 )
 def test_export_user_errors_are_one_line_and_leave_nothing(case, message, fp_run, tmp_path, capsys):
     wd, fmt, out, extra = fp_run, "gguf", str(tmp_path / "m.gguf"), []
-    if case == "missing_workdir":
+    if case == "ternary_gguf_of_fp":  # an fp run exports to llama F32/F16/Q8_0, not TQ2_0 (issue 27)
+        extra = ["--gguf_type", "tq2_0"]
+    elif case == "missing_workdir":
         wd = str(tmp_path / "nope")
     elif case == "absent_step":
         extra = ["--step", "7"]
@@ -218,8 +220,8 @@ def test_export_user_errors_are_one_line_and_leave_nothing(case, message, fp_run
     before = sorted(os.listdir(tmp_path))
     err = one_line_error(capsys, export, "--workdir", wd, "--format", fmt, "--out", out, *extra)
     assert message in err and sorted(os.listdir(tmp_path)) == before
-    if case == "gguf_of_fp":
-        assert "quant" in err or "b1.58" in err or "b158" in err
+    if case == "ternary_gguf_of_fp":
+        assert "fp run" in err and "q8_0" in err
 
 
 # ------------------------------------------------------------------ 29.2 / 29.3: ptq

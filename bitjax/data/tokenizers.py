@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # SentencePiece's limit on one training sentence, in bytes; longer lines are cut into pieces below it
 # (the trainer would skip them, and fail with an opaque INTERNAL error if every line were too long).
 MAX_SENTENCE_BYTES = 16384
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # beside tokenizer_config.json, as transformers 5 writes it
 
 
 class Tokenizer:
@@ -255,7 +256,8 @@ class HFTokenizer(Tokenizer):
     """An HF `tokenizers` tokenizer.json (e.g. a pretrained model's BPE), with its specials.
 
     `path`: a tokenizer.json, or a directory holding one (and optionally tokenizer_config.json, whose
-    bos_token / eos_token / pad_token name the special ids; pad falls back to eos, bos to eos).
+    bos_token / eos_token / pad_token name the special ids; pad falls back to eos, bos to eos; its
+    chat_template, or a chat_template.jinja beside it, is the chat template).
     encode adds no specials (the tokenizer's post-processor is not run), as the other tokenizers.
     token_bytes: byte-level BPE (GPT-2 / Llama-3 / SmolLM) pieces through GPT-2's byte alphabet;
     SentencePiece-style pieces with '▁' → one space byte and '<0xXX>' → one byte; specials 0 (the
@@ -301,6 +303,10 @@ class HFTokenizer(Tokenizer):
         self.pad_id = special("pad_token")
         self.pad_id = self.eos_id if self.pad_id is None else self.pad_id
         self.chat_template = conf.get("chat_template")
+        jinja = os.path.join(os.path.dirname(file), CHAT_TEMPLATE_FILE)  # transformers 5 saves it apart
+        if not self.chat_template and os.path.exists(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                self.chat_template = f.read()
         byte_level = "ByteLevel" in _kinds([spec.get("pre_tokenizer"), spec.get("decoder")])
         decoder = _gpt2_byte_decoder()
         nbytes = np.zeros(self.vocab_size, np.int32)

@@ -2,8 +2,10 @@
 
     python -m bitjax.export --workdir runs/b158 --format hf --out runs/b158-hf [--linear_class autobitlinear|bitlinear]
     python -m bitjax.export --workdir runs/b158 --format gguf --out b158.gguf [--gguf_type tq2_0|tq1_0]
+    python -m bitjax.export --workdir runs/fp --format gguf --out fp.gguf [--gguf_type f16|f32|q8_0]
 
-The model config and tokenizer come from the workdir alone (bitjax.run.plan.restore). `hf` needs `pip install
+The model config and tokenizer come from the workdir alone (bitjax.run.plan.restore); an hf export carries
+the tokenizer as HF files (bitjax.export.tokenizer) and a generation_config.json. `hf` needs `pip install
 'bitjax[hf]'`, `gguf` needs `pip install 'bitjax[gguf]'`.
 
 Nothing is overwritten that export did not write (issue 29.1): a gguf --out must not exist; an hf --out must
@@ -81,7 +83,12 @@ def main(argv=None) -> dict:
         help="hf, b158: HF's AutoBitLinear (what microsoft/bitnet-b1.58-2B-4T ships; weight_scale = γ, "
         "multiplied) or BitLinear (weight_scale = 1/γ, divided)",
     )
-    p.add_argument("--gguf_type", default="tq2_0", choices=("tq2_0", "tq1_0"))
+    p.add_argument(
+        "--gguf_type",
+        default=None,
+        choices=("tq2_0", "tq1_0", "f32", "f16", "q8_0"),
+        help="gguf: tq2_0 (default) | tq1_0 for b158 runs (llama.cpp bitnet), f16 (default) | f32 | q8_0 for fp runs (llama)",
+    )
     args = p.parse_args(argv)
     check_out(args.format, args.out)
 
@@ -89,14 +96,13 @@ def main(argv=None) -> dict:
 
     plan, params = plan_lib.restore_one_device(args.workdir, args.step)
     model, cfg, tok = plan.model(params), plan.config.model, plan.tokenizer
-    ids = {"bos_token_id": int(tok.bos_id), "eos_token_id": int(tok.eos_id), "pad_token_id": int(tok.pad_id)}
     if args.format == "hf":
         from bitjax.export.hf import hf_config, hf_quantized, save_hf
 
         with errors.as_user_errors():  # a family or quantization HF has no layout for
             hf_config(cfg), hf_quantized(cfg)
         info = write_atomically(
-            "hf", args.out, lambda d: save_hf(model, cfg, d, linear_class=args.linear_class, token_ids=ids)
+            "hf", args.out, lambda d: save_hf(model, cfg, d, linear_class=args.linear_class, tokenizer=tok)
         )
     else:
         from bitjax.export.gguf import save_gguf

@@ -303,7 +303,9 @@ def packed_state_dict(model, cfg, linear_class: str = "autobitlinear") -> dict[s
     return state
 
 
-def save_hf(model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", token_ids: dict | None = None) -> dict:
+def save_hf(
+    model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", token_ids: dict | None = None, tokenizer=None
+) -> dict:
     """Write an HF checkpoint directory: config.json + model.safetensors (float32 for non-packed tensors).
 
     b158 → quantization_config {quant_method: bitnet, linear_class, quantization_mode: offline}
@@ -311,13 +313,24 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", to
     BitNetForCausalLM when config.model.sub_norm (the 2B4T layout), else on LlamaForCausalLM: HF's BitNet
     quantizer swaps every Linear but lm_head of any model for BitLinear, so a Llama with that config
     is b1.58 without sub-norms. fp → LlamaForCausalLM (BitNetForCausalLM with plain Linear when
-    sub_norm), float32. token_ids: {'bos_token_id', …} for the config.
+    sub_norm), float32. token_ids: {'bos_token_id', …} for the config. tokenizer: a bitjax tokenizer whose HF
+    files (bitjax.export.tokenizer: tokenizer.json, tokenizer_config.json, …) and generation_config.json
+    are written too, and whose bos/eos/pad ids go into config.json.
     Returns {'architecture', 'files', 'projection_bytes' (as stored), 'projection_bf16_bytes'}.
     """
     import json
     import os
 
     save_file = require("safetensors.numpy", "hf").save_file
+    if tokenizer is not None:
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"the tokenizer's {tokenizer.vocab_size} ids do not fit the model's {cfg.vocab_size}")
+        token_ids = {
+            "bos_token_id": int(tokenizer.bos_id),
+            "eos_token_id": int(tokenizer.eos_id),
+            "pad_token_id": int(tokenizer.pad_id),
+            **(token_ids or {}),
+        }
     arch, kwargs = hf_config(cfg)
     quantized = hf_quantized(cfg)
     state = packed_state_dict(model, cfg, linear_class) if quantized else hf_state_dict(model)
@@ -338,6 +351,11 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", to
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    files = ["config.json", "model.safetensors"]
+    if tokenizer is not None:
+        from bitjax.export.tokenizer import save_generation_config, save_tokenizer
+
+        files += [*save_tokenizer(tokenizer, out_dir), save_generation_config(tokenizer, out_dir)]
     proj = [n for n in state if _is_projection(n) and n.endswith(".weight")]
     rows = 4 if quantized else 1  # a packed uint8 row holds 4 output rows
     n_weights = sum(state[n].shape[0] * rows * state[n].shape[1] for n in proj)
@@ -346,7 +364,7 @@ def save_hf(model, cfg, out_dir: str, *, linear_class: str = "autobitlinear", to
     )
     return {
         "architecture": arch,
-        "files": ["config.json", "model.safetensors"],
+        "files": files,
         "projection_bytes": stored,
         "projection_bf16_bytes": 2 * n_weights,
     }

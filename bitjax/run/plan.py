@@ -245,9 +245,10 @@ def store_tokenizer(workdir: str, tokenizer: tok_lib.Tokenizer) -> None:
         return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if isinstance(tokenizer, tok_lib.HFTokenizer):  # its specials and chat template: before the json
-        conf = os.path.join(os.path.dirname(tokenizer.model_path), "tokenizer_config.json")
-        if os.path.exists(conf):
-            shutil.copyfile(conf, os.path.join(os.path.dirname(dst), "tokenizer_config.json"))
+        for extra in ("tokenizer_config.json", tok_lib.CHAT_TEMPLATE_FILE):
+            src = os.path.join(os.path.dirname(tokenizer.model_path), extra)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(os.path.dirname(dst), extra))
     tmp = f"{dst}.tmp-{os.getpid()}"
     shutil.copyfile(tokenizer.model_path, tmp)
     os.replace(tmp, dst)
