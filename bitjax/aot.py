@@ -113,6 +113,14 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def full_batch_values(hlo_text: str, batch: int, seq_len: int) -> int:
+    """How many HLO values have the whole global batch × sequence as their leading dims ([B, L, …]).
+
+    With the batch sharded over k > 1 chips, every activation is [B/k, L, …] per chip: a nonzero count
+    means some activation is batch-replicated (what left unconstrained propagation does, issue 26)."""
+    return len(re.findall(rf"=\s*\(?[a-z]+\d*\[{batch},{seq_len}[,\]]", hlo_text))
+
+
 def analytic_flops(config, num_params: int, step: str) -> float:
     """6·N·tokens (+ 12·n_layers·L·d·tokens for attention scores) for train; a third of it for eval."""
     tokens = config.batch_size * config.seq_len
@@ -219,6 +227,7 @@ def compile_report(config, topology: str, step: str = "train", num_devices: int 
         "analytic_flops_per_step": analytic,
         "collectives": collectives(hlo),
         "int8_dots": len(re.findall(r"s32\[[\d,]*\][^=\n]*\bdot\(s8\[", hlo)),
+        "full_batch_values": full_batch_values(hlo, config.batch_size, config.seq_len),
         "roofline_s": t_bound,
         "roofline_bound": "compute" if t_flops >= t_bytes else "hbm",
         "mfu_at_roofline": analytic / (n * spec["bf16"] * t_bound) if t_bound > 0 else 0.0,
