@@ -51,7 +51,9 @@ ACTIVATIONS = {
 # quantization recipe can name (bitjax.quant.recipes): those plus the embedding and the output head.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ROLES = (*PROJECTIONS, "embed", "lm_head")
-RESIDUAL = ("batch", "length", "embed")  # logical axes of the residual stream h [B, L, D]
+RESIDUAL = ("batch", "length", "embed")
+# config.model.attention → jax.nn.dot_product_attention(implementation=…)
+ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}  # logical axes of the residual stream h [B, L, D]
 
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
@@ -89,6 +91,8 @@ def default_config() -> ConfigDict:
     scan_layers, remat_policy, remat: how the layers are built and rematerialised
       (bitjax.nn.layer_stack: stacked under lax.scan, on for the ≥ 1b presets; remat_policy none | full |
       save_quantized | save_dots; remat = the old bool, True = 'full').
+    attention: 'auto' | 'xla' | 'cudnn': jax.nn.dot_product_attention's implementation (None = JAX's choice:
+      XLA on CPU and TPU; 'cudnn' = the fused cuDNN flash kernel, GPU only, bf16/fp16).
     int8_matmul: every quantized projection's forward matmul runs on its integer codes (int8 × int8 →
       int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
     """
@@ -114,6 +118,7 @@ def default_config() -> ConfigDict:
             remat_policy="none",
             remat=placeholder(bool),
             int8_matmul=False,
+            attention="auto",
         )
     )
 
@@ -229,6 +234,7 @@ def validate_config(cfg, *, name: str = "config.model") -> None:
         )
     for f in ("sub_norm", "tie_embeddings", "int8_matmul"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
+    need(cfg.attention in ATTENTION, "attention", f"choose one of {tuple(ATTENTION)}")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     validate_quant(cfg, name, quant_table, "bitjax.models.transformer.default_config().quant")
@@ -301,6 +307,7 @@ class Attention(nnx.Module):
         self.v_proj = _dense(cfg, d, kvd, specs, "v_proj", ("embed", "kv_heads"), dtype, rngs)
         self.o_proj = _dense(cfg, qd, d, specs, "o_proj", ("heads", "embed"), dtype, rngs)
         self.attn_sub_norm = RMSNorm(qd, eps=cfg.norm_eps, axis="heads") if cfg.sub_norm else None
+        self.implementation = ATTENTION[cfg.get("attention", "auto")]
 
     def __call__(self, x, cos, sin, cache=None, index=None):
         """x [B, T, D] → ([B, T, D], cache).
@@ -316,14 +323,19 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scale = self.head_dim**-0.5
         if cache is None:
-            o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+            o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=self.implementation)
         else:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
             cache = {"k": k, "v": v}
             mask = jnp.arange(k.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
             o = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype), scale=scale, mask=mask[None, None]
+                q,
+                k.astype(q.dtype),
+                v.astype(q.dtype),
+                scale=scale,
+                mask=mask[None, None],
+                implementation=self.implementation,
             )
         o = o.reshape(b, t, self.n_heads * self.head_dim)
         if self.attn_sub_norm is not None:
