@@ -69,7 +69,7 @@ def test_sharding_holds_at_fsdp4_no_activation_is_batch_replicated():
     """At fsdp=4 every activation in the optimized TPU HLO is a quarter of the batch (no [16, 128, …] value).
 
     Without the activation constraints (bitjax.nn.sharding) propagation sharded the tiny step's activations
-    on 'embed' and replicated the batch (f32[16,128,32] …, ~2600 such values). The issue's per-chip temp
+    on 'embed' and replicated the batch (f32[16,128,32] …, 1305 such values). The issue's per-chip temp
     ≤ 1/3 of one chip's is not a test of that at this size: the 1-chip step keeps ~96 MiB of its buffers
     in v5e's on-chip VMEM and reports 8.9 MB of HBM temporaries, the unconstrained 4-chip one 0 B (all in
     VMEM, batch replicated), the constrained one 15.4 MB (benchmarks/RESULTS.md, "TPU AOT").
