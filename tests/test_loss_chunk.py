@@ -112,3 +112,30 @@ def test_bad_loss_vocab_chunk_is_a_config_error(make_config):
 
     with pytest.raises(errors.UserError, match="loss_vocab_chunk"):
         trainer.Setup(make_config("b158", loss_vocab_chunk=-1), devices=jax.devices()[:1])
+
+
+def test_chunked_loss_and_its_gradient_hold_no_full_logits():
+    """No value of shape [B, L, V] in the traced loss + gradient with chunks; the full path has them."""
+    model = transformer.Transformer(_tiny(), rngs=nnx.Rngs(params=0))
+    graphdef, params = nnx.split(model)
+    batch = {"inputs": jnp.zeros((2, 16), jnp.int32), "targets": jnp.zeros((2, 16), jnp.int32)}
+    batch["mask"] = jnp.ones((2, 16), jnp.float32)
+
+    def shapes(chunk):
+        loss = lambda p: plan_lib.loss_sums(nnx.merge(graphdef, p), batch, chunk)[0]
+        out, seen = jax.make_jaxpr(jax.grad(loss))(params), set()
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                seen.update(tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+                for p in eqn.params.values():
+                    for sub in p if isinstance(p, (list, tuple)) else [p]:
+                        if hasattr(sub, "jaxpr"):
+                            walk(sub.jaxpr if hasattr(sub.jaxpr, "eqns") else sub.jaxpr.jaxpr)
+
+        walk(out.jaxpr)
+        return seen
+
+    assert (2, 16, 300) in shapes(0)
+    chunked = shapes(128)
+    assert (2, 16, 300) not in chunked and (2, 16, 128) in chunked
