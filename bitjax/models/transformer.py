@@ -51,9 +51,9 @@ ACTIVATIONS = {
 # quantization recipe can name (bitjax.quant.recipes): those plus the embedding and the output head.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ROLES = (*PROJECTIONS, "embed", "lm_head")
-RESIDUAL = ("batch", "length", "embed")
+RESIDUAL = ("batch", "length", "embed")  # logical axes of the residual stream h [B, L, D]
 # config.model.attention → jax.nn.dot_product_attention(implementation=…)
-ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}  # logical axes of the residual stream h [B, L, D]
+ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
 
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
@@ -91,7 +91,7 @@ def default_config() -> ConfigDict:
     scan_layers, remat_policy, remat: how the layers are built and rematerialised
       (bitjax.nn.layer_stack: stacked under lax.scan, on for the ≥ 1b presets; remat_policy none | full |
       save_quantized | save_dots; remat = the old bool, True = 'full').
-    attention: 'auto' | 'xla' | 'cudnn': jax.nn.dot_product_attention's implementation (None = JAX's choice:
+    attention: 'auto' | 'xla' | 'cudnn': jax.nn.dot_product_attention's implementation ('auto' = JAX's choice:
       XLA on CPU and TPU; 'cudnn' = the fused cuDNN flash kernel, GPU only, bf16/fp16).
     int8_matmul: every quantized projection's forward matmul runs on its integer codes (int8 × int8 →
       int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
