@@ -37,7 +37,7 @@ from ml_collections.config_dict import placeholder
 from bitjax import config as config_lib
 from bitjax.models import common
 from bitjax.models.common import DTYPES, Embed, is_pos_int, stage_configs, validate_quant
-from bitjax.nn import layer_stack
+from bitjax.nn import layer_stack, sharding
 from bitjax.nn.bitdense import BitDense
 from bitjax.nn.norms import RMSNorm
 from bitjax.quant.int8_matmul import integer_forms
@@ -51,6 +51,9 @@ ACTIVATIONS = {
 # quantization recipe can name (bitjax.quant.recipes): those plus the embedding and the output head.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ROLES = (*PROJECTIONS, "embed", "lm_head")
+RESIDUAL = ("batch", "length", "embed")  # logical axes of the residual stream h [B, L, D]
+# config.model.attention → jax.nn.dot_product_attention(implementation=…)
+ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
 
 
 # logical axis → the config field that sets its size (for the trainer's mesh-divisibility errors)
@@ -88,6 +91,8 @@ def default_config() -> ConfigDict:
     scan_layers, remat_policy, remat: how the layers are built and rematerialised
       (bitjax.nn.layer_stack: stacked under lax.scan, on for the ≥ 1b presets; remat_policy none | full |
       save_quantized | save_dots; remat = the old bool, True = 'full').
+    attention: 'auto' | 'xla' | 'cudnn': jax.nn.dot_product_attention's implementation ('auto' = JAX's choice:
+      XLA on CPU and TPU; 'cudnn' = the fused cuDNN flash kernel, GPU only, bf16/fp16).
     int8_matmul: every quantized projection's forward matmul runs on its integer codes (int8 × int8 →
       int32, one rescale; bitjax.quant.int8_matmul), the STE backward unchanged. b158 and a48 only.
     """
@@ -113,6 +118,7 @@ def default_config() -> ConfigDict:
             remat_policy="none",
             remat=placeholder(bool),
             int8_matmul=False,
+            attention="auto",
         )
     )
 
@@ -228,6 +234,7 @@ def validate_config(cfg, *, name: str = "config.model") -> None:
         )
     for f in ("sub_norm", "tie_embeddings", "int8_matmul"):
         need(isinstance(cfg[f], bool), f, "must be True or False")
+    need(cfg.attention in ATTENTION, "attention", f"choose one of {tuple(ATTENTION)}")
     layer_stack.validate_fields(cfg, need)
     need(cfg.dtype in DTYPES, "dtype", f"choose one of {tuple(DTYPES)}")
     validate_quant(cfg, name, quant_table, "bitjax.models.transformer.default_config().quant")
@@ -300,6 +307,7 @@ class Attention(nnx.Module):
         self.v_proj = _dense(cfg, d, kvd, specs, "v_proj", ("embed", "kv_heads"), dtype, rngs)
         self.o_proj = _dense(cfg, qd, d, specs, "o_proj", ("heads", "embed"), dtype, rngs)
         self.attn_sub_norm = RMSNorm(qd, eps=cfg.norm_eps, axis="heads") if cfg.sub_norm else None
+        self.implementation = ATTENTION[cfg.get("attention", "auto")]
 
     def __call__(self, x, cos, sin, cache=None, index=None):
         """x [B, T, D] → ([B, T, D], cache).
@@ -315,14 +323,19 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scale = self.head_dim**-0.5
         if cache is None:
-            o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+            o = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=self.implementation)
         else:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
             cache = {"k": k, "v": v}
             mask = jnp.arange(k.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
             o = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype), scale=scale, mask=mask[None, None]
+                q,
+                k.astype(q.dtype),
+                v.astype(q.dtype),
+                scale=scale,
+                mask=mask[None, None],
+                implementation=self.implementation,
             )
         o = o.reshape(b, t, self.n_heads * self.head_dim)
         if self.attn_sub_norm is not None:
@@ -397,17 +410,50 @@ class Transformer(nnx.Module):
             else _dense(cfg, cfg.d_model, cfg.vocab_size, specs, "lm_head", ("embed", "vocab"), dtype, rngs)
         )
 
-    def _forward(self, tokens, positions, caches=None, index=None):
-        x = self.embed_tokens(tokens)
+    def _trunk(self, tokens, positions, caches=None, index=None):
+        # The residual stream and the logits keep the batch sharded (bitjax.nn.sharding; a no-op outside a
+        # step traced under sharding.logical_rules): left to propagation, the fsdp-sharded weights pull
+        # activations onto 'embed' and replicate the batch (issue 26).
+        x = sharding.constrain(self.embed_tokens(tokens), RESIDUAL)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
-        call = lambda layer, x, cache: layer(x, cos, sin, cache, index)
+
+        def call(layer, x, cache):
+            y, cache = layer(x, cos, sin, cache, index)
+            return sharding.constrain(y, RESIDUAL), cache
+
         x, new_caches = layer_stack.apply_layers(self.layers, x, call, self.remat_policy, caches)
-        x = self.norm(x)
+        return self.norm(x), new_caches
+
+    def _forward(self, tokens, positions, caches=None, index=None):
+        x, new_caches = self._trunk(tokens, positions, caches, index)
         if self.lm_head is None:
             logits = self.embed_tokens.attend(x)
         else:  # BitDense returns the compute dtype (bf16 logits are rounded before this cast)
             logits = self.lm_head(x).astype(jnp.float32)
-        return logits, new_caches
+        return sharding.constrain(logits, ("batch", "length", "vocab")), new_caches
+
+    def hidden(self, tokens: jax.Array) -> jax.Array:
+        """int32[B, L] → the final-normed hidden states [B, L, D] that the head reads (positions 0..L−1)."""
+        return self._trunk(tokens, jnp.arange(tokens.shape[1]))[0]
+
+    def head_operands(self, x: jax.Array):
+        """(a [B, L, D], w [D, V], rounding dtype or None) with logits = float32(a · w) (rounded to that
+        dtype first, as BitDense rounds its output), so a loss can take the head's matmul in vocabulary
+        chunks (bitjax.run.plan.chunked_cross_entropy). The head's quantizers run once, on the whole
+        input and the whole weight, as in __call__."""
+        if self.lm_head is None:
+            e = self.embed_tokens
+            a = x if e.head_quant is None else e.head_quant.quantize_act(x)
+            return a, e.table(e.head_quant).astype(a.dtype).T, None
+        h = self.lm_head
+        if h.int8_matmul or h.output_norm is not None or h.bias is not None:
+            raise ValueError(
+                "config.loss_vocab_chunk needs an lm_head that is one matmul (no int8_matmul, out_norm or bias "
+                "on it); set config.loss_vocab_chunk=0"
+            )
+        dtype = h.dtype or x.dtype
+        a = (x if h.norm is None else h.norm(x)).astype(dtype)
+        return h.quant.quantize_act(a), h.quantized_kernel().astype(dtype), dtype
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """int32[B, L] → float32 logits [B, L, vocab]; positions 0..L−1, causal."""

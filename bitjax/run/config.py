@@ -40,6 +40,8 @@ def trainer_config() -> ConfigDict:
     :func:`with_defaults`.)
     distill: autoregressive distillation from another run (off while distill.teacher_workdir is ''),
     see bitjax.train.distill.
+    loss_vocab_chunk: 0, or C > 0: the train and eval loss take the output head's matmul C vocabulary
+    columns at a time (bitjax.run.plan.chunked_cross_entropy), so [B, L, V] float32 logits never exist.
     """
     c = ConfigDict()
     c.total_steps = 300
@@ -61,6 +63,7 @@ def trainer_config() -> ConfigDict:
     c.max_consecutive_skips = 10
     c.init_from = ""
     c.distill = distill.default_config()
+    c.loss_vocab_chunk = 0
     return c
 
 
@@ -162,6 +165,16 @@ def validate(config: ConfigDict, mesh, process_count: int = 1) -> None:
     )
     v = config.max_consecutive_skips
     _need(isinstance(v, int) and v >= 0, "max_consecutive_skips", v, "must be an int ≥ 0")
+    v = config.loss_vocab_chunk
+    _need(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0, "loss_vocab_chunk", v, "must be an int ≥ 0 (0 = off)"
+    )
+    _need(
+        not (v and config.distill.teacher_workdir),
+        "loss_vocab_chunk",
+        v,
+        "distillation reads the whole logits: set it to 0 with config.distill.teacher_workdir",
+    )
     v = config.data.eval_batches
     _need(
         isinstance(v, int) and (v == -1 or v >= 1),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -32,6 +33,7 @@ from ml_collections import ConfigDict
 
 from bitjax import errors, models
 from bitjax.data import tokenizers as tok_lib
+from bitjax.nn import sharding
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
@@ -52,8 +54,57 @@ def same_tree(a, b) -> bool:
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
     """(sum of masked token NLL in nats, number of masked tokens); logits [B, L, V] any float."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    nll = sharding.constrain(-jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], ("batch", "length"))
     return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def chunked_cross_entropy(a, w, targets, mask, chunk: int, round_dtype=None):
+    """cross_entropy of logits = float32(a · w) without the [B, L, V] logits: the vocabulary in chunks.
+
+    a [B, L, D], w [D, V] (a model's head_operands); chunk C: logits [B, L, C] at a time, by lax.scan with
+    an online log-sum-exp (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"):
+    m ← max(m, max_c z), s ← s·e^(m_old − m) + Σ_c e^(z − m); nll = m + log s − z[target]. Each chunk is
+    rematerialised in the backward (jax.checkpoint), so neither pass holds more than one chunk's logits.
+    V is padded to a multiple of C with columns that never count. round_dtype: logits rounded to it
+    before float32 (a bf16 BitDense head's output). Returns (Σ masked NLL, number of masked tokens).
+    """
+    d, v = w.shape
+    n = -(-v // chunk)
+    w = jnp.pad(w, ((0, 0), (0, n * chunk - v))).reshape(d, n, chunk).transpose(1, 0, 2)  # [n, D, C]
+    b, length = targets.shape
+    cols = jnp.arange(chunk)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        m, s, zt = carry
+        wi, i = xs
+        z = jnp.einsum("bld,dc->blc", a, wi, preferred_element_type=jnp.float32)
+        if round_dtype is not None:
+            z = z.astype(round_dtype).astype(jnp.float32)
+        z = jnp.where(i * chunk + cols < v, z, -jnp.inf)  # padding columns
+        m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[..., None]), axis=-1)
+        zt = zt + jnp.sum(jnp.where(cols == (targets - i * chunk)[..., None], z, 0.0), axis=-1)
+        return (m_new, s, zt), None
+
+    init = (jnp.full((b, length), -jnp.inf), jnp.zeros((b, length)), jnp.zeros((b, length)))
+    init = tuple(sharding.constrain(x, ("batch", "length")) for x in init)
+    (m, s, zt), _ = jax.lax.scan(body, init, (w, jnp.arange(n)))
+    nll = sharding.constrain(m + jnp.log(s) - zt, ("batch", "length"))
+    return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def loss_sums(model, batch, chunk: int = 0):
+    """(Σ masked NLL, masked tokens) of `model` on `batch`: from its logits (chunk 0), or with the head's
+    matmul in vocabulary chunks of `chunk` (config.loss_vocab_chunk; a model with `head_operands`)."""
+    if not chunk:
+        return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+    if not hasattr(model, "head_operands"):
+        raise ValueError(
+            f"config.loss_vocab_chunk={chunk}: model {type(model).__name__} has no chunked head; set it to 0"
+        )
+    a, w, round_dtype = model.head_operands(model.hidden(batch["inputs"]))
+    return chunked_cross_entropy(a, w, batch["targets"], batch["mask"], chunk, round_dtype)
 
 
 # ============================================================================ the plan
@@ -119,13 +170,18 @@ class Plan:
         """This process's rows of a batch → global jax.Arrays sharded over the batch axes."""
         return mesh_lib.shard_batch(np_batch, self.mesh, self.rules)
 
+    def logical_rules(self):
+        """Context for tracing a step: the models' activation constraints (bitjax.nn.sharding) map their
+        logical axes to this plan's mesh by its rules."""
+        return sharding.logical_rules(self.mesh, functools.partial(mesh_lib.logical_to_pspec, rules=self.rules))
+
     def eval_step(self, stage: int = -1):
         """jit(params, batch) → (Σ masked NLL, masked tokens) of stage `stage`'s model, on this plan's shardings."""
         graphdef = self.graphdefs[stage]
 
         def eval_step(params, batch):
-            model = nnx.merge(graphdef, params)
-            return cross_entropy(model(batch["inputs"]), batch["targets"], batch["mask"])
+            with self.logical_rules():
+                return loss_sums(nnx.merge(graphdef, params), batch, self.config.get("loss_vocab_chunk", 0))
 
         repl = NamedSharding(self.mesh, PartitionSpec())
         return jax.jit(eval_step, in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=repl)

@@ -145,6 +145,7 @@ class Setup:
         tx, lr_fn = self.tx, self.lr_fn
         skip_nonfinite = self.config.nonfinite == "skip"
         dcfg, teacher_graphdef = self.config.distill, self.teacher and self.teacher.graphdef
+        vocab_chunk = self.config.get("loss_vocab_chunk", 0)
 
         def init(key):
             params = nnx.to_pure_dict(nnx.state(self.plan.build(key)))
@@ -158,11 +159,13 @@ class Setup:
         def make_train_step(graphdef):
             def loss_fn(params, batch, teacher_params):
                 """(the loss minimised, its parts): label CE, or with a teacher (1 − w)·distill + w·label CE."""
-                logits = nnx.merge(graphdef, params)(batch["inputs"])
+                model = nnx.merge(graphdef, params)
+                if teacher_graphdef is None:  # vocabulary-chunked with config.loss_vocab_chunk
+                    total, count = plan_lib.loss_sums(model, batch, vocab_chunk)
+                    return total / jnp.maximum(count, 1.0), {}
+                logits = model(batch["inputs"])  # distillation reads the whole distribution
                 total, count = plan_lib.cross_entropy(logits, batch["targets"], batch["mask"])
                 label = total / jnp.maximum(count, 1.0)
-                if teacher_graphdef is None:
-                    return label, {}
                 teacher_logits = nnx.merge(teacher_graphdef, teacher_params)(batch["inputs"])  # frozen: no grad
                 total, count = distill.loss(logits, teacher_logits, batch["mask"], dcfg.loss, dcfg.temperature)
                 dist = total / jnp.maximum(count, 1.0)
@@ -170,7 +173,9 @@ class Setup:
                 return (1.0 - w) * dist + w * label, {"label_loss": label, "distill_loss": dist}
 
             def train_step(state, batch, teacher_params):
-                (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, teacher_params)
+                with self.plan.logical_rules():  # the models' activation constraints, on this mesh
+                    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+                    (loss, parts), grads = grad_fn(state["params"], batch, teacher_params)
                 grad_norm = optax.tree.norm(grads)
                 updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
                 params = optax.apply_updates(state["params"], updates)
