@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 tests
 
 # ruff's lint and format checks (pyproject.toml); .ci/run runs them before the tests
 lint: install
