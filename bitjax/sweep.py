@@ -527,6 +527,31 @@ def read_csv(path: str, numeric=METRICS + ("step_time_vs_fp", "eval_ppl", "fp_ev
     return rows
 
 
+def write_csv(path: str, cols: list[str], rows: list[dict]) -> None:
+    """rows (dicts with exactly `cols`) as a csv with a header row; says how many it wrote."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} runs → {path}")
+
+
+def write_markdown(out: str, lines: list[str], name: str = "results.md") -> None:
+    """OUT/name holding `lines`, one per line (OUT made if missing)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def save_fig(fig, path: str) -> None:
+    """A study's figure as PNG (tight layout, 120 dpi), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def group_rows(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
     """rows grouped by the values of `keys`, in first-seen order."""
     out: dict[tuple, list[dict]] = {}

@@ -6,7 +6,6 @@ WORKDIR/scratch: FP Mamba-2 and Bi-Mamba from scratch; WORKDIR/distilled: Bi-Mam
 teacher (WORKDIR/teacher_mamba2, WORKDIR/teacher_transformer). train_loss is the label cross-entropy.
 """
 
-import csv
 import os
 import sys
 
@@ -52,11 +51,7 @@ def main(workdir, out_csv):
                     **{k: r[k] for k in ("train_loss", "eval_loss", "eval_bpb", "tokens_per_s")},
                 )
             )
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, COLS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} runs → {out_csv}")
+    sweep.write_csv(out_csv, COLS, rows)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,7 @@ def main(out=HERE):
     lines += ["", "Comparisons (eval bits/byte; Welch t over independently trained seeds, per-seed signs):", ""]
     for a, b in COMPARE:
         lines.append(f"- {a} − {b}: {stats.welch(bpb[a], bpb[b], seeds[a], seeds[b]).text()}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -51,9 +49,7 @@ def main(out=HERE):
     ax.set(xlabel="Mamba-2 tiny run", ylabel="eval bits/byte (lower is better)")
     ax.set_title(f"Bi-Mamba vs FP Mamba-2: mean ± std, dots = seeds (n={len(bpb[names[0]])})", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

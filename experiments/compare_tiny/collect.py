@@ -7,7 +7,11 @@ of experiments/scale_cpu/results.csv (seeds 0–2 at the configs' LRs, fp 1e-3 a
 """
 
 import csv
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from bitjax import sweep
 
 COLS = ["role", "quant", "lr", "seed", "train_loss", "eval_loss", "eval_bpb"]
 CONFIG_LR = {"fp": "1e-3", "b158": "3e-3"}  # configs/transformer.py's CPU_LR, what scale_cpu ran
@@ -25,11 +29,7 @@ def main(workdir, scale_csv, out_csv):
             for r in csv.DictReader(f)
             if r["size"] == "tiny"
         ]
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, COLS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} runs → {out_csv}")
+    sweep.write_csv(out_csv, COLS, rows)
 
 
 if __name__ == "__main__":

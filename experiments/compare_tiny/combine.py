@@ -51,9 +51,7 @@ def main(out=HERE):
     for lr in LRS:
         t1 = tune[("b158", lr)] - tune[("fp", lr)]
         lines.append(f"- b158 − fp at one shared LR {lr}, seed {tseed[0]} (n = 1, untested): {t1:+.4f}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -82,9 +80,7 @@ def main(out=HERE):
     ax.set(xlabel="method at its chosen LR", ylabel="eval bits/byte (lower is better)")
     ax.set_title(f"reported seeds 0–2: mean ± std, dots = seeds (n={len(f)})", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

@@ -44,9 +44,7 @@ def main(out=HERE):
             lines.append(f"- {q}, {g} − identity: {t.text()}")
         order = stats.ordering({g: [r["eval_bpb"] for r in groups[(q, g)]] for g in rules})
         lines.append(f"- {q}, rules by eval bits/byte (groups that differ): {order}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -58,9 +56,7 @@ def main(out=HERE):
         n = len(groups[(q, rules[0])])
         ax.set(xlabel="gradient rule through the weight quantizer", ylabel="eval bits/byte (lower is better)")
         ax.set_title(f"{q}: mean ± std, dots = seeds (n={n})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ def main(out=HERE):
     for g in names[1:]:
         lines.append(f"- {g} − tensor: {stats.welch(bpb[g], bpb['tensor'], seeds[g], seeds['tensor']).text()}")
     lines.append(f"- by eval bits/byte (groups that differ): {stats.ordering(bpb)}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -44,9 +42,7 @@ def main(out=HERE):
     sweep.points_panel(ax, names, [bpb[g] for g in names], [sweep.color("b158")] * len(names))
     ax.set(xlabel="what one ternary scale γ covers", ylabel="eval bits/byte (lower is better)")
     ax.set_title(f"b158 tiny: mean ± std, dots = seeds (n={len(bpb['tensor'])})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ PTQ_WORKDIR/seed=S/<method><bits>/ptq.json: the PTQ of the FP run of seed S (fp_
 eval). QAT rows: experiments/quant_choice's `tiny` runs of rtn4/3/2, b158 and fbi at their tuned LRs.
 """
 
-import csv
 import json
 import os
 import sys
@@ -56,11 +55,7 @@ def main(qc_workdir, ptq_workdir, out_csv):
                     eval_loss=r["eval_loss"],
                 )
             )
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, COLS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} runs → {out_csv}")
+    sweep.write_csv(out_csv, COLS, rows)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,7 @@ def main(out=HERE):
     lines.append(f"- QAT rtn2 − PTQ RTN2 (Welch): {t.text()}")
     t = stats.welch(val[qat("1")], val[ptq("billm", "1")], sd[qat("1")], sd[ptq("billm", "1")])
     lines.append(f"- QAT fbi − PTQ BiLLM (1 bit, Welch): {t.text()}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
 
     plt = sweep.pyplot()
     if plt is None:
@@ -113,9 +111,7 @@ def main(out=HERE):
     )
     ax.set_xticks([1, 1.58, 2, 3, 4], ["1", "1.58", "2", "3", "4"])
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "ptq_vs_qat.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "ptq_vs_qat.png"))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Rows: every method × LR × seed of run.sh's grids that finished in WORKDIR, and
 fp controls (quant = fp+out_norm, fp+relu2). source = run.
 """
 
-import csv
 import os
 import sys
 
@@ -47,11 +46,7 @@ def main(workdir, out_csv):
                                 **{k: r[k] for k in ("train_loss", "eval_loss", "eval_bpb")},
                             )
                         )
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, COLS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} runs → {out_csv}")
+    sweep.write_csv(out_csv, COLS, rows)
 
 
 if __name__ == "__main__":

@@ -160,9 +160,7 @@ def main(out=HERE):
             rs = runs[(s, m, chosen[(s, m)])]
             cells += [stats.mean_std([r["train_loss"] for r in rs]), stats.mean_std([r["eval_loss"] for r in rs])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
 
     plt = sweep.pyplot()
     if plt is None:
@@ -187,9 +185,7 @@ def main(out=HERE):
     ax.set(xlabel="run", ylabel="eval bits/byte (lower is better)")
     ax.set_title("mini: OneBit and a4.8 vs fp with their architecture", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

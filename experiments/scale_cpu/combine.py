@@ -45,9 +45,7 @@ def main(out=HERE):
         lines.append(
             f"| {s} | {PARAMS[s]} | {stats.mean_std(bpb[(s, 'fp')])} | {stats.mean_std(bpb[(s, 'b158')])} | {t.text()} |"
         )
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -72,9 +70,7 @@ def main(out=HERE):
     ax.set(xlabel="model size (parameters, log scale)", ylabel="eval bits/byte (lower is better)")
     ax.set_title("fp vs b158, 300 steps, mean ± std, dots = seeds", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ python experiments/subnorm_tiny/collect.py WORKDIR SCALE_CPU_CSV OUT_CSV
 """
 
 import csv
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from bitjax import sweep
 
 COLS = ["sub_norm", "seed", "train_loss", "eval_loss", "eval_bpb"]
 
@@ -18,11 +22,7 @@ def main(workdir, scale_csv, out_csv):
             for r in csv.DictReader(f)
             if r["size"] == "tiny" and r["quant"] == "b158"
         ]
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, COLS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} runs → {out_csv}")
+    sweep.write_csv(out_csv, COLS, rows)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ def main(out=HERE):
         [r["eval_bpb"] for r in a], [r["eval_bpb"] for r in b], [r["seed"] for r in a], [r["seed"] for r in b]
     )
     lines += ["", f"- with − without sub-norms (eval bits/byte; Welch t, per-seed signs): {t.text()}"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    sweep.write_markdown(out, lines)
     plt = sweep.pyplot()
     if plt is None:
         return
@@ -51,9 +49,7 @@ def main(out=HERE):
     )
     ax.set(xlabel="b158 tiny, lr 3e-3", ylabel="eval bits/byte (lower is better)")
     ax.set_title(f"sub-norms: mean ± std, dots = seeds (n={len(a)}/{len(b)})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "eval_bpb.png"), dpi=120)
-    plt.close(fig)
+    sweep.save_fig(fig, os.path.join(out, "eval_bpb.png"))
 
 
 if __name__ == "__main__":
