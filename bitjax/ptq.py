@@ -1,7 +1,8 @@
 """Post-training quantization of a trained full-precision run, layer by layer (GPTQ's sequential procedure).
 
     python -m bitjax.ptq --workdir runs/fp --method gptq --bits 3 [--group_size 128] \
-        [--calib_sequences 128] [--calib_text 'notes/*.md' [--eval_text FILES]] [--step N] --out runs/fp_gptq3
+        [--calib_sequences 128] [--calib_text 'notes/*.md' [--eval_text FILES]] [--step N] \
+        [--act_order [--static_groups]] [--capture sequential|block] --out runs/fp_gptq3
 
 Calibration: `--calib_sequences` sequences of config.seq_len tokens: by default the run's train split (its
 first batches, so its corpus must be at hand), or with `--calib_text` any local text under the run's
@@ -15,10 +16,21 @@ replaced by W̃:
     gate/up_proj share X = post_attention_layernorm(h)
     down_proj    X = act(gate)·up (after ffn_sub_norm), with gate/up already quantized
 Only one H is held at a time. embed_tokens, lm_head and the norms stay full precision (as in GPTQ).
+This default, `--capture sequential`, is GPTQ's `--true-sequential` mode (IST-DASLab/gptq llama.py:
+q/k/v, then o, then gate/up, then down, each group's inputs recaptured after the previous groups are
+quantized), the mode its README runs LLaMA in. `--capture block` is BiLLM's own procedure
+(Aaronhuang-778/BiLLM run.py ``quant_sequential``; also GPTQ without `--true-sequential`): all four
+inputs of a block are recorded in one pass of the block still unquantized (its input still from the
+quantized blocks before it), then its seven kernels are quantized, then the block's output is
+recomputed through them for the next block. It holds the block's four inputs at once (H still one at
+a time).
 
 Methods (bitjax.quant.ptq_methods): `rtn` (round to nearest on GPTQ's grid; H is not used to
 quantize, only to report the same layer error as gptq's, so the two compare per projection), `gptq`
-(bitjax.quant.gptq), both k-bit asymmetric per output channel or per `--group_size` input rows; `billm`
+(bitjax.quant.gptq; `--act_order`: inputs by decreasing diag H, the reference's --act-order, off by
+default as there; with groups, `--static_groups` fixes each original group's grid up front, the
+reference's --static-groups, else the groups are consecutive in act order, the reference's default),
+both k-bit asymmetric per output channel or per `--group_size` input rows; `billm`
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
@@ -66,12 +78,15 @@ MARKER = ".bitjax_ptq"  # in each --out this tool wrote: only those does it repl
 
 
 # ============================================================================ quantizers
-def quantize_kernel(w: jax.Array, h: jax.Array, method: str, bits: int, group_size: int | None) -> jax.Array:
-    """W̃ (in, out) of kernel w (in, out) given its input Hessian h (in, in), by PTQ method `method`."""
-    return ptq_methods.get(method).quantize(w, h, bits, group_size)
+def quantize_kernel(
+    w: jax.Array, h: jax.Array, method: str, bits: int, group_size: int | None, options: tuple = ()
+) -> jax.Array:
+    """W̃ (in, out) of kernel w (in, out) given its input Hessian h (in, in), by PTQ method `method` with
+    its options ((key, value) pairs, ptq_methods.options; () for its defaults)."""
+    return ptq_methods.get(method).quantize(w, h, bits, group_size, **dict(ptq_methods.options(method, dict(options))))
 
 
-_quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4))  # compiled once per kernel shape
+_quantize_kernel = jax.jit(quantize_kernel, static_argnums=(2, 3, 4, 5))  # compiled once per kernel shape
 
 
 def layer_error(w: jax.Array, wq: jax.Array, h: jax.Array) -> float:
@@ -147,10 +162,28 @@ def captured(owner: nnx.Module, name: str):
 
 
 # ============================================================================ the pass
+CAPTURES = ("sequential", "block")  # see the module docstring
+
+
 def quantize_model(
-    model: transformer.Transformer, tokens: np.ndarray, method: str, bits: int, group_size: int | None, log=print
+    model: transformer.Transformer,
+    tokens: np.ndarray,
+    method: str,
+    bits: int,
+    group_size: int | None,
+    log=print,
+    options: tuple = (),
+    capture: str = "sequential",
 ) -> dict[str, float]:
-    """Quantizes every projection kernel of `model` in place, in order; returns {param path: layer error}."""
+    """Quantizes every projection kernel of `model` in place, in order; returns {param path: layer error}.
+
+    capture: 'sequential' (each projection's input after this block's earlier projections are
+    quantized: GPTQ's --true-sequential) or 'block' (all of a block's inputs from one pass of the block
+    still unquantized: BiLLM's run.py, GPTQ without --true-sequential); both take the block's input
+    from the quantized blocks before it. options: the method's ((key, value) pairs).
+    """
+    if capture not in CAPTURES:
+        raise ValueError(f"capture {capture!r}: one of {', '.join(CAPTURES)}")
     cfg_l = tokens.shape[1]
     cos, sin = transformer.rope_cos_sin(jnp.arange(cfg_l), model.head_dim, model.rope_theta)
     errs = {}
@@ -160,26 +193,41 @@ def quantize_model(
         for name in names:
             dense = getattr(owner, name)
             w = dense.kernel[...]
-            wq = _quantize_kernel(w, h, method, bits, group_size)
+            wq = _quantize_kernel(w, h, method, bits, group_size, options)
             errs[f"{prefix}.{name}.kernel"] = layer_error(w, wq, h)
             dense.kernel[...] = wq
 
+    qkv, gate_up = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
     x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
     for i, layer in enumerate(model.layers):
         t0 = time.perf_counter()
         attn, mlp = layer.self_attn, layer.mlp
+        a, m = f"layers.{i}.self_attn", f"layers.{i}.mlp"
         u = layer.input_layernorm(x)
-        quantize(f"layers.{i}.self_attn", attn, ("q_proj", "k_proj", "v_proj"), u)
-        with captured(attn, "o_proj") as rec:
-            attn(u, cos, sin)
-        quantize(f"layers.{i}.self_attn", attn, ("o_proj",), rec.inputs)
-        x = x + attn(u, cos, sin)[0]
-        u = layer.post_attention_layernorm(x)
-        quantize(f"layers.{i}.mlp", mlp, ("gate_proj", "up_proj"), u)
-        with captured(mlp, "down_proj") as rec:
-            mlp(u)
-        quantize(f"layers.{i}.mlp", mlp, ("down_proj",), rec.inputs)
-        x = x + mlp(u)
+        if capture == "block":  # one pass of the unquantized block records all four inputs, then quantize
+            with captured(attn, "o_proj") as rec_o, captured(mlp, "down_proj") as rec_d:
+                u_mlp = layer.post_attention_layernorm(x + attn(u, cos, sin)[0])
+                mlp(u_mlp)
+            inputs = ((attn, a, qkv, u), (attn, a, ("o_proj",), rec_o.inputs))
+            inputs += ((mlp, m, gate_up, u_mlp), (mlp, m, ("down_proj",), rec_d.inputs))
+            del u_mlp
+            for owner, prefix, names, xin in inputs:
+                quantize(prefix, owner, names, xin)
+            del inputs
+            x = x + attn(u, cos, sin)[0]  # the block's output, now through its quantized projections
+            x = x + mlp(layer.post_attention_layernorm(x))
+        else:
+            quantize(a, attn, qkv, u)
+            with captured(attn, "o_proj") as rec:
+                attn(u, cos, sin)
+            quantize(a, attn, ("o_proj",), rec.inputs)
+            x = x + attn(u, cos, sin)[0]
+            u = layer.post_attention_layernorm(x)
+            quantize(m, mlp, gate_up, u)
+            with captured(mlp, "down_proj") as rec:
+                mlp(u)
+            quantize(m, mlp, ("down_proj",), rec.inputs)
+            x = x + mlp(u)
         log(
             f"layer {i}: quantized in {time.perf_counter() - t0:.1f}s; error tr(ΔᵀHΔ) "
             + ", ".join(f"{k.split('.')[-2]} {v:.3g}" for k, v in errs.items() if k.startswith(f"layers.{i}."))
@@ -220,15 +268,27 @@ def run(
     step: int | None = None,
     calib_text: list[str] | None = None,
     eval_text: list[str] | None = None,
+    options: dict | None = None,
+    capture: str = "sequential",
 ) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json.
 
     calib_text, eval_text: glob patterns of text files (None: the run's train and validation splits).
+    options: the method's own options ({'act_order': True}, …; None values: its defaults).
+    capture: 'sequential' | 'block' (see the module docstring).
     """
     try:
         method, bits = ptq_methods.resolve(method, bits)
     except ValueError as e:
         raise errors.UserError(f"--method {method!r}{'' if bits is None else f' --bits {bits}'}: {e}") from None
+    try:
+        opts = ptq_methods.options(method, options)
+    except ValueError as e:
+        raise errors.UserError(str(e)) from None
+    if dict(opts).get("static_groups") and group_size is None:
+        raise errors.UserError("--static_groups fixes the grids of groups: it needs --group_size")
+    if capture not in CAPTURES:
+        raise errors.UserError(f"--capture {capture!r}: one of {', '.join(CAPTURES)}")
     if group_size is not None and group_size < 1:
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
     if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
@@ -285,9 +345,10 @@ def run(
     model = layer_stack.unstack_layers(plan.model(params))  # quantized layer by layer
     print(
         f"{method} {bits}-bit{f', groups of {group_size}' if group_size else ''} on {len(tokens)} calibration "
-        f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers"
+        f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers, {capture} capture"
+        + "".join(f", {k}={v}" for k, v in opts)
     )
-    errs = quantize_model(model, tokens, method, bits, group_size)
+    errs = quantize_model(model, tokens, method, bits, group_size, options=opts, capture=capture)
     qparams = layer_stack.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
     q_eval = evaluate(qparams)
 
@@ -302,6 +363,8 @@ def run(
         "method": method,
         "bits": bits,
         "group_size": group_size,
+        "options": dict(opts),
+        "capture": capture,
         "calib_sequences": len(tokens),
         "calib_data": "train split" if calib_files is None else calib_files,
         "eval_data": "validation split" if eval_files is None else eval_files,
@@ -349,6 +412,25 @@ def main(argv=None):
     p.add_argument(
         "--eval_text", action="append", help="with --calib_text: glob(s) of text files to evaluate on (default: those)"
     )
+    p.add_argument(
+        "--capture",
+        choices=CAPTURES,
+        default="sequential",
+        help="sequential: each projection's input after this block's earlier ones are quantized (GPTQ's "
+        "--true-sequential); block: all from one pass of the unquantized block (BiLLM's procedure)",
+    )
+    p.add_argument(
+        "--act_order",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gptq, decoupleq: quantize inputs by decreasing diag H (default: gptq off, decoupleq on, as their references)",
+    )
+    p.add_argument(
+        "--static_groups",
+        action="store_true",
+        default=None,
+        help="gptq with --group_size: every group's grid fixed up front on the original rows (the reference's)",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -362,6 +444,8 @@ def main(argv=None):
         args.step,
         args.calib_text,
         args.eval_text,
+        {"act_order": args.act_order, "static_groups": args.static_groups},
+        args.capture,
     )
 
 

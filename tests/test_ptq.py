@@ -105,6 +105,9 @@ def test_gptq_layer_error_is_at_most_rtns(outs):
         (["--method", "gptq", "--bits", "1"], "--bits 1"),
         (["--method", "billm", "--bits", "3"], "--bits 3"),
         (["--method", "rtn", "--group_size", "5"], "--group_size 5"),
+        (["--method", "rtn", "--act_order"], "rtn takes no --act_order (its options: none)"),
+        (["--method", "billm", "--static_groups"], "billm takes no --static_groups"),
+        (["--method", "gptq", "--static_groups"], "--static_groups fixes the grids of groups: it needs --group_size"),
     ],
 )
 def test_bad_arguments_are_one_line_and_write_nothing(fp_run, tmp_path, capsys, args, match):
@@ -138,6 +141,20 @@ def test_an_earlier_ptq_output_is_replaced(tmp_path):
     os.makedirs(os.path.join(out, "checkpoints", "30"))
     ptq.fresh_out(out)  # its own earlier output: replaced
     assert os.listdir(out) == [ptq.MARKER]
+
+
+def test_gptq_act_order_static_groups_and_block_capture_from_the_command_line(fp_run, tmp_path):
+    out = str(tmp_path / "gptq3")
+    flags = ["--group_size", "16", "--act_order", "--static_groups", "--capture", "block"]
+    ptq.main(["--workdir", fp_run, "--method", "gptq3", "--calib_sequences", str(CALIB), "--out", out, *flags])
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert saved["options"] == {"act_order": True, "static_groups": True} and saved["capture"] == "block"
+    assert math.isfinite(saved["eval_bpb"])
+    _, params = plan_lib.restore_one_device(out)
+    for path, q in kernels(params):  # static groups: each original 16 input rows share one 3-bit grid
+        groups = q.reshape(q.shape[0] // 16, 16, q.shape[1])
+        assert max(len(np.unique(groups[g, :, o])) for g in range(len(groups)) for o in range(q.shape[1])) <= 8, path
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq"])

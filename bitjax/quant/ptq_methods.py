@@ -3,7 +3,8 @@
 Each method maps a kernel W (in, out) and its input Hessian H (in, in) to W̃; bitjax.ptq runs it layer
 by layer. Names are the QAT recipes' (bitjax.quant.recipes) where they mean the same grid: ``rtn4`` is
 ``rtn`` with 4 bits, in PTQ as in QAT; ``gptq3`` is ``gptq`` with 3 bits. The bare name takes the bits
-separately (``--method rtn --bits 4``).
+separately (``--method rtn --bits 4``). A method's own options (``options``: name → default) reach its
+quantize function as keywords; bitjax.ptq's flags of the same names set them (``--act_order``, …).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from bitjax.quant.gptq import gptq
 
 @dataclasses.dataclass(frozen=True)
 class PTQMethod:
-    """quantize(w, h, bits, group_size) → W̃ (in, out); `bits` the widths it takes, `default_bits` the one
-    used when none is given, `grouped` whether it takes a group size (one grid per group of input rows)."""
+    """quantize(w, h, bits, group_size, **options) → W̃ (in, out); `bits` the widths it takes,
+    `default_bits` the one used when none is given, `grouped` whether it takes a group size (one grid per
+    group of input rows), `options` its own keyword options and their defaults."""
 
-    quantize: Callable[[jax.Array, jax.Array, int, int | None], jax.Array]
+    quantize: Callable[..., jax.Array]
     bits: tuple[int, ...]
     default_bits: int
     grouped: bool
     doc: str
+    options: dict = dataclasses.field(default_factory=dict)
 
 
 _METHODS: dict[str, PTQMethod] = {
@@ -40,7 +43,15 @@ _METHODS: dict[str, PTQMethod] = {
         doc="round to nearest on GPTQ's asymmetric min-max grid (ignores H)",
     ),
     "gptq": PTQMethod(
-        gptq, bits=tuple(range(2, 9)), default_bits=4, grouped=True, doc="GPTQ (Frantar et al. 2023, Alg. 1)"
+        lambda w, h, bits, group_size, act_order, static_groups: gptq(
+            w, h, bits, group_size, act_order=act_order, static_groups=static_groups
+        ),
+        bits=tuple(range(2, 9)),
+        default_bits=4,
+        grouped=True,
+        doc="GPTQ (Frantar et al. 2023, Alg. 1)",
+        # the reference's --act-order and --static-groups, both off by default as there (bitjax.quant.gptq)
+        options={"act_order": False, "static_groups": False},
     ),
     "billm": PTQMethod(
         lambda w, h, bits, group_size: billm(w, h),  # blocks of 128 input rows, as the reference
@@ -59,6 +70,17 @@ def get(name: str) -> PTQMethod:
     if name not in _METHODS:
         raise ValueError(f"unknown PTQ method {name!r}; choose one of {', '.join(NAMES)} (k = bits)")
     return _METHODS[name]
+
+
+def options(name: str, given: dict | None = None) -> tuple[tuple[str, object], ...]:
+    """Method `name`'s options: its defaults updated by `given` (None values ignored), as sorted (key, value)
+    pairs (hashable: a static argument of a jitted quantizer). ValueError for an option it does not take."""
+    spec, given = get(name), {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(spec.options))
+    if unknown:
+        takes = ", ".join(f"--{k}" for k in spec.options) or "none"
+        raise ValueError(f"{name} takes no {', '.join('--' + k for k in unknown)} (its options: {takes})")
+    return tuple(sorted({**spec.options, **given}.items()))
 
 
 def resolve(method: str, bits: int | None = None) -> tuple[str, int]:
