@@ -30,7 +30,11 @@ quantize, only to report the same layer error as gptq's, so the two compare per 
 (bitjax.quant.gptq; `--act_order`: inputs by decreasing diag H, the reference's --act-order, off by
 default as there; with groups, `--static_groups` fixes each original group's grid up front, the
 reference's --static-groups, else the groups are consecutive in act order, the reference's default),
-both k-bit asymmetric per output channel or per `--group_size` input rows; `billm`
+both k-bit asymmetric per output channel or per `--group_size` input rows; `decoupleq`
+(bitjax.quant.decoupleq, the layer-wise stage of decoupleQ: W̃ = s·C + z per channel or group, `--iters`
+rounds (default 4) of GPTQ for the codes C on the fixed grid then the closed-form least-squares (s, z)
+under tr(ΔWᵀHΔW), each kept per channel only where it lowers that; `--act_order` on by default, as its
+run_llama.sh; the paper's block stage, training s, z and norms per block, is not here); `billm`
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
@@ -285,6 +289,8 @@ def run(
         opts = ptq_methods.options(method, options)
     except ValueError as e:
         raise errors.UserError(str(e)) from None
+    if dict(opts).get("iters", 0) < 0:
+        raise errors.UserError(f"--iters {dict(opts)['iters']}: must be ≥ 0")
     if dict(opts).get("static_groups") and group_size is None:
         raise errors.UserError("--static_groups fixes the grids of groups: it needs --group_size")
     if capture not in CAPTURES:
@@ -401,9 +407,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a trained full-precision run")
     p.add_argument(
-        "--method", required=True, help="rtn | gptq | billm, or with the bits in the name as QAT's: rtn4, gptq3"
+        "--method",
+        required=True,
+        help="rtn | gptq | decoupleq | billm, or with the bits in the name as QAT's: rtn4, gptq3",
     )
-    p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq (default 4); billm: 1")
+    p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq/decoupleq (default 4); billm: 1")
     p.add_argument("--group_size", type=int, default=None, help="input rows per (scale, zero) (default: per channel)")
     p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences (of config.seq_len tokens)")
     p.add_argument(
@@ -431,6 +439,12 @@ def main(argv=None):
         default=None,
         help="gptq with --group_size: every group's grid fixed up front on the original rows (the reference's)",
     )
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="decoupleq: rounds of (GPTQ for the codes, closed-form scale/zero) (default 4)",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -444,7 +458,7 @@ def main(argv=None):
         args.step,
         args.calib_text,
         args.eval_text,
-        {"act_order": args.act_order, "static_groups": args.static_groups},
+        {"act_order": args.act_order, "static_groups": args.static_groups, "iters": args.iters},
         args.capture,
     )
 

@@ -17,6 +17,7 @@ import jax
 
 from bitjax.quant import weights
 from bitjax.quant.billm import billm
+from bitjax.quant.decoupleq import decoupleq
 from bitjax.quant.gptq import gptq
 
 
@@ -53,6 +54,17 @@ _METHODS: dict[str, PTQMethod] = {
         # the reference's --act-order and --static-groups, both off by default as there (bitjax.quant.gptq)
         options={"act_order": False, "static_groups": False},
     ),
+    "decoupleq": PTQMethod(
+        lambda w, h, bits, group_size, iters, act_order: decoupleq(
+            w, h, bits, group_size, iters=iters, act_order=act_order
+        ),
+        bits=tuple(range(2, 9)),
+        default_bits=4,
+        grouped=True,
+        doc="decoupleQ (Guo et al. 2024), layer-wise stage: W ≈ s·C + z, GPTQ for C and closed-form (s, z) alternated",
+        # iters: rounds of (GPTQ for C, closed-form (s, z)); act_order on, as run_llama.sh (bitjax.quant.decoupleq)
+        options={"iters": 4, "act_order": True},
+    ),
     "billm": PTQMethod(
         lambda w, h, bits, group_size: billm(w, h),  # blocks of 128 input rows, as the reference
         bits=(1,),
@@ -66,7 +78,8 @@ NAMES = (*METHODS, *(f"{m}<k>" for m in METHODS))
 
 
 def get(name: str) -> PTQMethod:
-    """The PTQ method registered as `name` ('rtn', 'gptq', 'billm'); ValueError listing them otherwise."""
+    """The PTQ method registered as `name` ('rtn', 'gptq', 'decoupleq', 'billm'); ValueError listing them
+    otherwise."""
     if name not in _METHODS:
         raise ValueError(f"unknown PTQ method {name!r}; choose one of {', '.join(NAMES)} (k = bits)")
     return _METHODS[name]
