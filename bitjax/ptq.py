@@ -34,7 +34,8 @@ both k-bit asymmetric per output channel or per `--group_size` input rows; `deco
 (bitjax.quant.decoupleq, the layer-wise stage of decoupleQ: W̃ = s·C + z per channel or group, `--iters`
 rounds (default 4) of GPTQ for the codes C on the fixed grid then the closed-form least-squares (s, z)
 under tr(ΔWᵀHΔW), each kept per channel only where it lowers that; `--act_order` on by default, as its
-run_llama.sh; the paper's block stage, training s, z and norms per block, is not here); `billm`
+run_llama.sh; `--shrink` (default on, as the reference) starts the first round from the best shrunk
+min-max grid; the paper's block stage, training s, z and norms per block, is not here); `billm`
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
@@ -445,6 +446,12 @@ def main(argv=None):
         default=None,
         help="decoupleq: rounds of (GPTQ for the codes, closed-form scale/zero) (default 4)",
     )
+    p.add_argument(
+        "--shrink",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decoupleq: start the first round from the best shrunk min-max grid, as the reference (default on)",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -458,7 +465,7 @@ def main(argv=None):
         args.step,
         args.calib_text,
         args.eval_text,
-        {"act_order": args.act_order, "static_groups": args.static_groups, "iters": args.iters},
+        {"act_order": args.act_order, "static_groups": args.static_groups, "iters": args.iters, "shrink": args.shrink},
         args.capture,
     )
 

@@ -166,11 +166,11 @@ def test_gptq_act_order_static_groups_and_block_capture_from_the_command_line(fp
 
 def test_decoupleq_from_the_command_line_with_groups(fp_run, outs, tmp_path):
     out = str(tmp_path / "dq")
-    ptq.main(["--workdir", fp_run, "--method", "decoupleq", "--bits", "2", "--group_size", "16", "--iters", "2"]
+    ptq.main(["--workdir", fp_run, "--method", "decoupleq", "--bits", "2", "--group_size", "16", "--iters", "2", "--shrink"]
              + ["--calib_sequences", str(CALIB), "--out", out])  # fmt: skip
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
-    assert saved["method"] == "decoupleq" and saved["options"] == {"act_order": True, "iters": 2}
+    assert saved["method"] == "decoupleq" and saved["options"] == {"act_order": True, "iters": 2, "shrink": True}
     # groups of 16 rows: one (s, z) each, so at most 4 values per group and channel; and below RTN's error
     _, params = plan_lib.restore_one_device(out)
     for path, q in kernels(params):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bitjax.quant.decoupleq import closed_form_scale_zero, decoupleq, decoupleq_codes, gptq_on_grid
+from bitjax.quant.decoupleq import closed_form_scale_zero, decoupleq, decoupleq_codes, gptq_on_grid, shrink_search
 from bitjax.quant.gptq import hessian
 
 
@@ -71,20 +71,43 @@ def np_minmax(W, bits, g):
     return (hi - lo) / (2**bits - 1), lo
 
 
-def np_decoupleq(W, H, bits, g, iters, act_order=True):
+def np_shrink(W, H0, s, z, maxq, g):
+    """``get_scale_and_zero``: per channel the shrink p = 1 − i/200 (i < 160) of the min-max range whose
+    round-to-nearest objective is lowest (p = 1 unless strictly beaten)."""
+    rows = lambda a: np.repeat(a, g, axis=0)
+
+    def f_at(p):
+        C = np.clip(np_round((W - rows(p * z)) / rows(p * s)), 0, maxq)
+        return np_objective(W, rows(p * s) * C + rows(p * z), H0)
+
+    best, bp = f_at(1.0), np.ones(W.shape[1])
+    for i in range(1, 160):
+        f = f_at(1 - i / 200)
+        bp, best = np.where(f < best, 1 - i / 200, bp), np.minimum(f, best)
+    return bp * s, bp * z
+
+
+def np_decoupleq(W, H, bits, g, iters, act_order=True, shrink=True):
     """``startquant`` restated: min-max start, then rounds of (a) GPTQ on the fixed grid and (b) the
-    closed-form (s, z), each kept per channel only where the objective drops."""
+    closed-form (s, z), each kept per channel only where the objective drops; the first (a) on the
+    closed-form (s, z) of the best shrunk grid's codes."""
     maxq = 2**bits - 1
     H0 = damped(H)
     s, z = np_minmax(W, bits, g)
     rows = lambda a: np.repeat(a, g, axis=0)
     C = np.clip(np_round((W - rows(z)) / rows(s)), 0, maxq)
     f = np_objective(W, rows(s) * C + rows(z), H0)
-    for _ in range(iters):
-        C1 = np_round_gptq(W, H0, rows(s), rows(z), maxq, act_order)
-        f1 = np_objective(W, rows(s) * C1 + rows(z), H0)
+    for t in range(iters):
+        sa, za = s, z
+        if t == 0 and shrink:
+            sp, zp = np_shrink(W, H0, s, z, maxq, g)
+            sa, za = np_closed_form(W, np.clip(np_round((W - rows(zp)) / rows(sp)), 0, maxq), H0, g)
+        C1 = np_round_gptq(W, H0, rows(sa), rows(za), maxq, act_order)
+        f1 = np_objective(W, rows(sa) * C1 + rows(za), H0)
         keep = f1 < f
         C[:, keep], f[keep] = C1[:, keep], f1[keep]
+        s, z = s.copy(), z.copy()
+        s[:, keep], z[:, keep] = sa[:, keep], za[:, keep]
         s1, z1 = np_closed_form(W, C, H0, g)
         f2 = np_objective(W, rows(s1) * C + rows(z1), H0)
         keep = f2 < f
@@ -139,17 +162,19 @@ def test_gptq_on_a_fixed_grid_matches_the_reference_loop(act_order):
     assert (np.asarray(got) != want).mean() < 0.01  # float32 vs float64: a rare tie may round the other way
 
 
-@pytest.mark.parametrize("bits, g", [(2, None), (2, 8), (3, 16)])
-def test_decoupleq_matches_the_restatement_and_never_raises_the_objective(bits, g):
+@pytest.mark.parametrize("bits, g, shrink", [(2, None, True), (2, 8, True), (3, 16, False), (2, 8, False)])
+def test_decoupleq_matches_the_restatement_and_never_raises_the_objective(bits, g, shrink):
     w, h = problem(seed=6)
-    codes, s, _z, f = decoupleq_codes(jnp.asarray(w), jnp.asarray(h, jnp.float32), bits, g, iters=3)
+    codes, s, _z, f = decoupleq_codes(jnp.asarray(w), jnp.asarray(h, jnp.float32), bits, g, iters=3, shrink=shrink)
     f = np.asarray(f, np.float64)
     assert f.shape == (7, w.shape[1])
     assert (np.diff(f, axis=0) <= 1e-6 * f[:1]).all()  # monotone per channel
     assert (f[-1] < f[0]).all() and f[-1].sum() < 0.7 * f[0].sum()  # below round-to-nearest on the min-max grid
     assert int(np.asarray(codes).max()) <= 2**bits - 1 and s.shape == (w.shape[0] // (g or w.shape[0]), w.shape[1])
-    want, want_f = np_decoupleq(w, h, bits, g or w.shape[0], 3)
-    got = np.asarray(decoupleq(jnp.asarray(w), jnp.asarray(h, jnp.float32), bits, g, iters=3), np.float64)
+    want, want_f = np_decoupleq(w, h, bits, g or w.shape[0], 3, shrink=shrink)
+    got = np.asarray(
+        decoupleq(jnp.asarray(w), jnp.asarray(h, jnp.float32), bits, g, iters=3, shrink=shrink), np.float64
+    )
     got_f = np_objective(w, got, damped(h))
     np.testing.assert_allclose(got_f, f[-1], rtol=1e-3)  # W̃ is s·C + z of the returned parts
     np.testing.assert_allclose(got_f.sum(), want_f.sum(), rtol=2e-2)  # same algorithm, float32 vs float64
@@ -159,9 +184,24 @@ def test_decoupleq_matches_the_restatement_and_never_raises_the_objective(bits, 
 def test_decoupleq_beats_gptq_on_the_min_max_grid():
     """Rounds after the first only help: with iters=4 the objective is below a single (a) step's."""
     w, h = problem(seed=7)
-    f1 = np.asarray(decoupleq_codes(jnp.asarray(w), jnp.asarray(h, jnp.float32), 2, 8, iters=1)[3])
-    f4 = np.asarray(decoupleq_codes(jnp.asarray(w), jnp.asarray(h, jnp.float32), 2, 8, iters=4)[3])
+    run = lambda iters: np.asarray(
+        decoupleq_codes(jnp.asarray(w), jnp.asarray(h, jnp.float32), 2, 8, iters=iters, shrink=False)[3]
+    )
+    f1, f4 = run(1), run(4)
     assert f4[-1].sum() < f1[1].sum()  # f1[1]: after GPTQ on the min-max grid
+
+
+@pytest.mark.parametrize("g", [32, 8])
+def test_shrink_search_matches_the_reference_grid_search(g):
+    w, h = problem(seed=8)
+    h0 = damped(h)
+    s, z = np_minmax(w, 2, g)
+    got = shrink_search(jnp.asarray(w), jnp.asarray(h0, jnp.float32), jnp.asarray(s, jnp.float32),
+                        jnp.asarray(z, jnp.float32), 3)  # fmt: skip
+    want = np_shrink(w, h0, s, z, 3, g)
+    np.testing.assert_allclose(np.asarray(got[0]), want[0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[1]), want[1], rtol=1e-5)
+    assert (want[0] < s).any()  # some channel is shrunk: the search is not a no-op here
 
 
 def test_bad_arguments_are_named():

@@ -21,11 +21,13 @@ lowers f_o (the reference's ``tmp = err0 < err``):
       so a group whose codes are all equal, AᵀH₀A singular, still gets the least-squares solution).
 So f_o never increases (:func:`decoupleq_codes` returns it after each step).
 
-Not done as in the reference (said here, not hidden): its first round also tries a shrunk min-max grid
-found by a grid search of 160 shrink factors (``iters_for_scale``), its iteration count runs one GPTQ
-step on the min-max grid before the rounds (max_iter_num = rounds + 1), and it stops early when no
-channel improves (here a round that improves nothing changes nothing). Its block stage (training s, z
-and the norms per block on the block's output MSE) needs a block-reconstruction harness: not here.
+The reference's first round (its ``iters_for_scale`` ≥ 2) runs (a) on a candidate grid instead: the
+closed-form (s, z) of the round-to-nearest codes on the min-max grid shrunk by the per-channel factor
+p ∈ {1, 0.995, …, 0.205} that lowers f most (`shrink`, on by default; :func:`shrink_search`).
+Not done as in the reference (said here, not hidden): its iteration count runs one GPTQ step on the
+min-max grid before the rounds (max_iter_num = rounds + 1), and it stops early when no channel improves
+(here a round that improves nothing changes nothing). Its block stage (training s, z and the norms per
+block on the block's output MSE) needs a block-reconstruction harness: not here.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def minmax_grid(w: jax.Array, bits: int, g: int) -> tuple[jax.Array, jax.Array]:
     both = (lo == 0) & (hi == 0)
     lo, hi = jnp.where(both, -1.0, lo), jnp.where(both, 1.0, hi)
     return (hi - lo) / rtn_grid(bits), lo
+
+
+def shrink_search(
+    w: jax.Array, h0: jax.Array, s: jax.Array, z: jax.Array, maxq: int, grid: int = 200, max_shrink: float = 0.8
+) -> tuple[jax.Array, jax.Array]:
+    """The min-max grid (s, z) (groups, out) shrunk by the factor p ∈ {1 − i/grid : i < max_shrink·grid}
+    lowering each channel's objective most (one p per channel, all its groups; p = 1 unless another is
+    strictly better), round-to-nearest codes: the reference's ``get_scale_and_zero`` (grid 200, maxshrink 0.8)."""
+    g = w.shape[0] // s.shape[0]
+    rows = lambda a: jnp.repeat(a, g, axis=0)
+
+    def f_at(p):  # objective per channel of RTN on the grid (p·s, p·z): the range [p·min, p·max]
+        return objective(w, rows(p * s) * round_to_grid(w, rows(p * s), rows(p * z), maxq) + rows(p * z), h0)
+
+    def body(i, carry):
+        best_f, best_p = carry
+        p = 1.0 - i / grid
+        f = f_at(p)
+        return jnp.where(f < best_f, f, best_f), jnp.where(f < best_f, p, best_p)
+
+    init = (f_at(1.0), jnp.ones(w.shape[1], jnp.float32))
+    _, p = jax.lax.fori_loop(1, int(max_shrink * grid), body, init)
+    return p * s, p * z
 
 
 def closed_form_scale_zero(w: jax.Array, codes: jax.Array, h: jax.Array, g: int) -> tuple[jax.Array, jax.Array]:
@@ -117,12 +142,15 @@ def decoupleq_codes(
     iters: int = 4,
     act_order: bool = True,
     damp: float = 0.01,
+    shrink: bool = True,
 ):
     """decoupleQ's layer-wise stage of kernel w (in, out) given its input Hessian h (in, in).
 
     Returns (codes uint8 (in, out) in [0, 2^k − 1], s (groups, out), z (groups, out), f (2·iters + 1, out)):
     W̃ = s·codes + z row-group-wise, and f the objective per channel after the min-max start and after
-    each step (a), (b) of the `iters` rounds (non-increasing). See the module docstring.
+    each step (a), (b) of the `iters` rounds (non-increasing). `shrink`: the first round's (a) runs on the
+    closed-form (s, z) of the best shrunk min-max grid's codes (:func:`shrink_search`), as the reference's
+    first iteration (``iters_for_scale``); off, on the min-max grid. See the module docstring.
     """
     if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(f"decoupleq expects w (in, out) and h (in, in); got {w.shape} and {h.shape}")
@@ -142,13 +170,20 @@ def decoupleq_codes(
     s, z = minmax_grid(w, bits, g)
     codes = round_to_grid(w, rows(s), rows(z), maxq)
     f = f_of(codes, s, z)
+    if shrink:  # the first round's candidate grid
+        s_p, z_p = shrink_search(w, h0, s, z, maxq)
+        s_c, z_c = closed_form_scale_zero(w, round_to_grid(w, rows(s_p), rows(z_p), maxq), h0, g)
+    else:
+        s_c, z_c = s, z
 
-    def step(carry, _):
+    def step(carry, first):
         codes, s, z, f = carry
-        c1 = gptq_on_grid(w, h0, rows(s), rows(z), maxq, act_order)  # (a)
-        f1 = f_of(c1, s, z)
+        sa, za = jnp.where(first, s_c, s), jnp.where(first, z_c, z)  # (a)'s grid: the candidate, then (s, z)
+        c1 = gptq_on_grid(w, h0, rows(sa), rows(za), maxq, act_order)  # (a)
+        f1 = f_of(c1, sa, za)
         keep = f1 < f  # NaN compares False: a channel's change is kept only if it lowers f
         codes, f = jnp.where(keep[None], c1, codes), jnp.where(keep, f1, f)
+        s, z = jnp.where(keep[None], sa, s), jnp.where(keep[None], za, z)
         fa = f
         s1, z1 = closed_form_scale_zero(w, codes, h0, g)  # (b)
         f2 = f_of(codes, s1, z1)
@@ -156,7 +191,7 @@ def decoupleq_codes(
         s, z, f = jnp.where(keep[None], s1, s), jnp.where(keep[None], z1, z), jnp.where(keep, f2, f)
         return (codes, s, z, f), jnp.stack([fa, f])
 
-    (codes, s, z, _), trace = jax.lax.scan(step, (codes, s, z, f), None, length=iters)
+    (codes, s, z, _), trace = jax.lax.scan(step, (codes, s, z, f), jnp.arange(iters) == 0)
     history = jnp.concatenate([f[None], trace.reshape(-1, f.shape[0])])
     return codes.astype(jnp.uint8), s, z, history
 
@@ -169,9 +204,10 @@ def decoupleq(
     iters: int = 4,
     act_order: bool = True,
     damp: float = 0.01,
+    shrink: bool = True,
 ) -> jax.Array:
     """decoupleQ-quantized kernel W̃ = s·codes + z (in, out), in w's dtype. See :func:`decoupleq_codes`."""
-    codes, s, z, _ = decoupleq_codes(w, h, bits, group_size, iters, act_order, damp)
+    codes, s, z, _ = decoupleq_codes(w, h, bits, group_size, iters, act_order, damp, shrink)
     g = w.shape[0] // s.shape[0]
     wq = jnp.repeat(s, g, axis=0) * codes.astype(jnp.float32) + jnp.repeat(z, g, axis=0)
     return wq.astype(w.dtype)

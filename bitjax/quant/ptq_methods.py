@@ -55,15 +55,16 @@ _METHODS: dict[str, PTQMethod] = {
         options={"act_order": False, "static_groups": False},
     ),
     "decoupleq": PTQMethod(
-        lambda w, h, bits, group_size, iters, act_order: decoupleq(
-            w, h, bits, group_size, iters=iters, act_order=act_order
+        lambda w, h, bits, group_size, iters, act_order, shrink: decoupleq(
+            w, h, bits, group_size, iters=iters, act_order=act_order, shrink=shrink
         ),
         bits=tuple(range(2, 9)),
         default_bits=4,
         grouped=True,
         doc="decoupleQ (Guo et al. 2024), layer-wise stage: W ≈ s·C + z, GPTQ for C and closed-form (s, z) alternated",
-        # iters: rounds of (GPTQ for C, closed-form (s, z)); act_order on, as run_llama.sh (bitjax.quant.decoupleq)
-        options={"iters": 4, "act_order": True},
+        # iters: rounds of (GPTQ for C, closed-form (s, z)); act_order on, as run_llama.sh; shrink: the first
+        # round's shrunk-grid candidate, as the reference (bitjax.quant.decoupleq)
+        options={"iters": 4, "act_order": True, "shrink": True},
     ),
     "billm": PTQMethod(
         lambda w, h, bits, group_size: billm(w, h),  # blocks of 128 input rows, as the reference
