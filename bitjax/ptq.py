@@ -28,7 +28,8 @@ blocks < i to match the FP block's output on the FP chain (MSE), then its kernel
 `omniquant` (bitjax.quant.omniquant: learnable weight clipping; defaults 20 epochs at W3/W4, 40 at W2,
 batch 1) and `efficientqat` (bitjax.quant.efficientqat: Block-AP, all weights and the grid trained;
 2 epochs, batch 2), both k-bit asymmetric per channel or per `--group_size`. `--epochs` and
-`--batch_size` (sequences a step) override the method's defaults; on 2 CPU cores a scaled-down setting
+`--batch_size` (sequences a step) override the method's defaults, `--aug_loss` adds the reference's
+second target (the FP block on the quantized chain's input); on 2 CPU cores a scaled-down setting
 such as `--calib_sequences 16 --epochs 2` takes minutes, not hours. ptq.json then holds per block the
 reconstruction loss at initialisation and after training (`block_errors`) instead of `layer_errors`.
 
@@ -205,6 +206,7 @@ def reconstruct_model(
     group_size: int | None,
     epochs: int | None = None,
     batch_size: int | None = None,
+    aug_loss: bool = False,
     log=print,
 ) -> dict[str, dict[str, float]]:
     """Quantizes every decoder block of `model` (loop layout) in place by block reconstruction
@@ -212,7 +214,9 @@ def reconstruct_model(
     cos, sin = transformer.rope_cos_sin(jnp.arange(tokens.shape[1]), model.head_dim, model.rope_theta)
     x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
     block = ptq_methods.get(method).block
-    return block_recon.reconstruct(model.layers, x, cos, sin, block, bits, group_size, epochs, batch_size, log)
+    return block_recon.reconstruct(
+        model.layers, x, cos, sin, block, bits, group_size, epochs, batch_size, aug_loss, log
+    )
 
 
 # a registered method's kind → (the pass that quantizes the model with it, the ptq.json key of its errors)
@@ -254,11 +258,13 @@ def run(
     eval_text: list[str] | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
+    aug_loss: bool = False,
 ) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json.
 
     calib_text, eval_text: glob patterns of text files (None: the run's train and validation splits).
-    epochs, batch_size: a block-wise method's training (None: the method's defaults).
+    epochs, batch_size: a block-wise method's training (None: the method's defaults); aug_loss: its second
+    target (bitjax.quant.block_recon).
     """
     try:
         method, bits = ptq_methods.resolve(method, bits)
@@ -269,7 +275,8 @@ def run(
     if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
         raise errors.UserError(f"--calib_sequences {calib_sequences}: must be in [1, {MAX_CALIB_SEQUENCES}]")
     spec = ptq_methods.get(method)
-    options = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
+    given = (("epochs", epochs), ("batch_size", batch_size), ("aug_loss", aug_loss or None))
+    options = {k: v for k, v in given if v is not None}
     if options and spec.block is None:
         raise errors.UserError(
             f"--{next(iter(options))}: {method} is layer-wise (no training); only block-wise methods take it"
@@ -357,6 +364,7 @@ def run(
     if spec.block is not None:  # the training it ran (the defaults resolved)
         ptq["epochs"] = spec.block.default_epochs(bits) if epochs is None else epochs
         ptq["batch_size"] = spec.block.default_batch_size if batch_size is None else batch_size
+        ptq["aug_loss"] = aug_loss
     # the run's own config (its mesh, not this process's) and tokenizer, copied along: OUT restores alone
     meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer), "ptq": ptq}
     plan_lib.store_tokenizer(out, plan.tokenizer)
@@ -408,6 +416,11 @@ def main(argv=None):
     p.add_argument(
         "--batch_size", type=int, default=None, help="block-wise methods: sequences a step (default: the method's)"
     )
+    p.add_argument(
+        "--aug_loss",
+        action="store_true",
+        help="block-wise methods: also match the FP block on the quantized input (OmniQuant's --aug_loss)",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -423,6 +436,7 @@ def main(argv=None):
         args.eval_text,
         args.epochs,
         args.batch_size,
+        args.aug_loss,
     )
 
 

@@ -195,7 +195,7 @@ def test_one_omniquant_step_matches_adamw_on_hfs_llama_block():
     theta = omniquant.init(params, bits, group_size)
     tx = omniquant.optimizer(theta, 1, bits)
     step = block_recon.train_step(tx, graphdef, omniquant.METHOD, bits, group_size)
-    theta, _, loss = step(theta, tx.init(theta), params, jnp.asarray(x_q), y, cos, sin)
+    theta, _, loss = step(theta, tx.init(theta), params, jnp.asarray(x_q), (y,), cos, sin)
     assert float(loss) == pytest.approx(loss_t.item(), rel=1e-4)
     for (block, name), (up, low) in lwc.items():
         d_out, d_in = fp_w[(block, name)].shape
@@ -208,21 +208,26 @@ def test_one_omniquant_step_matches_adamw_on_hfs_llama_block():
     assert any(not np.allclose(np.asarray(theta[b][k]["gamma"]), 4.0) for b, k in lwc)  # the step moved the clipping
 
 
-def test_reconstruct_trains_each_block_on_the_quantized_chain():
+@pytest.mark.parametrize("aug_loss", [False, True])
+def test_reconstruct_trains_each_block_on_the_quantized_chain(aug_loss):
     """The harness's chain: block i's inputs are the quantized outputs of blocks < i; its target is the FP
-    chain; each block's loss drops from its initialisation; the kernels written lie on a 2-bit grid."""
+    chain (with aug_loss also the FP block on the quantized input); each block's loss drops from its
+    initialisation; the kernels written lie on a 2-bit grid."""
     model = tiny_model(False)
     fp = nnx.clone(model)
     tokens = jax.random.randint(jax.random.key(1), (4, 12), 0, 61)
     cos, sin = transformer.rope_cos_sin(jnp.arange(12), model.head_dim, model.rope_theta)
     x = model.embed_tokens(tokens)
-    losses = block_recon.reconstruct(model.layers, x, cos, sin, omniquant.METHOD, 2, None, 3, 2, log=lambda _: None)
+    losses = block_recon.reconstruct(
+        model.layers, x, cos, sin, omniquant.METHOD, 2, None, 3, 2, aug_loss, log=lambda _: None
+    )
     assert list(losses) == ["layers.0", "layers.1", "layers.2"]
     x_fp = x_q = x
     for i, (lq, lf) in enumerate(zip(model.layers, fp.layers)):
-        y_fp, y_q = lf(x_fp, cos, sin)[0], lq(x_q, cos, sin)[0]
+        y_fp, y_q = np.asarray(lf(x_fp, cos, sin)[0]), np.asarray(lq(x_q, cos, sin)[0])
         # the final loss is the written W̃'s loss: quantized block on the quantized chain vs the FP chain
-        assert losses[f"layers.{i}"]["final"] == pytest.approx(float(jnp.mean((y_q - y_fp) ** 2)), rel=1e-4)
+        want = np.mean((y_q - y_fp) ** 2) + (np.mean((y_q - np.asarray(lf(x_q, cos, sin)[0])) ** 2) if aug_loss else 0)
+        assert losses[f"layers.{i}"]["final"] == pytest.approx(float(want), rel=1e-4)
         assert losses[f"layers.{i}"]["final"] < losses[f"layers.{i}"]["init"]
         x_fp, x_q = y_fp, y_q
         for _, _, k in block_recon.kernels(nnx.to_pure_dict(nnx.state(lq))):
@@ -267,12 +272,12 @@ def test_omniquant_on_calib_text_through_the_cli(fp_run, tmp_path, capsys):  # n
     out = str(tmp_path / "omni_text")
     ptq.main(
         ["--workdir", fp_run, "--method", "omniquant3", "--group_size", "16", "--calib_text", FILES[0]]
-        + ["--calib_sequences", "4", "--epochs", "1", "--batch_size", "2", "--out", out]
+        + ["--calib_sequences", "4", "--epochs", "1", "--batch_size", "2", "--aug_loss", "--out", out]
     )
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
     assert saved["bits"] == 3 and saved["group_size"] == 16 and saved["calib_data"] == [FILES[0]]
-    assert saved["batch_size"] == 2 and math.isfinite(saved["eval_bpb"])
+    assert saved["batch_size"] == 2 and saved["aug_loss"] is True and math.isfinite(saved["eval_bpb"])
 
 
 @pytest.mark.parametrize(
@@ -280,6 +285,7 @@ def test_omniquant_on_calib_text_through_the_cli(fp_run, tmp_path, capsys):  # n
     [
         (["--method", "rtn", "--epochs", "2"], "--epochs: rtn is layer-wise"),
         (["--method", "gptq", "--batch_size", "2"], "--batch_size: gptq is layer-wise"),
+        (["--method", "billm", "--aug_loss"], "--aug_loss: billm is layer-wise"),
         (["--method", "omniquant", "--epochs", "-1"], "--epochs -1"),
         (["--method", "efficientqat", "--batch_size", "9", "--calib_sequences", "8"], "--batch_size 9"),
         (["--method", "omniquant", "--bits", "1"], "--bits 1"),

@@ -9,6 +9,9 @@ in OpenGVLab/EfficientQAT ``quantize/block_ap.py``):
                   θ* = argmin_θ  mean‖block_i(W̃(θ); x_q) − y_fp‖²       (MSE; AdamW over mini-batches)
                   x_q ← block_i(W̃(θ*); x_q),  x_fp ← y_fp
 
+With `aug_loss` (the reference's --aug_loss, in its W2 scripts) the loss adds mean‖block_i(W̃(θ); x_q) −
+block_i(W; x_q)‖²: the FP block on the quantized chain's input as a second target.
+
 The block runs as a pure function of its parameter dict (:func:`block_forward`), the loop layout's
 (`bitjax.nn.layer_stack.unstack_layers` slices a scan_layers model into it). One block's θ and optimizer
 state are alive at a time, beside the three [n, L, D] activation sets. A method is a :class:`BlockMethod`
@@ -76,11 +79,11 @@ def block_forward(graphdef, params: dict, x: jax.Array, cos: jax.Array, sin: jax
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def block_loss(graphdef, method, bits, group_size, theta, params, x, y, cos, sin) -> jax.Array:
-    """mean((block(apply(θ, params))(x) − y)²) over all elements: OmniQuant's torch.nn.MSELoss between the
-    FP target y and the quantized block's output on x (float32)."""
-    q = method.apply(theta, params, bits, group_size)
-    return jnp.mean(jnp.square(block_forward(graphdef, q, x, cos, sin).astype(jnp.float32) - y.astype(jnp.float32)))
+def block_loss(graphdef, method, bits, group_size, theta, params, x, ys, cos, sin) -> jax.Array:
+    """Σ_y mean((block(apply(θ, params))(x) − y)²) over the targets ys (a tuple of [B, L, D]), each mean over
+    all elements: OmniQuant's torch.nn.MSELoss between an FP target and the quantized block's output on x."""
+    out = block_forward(graphdef, method.apply(theta, params, bits, group_size), x, cos, sin).astype(jnp.float32)
+    return sum(jnp.mean(jnp.square(out - y.astype(jnp.float32))) for y in ys)
 
 
 @partial(jax.jit, static_argnums=(0, 3, 4))
@@ -90,11 +93,12 @@ def apply_method(method, theta, params, bits, group_size) -> dict:
 
 
 def train_step(tx, graphdef, method, bits, group_size):
-    """step(θ, opt_state, params, x, y, cos, sin) → (θ, opt_state, loss): one AdamW step on one mini-batch."""
+    """step(θ, opt_state, params, x, ys, cos, sin) → (θ, opt_state, loss): one optimizer step on one mini-batch
+    (ys: the targets, see block_loss)."""
 
-    def step(theta, opt_state, params, x, y, cos, sin):
+    def step(theta, opt_state, params, x, ys, cos, sin):
         loss, g = jax.value_and_grad(
-            lambda t: block_loss(graphdef, method, bits, group_size, t, params, x, y, cos, sin)
+            lambda t: block_loss(graphdef, method, bits, group_size, t, params, x, ys, cos, sin)
         )(theta)
         updates, opt_state = tx.update(g, opt_state, theta)
         return optax.apply_updates(theta, updates), opt_state, loss
@@ -110,7 +114,9 @@ def _forward_all(graphdef, params, x, cos, sin, batch: int) -> jax.Array:
     return jnp.concatenate([_forward(graphdef, params, x[i : i + batch], cos, sin) for i in range(0, len(x), batch)])
 
 
-def reconstruct_block(layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, group_size, epochs: int, batch: int):
+def reconstruct_block(
+    layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, group_size, epochs: int, batch: int, aug_loss: bool = False
+):
     """Trains one block (see the module docstring), writes its W̃ into `layer` (an nnx module) in place.
 
     x_fp, x_q [n, L, D]: the block's FP-chain and quantized-chain inputs. Returns (y_fp, y_q, init loss,
@@ -122,6 +128,7 @@ def reconstruct_block(layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, gro
     graphdef, state = nnx.split(layer)
     params = nnx.to_pure_dict(state)
     y_fp = _forward_all(graphdef, params, x_fp, cos, sin, batch)
+    targets = (y_fp, _forward_all(graphdef, params, x_q, cos, sin, batch)) if aug_loss else (y_fp,)
     theta = method.init(params, bits, group_size)
     tx = method.optimizer(theta, epochs * steps_per_epoch, bits)
     opt_state = tx.init(theta)
@@ -130,7 +137,16 @@ def reconstruct_block(layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, gro
     def total(theta):  # mini-batch means weighted by their size
         parts = [
             block_loss(
-                graphdef, method, bits, group_size, theta, params, x_q[j : j + batch], y_fp[j : j + batch], cos, sin
+                graphdef,
+                method,
+                bits,
+                group_size,
+                theta,
+                params,
+                x_q[j : j + batch],
+                tuple(y[j : j + batch] for y in targets),
+                cos,
+                sin,
             )
             * len(x_q[j : j + batch])
             for j in range(0, n, batch)
@@ -141,7 +157,7 @@ def reconstruct_block(layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, gro
     for _ in range(epochs):  # in order, as the reference (no shuffling)
         for j in range(steps_per_epoch):
             sl = slice(j * batch, (j + 1) * batch)
-            theta, opt_state, _loss = step(theta, opt_state, params, x_q[sl], y_fp[sl], cos, sin)
+            theta, opt_state, _loss = step(theta, opt_state, params, x_q[sl], tuple(y[sl] for y in targets), cos, sin)
     final_loss = total(theta)
     qparams = apply_method(method, theta, params, bits, group_size)
     y_q = _forward_all(graphdef, qparams, x_q, cos, sin, batch)
@@ -160,6 +176,7 @@ def reconstruct(
     group_size: int | None,
     epochs: int | None = None,
     batch_size: int | None = None,
+    aug_loss: bool = False,
     log=print,
 ) -> dict[str, dict[str, float]]:
     """Quantizes every decoder block of `layers` (the loop layout's nnx.List) in place, in order, by block
@@ -167,7 +184,7 @@ def reconstruct(
 
     x [n, L, D]: the first block's input (the embedded calibration tokens); cos, sin: the RoPE tables
     [L, head_dim] the blocks take. `epochs` passes over the n sequences per block, in order (as the
-    reference), `batch_size` sequences a step (defaults: the method's). Returns {'layers.i': {'init':
+    reference), `batch_size` sequences a step (defaults: the method's); aug_loss: see the module docstring. Returns {'layers.i': {'init':
     block loss at θ's initialisation, 'final': after training}}, each over all n sequences.
     """
     epochs = method.default_epochs(bits) if epochs is None else epochs
@@ -177,7 +194,7 @@ def reconstruct(
     for i, layer in enumerate(layers):
         t0 = time.perf_counter()
         x_fp, x_q, init_loss, final_loss = reconstruct_block(
-            layer, x_fp, x_q, cos, sin, method, bits, group_size, epochs, batch
+            layer, x_fp, x_q, cos, sin, method, bits, group_size, epochs, batch, aug_loss
         )
         losses[f"layers.{i}"] = {"init": init_loss, "final": final_loss}
         log(
