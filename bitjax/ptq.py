@@ -29,7 +29,8 @@ blocks < i to match the FP block's output on the FP chain (MSE), then its kernel
 batch 1) and `efficientqat` (bitjax.quant.efficientqat: Block-AP, all weights and the grid trained;
 2 epochs, batch 2), both k-bit asymmetric per channel or per `--group_size`. `--epochs` and
 `--batch_size` (sequences a step) override the method's defaults, `--aug_loss` adds the reference's
-second target (the FP block on the quantized chain's input); on 2 CPU cores a scaled-down setting
+second target (the FP block on the quantized chain's input), `--let` OmniQuant's LET beside LWC
+(per-channel scales folded into norm→q/k/v, norm→gate/up, v→o, q·k; see bitjax.quant.omniquant); on 2 CPU cores a scaled-down setting
 such as `--calib_sequences 16 --epochs 2` takes minutes, not hours. ptq.json then holds per block the
 reconstruction loss at initialisation and after training (`block_errors`) instead of `layer_errors`.
 
@@ -207,13 +208,16 @@ def reconstruct_model(
     epochs: int | None = None,
     batch_size: int | None = None,
     aug_loss: bool = False,
+    let: bool = False,
     log=print,
 ) -> dict[str, dict[str, float]]:
     """Quantizes every decoder block of `model` (loop layout) in place by block reconstruction
-    (bitjax.quant.block_recon); returns {'layers.i': {'init', 'final'}} block losses."""
+    (bitjax.quant.block_recon); returns {'layers.i': {'init', 'final'}} block losses. let: the method's
+    'let' variant (OmniQuant's LWC + LET)."""
     cos, sin = transformer.rope_cos_sin(jnp.arange(tokens.shape[1]), model.head_dim, model.rope_theta)
     x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
     block = ptq_methods.get(method).block
+    block = dict(block.variants)["let"] if let else block
     return block_recon.reconstruct(
         model.layers, x, cos, sin, block, bits, group_size, epochs, batch_size, aug_loss, log
     )
@@ -259,12 +263,13 @@ def run(
     epochs: int | None = None,
     batch_size: int | None = None,
     aug_loss: bool = False,
+    let: bool = False,
 ) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json.
 
     calib_text, eval_text: glob patterns of text files (None: the run's train and validation splits).
     epochs, batch_size: a block-wise method's training (None: the method's defaults); aug_loss: its second
-    target (bitjax.quant.block_recon).
+    target (bitjax.quant.block_recon); let: OmniQuant's LET beside LWC.
     """
     try:
         method, bits = ptq_methods.resolve(method, bits)
@@ -275,12 +280,14 @@ def run(
     if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
         raise errors.UserError(f"--calib_sequences {calib_sequences}: must be in [1, {MAX_CALIB_SEQUENCES}]")
     spec = ptq_methods.get(method)
-    given = (("epochs", epochs), ("batch_size", batch_size), ("aug_loss", aug_loss or None))
+    given = (("epochs", epochs), ("batch_size", batch_size), ("aug_loss", aug_loss or None), ("let", let or None))
     options = {k: v for k, v in given if v is not None}
     if options and spec.block is None:
         raise errors.UserError(
             f"--{next(iter(options))}: {method} is layer-wise (no training); only block-wise methods take it"
         )
+    if let and "let" not in dict(spec.block.variants):
+        raise errors.UserError(f"--let: {method} has no LET (OmniQuant's learnable equivalent transformation)")
     if epochs is not None and epochs < 0:
         raise errors.UserError(f"--epochs {epochs}: must be ≥ 0")
     if batch_size is not None and not 1 <= batch_size <= calib_sequences:
@@ -365,6 +372,8 @@ def run(
         ptq["epochs"] = spec.block.default_epochs(bits) if epochs is None else epochs
         ptq["batch_size"] = spec.block.default_batch_size if batch_size is None else batch_size
         ptq["aug_loss"] = aug_loss
+        if let:
+            ptq["let"] = True
     # the run's own config (its mesh, not this process's) and tokenizer, copied along: OUT restores alone
     meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer), "ptq": ptq}
     plan_lib.store_tokenizer(out, plan.tokenizer)
@@ -421,6 +430,9 @@ def main(argv=None):
         action="store_true",
         help="block-wise methods: also match the FP block on the quantized input (OmniQuant's --aug_loss)",
     )
+    p.add_argument(
+        "--let", action="store_true", help="omniquant: learnable equivalent transformation beside LWC (scales only)"
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -437,6 +449,7 @@ def main(argv=None):
         args.epochs,
         args.batch_size,
         args.aug_loss,
+        args.let,
     )
 
 

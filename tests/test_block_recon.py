@@ -192,7 +192,7 @@ def test_one_omniquant_step_matches_adamw_on_hfs_llama_block():
     cos, sin = transformer.rope_cos_sin(jnp.arange(length), model.head_dim, model.rope_theta)
     y = block_recon.block_forward(graphdef, params, jnp.asarray(x_fp), cos, sin)
     np.testing.assert_allclose(np.asarray(y), y_fp.numpy(), rtol=1e-4, atol=1e-5)
-    theta = omniquant.init(params, bits, group_size)
+    theta = omniquant.init(params, bits, group_size, layer)
     tx = omniquant.optimizer(theta, 1, bits)
     step = block_recon.train_step(tx, graphdef, omniquant.METHOD, bits, group_size)
     theta, _, loss = step(theta, tx.init(theta), params, jnp.asarray(x_q), (y,), cos, sin)
@@ -232,6 +232,36 @@ def test_reconstruct_trains_each_block_on_the_quantized_chain(aug_loss):
         x_fp, x_q = y_fp, y_q
         for _, _, k in block_recon.kernels(nnx.to_pure_dict(nnx.state(lq))):
             assert max(len(np.unique(np.asarray(k)[:, o])) for o in range(k.shape[1])) <= 4
+
+
+@pytest.mark.parametrize("sub_norm", [False, True])
+def test_let_is_an_equivalent_transformation(sub_norm):
+    """LET's scales folded into the FP block leave its function unchanged (paper Eq. 4–5: X W = (X/s)(sW));
+    GQA (4 query heads on 2 KV heads) and RoPE included; scales of both signs, one truncated to 1e-2."""
+    cfg = transformer.default_config()
+    cfg.update(dict(vocab_size=61, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, mlp_dim=48, sub_norm=sub_norm))
+    layer = transformer.Transformer(cfg, rngs=nnx.Rngs(5)).layers[0]
+    graphdef, state = nnx.split(layer)
+    params = nnx.to_pure_dict(state)
+    theta = omniquant.let_init(params, 2, None, layer)
+    assert ("out" in theta["let"]) is not sub_norm  # no v→o pair across attn_sub_norm
+    keys = iter(jax.random.split(jax.random.key(7), 8))
+    let = {
+        k: jax.random.uniform(next(keys), v.shape, minval=0.3, maxval=3.0)
+        * jnp.where(jax.random.bernoulli(next(keys), 0.2, v.shape), -1.0, 1.0)
+        for k, v in theta["let"].items()
+    }
+    let["qkv"] = let["qkv"].at[0].set(1e-4)  # truncated to 1e-2 on both sides alike
+    x = jax.random.normal(jax.random.key(8), (2, 10, 32))
+    cos, sin = transformer.rope_cos_sin(jnp.arange(10), layer.self_attn.head_dim, 10000.0)
+    moved = omniquant.let_transform(params, let)
+    want = np.asarray(layer(x, cos, sin)[0])
+    np.testing.assert_allclose(np.asarray(block_recon.block_forward(graphdef, moved, x, cos, sin)), want, atol=3e-5)
+    assert not np.allclose(np.asarray(moved["self_attn"]["q_proj"]["kernel"]), params["self_attn"]["q_proj"]["kernel"])
+    # at its initialisation (s = 1) LWC + LET is LWC alone
+    lwc_only, with_let = omniquant.apply(theta["lwc"], params, 2, None), omniquant.let_apply(theta, params, 2, None)
+    for a, b in zip(jax.tree.leaves(lwc_only), jax.tree.leaves(with_let)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ------------------------------------------------------------------ end to end
@@ -280,12 +310,28 @@ def test_omniquant_on_calib_text_through_the_cli(fp_run, tmp_path, capsys):  # n
     assert saved["batch_size"] == 2 and saved["aug_loss"] is True and math.isfinite(saved["eval_bpb"])
 
 
+def test_omniquant_let_writes_a_run_on_the_grid(fp_run, tmp_path):  # noqa: F811
+    out = str(tmp_path / "omni_let")
+    result = ptq.run(fp_run, "omniquant", 2, out, calib_sequences=4, epochs=2, let=True)
+    assert result["let"] is True and all(math.isfinite(e["final"]) for e in result["block_errors"].values())
+    _, params = plan_lib.restore_one_device(out)
+    _, fp_params = plan_lib.restore_one_device(fp_run)
+    for path, q in kernels(params):
+        assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 4, path
+    # the norms carry LET's 1/s: changed, unlike under LWC alone
+    assert not np.array_equal(
+        np.asarray(params["layers"][0]["input_layernorm"]["scale"]),
+        np.asarray(fp_params["layers"][0]["input_layernorm"]["scale"]),
+    )
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
         (["--method", "rtn", "--epochs", "2"], "--epochs: rtn is layer-wise"),
         (["--method", "gptq", "--batch_size", "2"], "--batch_size: gptq is layer-wise"),
         (["--method", "billm", "--aug_loss"], "--aug_loss: billm is layer-wise"),
+        (["--method", "efficientqat", "--let"], "--let: efficientqat has no LET"),
         (["--method", "omniquant", "--epochs", "-1"], "--epochs -1"),
         (["--method", "efficientqat", "--batch_size", "9", "--calib_sequences", "8"], "--batch_size 9"),
         (["--method", "omniquant", "--bits", "1"], "--bits 1"),

@@ -39,12 +39,14 @@ PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("g
 class BlockMethod:
     """What a block-reconstruction method supplies to :func:`reconstruct`.
 
-    init(params, bits, group_size) → θ: the trainable pytree of one block, from its FP parameters
-        (a pure dict, as nnx.to_pure_dict gives: {'self_attn': {'q_proj': {'kernel': (in, out)}, …}, …}).
+    init(params, bits, group_size, layer) → θ: the trainable pytree of one block, from its FP parameters
+        (a pure dict, as nnx.to_pure_dict gives: {'self_attn': {'q_proj': {'kernel': (in, out)}, …}, …});
+        `layer` is the block's module, read only for its layout (heads, head_dim, sub-norms).
     apply(θ, params, bits, group_size) → params': the block's parameters in the forward (each projection
         kernel fake-quantized); differentiable in θ. Applied to the trained θ it gives the written W̃.
     optimizer(θ, total_steps, bits) → optax transformation over θ (per-leaf learning rates, schedule).
     default_epochs(bits) → epochs over the calibration set per block; default_batch_size: sequences a step.
+    variants: (option name, the method with that option) pairs, e.g. OmniQuant's ('let', LWC + LET).
     """
 
     init: Callable
@@ -52,6 +54,7 @@ class BlockMethod:
     optimizer: Callable
     default_epochs: Callable[[int], int]
     default_batch_size: int
+    variants: tuple = ()
 
 
 def kernels(params: dict):
@@ -129,7 +132,7 @@ def reconstruct_block(
     params = nnx.to_pure_dict(state)
     y_fp = _forward_all(graphdef, params, x_fp, cos, sin, batch)
     targets = (y_fp, _forward_all(graphdef, params, x_q, cos, sin, batch)) if aug_loss else (y_fp,)
-    theta = method.init(params, bits, group_size)
+    theta = method.init(params, bits, group_size, layer)
     tx = method.optimizer(theta, epochs * steps_per_epoch, bits)
     opt_state = tx.init(theta)
     step = train_step(tx, graphdef, method, bits, group_size)

@@ -58,7 +58,7 @@ def fake_quant(w: jax.Array, s: jax.Array, z: jax.Array, bits: int, group_size: 
     return ((codes - zero) * scale).reshape(w.shape).astype(w.dtype)
 
 
-def init(params: dict, bits: int, group_size: int | None) -> dict:
+def init(params: dict, bits: int, group_size: int | None, layer=None) -> dict:
     """θ = {'params': the block's parameters (all trained), 's': {block: {name}}, 'z': {block: {name}}}."""
     s, z = {}, {}
     for block, name, w in block_recon.kernels(params):
