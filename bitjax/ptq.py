@@ -39,6 +39,18 @@ min-max grid; the paper's block stage, training s, z and norms per block, is not
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
+Block-wise methods (kind 'block' in the registry; bitjax.quant.block_recon) learn per decoder block
+instead, on the same calibration sequences: block i is trained on the outputs of the already-quantized
+blocks < i to match the FP block's output on the FP chain (MSE), then its kernels are replaced by W̃.
+`omniquant` (bitjax.quant.omniquant: learnable weight clipping; defaults 20 epochs at W3/W4, 40 at W2,
+batch 1) and `efficientqat` (bitjax.quant.efficientqat: Block-AP, all weights and the grid trained;
+2 epochs, batch 2), both k-bit asymmetric per channel or per `--group_size`. `--epochs` and
+`--batch_size` (sequences a step) override the method's defaults, `--aug_loss` adds the reference's
+second target (the FP block on the quantized chain's input), `--let` OmniQuant's LET beside LWC
+(per-channel scales folded into norm→q/k/v, norm→gate/up, v→o, q·k; see bitjax.quant.omniquant); on 2 CPU cores a scaled-down setting
+such as `--calib_sequences 16 --epochs 2` takes minutes, not hours. ptq.json then holds per block the
+reconstruction loss at initialisation and after training (`block_errors`) instead of `layer_errors`.
+
 --out becomes an ordinary run directory: checkpoints/ holding the run's config (still method 'fp')
 with W̃ in place of each projection kernel (the fake-quantized weights are used as they are) and the
 run's tokenizer, so bitjax.sample, bitjax.eval and bitjax.run.plan.restore read it as any run.
@@ -69,7 +81,7 @@ from bitjax.eval import perplexity
 from bitjax.eval.scoring import Scorer
 from bitjax.models import transformer
 from bitjax.nn import layer_stack
-from bitjax.quant import ptq_methods
+from bitjax.quant import block_recon, ptq_methods
 from bitjax.quant.gptq import hessian
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
@@ -240,6 +252,34 @@ def quantize_model(
     return errs
 
 
+def reconstruct_model(
+    model: transformer.Transformer,
+    tokens: np.ndarray,
+    method: str,
+    bits: int,
+    group_size: int | None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    aug_loss: bool = False,
+    let: bool = False,
+    log=print,
+) -> dict[str, dict[str, float]]:
+    """Quantizes every decoder block of `model` (loop layout) in place by block reconstruction
+    (bitjax.quant.block_recon); returns {'layers.i': {'init', 'final'}} block losses. let: the method's
+    'let' variant (OmniQuant's LWC + LET)."""
+    cos, sin = transformer.rope_cos_sin(jnp.arange(tokens.shape[1]), model.head_dim, model.rope_theta)
+    x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
+    block = ptq_methods.get(method).block
+    block = dict(block.variants)["let"] if let else block
+    return block_recon.reconstruct(
+        model.layers, x, cos, sin, block, bits, group_size, epochs, batch_size, aug_loss, log
+    )
+
+
+# a registered method's kind → (the pass that quantizes the model with it, the ptq.json key of its errors)
+PASSES = {"layer": (quantize_model, "layer_errors"), "block": (reconstruct_model, "block_errors")}
+
+
 # ============================================================================ output
 def fresh_out(out: str) -> None:
     """Makes `out` an empty directory, deleting only an earlier output of this tool."""
@@ -275,12 +315,18 @@ def run(
     eval_text: list[str] | None = None,
     options: dict | None = None,
     capture: str = "sequential",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    aug_loss: bool = False,
+    let: bool = False,
 ) -> dict:
     """The whole pipeline (see the module docstring); returns what it writes to OUT/ptq.json.
 
     calib_text, eval_text: glob patterns of text files (None: the run's train and validation splits).
     options: the method's own options ({'act_order': True}, …; None values: its defaults).
     capture: 'sequential' | 'block' (see the module docstring).
+    epochs, batch_size: a block-wise method's training (None: the method's defaults); aug_loss: its second
+    target (bitjax.quant.block_recon); let: OmniQuant's LET beside LWC.
     """
     try:
         method, bits = ptq_methods.resolve(method, bits)
@@ -300,6 +346,21 @@ def run(
         raise errors.UserError(f"--group_size {group_size}: must be ≥ 1")
     if not 1 <= calib_sequences <= MAX_CALIB_SEQUENCES:  # each captured input is held in memory
         raise errors.UserError(f"--calib_sequences {calib_sequences}: must be in [1, {MAX_CALIB_SEQUENCES}]")
+    spec = ptq_methods.get(method)
+    given = (("epochs", epochs), ("batch_size", batch_size), ("aug_loss", aug_loss or None), ("let", let or None))
+    training = {k: v for k, v in given if v is not None}
+    if training and spec.block is None:
+        raise errors.UserError(
+            f"--{next(iter(training))}: {method} is layer-wise (no training); only block-wise methods take it"
+        )
+    if spec.block is not None and capture != "sequential":
+        raise errors.UserError(f"--capture {capture}: {method} is block-wise (it captures no projection inputs)")
+    if let and "let" not in dict(spec.block.variants):
+        raise errors.UserError(f"--let: {method} has no LET (OmniQuant's learnable equivalent transformation)")
+    if epochs is not None and epochs < 0:
+        raise errors.UserError(f"--epochs {epochs}: must be ≥ 0")
+    if batch_size is not None and not 1 <= batch_size <= calib_sequences:
+        raise errors.UserError(f"--batch_size {batch_size}: must be in [1, --calib_sequences {calib_sequences}]")
     check_out_apart(workdir, out)
     if eval_text and not calib_text:
         raise errors.UserError("--eval_text goes with --calib_text (without it, the validation split is evaluated)")
@@ -320,7 +381,7 @@ def run(
         )
     if group_size is not None:
         dims = {mcfg.d_model, mcfg.mlp_dim, mcfg.n_heads * (mcfg.head_dim or mcfg.d_model // mcfg.n_heads)}
-        grouped = ptq_methods.get(method).grouped
+        grouped = spec.grouped
         if not grouped or any(d % group_size for d in dims):
             raise errors.UserError(
                 f"--group_size {group_size}: "
@@ -355,7 +416,11 @@ def run(
         f"sequences × {tokens.shape[1]} tokens, {mcfg.n_layers} layers, {capture} capture"
         + "".join(f", {k}={v}" for k, v in opts)
     )
-    errs = quantize_model(model, tokens, method, bits, group_size, options=opts, capture=capture)
+    quantize_pass, errors_key = PASSES[spec.kind]
+    if spec.kind == "layer":
+        errs = quantize_model(model, tokens, method, bits, group_size, options=opts, capture=capture)
+    else:
+        errs = quantize_pass(model, tokens, method, bits, group_size, **training)
     qparams = layer_stack.layers_like(nnx.to_pure_dict(nnx.state(model)), params)  # the run's layout
     q_eval = evaluate(qparams)
 
@@ -378,6 +443,12 @@ def run(
         "source": os.path.abspath(workdir),
         "source_step": int(step),
     }
+    if spec.block is not None:  # the training it ran (the defaults resolved)
+        ptq["epochs"] = spec.block.default_epochs(bits) if epochs is None else epochs
+        ptq["batch_size"] = spec.block.default_batch_size if batch_size is None else batch_size
+        ptq["aug_loss"] = aug_loss
+        if let:
+            ptq["let"] = True
     # the run's own config (its mesh, not this process's) and tokenizer, copied along: OUT restores alone
     meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer), "ptq": ptq}
     plan_lib.store_tokenizer(out, plan.tokenizer)
@@ -391,7 +462,7 @@ def run(
         "eval_ppl": q_eval["eval_ppl"],
         "fp_eval_loss": fp_eval["eval_loss"],
         "fp_eval_bpb": fp_eval["eval_bpb"],
-        "layer_errors": errs,
+        errors_key: errs,
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
         json.dump(jsonable_metrics(result), f, indent=1)
@@ -410,9 +481,15 @@ def main(argv=None):
     p.add_argument(
         "--method",
         required=True,
-        help="rtn | gptq | decoupleq | billm, or with the bits in the name as QAT's: rtn4, gptq3",
+        help="rtn | gptq | decoupleq | billm | omniquant | efficientqat, or with the bits in the name as QAT's: "
+        "rtn4, gptq3",
     )
-    p.add_argument("--bits", type=int, default=None, help="2..8 for rtn/gptq/decoupleq (default 4); billm: 1")
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="2..8 for rtn/gptq/decoupleq/omniquant/efficientqat (default 4); billm: 1",
+    )
     p.add_argument("--group_size", type=int, default=None, help="input rows per (scale, zero) (default: per channel)")
     p.add_argument("--calib_sequences", type=int, default=128, help="calibration sequences (of config.seq_len tokens)")
     p.add_argument(
@@ -452,6 +529,20 @@ def main(argv=None):
         default=None,
         help="decoupleq: start the first round from the best shrunk min-max grid, as the reference (default on)",
     )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="block-wise methods: epochs per block (default: the method's)"
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="block-wise methods: sequences a step (default: the method's)"
+    )
+    p.add_argument(
+        "--aug_loss",
+        action="store_true",
+        help="block-wise methods: also match the FP block on the quantized input (OmniQuant's --aug_loss)",
+    )
+    p.add_argument(
+        "--let", action="store_true", help="omniquant: learnable equivalent transformation beside LWC (scales only)"
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -467,6 +558,10 @@ def main(argv=None):
         args.eval_text,
         {"act_order": args.act_order, "static_groups": args.static_groups, "iters": args.iters, "shrink": args.shrink},
         args.capture,
+        args.epochs,
+        args.batch_size,
+        args.aug_loss,
+        args.let,
     )
 
 

@@ -199,14 +199,17 @@ def test_ptq_methods_take_the_qat_recipes_names_and_refuse_unknown_ones():
     assert ptq_methods.resolve("gptq3") == ptq_methods.resolve("gptq", 3) == ("gptq", 3)
     assert ptq_methods.resolve("rtn8", 8) == ("rtn", 8)
     assert ptq_methods.resolve("billm") == ptq_methods.resolve("billm", 1) == ("billm", 1)
-    assert ptq_methods.METHODS == ("rtn", "gptq", "decoupleq", "billm")
+    assert ptq_methods.METHODS[:4] == ("rtn", "gptq", "decoupleq", "billm")  # then the block-wise ones
     with pytest.raises(ValueError, match="rtn4 is 4-bit: drop the bits or use rtn3"):
         ptq_methods.resolve("rtn4", 3)
     with pytest.raises(ValueError, match="gptq takes 2 to 8 bits; use billm for 1 bits"):
         ptq_methods.resolve("gptq1")
     with pytest.raises(ValueError, match="billm binarizes"):
         ptq_methods.resolve("billm", 3)
-    known = r"choose one of rtn, gptq, decoupleq, billm, rtn<k>, gptq<k>, decoupleq<k>, billm<k> \(k = bits\)"
+    known = (
+        r"choose one of rtn, gptq, decoupleq, billm, omniquant, efficientqat, rtn<k>, gptq<k>, decoupleq<k>, "
+        r"billm<k>, omniquant<k>, efficientqat<k> \(k = bits\)"
+    )
     for name in ("awq", "awq4", "rtn_4", ""):
         with pytest.raises(ValueError, match=rf"unknown PTQ method '{name}'; {known}"):
             ptq_methods.resolve(name)
