@@ -35,7 +35,10 @@ both k-bit asymmetric per output channel or per `--group_size` input rows; `deco
 rounds (default 4) of GPTQ for the codes C on the fixed grid then the closed-form least-squares (s, z)
 under tr(ΔWᵀHΔW), each kept per channel only where it lowers that; `--act_order` on by default, as its
 run_llama.sh; `--shrink` (default on, as the reference) starts the first round from the best shrunk
-min-max grid; the paper's block stage, training s, z and norms per block, is not here); `billm`
+min-max grid; `--block_epochs N` adds the paper's block stage after each block's layer-wise stage: the
+codes frozen, the block's s, z and norms trained N epochs (the reference: 4, Adam lr 1e-5, batch 1) on
+the MSE to the unquantized block's output on the same input; ptq.json then also holds `block_errors`);
+`billm`
 (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
@@ -82,6 +85,7 @@ from bitjax.eval.scoring import Scorer
 from bitjax.models import transformer
 from bitjax.nn import layer_stack
 from bitjax.quant import block_recon, ptq_methods
+from bitjax.quant import decoupleq as decoupleq_lib
 from bitjax.quant.gptq import hessian
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
@@ -214,42 +218,103 @@ def quantize_model(
             errs[f"{prefix}.{name}.kernel"] = layer_error(w, wq, h)
             dense.kernel[...] = wq
 
-    qkv, gate_up = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
     x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
     for i, layer in enumerate(model.layers):
         t0 = time.perf_counter()
-        attn, mlp = layer.self_attn, layer.mlp
-        a, m = f"layers.{i}.self_attn", f"layers.{i}.mlp"
-        u = layer.input_layernorm(x)
-        if capture == "block":  # one pass of the unquantized block records all four inputs, then quantize
-            with captured(attn, "o_proj") as rec_o, captured(mlp, "down_proj") as rec_d:
-                u_mlp = layer.post_attention_layernorm(x + attn(u, cos, sin)[0])
-                mlp(u_mlp)
-            inputs = ((attn, a, qkv, u), (attn, a, ("o_proj",), rec_o.inputs))
-            inputs += ((mlp, m, gate_up, u_mlp), (mlp, m, ("down_proj",), rec_d.inputs))
-            del u_mlp
-            for owner, prefix, names, xin in inputs:
-                quantize(prefix, owner, names, xin)
-            del inputs
-            x = x + attn(u, cos, sin)[0]  # the block's output, now through its quantized projections
-            x = x + mlp(layer.post_attention_layernorm(x))
-        else:
-            quantize(a, attn, qkv, u)
-            with captured(attn, "o_proj") as rec:
-                attn(u, cos, sin)
-            quantize(a, attn, ("o_proj",), rec.inputs)
-            x = x + attn(u, cos, sin)[0]
-            u = layer.post_attention_layernorm(x)
-            quantize(m, mlp, gate_up, u)
-            with captured(mlp, "down_proj") as rec:
-                mlp(u)
-            quantize(m, mlp, ("down_proj",), rec.inputs)
-            x = x + mlp(u)
+        x = quantize_block(layer, i, x, cos, sin, quantize, capture)
         log(
             f"layer {i}: quantized in {time.perf_counter() - t0:.1f}s; error tr(ΔᵀHΔ) "
             + ", ".join(f"{k.split('.')[-2]} {v:.3g}" for k, v in errs.items() if k.startswith(f"layers.{i}."))
         )
     return errs
+
+
+def quantize_block(layer, i: int, x: jax.Array, cos, sin, quantize, capture: str) -> jax.Array:
+    """Decoder block `layer` (number i) on its input x [n, L, D]: each projection group's input captured as
+    `capture` says and passed to quantize(prefix, owner, names, X), which replaces those kernels; returns
+    the block's output through its quantized projections."""
+    qkv, gate_up = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+    attn, mlp = layer.self_attn, layer.mlp
+    a, m = f"layers.{i}.self_attn", f"layers.{i}.mlp"
+    u = layer.input_layernorm(x)
+    if capture == "block":  # one pass of the unquantized block records all four inputs, then quantize
+        with captured(attn, "o_proj") as rec_o, captured(mlp, "down_proj") as rec_d:
+            u_mlp = layer.post_attention_layernorm(x + attn(u, cos, sin)[0])
+            mlp(u_mlp)
+        inputs = ((attn, a, qkv, u), (attn, a, ("o_proj",), rec_o.inputs))
+        inputs += ((mlp, m, gate_up, u_mlp), (mlp, m, ("down_proj",), rec_d.inputs))
+        del u_mlp
+        for owner, prefix, names, xin in inputs:
+            quantize(prefix, owner, names, xin)
+        del inputs
+        x = x + attn(u, cos, sin)[0]  # the block's output, now through its quantized projections
+        return x + mlp(layer.post_attention_layernorm(x))
+    quantize(a, attn, qkv, u)
+    with captured(attn, "o_proj") as rec:
+        attn(u, cos, sin)
+    quantize(a, attn, ("o_proj",), rec.inputs)
+    x = x + attn(u, cos, sin)[0]
+    u = layer.post_attention_layernorm(x)
+    quantize(m, mlp, gate_up, u)
+    with captured(mlp, "down_proj") as rec:
+        mlp(u)
+    quantize(m, mlp, ("down_proj",), rec.inputs)
+    return x + mlp(u)
+
+
+_decoupleq_codes = jax.jit(decoupleq_lib.decoupleq_codes, static_argnums=(2, 3, 4, 5, 6, 7))
+
+
+def decoupleq_block_model(
+    model: transformer.Transformer,
+    tokens: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    options: tuple,
+    log=print,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """decoupleQ with its block stage (the reference's llama.py with --blockwise-minimize-lr > 0): per
+    block, on its input x from the blocks before (each already through both stages), the layer-wise stage
+    (sequential capture; codes C, s, z kept), then with C frozen the block's (s, z) and norms trained
+    (bitjax.quant.decoupleq.block_method, `block_epochs` epochs of batch 1 through
+    bitjax.quant.block_recon) on the MSE to the *unquantized* block's output on that same x (the
+    reference's label, recorded before the block is quantized). Returns (layer errors of the layer-wise
+    stage, {'layers.i': {'init', 'final'}} block losses)."""
+    o = dict(options)
+    cos, sin = transformer.rope_cos_sin(jnp.arange(tokens.shape[1]), model.head_dim, model.rope_theta)
+    stage: dict = {}
+    method = decoupleq_lib.block_method(stage)  # one method: its compiled steps serve every block
+    errs, block_errs = {}, {}
+
+    def quantize(prefix, owner, names, xin):
+        h = hessian(xin)
+        block = prefix.rsplit(".", 1)[1]  # 'self_attn' | 'mlp'
+        for name in names:
+            dense = getattr(owner, name)
+            w = dense.kernel[...]
+            c, sc, z, _ = _decoupleq_codes(w, h, bits, group_size, o["iters"], o["act_order"], 0.01, o["shrink"])
+            g = w.shape[0] // sc.shape[0]
+            wq = (jnp.repeat(sc, g, 0) * c.astype(jnp.float32) + jnp.repeat(z, g, 0)).astype(w.dtype)
+            errs[f"{prefix}.{name}.kernel"] = layer_error(w, wq, h)
+            dense.kernel[...] = wq
+            for key, v in (("codes", c), ("s", sc), ("z", z)):
+                stage.setdefault(key, {}).setdefault(block, {})[name] = v
+
+    x = model.embed_tokens(jnp.asarray(tokens))  # [n, L, D]
+    for i, layer in enumerate(model.layers):
+        t0 = time.perf_counter()
+        _, state = nnx.split(layer)
+        fp = nnx.to_pure_dict(state)
+        stage.clear()
+        quantize_block(layer, i, x, cos, sin, quantize, "sequential")
+        nnx.replace_by_pure_dict(state, fp)  # back to FP: the target's block, and what θ is applied to
+        nnx.update(layer, state)
+        _, x, init_loss, final_loss = block_recon.reconstruct_block(
+            layer, x, x, cos, sin, method, bits, group_size, o["block_epochs"], 1
+        )
+        block_errs[f"layers.{i}"] = {"init": init_loss, "final": final_loss}
+        log(f"layer {i}: both stages in {time.perf_counter() - t0:.1f}s; block loss {init_loss:.4g} → {final_loss:.4g}")
+    return errs, block_errs
 
 
 def reconstruct_model(
@@ -336,8 +401,11 @@ def run(
         opts = ptq_methods.options(method, options)
     except ValueError as e:
         raise errors.UserError(str(e)) from None
-    if dict(opts).get("iters", 0) < 0:
-        raise errors.UserError(f"--iters {dict(opts)['iters']}: must be ≥ 0")
+    for key in ("iters", "block_epochs"):
+        if dict(opts).get(key, 0) < 0:
+            raise errors.UserError(f"--{key} {dict(opts)[key]}: must be ≥ 0")
+    if dict(opts).get("block_epochs") and capture != "sequential":
+        raise errors.UserError("--block_epochs: decoupleQ's block stage captures sequentially (no --capture block)")
     if dict(opts).get("static_groups") and group_size is None:
         raise errors.UserError("--static_groups fixes the grids of groups: it needs --group_size")
     if capture not in CAPTURES:
@@ -417,7 +485,10 @@ def run(
         + "".join(f", {k}={v}" for k, v in opts)
     )
     quantize_pass, errors_key = PASSES[spec.kind]
-    if spec.kind == "layer":
+    extra = {}
+    if spec.kind == "layer" and dict(opts).get("block_epochs"):  # decoupleQ's block stage after its layer-wise one
+        errs, extra["block_errors"] = decoupleq_block_model(model, tokens, bits, group_size, opts)
+    elif spec.kind == "layer":
         errs = quantize_model(model, tokens, method, bits, group_size, options=opts, capture=capture)
     else:
         errs = quantize_pass(model, tokens, method, bits, group_size, **training)
@@ -463,6 +534,7 @@ def run(
         "fp_eval_loss": fp_eval["eval_loss"],
         "fp_eval_bpb": fp_eval["eval_bpb"],
         errors_key: errs,
+        **extra,
     }
     with open(os.path.join(out, "ptq.json"), "w") as f:
         json.dump(jsonable_metrics(result), f, indent=1)
@@ -543,6 +615,12 @@ def main(argv=None):
     p.add_argument(
         "--let", action="store_true", help="omniquant: learnable equivalent transformation beside LWC (scales only)"
     )
+    p.add_argument(
+        "--block_epochs",
+        type=int,
+        default=None,
+        help="decoupleq: epochs of its block stage (s, z, norms trained per block; the reference: 4) (default 0: none)",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     p.add_argument("--out", required=True, help="the quantized run's directory")
     args = p.parse_args(argv)
@@ -556,7 +634,13 @@ def main(argv=None):
         args.step,
         args.calib_text,
         args.eval_text,
-        {"act_order": args.act_order, "static_groups": args.static_groups, "iters": args.iters, "shrink": args.shrink},
+        {
+            "act_order": args.act_order,
+            "static_groups": args.static_groups,
+            "iters": args.iters,
+            "block_epochs": args.block_epochs,
+            "shrink": args.shrink,
+        },
         args.capture,
         args.epochs,
         args.batch_size,

@@ -170,7 +170,12 @@ def test_decoupleq_from_the_command_line_with_groups(fp_run, outs, tmp_path):
              + ["--calib_sequences", str(CALIB), "--out", out])  # fmt: skip
     with open(os.path.join(out, "ptq.json")) as f:
         saved = json.load(f)
-    assert saved["method"] == "decoupleq" and saved["options"] == {"act_order": True, "iters": 2, "shrink": True}
+    assert saved["method"] == "decoupleq" and saved["options"] == {
+        "act_order": True,
+        "iters": 2,
+        "shrink": True,
+        "block_epochs": 0,
+    }
     # groups of 16 rows: one (s, z) each, so at most 4 values per group and channel; and below RTN's error
     _, params = plan_lib.restore_one_device(out)
     for path, q in kernels(params):
@@ -222,3 +227,19 @@ def test_the_qat_recipe_name_writes_the_same_run_as_the_bare_name_with_bits(outs
     assert ptq.run(fp_run, "rtn2", None, out, calib_sequences=CALIB) == outs["rtn2"][1]  # --method rtn --bits 2
     with open(os.path.join(out, "ptq.json")) as a, open(os.path.join(outs["rtn2"][0], "ptq.json")) as b:
         assert a.read() == b.read()
+
+
+def test_decoupleq_block_stage_trains_scales_and_zeros_on_frozen_codes(fp_run, tmp_path):
+    out = str(tmp_path / "dq_block")
+    ptq.main(["--workdir", fp_run, "--method", "decoupleq2", "--iters", "1", "--block_epochs", "2"]
+             + ["--calib_sequences", str(CALIB), "--out", out])  # fmt: skip
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert saved["options"]["block_epochs"] == 2 and len(saved["layer_errors"]) == 2 * 7
+    for i in range(2):  # the block loss (MSE to the unquantized block on the same input) drops with training
+        losses = saved["block_errors"][f"layers.{i}"]
+        assert 0 < losses["final"] < losses["init"], (i, losses)
+    _, params = plan_lib.restore_one_device(out)
+    for path, q in kernels(params):  # still 2 bits: s·C + z with C frozen in 4 levels, per channel
+        assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 4, path
+    assert math.isfinite(saved["eval_bpb"])

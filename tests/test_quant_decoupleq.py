@@ -2,6 +2,7 @@
 the reference (bytedance/decoupleQ: quant.py ``startquant``, moq_quant.py ``round_gptq``,
 ``get_scale_and_zero_out_group``), and its defining properties."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -212,3 +213,35 @@ def test_bad_arguments_are_named():
         decoupleq_codes(jnp.asarray(w), jnp.asarray(h), 2, 5)
     with pytest.raises(ValueError, match="iters must be ≥ 0"):
         decoupleq_codes(jnp.asarray(w), jnp.asarray(h), 2, None, iters=-1)
+
+
+def test_the_block_stage_applies_s_codes_z_and_trains_only_s_z_and_norms():
+    rng = np.random.default_rng(9)
+    from bitjax.quant.block_recon import PROJECTIONS
+
+    shapes = {b: {n: (8, 16) if n == "down_proj" else (16, 8) for n in names} for b, names in PROJECTIONS.items()}
+    params = {b: {n: {"kernel": jnp.asarray(rng.standard_normal(sh), jnp.float32)} for n, sh in d.items()}
+              for b, d in shapes.items()}  # fmt: skip
+    params["input_layernorm"] = {"scale": jnp.ones(16)}
+    stage = {"codes": {}, "s": {}, "z": {}}
+    for b, d in shapes.items():
+        for n, (i, o) in d.items():
+            stage["codes"].setdefault(b, {})[n] = jnp.asarray(rng.integers(0, 4, (i, o)), jnp.uint8)
+            stage["s"].setdefault(b, {})[n] = jnp.asarray(rng.uniform(0.1, 1, (2, o)), jnp.float32)  # groups of i/2
+            stage["z"].setdefault(b, {})[n] = jnp.asarray(rng.standard_normal((2, o)), jnp.float32)
+    from bitjax.quant.decoupleq import block_method
+
+    method = block_method(stage)
+    theta = method.init(params, 2, None)
+    applied = method.apply(theta, params, 2, None)
+    for b, n in ((b, n) for b, names in PROJECTIONS.items() for n in names):
+        c, s, z = (np.asarray(stage[k][b][n], np.float64) for k in ("codes", "s", "z"))
+        g = c.shape[0] // 2
+        np.testing.assert_allclose(np.asarray(applied[b][n]["kernel"]), np.repeat(s, g, 0) * c + np.repeat(z, g, 0),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    tx = method.optimizer(theta, 10, 2)
+    grads = jax.tree.map(jnp.ones_like, theta)
+    updates, _ = tx.update(grads, tx.init(theta), theta)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates["codes"]))  # frozen
+    for key in ("s", "z", "norms"):  # Adam's first step: lr·sign(g) (plus the tiny L2 term)
+        assert all(float(jnp.abs(u).min()) > 0.5e-5 for u in jax.tree.leaves(updates[key])), key

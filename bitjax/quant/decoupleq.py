@@ -26,8 +26,12 @@ closed-form (s, z) of the round-to-nearest codes on the min-max grid shrunk by t
 p ∈ {1, 0.995, …, 0.205} that lowers f most (`shrink`, on by default; :func:`shrink_search`).
 Not done as in the reference (said here, not hidden): its iteration count runs one GPTQ step on the
 min-max grid before the rounds (max_iter_num = rounds + 1), and it stops early when no channel improves
-(here a round that improves nothing changes nothing). Its block stage (training s, z and the norms per
-block on the block's output MSE) needs a block-reconstruction harness: not here.
+(here a round that improves nothing changes nothing).
+
+The paper's second stage (§3.3; the reference's ``minimize_block`` with --train-LN): per decoder block,
+with the codes C frozen, the block's (s, z) and norms are trained with Adam on the MSE between the
+block's output and the unquantized block's output on the same input: :func:`block_method`, run by
+bitjax.ptq (``--block_epochs``) through bitjax.quant.block_recon.
 """
 
 from __future__ import annotations
@@ -211,3 +215,44 @@ def decoupleq(
     g = w.shape[0] // s.shape[0]
     wq = jnp.repeat(s, g, axis=0) * codes.astype(jnp.float32) + jnp.repeat(z, g, axis=0)
     return wq.astype(w.dtype)
+
+
+# ============================================================================ the block stage
+BLOCK_LR = 1e-5  # run_llama.sh --blockwise-minimize-lr
+BLOCK_WD = 1e-6  # llama.py --blockwise-minimize-wd (torch Adam's L2 term, added to the gradient)
+BLOCK_EPOCHS = 4  # run_llama.sh --blockwise-minimize-epoch
+
+
+def block_method(stage: dict):
+    """decoupleQ's block stage as a :class:`bitjax.quant.block_recon.BlockMethod` (the reference's
+    ``minimize_block`` with --train-LN, asymmetric): the codes C of the layer-wise stage frozen, each
+    projection's (s, z) and the block's norms trained with Adam (lr 1e-5, β (0.9, 0.99), ε 2e-5, L2 1e-6)
+    on the MSE to the block's output. `stage` holds the current block's layer-wise result,
+    {'codes'|'s'|'z': {block: {name: array}}}, set before each block (read by init only, so one compiled
+    step serves every block)."""
+    import optax
+
+    from bitjax.quant import block_recon
+
+    def init(params, bits, group_size, layer=None):
+        norms = {k: v for k, v in params.items() if "norm" in k}  # input / post-attention norms
+        codes = jax.tree.map(lambda c: c.astype(jnp.float32), stage["codes"])  # grad needs floats; never updated
+        return {"codes": codes, "s": stage["s"], "z": stage["z"], "norms": norms}
+
+    def apply(theta, params, bits, group_size):
+        new = {}
+        for block, name, w in block_recon.kernels(params):
+            c = jax.lax.stop_gradient(theta["codes"][block][name]).astype(jnp.float32)
+            s, z = theta["s"][block][name], theta["z"][block][name]
+            g = c.shape[0] // s.shape[0]
+            new.setdefault(block, {})[name] = (jnp.repeat(s, g, 0) * c + jnp.repeat(z, g, 0)).astype(w.dtype)
+        return {**block_recon.with_kernels(params, new), **theta["norms"]}
+
+    def optimizer(theta, total_steps, bits):
+        labels = {k: jax.tree.map(lambda _, k=k: "frozen" if k == "codes" else "train", v) for k, v in theta.items()}
+        adam = optax.chain(optax.add_decayed_weights(BLOCK_WD), optax.adam(BLOCK_LR, b1=0.9, b2=0.99, eps=2e-5))
+        return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
+
+    return block_recon.BlockMethod(
+        init=init, apply=apply, optimizer=optimizer, default_epochs=lambda bits: BLOCK_EPOCHS, default_batch_size=1
+    )

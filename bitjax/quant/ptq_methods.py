@@ -65,7 +65,7 @@ _METHODS: dict[str, PTQMethod] = {
         options={"act_order": False, "static_groups": False},
     ),
     "decoupleq": PTQMethod(
-        lambda w, h, bits, group_size, iters, act_order, shrink: decoupleq(
+        lambda w, h, bits, group_size, iters, act_order, shrink, block_epochs: decoupleq(  # block_epochs: bitjax.ptq
             w, h, bits, group_size, iters=iters, act_order=act_order, shrink=shrink
         ),
         bits=tuple(range(2, 9)),
@@ -73,8 +73,9 @@ _METHODS: dict[str, PTQMethod] = {
         grouped=True,
         doc="decoupleQ (Guo et al. 2024), layer-wise stage: W ≈ s·C + z, GPTQ for C and closed-form (s, z) alternated",
         # iters: rounds of (GPTQ for C, closed-form (s, z)); act_order on, as run_llama.sh; shrink: the first
-        # round's shrunk-grid candidate, as the reference (bitjax.quant.decoupleq)
-        options={"iters": 4, "act_order": True, "shrink": True},
+        # round's shrunk-grid candidate, as the reference (bitjax.quant.decoupleq); block_epochs > 0 adds the
+        # block stage (bitjax.ptq.decoupleq_block_model; the reference runs 4), 0 the layer-wise stage alone
+        options={"iters": 4, "act_order": True, "shrink": True, "block_epochs": 0},
     ),
     "billm": PTQMethod(
         lambda w, h, bits, group_size: billm(w, h),  # blocks of 128 input rows, as the reference
