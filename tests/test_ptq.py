@@ -114,6 +114,9 @@ def test_gptq_layer_error_is_at_most_rtns(outs):
         (["--method", "billm", "--static_groups"], "billm takes no --static_groups"),
         (["--method", "gptq", "--static_groups"], "--static_groups fixes the grids of groups: it needs --group_size"),
         (["--method", "decoupleq", "--iters", "-1"], "--iters -1: must be ≥ 0"),
+        (["--method", "decoupleq", "--block_epochs", "2", "--capture", "block"], "captures sequentially"),
+        (["--method", "omniquant", "--act_order"], "omniquant takes no --act_order"),
+        (["--method", "omniquant", "--capture", "block"], "omniquant is block-wise"),
         (["--method", "gptq", "--iters", "2"], "gptq takes no --iters (its options: --act_order, --static_groups)"),
     ],
 )
