@@ -38,8 +38,7 @@ run_llama.sh; `--shrink` (default on, as the reference) starts the first round f
 min-max grid; `--block_epochs N` adds the paper's block stage after each block's layer-wise stage: the
 codes frozen, the block's s, z and norms trained N epochs (the reference: 4, Adam lr 1e-5, batch 1) on
 the MSE to the unquantized block's output on the same input; ptq.json then also holds `block_errors`);
-`billm`
-(bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
+`billm` (bitjax.quant.billm, binarization: --bits 1, the default for it). The QAT recipes' names work too:
 `--method rtn4` is `--method rtn --bits 4`, `--method gptq3` is `--method gptq --bits 3`.
 
 Block-wise methods (kind 'block' in the registry; bitjax.quant.block_recon) learn per decoder block
