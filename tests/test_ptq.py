@@ -30,7 +30,12 @@ def outs(fp_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("ptq")
     return {
         name: (str(root / name), ptq.run(fp_run, method, bits, str(root / name), calib_sequences=CALIB))
-        for name, method, bits in (("rtn2", "rtn", 2), ("gptq2", "gptq", 2), ("billm", "billm", None))
+        for name, method, bits in (
+            ("rtn2", "rtn", 2),
+            ("gptq2", "gptq", 2),
+            ("decoupleq2", "decoupleq", 2),
+            ("billm", "billm", None),
+        )
     }
 
 
@@ -44,7 +49,7 @@ def kernels(params):
                 yield f"layers.{i}.{block}.{n}.kernel", np.asarray(layer[block][n]["kernel"])
 
 
-@pytest.mark.parametrize("name", ["rtn2", "gptq2", "billm"])
+@pytest.mark.parametrize("name", ["rtn2", "gptq2", "decoupleq2", "billm"])
 def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
     out, _result = outs[name]
     with open(os.path.join(out, "ptq.json")) as f:
@@ -78,7 +83,7 @@ def test_ptq_writes_a_run_that_loads_and_evaluates(outs, fp_run, name):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("name, levels", [("rtn2", 4), ("gptq2", 4), ("billm", None)])
+@pytest.mark.parametrize("name, levels", [("rtn2", 4), ("gptq2", 4), ("decoupleq2", 4), ("billm", None)])
 def test_quantized_kernels_are_on_their_grid(outs, name, levels):
     _, params = plan_lib.restore_one_device(outs[name][0])
     for path, q in kernels(params):
@@ -105,6 +110,14 @@ def test_gptq_layer_error_is_at_most_rtns(outs):
         (["--method", "gptq", "--bits", "1"], "--bits 1"),
         (["--method", "billm", "--bits", "3"], "--bits 3"),
         (["--method", "rtn", "--group_size", "5"], "--group_size 5"),
+        (["--method", "rtn", "--act_order"], "rtn takes no --act_order (its options: none)"),
+        (["--method", "billm", "--static_groups"], "billm takes no --static_groups"),
+        (["--method", "gptq", "--static_groups"], "--static_groups fixes the grids of groups: it needs --group_size"),
+        (["--method", "decoupleq", "--iters", "-1"], "--iters -1: must be ≥ 0"),
+        (["--method", "decoupleq", "--block_epochs", "2", "--capture", "block"], "captures sequentially"),
+        (["--method", "omniquant", "--act_order"], "omniquant takes no --act_order"),
+        (["--method", "omniquant", "--capture", "block"], "omniquant is block-wise"),
+        (["--method", "gptq", "--iters", "2"], "gptq takes no --iters (its options: --act_order, --static_groups)"),
     ],
 )
 def test_bad_arguments_are_one_line_and_write_nothing(fp_run, tmp_path, capsys, args, match):
@@ -140,6 +153,43 @@ def test_an_earlier_ptq_output_is_replaced(tmp_path):
     assert os.listdir(out) == [ptq.MARKER]
 
 
+def test_gptq_act_order_static_groups_and_block_capture_from_the_command_line(fp_run, tmp_path):
+    out = str(tmp_path / "gptq3")
+    flags = ["--group_size", "16", "--act_order", "--static_groups", "--capture", "block"]
+    ptq.main(["--workdir", fp_run, "--method", "gptq3", "--calib_sequences", str(CALIB), "--out", out, *flags])
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert saved["options"] == {"act_order": True, "static_groups": True} and saved["capture"] == "block"
+    assert math.isfinite(saved["eval_bpb"])
+    _, params = plan_lib.restore_one_device(out)
+    for path, q in kernels(params):  # static groups: each original 16 input rows share one 3-bit grid
+        groups = q.reshape(q.shape[0] // 16, 16, q.shape[1])
+        assert max(len(np.unique(groups[g, :, o])) for g in range(len(groups)) for o in range(q.shape[1])) <= 8, path
+
+
+def test_decoupleq_from_the_command_line_with_groups(fp_run, outs, tmp_path):
+    out = str(tmp_path / "dq")
+    ptq.main(["--workdir", fp_run, "--method", "decoupleq", "--bits", "2", "--group_size", "16", "--iters", "2", "--shrink"]
+             + ["--calib_sequences", str(CALIB), "--out", out])  # fmt: skip
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert saved["method"] == "decoupleq" and saved["options"] == {
+        "act_order": True,
+        "iters": 2,
+        "shrink": True,
+        "block_epochs": 0,
+    }
+    # groups of 16 rows: one (s, z) each, so at most 4 values per group and channel; and below RTN's error
+    _, params = plan_lib.restore_one_device(out)
+    for path, q in kernels(params):
+        groups = q.reshape(q.shape[0] // 16, 16, q.shape[1])
+        assert max(len(np.unique(groups[g, :, o])) for g in range(len(groups)) for o in range(q.shape[1])) <= 4, path
+    per_channel, rtn = outs["decoupleq2"][1]["layer_errors"], outs["rtn2"][1]["layer_errors"]
+    for name in ("q_proj", "k_proj", "v_proj"):  # layer 0's q/k/v: the same H for every method
+        key = f"layers.0.self_attn.{name}.kernel"
+        assert 0 < per_channel[key] < rtn[key], (key, per_channel[key], rtn[key])
+
+
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
 def test_group_size_gives_one_grid_per_group_of_input_rows(method):
     kw, kx = jax.random.split(jax.random.key(0))
@@ -157,14 +207,17 @@ def test_ptq_methods_take_the_qat_recipes_names_and_refuse_unknown_ones():
     assert ptq_methods.resolve("gptq3") == ptq_methods.resolve("gptq", 3) == ("gptq", 3)
     assert ptq_methods.resolve("rtn8", 8) == ("rtn", 8)
     assert ptq_methods.resolve("billm") == ptq_methods.resolve("billm", 1) == ("billm", 1)
-    assert ptq_methods.METHODS == ("rtn", "gptq", "billm")
+    assert ptq_methods.METHODS[:4] == ("rtn", "gptq", "decoupleq", "billm")  # then the block-wise ones
     with pytest.raises(ValueError, match="rtn4 is 4-bit: drop the bits or use rtn3"):
         ptq_methods.resolve("rtn4", 3)
     with pytest.raises(ValueError, match="gptq takes 2 to 8 bits; use billm for 1 bits"):
         ptq_methods.resolve("gptq1")
     with pytest.raises(ValueError, match="billm binarizes"):
         ptq_methods.resolve("billm", 3)
-    known = r"choose one of rtn, gptq, billm, rtn<k>, gptq<k>, billm<k> \(k = bits\)"
+    known = (
+        r"choose one of rtn, gptq, decoupleq, billm, omniquant, efficientqat, rtn<k>, gptq<k>, decoupleq<k>, "
+        r"billm<k>, omniquant<k>, efficientqat<k> \(k = bits\)"
+    )
     for name in ("awq", "awq4", "rtn_4", ""):
         with pytest.raises(ValueError, match=rf"unknown PTQ method '{name}'; {known}"):
             ptq_methods.resolve(name)
@@ -177,3 +230,19 @@ def test_the_qat_recipe_name_writes_the_same_run_as_the_bare_name_with_bits(outs
     assert ptq.run(fp_run, "rtn2", None, out, calib_sequences=CALIB) == outs["rtn2"][1]  # --method rtn --bits 2
     with open(os.path.join(out, "ptq.json")) as a, open(os.path.join(outs["rtn2"][0], "ptq.json")) as b:
         assert a.read() == b.read()
+
+
+def test_decoupleq_block_stage_trains_scales_and_zeros_on_frozen_codes(fp_run, tmp_path):
+    out = str(tmp_path / "dq_block")
+    ptq.main(["--workdir", fp_run, "--method", "decoupleq2", "--iters", "1", "--block_epochs", "2"]
+             + ["--calib_sequences", str(CALIB), "--out", out])  # fmt: skip
+    with open(os.path.join(out, "ptq.json")) as f:
+        saved = json.load(f)
+    assert saved["options"]["block_epochs"] == 2 and len(saved["layer_errors"]) == 2 * 7
+    for i in range(2):  # the block loss (MSE to the unquantized block on the same input) drops with training
+        losses = saved["block_errors"][f"layers.{i}"]
+        assert 0 < losses["final"] < losses["init"], (i, losses)
+    _, params = plan_lib.restore_one_device(out)
+    for path, q in kernels(params):  # still 2 bits: s·C + z with C frozen in 4 levels, per channel
+        assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 4, path
+    assert math.isfinite(saved["eval_bpb"])

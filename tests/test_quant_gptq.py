@@ -30,8 +30,9 @@ def np_codes(w, scale, zero, maxq):
     return np.clip(np.round(w.astype(np.float32) / scale) + zero, 0, maxq)
 
 
-def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block=128):
-    """``fasterquant`` in the (in, out) layout: lazy blocks of `block` rows; group params from the global W."""
+def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block=128, static_groups=False):
+    """``fasterquant`` in the (in, out) layout: lazy blocks of `block` rows; group params from the global W
+    (with `static_groups`, every group's params up front from the dead-zeroed W, by original row)."""
     maxq = 2**bits - 1
     W, H = W.astype(np.float64).copy(), H.astype(np.float64).copy()
     n = W.shape[0]
@@ -39,6 +40,8 @@ def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block
     dead = np.diag(H) == 0
     H[dead, dead] = 1
     W[dead, :] = 0
+    if static_groups:
+        groups = [np_find_params(W[i : i + group], maxq, sym) for i in range(0, n, group)]
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(n)
     W, H = W[perm], H[perm][:, perm]
     H += damp * np.mean(np.diag(H)) * np.eye(n)
@@ -48,7 +51,9 @@ def np_gptq(W, H, bits, group=None, damp=0.01, act_order=False, sym=False, block
         i2 = min(i1 + block, n)
         W1, Err1 = W[i1:i2].copy(), np.zeros((i2 - i1, W.shape[1]))
         for i in range(i2 - i1):
-            if group and (i1 + i) % group == 0:  # from W, which only the earlier blocks have updated
+            if group and static_groups:  # the original group of the row visited now
+                scale, zero = groups[perm[i1 + i] // group]
+            elif group and (i1 + i) % group == 0:  # from W, which only the earlier blocks have updated
                 scale, zero = np_find_params(W[i1 + i : i1 + i + group], maxq, sym)
             Q[i1 + i], S[i1 + i], Z[i1 + i] = np_codes(W1[i], scale, zero, maxq), scale, zero
             err = (W1[i] - scale * (Q[i1 + i] - zero)) / U[i1 + i, i1 + i]
@@ -106,6 +111,23 @@ def test_group_params_see_only_earlier_blocks():
     b = np.asarray(gptq(jnp.asarray(w), jnp.asarray(h), 3, 16, block_size=64))
     assert not np.array_equal(a, b)
     np.testing.assert_allclose(b, np.asarray(gptq(jnp.asarray(w), jnp.asarray(h), 3, 16, block_size=128)))
+
+
+@pytest.mark.parametrize("bits, dead, block", [(3, (), 128), (2, (5, 17), 24), (4, (), 32)])
+def test_static_groups_match_the_reference_with_act_order(bits, dead, block):
+    """``static_groups``: grids fixed up front per original group; rows visited in diag-H order."""
+    w, h = problem(seed=6, dead=dead)
+    got = gptq_codes(jnp.asarray(w), jnp.asarray(h), bits, 16, act_order=True, block_size=block, static_groups=True)
+    want = np_gptq(w, h, bits, 16, act_order=True, block=block, static_groups=True)
+    np.testing.assert_array_equal(np.asarray(got[0]), want[0])
+    np.testing.assert_allclose(np.asarray(got[1]), want[1], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got[2]), want[2])
+    # every original group of 16 rows shares one (scale, zero) per channel: the ordinary packed layout
+    s = np.asarray(got[1]).reshape(4, 16, -1)
+    assert (s == s[:, :1]).all()
+    # the dynamic groups of act_order alone are consecutive in diag-H order instead: not so in the original
+    s_dyn = np.asarray(gptq_codes(jnp.asarray(w), jnp.asarray(h), bits, 16, act_order=True, block_size=block)[1])
+    assert not (s_dyn.reshape(4, 16, -1) == s_dyn.reshape(4, 16, -1)[:, :1]).all()
 
 
 @pytest.mark.parametrize("bits, group, sym", [(2, None, False), (3, None, True), (4, 16, False)])

@@ -20,9 +20,19 @@ starts, as the reference's W holds them then: updated by the errors of all earli
 blocks (its lazy batch updates, §4) but not yet by the earlier rows of the current block. When
 every group starts a block (`block_size` divides `group_size`, e.g. 128 and 128) that is the fully
 updated W.
-`act_order` quantizes inputs in order of decreasing diag H (the reference's ``--act-order``; groups
-are then consecutive in that order, as without its ``--static-groups``). The lazy block updates are
-otherwise an exact reordering of the loop above and are left to XLA.
+`act_order` quantizes inputs in order of decreasing diag H (the reference's ``--act-order``). With
+groups it then has the reference's two modes:
+* default (no ``--static-groups``): a group is `group_size` consecutive rows *in that order*, its
+  (scale, zero) found when it starts, as above. This is what the reference runs with ``--act-order``
+  alone (its default) and gives the lower error, but a group's rows are scattered over the original
+  input dimension, so a packed kernel needs the permutation (a ``g_idx``) to dequantize.
+* `static_groups` (``--static-groups``): the groups are the original consecutive rows and their
+  (scale, zero) are all found up front from W (dead inputs zeroed, before any update); the rows are
+  still visited in diag-H order, each with its own original group's grid. A packed kernel then keeps
+  the ordinary layout; the reference recommends it with act_order "for more efficient inference".
+bitjax fake-quantizes (W̃ is stored dense), so both are equally usable here; `python -m bitjax.ptq`
+defaults to the reference's default and offers ``--static_groups``.
+The lazy block updates are otherwise an exact reordering of the loop above and are left to XLA.
 """
 
 from __future__ import annotations
@@ -76,13 +86,15 @@ def gptq_codes(
     act_order: bool = False,
     sym: bool = False,
     block_size: int = 128,
+    static_groups: bool = False,
 ):
     """GPTQ of a kernel w (in, out) given its layer-input Hessian h (in, in).
 
     Returns (codes uint8 (in, out) in [0, 2^k − 1], scales float32 (in, out), zeros float32 (in, out)):
     W̃ = scales · (codes − zeros). `group_size` (dividing `in`) gives one (scale, zero) per group of
     input rows and output channel; None, one per output channel. `block_size` only matters with
-    groups (see the module docstring).
+    groups (see the module docstring); `static_groups` (with groups) fixes every group's grid up front
+    on the original row order (the reference's ``static_groups``; the module docstring).
     """
     if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(f"gptq expects w (in, out) and h (in, in); got {w.shape} and {h.shape}")
@@ -100,11 +112,18 @@ def gptq_codes(
 
     per_channel = params(w.astype(jnp.float32))  # the reference finds these before zeroing dead rows
     w, u, perm = prepare(w, h, damp, act_order)
+    static = group_size is not None and static_groups
+    if static:  # each original group's grid from W (dead rows zeroed, not yet updated), in visiting order
+        w0 = w[jnp.argsort(perm)].reshape(n_in // g, g, -1)
+        gs, gz = jax.vmap(params)(w0)  # (groups, out) each
+        row_s, row_z = gs[perm // g], gz[perm // g]  # (in, out): the grid of the row visited i-th
 
     def body(i, carry):
         w, w_block, codes, scales, zeros, s, z = carry
         w_block = jnp.where(i % block_size == 0, w, w_block)  # the reference's W at this block's start
-        if group_size is not None:
+        if static:
+            s, z = row_s[i], row_z[i]
+        elif group_size is not None:
             gs, gz = params(jax.lax.dynamic_slice_in_dim(w_block, i, g, axis=0))
             s, z = jnp.where(i % g == 0, gs, s), jnp.where(i % g == 0, gz, z)
         row = w[i]
@@ -128,7 +147,8 @@ def gptq(
     act_order: bool = False,
     sym: bool = False,
     block_size: int = 128,
+    static_groups: bool = False,
 ) -> jax.Array:
     """GPTQ-quantized kernel W̃ = scales·(codes − zeros) (in, out), in w's dtype. See :func:`gptq_codes`."""
-    codes, scales, zeros = gptq_codes(w, h, bits, group_size, damp, act_order, sym, block_size)
+    codes, scales, zeros = gptq_codes(w, h, bits, group_size, damp, act_order, sym, block_size, static_groups)
     return (scales * (codes.astype(jnp.float32) - zeros)).astype(w.dtype)
