@@ -408,6 +408,25 @@ def test_omniquant_let_writes_a_run_on_the_grid(fp_run, tmp_path):  # noqa: F811
     )
 
 
+@pytest.mark.slow  # trains its own scan_layers run
+def test_omniquant_on_a_scan_layers_run_writes_the_stacked_layout(data_dir, tmp_path):
+    from builders import tiny_config
+
+    from bitjax.train import trainer
+
+    wd, out = str(tmp_path / "fp_scan"), str(tmp_path / "omni_scan")
+    trainer.train(tiny_config("fp", steps=6, data_dir=data_dir, **{"model.scan_layers": True}), wd)
+    result = ptq.run(wd, "omniquant", 3, out, calib_sequences=2, epochs=1)
+    plan, params = plan_lib.restore_one_device(out)
+    assert plan.config.model.scan_layers and params["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == 2
+    _, eval_data = ptq.run_data(plan)
+    assert plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"] == pytest.approx(
+        result["eval_loss"], rel=1e-5
+    )
+    q = np.asarray(params["layers"]["mlp"]["down_proj"]["kernel"][1])
+    assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 8  # 3 bits per channel
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
