@@ -208,6 +208,88 @@ def test_one_omniquant_step_matches_adamw_on_hfs_llama_block():
     assert any(not np.allclose(np.asarray(theta[b][k]["gamma"]), 4.0) for b, k in lwc)  # the step moved the clipping
 
 
+def test_one_blockap_step_matches_clipped_adamw_on_hfs_llama_block():
+    """One Block-AP step on HF's torch LlamaDecoderLayer, the reference's way: every weight (projections and
+    norms) and each projection's (s, z) trained, torch.nn.utils.clip_grad_norm_(0.3), AdamW wd 0 with lr
+    1e-5 for the weights and 1e-4 for s, z (W3) — vs the harness's train_step with efficientqat's optimizer."""
+    model = tiny_model(False)
+    cfg = transformer.default_config()
+    cfg.update(dict(vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48))
+    layer_t = hf_lib.to_hf_model(model, cfg).model.layers[1]
+    hf_rotary = hf_lib.to_hf_model(model, cfg).model.rotary_emb
+    bits, group_size, n, length = 3, 16, 2, 10
+    rng = np.random.default_rng(4)
+    x_fp = rng.normal(size=(n, length, 32)).astype(np.float32)
+    x_q = (x_fp + 0.1 * rng.normal(size=x_fp.shape)).astype(np.float32)
+    emb = hf_rotary(torch.tensor(x_fp), torch.arange(length)[None])
+    with torch.no_grad():
+        y_fp = layer_t(torch.tensor(x_fp), attention_mask=causal_mask(length), position_embeddings=emb)
+    linears = {("self_attn", k): getattr(layer_t.self_attn, k) for k in ("q_proj", "k_proj", "v_proj", "o_proj")} | {
+        ("mlp", k): getattr(layer_t.mlp, k) for k in ("gate_proj", "up_proj", "down_proj")
+    }
+    weights = {k: torch.nn.Parameter(m.weight.detach().clone()) for k, m in linears.items()}
+    sz = {
+        k: tuple(torch.nn.Parameter(t) for t in torch_blockap_init(w.detach(), bits, group_size))
+        for k, w in weights.items()
+    }
+    norms = [layer_t.input_layernorm.weight, layer_t.post_attention_layernorm.weight]
+    norms0 = [p.detach().clone() for p in norms]
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for pair in sz.values() for p in pair], "lr": 1e-4},
+            {"params": [*weights.values(), *norms], "lr": 1e-5},
+        ],
+        weight_decay=0.0,
+    )
+    for k, m in linears.items():
+        del m.weight
+        m.weight = torch_blockap(weights[k], *sz[k], bits, group_size)
+    loss_t = torch.nn.functional.mse_loss(
+        layer_t(torch.tensor(x_q), attention_mask=causal_mask(length), position_embeddings=emb), y_fp
+    )
+    opt.zero_grad()
+    loss_t.backward()
+    torch.nn.utils.clip_grad_norm_([*weights.values(), *norms, *(p for pair in sz.values() for p in pair)], 0.3)
+    opt.step()
+
+    layer = model.layers[1]
+    graphdef, state = nnx.split(layer)
+    params = nnx.to_pure_dict(state)
+    cos, sin = transformer.rope_cos_sin(jnp.arange(length), model.head_dim, model.rope_theta)
+    y = block_recon.block_forward(graphdef, params, jnp.asarray(x_fp), cos, sin)
+    theta0 = efficientqat.init(params, bits, group_size, layer)
+    tx = efficientqat.optimizer(theta0, 1, bits)
+    step = block_recon.train_step(tx, graphdef, efficientqat.METHOD, bits, group_size)
+    theta, _, loss = step(theta0, tx.init(theta0), params, jnp.asarray(x_q), (y,), cos, sin)
+    assert float(loss) == pytest.approx(loss_t.item(), rel=1e-4)
+    moved = lambda new, old, ref_new, ref_old, lr: np.testing.assert_allclose(
+        np.asarray(new) - np.asarray(old), ref_new - ref_old, atol=lr * 1e-2
+    )
+    for (block, name), w in weights.items():
+        d_out, d_in = w.shape
+        k0 = np.asarray(params[block][name]["kernel"])
+        moved(theta["params"][block][name]["kernel"], k0, w.detach().numpy().T, k0, 1e-5)
+        s_t, z_t = sz[(block, name)]
+        s_ref0, z_ref0 = torch_blockap_init(torch.tensor(k0.T), bits, group_size)
+        moved(
+            theta["s"][block][name],
+            theta0["s"][block][name],
+            rows_to_ours(s_t, d_out, group_size, d_in),
+            rows_to_ours(s_ref0, d_out, group_size, d_in),
+            1e-4,
+        )
+        moved(
+            theta["z"][block][name],
+            theta0["z"][block][name],
+            rows_to_ours(z_t, d_out, group_size, d_in),
+            rows_to_ours(z_ref0, d_out, group_size, d_in),
+            1e-4,
+        )
+    for key, p_t, p0 in zip(("input_layernorm", "post_attention_layernorm"), norms, norms0):
+        moved(theta["params"][key]["scale"], params[key]["scale"], p_t.detach().numpy(), p0.numpy(), 1e-5)
+    assert not np.allclose(np.asarray(theta["s"]["mlp"]["down_proj"]), np.asarray(theta0["s"]["mlp"]["down_proj"]))
+
+
 @pytest.mark.parametrize("aug_loss", [False, True])
 def test_reconstruct_trains_each_block_on_the_quantized_chain(aug_loss):
     """The harness's chain: block i's inputs are the quantized outputs of blocks < i; its target is the FP
@@ -310,9 +392,10 @@ def test_omniquant_on_calib_text_through_the_cli(fp_run, tmp_path, capsys):  # n
     assert saved["batch_size"] == 2 and saved["aug_loss"] is True and math.isfinite(saved["eval_bpb"])
 
 
+@pytest.mark.slow  # ~20 s alone on 2 cores (compiles the LET block)
 def test_omniquant_let_writes_a_run_on_the_grid(fp_run, tmp_path):  # noqa: F811
     out = str(tmp_path / "omni_let")
-    result = ptq.run(fp_run, "omniquant", 2, out, calib_sequences=4, epochs=2, let=True)
+    result = ptq.run(fp_run, "omniquant", 2, out, calib_sequences=4, epochs=1, let=True)
     assert result["let"] is True and all(math.isfinite(e["final"]) for e in result["block_errors"].values())
     _, params = plan_lib.restore_one_device(out)
     _, fp_params = plan_lib.restore_one_device(fp_run)
@@ -323,6 +406,25 @@ def test_omniquant_let_writes_a_run_on_the_grid(fp_run, tmp_path):  # noqa: F811
         np.asarray(params["layers"][0]["input_layernorm"]["scale"]),
         np.asarray(fp_params["layers"][0]["input_layernorm"]["scale"]),
     )
+
+
+@pytest.mark.slow  # trains its own scan_layers run
+def test_omniquant_on_a_scan_layers_run_writes_the_stacked_layout(data_dir, tmp_path):
+    from builders import tiny_config
+
+    from bitjax.train import trainer
+
+    wd, out = str(tmp_path / "fp_scan"), str(tmp_path / "omni_scan")
+    trainer.train(tiny_config("fp", steps=6, data_dir=data_dir, **{"model.scan_layers": True}), wd)
+    result = ptq.run(wd, "omniquant", 3, out, calib_sequences=2, epochs=1)
+    plan, params = plan_lib.restore_one_device(out)
+    assert plan.config.model.scan_layers and params["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == 2
+    _, eval_data = ptq.run_data(plan)
+    assert plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"] == pytest.approx(
+        result["eval_loss"], rel=1e-5
+    )
+    q = np.asarray(params["layers"]["mlp"]["down_proj"]["kernel"][1])
+    assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 8  # 3 bits per channel
 
 
 @pytest.mark.parametrize(

@@ -118,13 +118,25 @@ def _forward_all(graphdef, params, x, cos, sin, batch: int) -> jax.Array:
 
 
 def reconstruct_block(
-    layer, x_fp, x_q, cos, sin, method: BlockMethod, bits, group_size, epochs: int, batch: int, aug_loss: bool = False
+    layer,
+    x_fp,
+    x_q,
+    cos,
+    sin,
+    method: BlockMethod,
+    bits,
+    group_size,
+    epochs: int,
+    batch: int,
+    aug_loss: bool = False,
+    steps: dict | None = None,
 ):
     """Trains one block (see the module docstring), writes its W̃ into `layer` (an nnx module) in place.
 
     x_fp, x_q [n, L, D]: the block's FP-chain and quantized-chain inputs. Returns (y_fp, y_q, init loss,
     final loss): the FP block's output on x_fp, the quantized block's on x_q, and the block loss over all
-    n sequences at θ's initialisation and after training.
+    n sequences at θ's initialisation and after training. steps: a dict kept across the blocks of one
+    model, holding (optimizer, compiled step) per block structure, so the step compiles once, not per block.
     """
     n = len(x_q)
     steps_per_epoch = max(n // batch, 1)
@@ -133,9 +145,12 @@ def reconstruct_block(
     y_fp = _forward_all(graphdef, params, x_fp, cos, sin, batch)
     targets = (y_fp, _forward_all(graphdef, params, x_q, cos, sin, batch)) if aug_loss else (y_fp,)
     theta = method.init(params, bits, group_size, layer)
-    tx = method.optimizer(theta, epochs * steps_per_epoch, bits)
+    steps = {} if steps is None else steps
+    if graphdef not in steps:  # the same structure, optimizer and schedule for every block of a model
+        tx = method.optimizer(theta, epochs * steps_per_epoch, bits)
+        steps[graphdef] = (tx, train_step(tx, graphdef, method, bits, group_size))
+    tx, step = steps[graphdef]
     opt_state = tx.init(theta)
-    step = train_step(tx, graphdef, method, bits, group_size)
 
     def total(theta):  # mini-batch means weighted by their size
         parts = [
@@ -193,11 +208,11 @@ def reconstruct(
     epochs = method.default_epochs(bits) if epochs is None else epochs
     batch = method.default_batch_size if batch_size is None else batch_size
     x_fp = x_q = x
-    losses = {}
+    losses, steps = {}, {}
     for i, layer in enumerate(layers):
         t0 = time.perf_counter()
         x_fp, x_q, init_loss, final_loss = reconstruct_block(
-            layer, x_fp, x_q, cos, sin, method, bits, group_size, epochs, batch, aug_loss
+            layer, x_fp, x_q, cos, sin, method, bits, group_size, epochs, batch, aug_loss, steps
         )
         losses[f"layers.{i}"] = {"init": init_loss, "final": final_loss}
         log(
