@@ -54,6 +54,8 @@ class Family:
     default_config: Callable[[], Any]  # () → the family's default config.model
     sizes: dict[str, dict] = dataclasses.field(default_factory=dict)  # size → default_config overrides
     hf_param_names: Callable[[Any], dict] | None = None  # model → {param path: HF name}; None: no HF layout
+    # modules a converted run may add to its source's parameters (config.init_from initialises them fresh)
+    insertable: tuple[str, ...] = ()
 
 
 _MODELS = {
@@ -66,6 +68,7 @@ _MODELS = {
         transformer.default_config,
         sizes=transformer.SIZES,
         hf_param_names=transformer.hf_param_names,
+        insertable=transformer.INSERTABLE,
     ),
     "mamba2": Family(
         mamba2.Mamba2LM,
@@ -132,6 +135,12 @@ def quant_table(cfg) -> dict:
     return _entry(cfg.name).quant_table(cfg)
 
 
+def insertable(name: str) -> tuple[str, ...]:
+    """Module names whose parameters a run of family `name` may have beyond its config.init_from source's
+    (the transformer's BitNet sub-norms, added when an fp Llama is converted to b1.58, as BitDistill's SubLN)."""
+    return _entry(name).insertable
+
+
 def require_hf(name: str) -> None:
     """ValueError unless family `name` has an HF transformers layout (export to HF / GGUF)."""
     if _entry(name).hf_param_names is None:
@@ -159,6 +168,7 @@ __all__ = [
     "describe",
     "get_model",
     "hf_param_names",
+    "insertable",
     "preset",
     "quant_table",
     "require_hf",

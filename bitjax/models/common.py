@@ -19,15 +19,18 @@ from ml_collections.config_dict import placeholder
 from bitjax import config as config_lib
 from bitjax.nn.bitdense import default_kernel_init
 from bitjax.nn.params import param, quant_state
-from bitjax.quant import recipes
+from bitjax.quant import recipes, warmup
 from bitjax.quant.registry import QuantSpec, check_rule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def quant_config() -> ConfigDict:
-    """config.model.quant of every family: method, grad, rules, stage1, stage2_frac (see transformer.default_config)."""
-    return ConfigDict(dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float)))
+    """config.model.quant of every family: method, grad, rules, stage1, stage2_frac, warmup_steps (see
+    transformer.default_config)."""
+    return ConfigDict(
+        dict(method="fp", grad="identity", rules="", stage1="", stage2_frac=placeholder(float), warmup_steps=0)
+    )
 
 
 def is_pos_int(v) -> bool:
@@ -81,6 +84,18 @@ def validate_quant(cfg, name: str, table_fn, start_from: str, family: str = "") 
         q.stage2_frac is None or (isinstance(q.stage2_frac, numbers.Real) and 0 <= q.stage2_frac <= 1),
         "stage2_frac",
         "must be in [0, 1] or None (= the method's)",
+    )
+    warm = q.get("warmup_steps", 0)
+    need(
+        isinstance(warm, numbers.Integral) and not isinstance(warm, bool) and warm >= 0,
+        "warmup_steps",
+        "must be an int ≥ 0 (0 = no quantization warm-up)",
+    )
+    need(
+        not (warm and cfg.get("int8_matmul", False)),
+        "warmup_steps",
+        "a warm-up mixes float and quantized values, which the integer matmul cannot run: "
+        "set config.model.int8_matmul=False or quant.warmup_steps=0",
     )
     for field, check in (("grad", check_rule), ("rules", recipes.parse_rules)):
         try:
@@ -142,20 +157,30 @@ class Embed(nnx.Module):
         """E (spec None) or W̃ = spec.quantize_weight(E) (vocab, d_model), float32."""
         if spec is None:
             return self.embedding[...]
-        return spec.quantize_weight(
-            self.embedding[...],
+        e = self.embedding[...]
+        if spec.weight == "none":
+            return e
+        q = spec.quantize_weight(
+            e,
             **{k: v[...] for k, v in self.qparams.items()},
             **{k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()},
         )
+        return warmup.mix(e, q)  # E + λ(W̃ − E) inside a quantization warm-up (bitjax.quant.warmup)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """int[B, L] → [B, L, d_model] in `dtype`."""
         return jnp.take(self.table(self.quant), tokens, axis=0).astype(self.dtype)
 
+    def quantized_head_input(self, x: jax.Array) -> jax.Array:
+        """The tied head's input through head_quant's act quantizer (x + λ(x̃ − x) inside a warm-up)."""
+        if self.head_quant is None or self.head_quant.act == "none":
+            return x
+        return warmup.mix(x, self.head_quant.quantize_act(x))
+
     def attend(self, x: jax.Array) -> jax.Array:
         """Tied output head: x [..., D] · tableᵀ → float32 logits [..., V]."""
         if self.head_quant is not None:
-            x = self.head_quant.quantize_act(x)
+            x = self.quantized_head_input(x)
         return jnp.einsum(
             "...d,vd->...v", x, self.table(self.head_quant).astype(x.dtype), preferred_element_type=jnp.float32
         )

@@ -51,6 +51,10 @@ ACTIVATIONS = {
 # quantization recipe can name (bitjax.quant.recipes): those plus the embedding and the output head.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ROLES = (*PROJECTIONS, "embed", "lm_head")
+# Modules a run converted from an fp model may add (config.model.sub_norm=True on a Llama without them):
+# config.init_from initialises their parameters fresh (RMSNorm scale = 1), as BitDistill's SubLN insertion
+# (arXiv 2510.13998, stage 1 "modeling refinement") starts from the pretrained weights plus new sub-norms.
+INSERTABLE = ("attn_sub_norm", "ffn_sub_norm")
 RESIDUAL = ("batch", "length", "embed")  # logical axes of the residual stream h [B, L, D]
 # config.model.attention → jax.nn.dot_product_attention(implementation=…)
 ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
@@ -87,6 +91,8 @@ def default_config() -> ConfigDict:
       the roles in ROLES (e.g. 'o_proj: act.keep=0.25; embed|lm_head: weight=ternary_absmean').
     quant.stage1: method trained first ('' = the method's own: a48 → b158; 'none' = no first stage).
     quant.stage2_frac: fraction of total_steps where the method itself takes over (None = the method's).
+    quant.warmup_steps: 0, or N: the quantizers fade in over the first N steps, W + λ(Q(W) − W) and
+      x + λ(Q(x) − x) with λ = min(1, step / N) (bitjax.quant.warmup; HF's 1.58-bit fine-tuning).
     dtype: compute dtype 'float32' | 'bfloat16' (parameters stay float32).
     scan_layers, remat_policy, remat: how the layers are built and rematerialised
       (bitjax.nn.layer_stack: stacked under lax.scan, on for the ≥ 1b presets; remat_policy none | full |
@@ -443,7 +449,7 @@ class Transformer(nnx.Module):
         input and the whole weight, as in __call__."""
         if self.lm_head is None:
             e = self.embed_tokens
-            a = x if e.head_quant is None else e.head_quant.quantize_act(x)
+            a = e.quantized_head_input(x)
             return a, e.table(e.head_quant).astype(a.dtype).T, None
         h = self.lm_head
         if h.int8_matmul or h.output_norm is not None or h.bias is not None:
@@ -453,7 +459,7 @@ class Transformer(nnx.Module):
             )
         dtype = h.dtype or x.dtype
         a = (x if h.norm is None else h.norm(x)).astype(dtype)
-        return h.quant.quantize_act(a), h.quantized_kernel().astype(dtype), dtype
+        return h.quantized_input(a), h.quantized_kernel().astype(dtype), dtype
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """int32[B, L] → float32 logits [B, L, vocab]; positions 0..L−1, causal."""

@@ -24,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from bitjax.nn.norms import make_norm
 from bitjax.nn.params import param, quant_state
+from bitjax.quant import warmup
 from bitjax.quant.int8_matmul import int8_matmul, integer_forms
 from bitjax.quant.registry import QuantSpec
 from bitjax.quant.weights import sign
@@ -93,10 +94,18 @@ class BitDense(nnx.Module):
         self.bias = param(jnp.zeros((out_features,), param_dtype), (self.axes[1],)) if use_bias else None
 
     def quantized_kernel(self) -> jax.Array:
-        """W̃ (in, out) in the latent dtype, with the layer's gradient rule attached."""
+        """W̃ (in, out) in the latent dtype, with the layer's gradient rule attached; inside a quantization
+        warm-up W + λ(W̃ − W) (bitjax.quant.warmup)."""
+        if self.quant.weight == "none":
+            return self.kernel[...]
         learned = {k: v[...] for k, v in self.qparams.items()}
         frozen = {k: jax.lax.stop_gradient(v[...]) for k, v in self.qstate.items()}
-        return self.quant.quantize_weight(self.kernel[...], **learned, **frozen)
+        w = self.kernel[...]
+        return warmup.mix(w, self.quant.quantize_weight(w, **learned, **frozen))
+
+    def quantized_input(self, x: jax.Array) -> jax.Array:
+        """x̃ = the activation quantizer's x; inside a quantization warm-up x + λ(x̃ − x)."""
+        return x if self.quant.act == "none" else warmup.mix(x, self.quant.quantize_act(x))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
@@ -109,7 +118,7 @@ class BitDense(nnx.Module):
         if self.int8_matmul:
             y = int8_matmul(self.quant.quantize_act(x), w, x, self.kernel[...], self.quant)
         else:
-            y = jnp.einsum("...i,io->...o", self.quant.quantize_act(x), w, preferred_element_type=jnp.float32).astype(
+            y = jnp.einsum("...i,io->...o", self.quantized_input(x), w, preferred_element_type=jnp.float32).astype(
                 dtype
             )
         if self.output_norm is not None:  # OneBit's LayerNorm (no affine), before the bias

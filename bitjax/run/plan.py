@@ -14,6 +14,7 @@ export, ptq, import_hf, a distillation teacher and init_from read runs through t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -27,13 +28,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from bitjax import errors, models
 from bitjax.data import tokenizers as tok_lib
-from bitjax.nn import sharding
+from bitjax.nn import layer_stack, sharding
+from bitjax.quant import warmup
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
@@ -49,6 +51,36 @@ def same_tree(a, b) -> bool:
     """Whether two parameter trees have the same structure, shapes and dtypes (values aside)."""
     shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
     return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
+
+
+def adopt_params(params, want, fresh, family: str, who: str) -> tuple[Any, list[str]]:
+    """(`params` as a tree like `want`, the paths taken from `fresh`): another run's parameters for this model.
+
+    params: pure dict of the source run; want: this model's abstract pure dict; fresh: this model's own
+    initial parameters (or None). Per-layer and stacked (scan_layers) layouts are converted. The trees
+    must match in paths, shapes and dtypes, but for parameters of the modules family `family` names
+    insertable (bitjax.models.insertable: the transformer's attn_sub_norm / ffn_sub_norm, which converting
+    an fp Llama to a BitNet layout adds) that the source lacks: those come from `fresh` (RMSNorm scale 1)
+    and are returned by path. Anything else that differs raises UserError naming `who`.
+    """
+    params = layer_stack.layers_like(params, want)
+    flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)  # {} (no qparams) kept
+    src, dst = flat(params), flat(want)
+    insertable = set(models.insertable(family))
+    added = sorted((k for k in dst if k not in src), key=str)
+    refused = [k for k in added if fresh is None or not insertable.intersection(map(str, k))]
+    refused += sorted((k for k in src if k not in dst), key=str)
+    common = [k for k in dst if k in src and dst[k] is not traverse_util.empty_node]
+    if refused or not same_tree([src[k] for k in common], [dst[k] for k in common]):
+        named = "" if not refused else f"; it lacks or adds {', '.join('.'.join(map(str, k)) for k in refused[:4])}"
+        raise errors.UserError(
+            f"{who}: its parameters differ from this run's model (config.model shapes and learned quantizer "
+            f"parameters must match the source run's{named})"
+        )
+    if added:
+        fresh = flat(fresh)
+        params = traverse_util.unflatten_dict({**src, **{k: fresh[k] for k in added}})
+    return params, [".".join(map(str, k)) for k in added]
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):
@@ -174,6 +206,13 @@ class Plan:
         """Context for tracing a step: the models' activation constraints (bitjax.nn.sharding) map their
         logical axes to this plan's mesh by its rules."""
         return sharding.logical_rules(self.mesh, functools.partial(mesh_lib.logical_to_pspec, rules=self.rules))
+
+    def quant_warmup(self, step):
+        """Context for tracing the student's forward at train step `step` (the train state's, 0-based): with
+        config.model.quant.warmup_steps = N > 0 its quantizers are faded in by λ = min(1, step / N)
+        (bitjax.quant.warmup); with 0 (the default) nothing changes. Evaluation runs outside it (λ = 1)."""
+        n = self.config.model.quant.get("warmup_steps", 0)
+        return warmup.mixing(warmup.schedule(step, n)) if n else contextlib.nullcontext()
 
     def eval_step(self, stage: int = -1):
         """jit(params, batch) → (Σ masked NLL, masked tokens) of stage `stage`'s model, on this plan's shardings."""
@@ -443,6 +482,21 @@ def _restore_step(ckpt, step, workdir, who, devices, mesh, rules, check, tokeniz
     except ValueError as e:
         raise errors.UserError(f"{who}: its stored config does not resolve here: {e}") from None
     return plan, ckpt.restore_params(step, plan.params_target())
+
+
+def stored_config(workdir: str, field: str = "--workdir") -> tuple[ConfigDict, dict]:
+    """(config completed with today's defaults, metadata) of `workdir`'s latest checkpoint; no parameters
+    are read (a config file that derives a run from another, e.g. configs/convert_b158.py)."""
+    who = f"{field} {workdir!r}" if field.startswith("--") else f"{field}={workdir!r}"
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise errors.UserError(f"{who} holds no checkpoints/ ({ckpt_dir} does not exist): check the path")
+    with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
+        try:
+            meta = ckpt.restore_metadata()
+        except FileNotFoundError:
+            raise errors.UserError(f"{who} holds no finished checkpoint in {ckpt_dir}") from None
+    return run_config.with_defaults(meta["config"]), meta
 
 
 def restore_one_device(workdir: str, step: int | None = None) -> tuple[Plan, Any]:

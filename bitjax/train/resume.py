@@ -13,6 +13,7 @@ from ml_collections import ConfigDict
 
 from bitjax import config as config_lib
 from bitjax import errors
+from bitjax.run import config as run_config
 from bitjax.train import distributed
 from bitjax.train import workdir as workdir_lib
 
@@ -54,6 +55,8 @@ def _diffs(saved, now, path: str) -> list[str]:
 def check_compatible(config: ConfigDict, meta: dict, workdir: str, tokenizer_name: str) -> None:
     """Refuse to resume a workdir written by a different model/data/seed: nothing is overwritten."""
     saved = meta.get("config", {})
+    if saved:  # completed with today's defaults: a field added since (model.quant.warmup_steps = 0) is no change
+        saved = json.loads(json.dumps(run_config.with_defaults(saved).to_dict()))
     now = json.loads(json.dumps(config_lib.to_dict(config)))
     diffs = []
     for key in ("model", "seq_len", "batch_size", "seed", "distill"):

@@ -29,7 +29,6 @@ from ml_collections import ConfigDict
 from bitjax import config as config_lib
 from bitjax import errors
 from bitjax.data import pipeline as data_lib
-from bitjax.nn import layer_stack
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
@@ -157,13 +156,14 @@ class Setup:
             }
 
         def make_train_step(graphdef):
-            def loss_fn(params, batch, teacher_params):
+            def loss_fn(params, batch, teacher_params, step):
                 """(the loss minimised, its parts): label CE, or with a teacher (1 − w)·distill + w·label CE."""
                 model = nnx.merge(graphdef, params)
-                if teacher_graphdef is None:  # vocabulary-chunked with config.loss_vocab_chunk
-                    total, count = plan_lib.loss_sums(model, batch, vocab_chunk)
-                    return total / jnp.maximum(count, 1.0), {}
-                logits = model(batch["inputs"])  # distillation reads the whole distribution
+                with self.plan.quant_warmup(step):  # λ from the state's step: the student only, never the teacher
+                    if teacher_graphdef is None:  # vocabulary-chunked with config.loss_vocab_chunk
+                        total, count = plan_lib.loss_sums(model, batch, vocab_chunk)
+                        return total / jnp.maximum(count, 1.0), {}
+                    logits = model(batch["inputs"])  # distillation reads the whole distribution
                 total, count = plan_lib.cross_entropy(logits, batch["targets"], batch["mask"])
                 label = total / jnp.maximum(count, 1.0)
                 teacher_logits = nnx.merge(teacher_graphdef, teacher_params)(batch["inputs"])  # frozen: no grad
@@ -175,7 +175,7 @@ class Setup:
             def train_step(state, batch, teacher_params):
                 with self.plan.logical_rules():  # the models' activation constraints, on this mesh
                     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-                    (loss, parts), grads = grad_fn(state["params"], batch, teacher_params)
+                    (loss, parts), grads = grad_fn(state["params"], batch, teacher_params, state["step"])
                 grad_norm = optax.tree.norm(grads)
                 updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
                 params = optax.apply_updates(state["params"], updates)
@@ -230,23 +230,23 @@ class Setup:
         return self.plan.model(params)
 
 
-def params_from_run(workdir: str, setup: Setup):
-    """Parameters of `workdir`'s latest checkpoint, placed with `setup`'s shardings (config.init_from).
+def params_from_run(workdir: str, setup: Setup, fresh=None):
+    """(parameters of `workdir`'s latest checkpoint placed with `setup`'s shardings, the paths initialised
+    fresh) for config.init_from.
 
     The source run is restored with its own stored config (its optimizer may differ); its parameter
     tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
-    imported fp model); per-layer and stacked (config.model.scan_layers) layouts are converted.
+    imported fp model); per-layer and stacked (config.model.scan_layers) layouts are converted. The one
+    exception: parameters of the modules the family names insertable (bitjax.models.insertable: the
+    transformer's attn_sub_norm / ffn_sub_norm, added by converting an fp Llama to a b1.58 run with
+    config.model.sub_norm=True) that the source lacks are taken from `fresh` (this run's own
+    initialisation: RMSNorm scale 1) and their paths returned; anything else that differs is refused.
     """
     params = plan_lib.load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
-    want = setup.abstract_state["params"]
-    params = layer_stack.layers_like(params, want)
-    if not plan_lib.same_tree(params, want):
-        raise errors.UserError(
-            f"config.init_from={workdir!r}: its parameters differ from this run's model "
-            "(config.model shapes and learned quantizer parameters must match the "
-            "source run's)"
-        )
-    return jax.device_put(params, setup.state_sharding["params"])
+    params, added = plan_lib.adopt_params(
+        params, setup.abstract_state["params"], fresh, setup.config.model.name, f"config.init_from={workdir!r}"
+    )
+    return jax.device_put(params, setup.state_sharding["params"]), added
 
 
 # ============================================================================ loop
@@ -301,12 +301,14 @@ def _run(setup: Setup, workdir: str, ckpt: ckpt_lib.Checkpointer, stop_after: in
     else:
         state = setup.init_fn(jax.random.key(config.seed))
         if config.init_from:
-            state["params"] = params_from_run(config.init_from, setup)
+            state["params"], added = params_from_run(config.init_from, setup, state["params"])
             state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_sharding["opt_state"])(
                 state["params"]
             )
             if lead:
                 print(f"initialised from {config.init_from} (its latest checkpoint's parameters)")
+                if added:
+                    print(f"initialised fresh (absent from {config.init_from}): {', '.join(added)}")
     start = int(state["step"])
     if lead:
         plan_lib.store_tokenizer(workdir, setup.tokenizer)  # restore reads it from here, never from the corpus
