@@ -14,7 +14,7 @@ LAYERS = [
     {"run"},
     {"train"},
     {"eval", "export"},
-    {"ptq", "import_hf", "import_gguf", "sample"},
+    {"ptq", "convert", "import_hf", "import_gguf", "sample"},
     {"main", "sweep", "compare", "aot"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
