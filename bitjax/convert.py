@@ -27,7 +27,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from bitjax import config as config_lib
@@ -117,12 +116,7 @@ def run(
     q_eval = evaluate(qparams, plan)
 
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
-    state = {
-        "step": jnp.asarray(step, jnp.int32),
-        "params": qparams,
-        "opt_state": tx.init(qparams),  # fresh, as the trainer would start from it
-        "skipped": jnp.zeros((), jnp.int32),
-    }
+    state = optim.train_state(tx, qparams, step)  # a fresh optimizer, as the trainer would start from it
     info = {
         "method": method,
         "bits": 1.58,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -176,12 +175,7 @@ def _import_locked(hf_dir: str, workdir: str, plan, tokenizer) -> ConfigDict:
         raise errors.UserError(f"{workdir} already holds checkpoints; import into an empty workdir")
     params = jax.device_put(nnx.to_pure_dict(nnx.state(model)), plan.param_shardings)
     tx, _ = optim.make_optimizer(plan.config.optim, plan.config.total_steps)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        "skipped": jnp.zeros((), jnp.int32),
-    }
+    state = optim.train_state(tx, params)
     meta = {
         "config": config_lib.to_dict(plan.config),
         "tokenizer": plan_lib.tokenizer_meta(tokenizer),

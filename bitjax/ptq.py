@@ -495,12 +495,7 @@ def run(
     q_eval = evaluate(qparams)
 
     tx, _ = optim.make_optimizer(plan.config.optim, plan.config.total_steps)
-    state = {
-        "step": jnp.asarray(step, jnp.int32),
-        "params": qparams,
-        "opt_state": tx.init(qparams),  # fresh, as the trainer would start from it
-        "skipped": jnp.zeros((), jnp.int32),
-    }
+    state = optim.train_state(tx, qparams, step)  # a fresh optimizer, as the trainer would start from it
     ptq = {
         "method": method,
         "bits": bits,

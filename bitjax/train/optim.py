@@ -235,3 +235,15 @@ def make_optimizer(
     mask = functools.partial(weight_decay_mask, exclude=exclude, min_rank=min_rank)
     parts.append(optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=mask))
     return optax.chain(*parts), lr_fn
+
+
+def train_state(tx: optax.GradientTransformation, params, step=0) -> dict:
+    """A run's train state as the trainer starts it: {step (int32), params, opt_state = tx.init(params),
+    skipped = 0}. Tools that write a run (ptq, convert, import_hf) start from it too, so the trainer resumes
+    their output as its own."""
+    return {
+        "step": jnp.asarray(step, jnp.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+        "skipped": jnp.zeros((), jnp.int32),
+    }

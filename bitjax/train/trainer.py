@@ -148,12 +148,7 @@ class Setup:
 
         def init(key):
             params = nnx.to_pure_dict(nnx.state(self.plan.build(key)))
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "params": params,
-                "opt_state": tx.init(params),
-                "skipped": jnp.zeros((), jnp.int32),
-            }
+            return optim.train_state(tx, params)
 
         def make_train_step(graphdef):
             def loss_fn(params, batch, teacher_params, step):
