@@ -138,6 +138,13 @@ def gptq_on_grid(
     return codes[jnp.argsort(perm)]
 
 
+def _kept_where_lower(f_new, f, new, old):
+    """Per output channel, `new` where its objective f_new (out,) is below f, else `old` (each (·, out));
+    returns (the kept arrays, the kept objective). NaN compares False: a change is kept only if it lowers f."""
+    keep = f_new < f
+    return tuple(jnp.where(keep[None], n, o) for n, o in zip(new, old)), jnp.where(keep, f_new, f)
+
+
 def decoupleq_codes(
     w: jax.Array,
     h: jax.Array,
@@ -184,15 +191,10 @@ def decoupleq_codes(
         codes, s, z, f = carry
         sa, za = jnp.where(first, s_c, s), jnp.where(first, z_c, z)  # (a)'s grid: the candidate, then (s, z)
         c1 = gptq_on_grid(w, h0, rows(sa), rows(za), maxq, act_order)  # (a)
-        f1 = f_of(c1, sa, za)
-        keep = f1 < f  # NaN compares False: a channel's change is kept only if it lowers f
-        codes, f = jnp.where(keep[None], c1, codes), jnp.where(keep, f1, f)
-        s, z = jnp.where(keep[None], sa, s), jnp.where(keep[None], za, z)
+        (codes, s, z), f = _kept_where_lower(f_of(c1, sa, za), f, (c1, sa, za), (codes, s, z))
         fa = f
         s1, z1 = closed_form_scale_zero(w, codes, h0, g)  # (b)
-        f2 = f_of(codes, s1, z1)
-        keep = f2 < f
-        s, z, f = jnp.where(keep[None], s1, s), jnp.where(keep[None], z1, z), jnp.where(keep, f2, f)
+        (s, z), f = _kept_where_lower(f_of(codes, s1, z1), f, (s1, z1), (s, z))
         return (codes, s, z, f), jnp.stack([fa, f])
 
     (codes, s, z, _), trace = jax.lax.scan(step, (codes, s, z, f), jnp.arange(iters) == 0)
