@@ -250,3 +250,14 @@ def test_a_stored_config_from_before_a_field_existed_still_validates():
     stored["model"]["quant"]["act_inner"] = "absmax8"  # a field that no longer exists is still named
     with pytest.raises(ValueError, match="act_inner"):
         train_config.validate(train_config.with_defaults(stored), mesh_lib.make_mesh(c.mesh))
+
+
+def test_a_stored_config_has_its_tuple_fields_back_as_tuples():
+    """JSON stores data.paths as a list; restored, it is a tuple again as in a fresh config, since
+    ml_collections refuses `--config.data.paths=F` on a list field (a config built on a stored one, as
+    configs/convert_b158.py, must still take it)."""
+    import json
+
+    stored = json.loads(json.dumps(tiny_config("fp").to_dict()))
+    stored["data"]["paths"] = ["a.txt", "b/*.md"]
+    assert train_config.with_defaults(stored).data.paths == ("a.txt", "b/*.md")

@@ -118,7 +118,8 @@ def with_defaults(saved: dict) -> ConfigDict:
 
     Fields the stored config has win; fields it lacks (a trainer, data or model field added after the
     run was written) take their defaults, so an older run still loads. Fields that no longer exist
-    are kept, so validation still names them.
+    are kept, so validation still names them. A field whose default is a tuple (data.paths) is a tuple
+    again, as in a fresh config, so a config built on it still takes `--config.data.paths=FILE`.
     """
     from bitjax import models  # the model family's own defaults
 
@@ -126,6 +127,8 @@ def with_defaults(saved: dict) -> ConfigDict:
     base["model"] = models.default_config(saved.get("model", {}).get("name", "transformer")).to_dict()
 
     def merge(default, stored):
+        if isinstance(default, tuple) and isinstance(stored, list):
+            return tuple(stored)  # JSON stored the tuple as a list: a list field can't be set from the command line
         if not (isinstance(default, dict) and isinstance(stored, dict)):
             return stored
         return {**default, **{k: merge(default.get(k), v) for k, v in stored.items()}}
