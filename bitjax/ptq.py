@@ -46,7 +46,7 @@ instead, on the same calibration sequences: block i is trained on the outputs of
 blocks < i to match the FP block's output on the FP chain (MSE), then its kernels are replaced by W̃.
 `omniquant` (bitjax.quant.omniquant: learnable weight clipping; defaults 20 epochs at W3/W4, 40 at W2,
 batch 1) and `efficientqat` (bitjax.quant.efficientqat: Block-AP, all weights and the grid trained;
-2 epochs, batch 2), both k-bit asymmetric per channel or per `--group_size`. `--epochs` and
+2 epochs, batch 2; its E2E-QP stage then trains from the output: configs/e2e_qp.py), both k-bit asymmetric per channel or per `--group_size`. `--epochs` and
 `--batch_size` (sequences a step) override the method's defaults, `--aug_loss` adds the reference's
 second target (the FP block on the quantized chain's input), `--let` OmniQuant's LET beside LWC
 (per-channel scales folded into norm→q/k/v, norm→gate/up, v→o, q·k; see bitjax.quant.omniquant); on 2 CPU cores a scaled-down setting

@@ -34,6 +34,12 @@ default_kernel_init = nnx.initializers.normal(stddev=0.02)
 QUANTIZED_WEIGHT = "quantized_weight"
 
 
+def _learned_axes(side: str, axes: tuple) -> tuple:
+    """Logical axes of a learned quantizer parameter: a vector along the kernel's 'in' or 'out' axis, or
+    'group': a (G, out) matrix (per group of input rows; the groups are not sharded)."""
+    return {"in": (axes[0],), "out": (axes[1],), "group": (None, axes[1])}[side]
+
+
 class BitDense(nnx.Module):
     """A linear layer with quantized weights and activations.
 
@@ -78,10 +84,10 @@ class BitDense(nnx.Module):
         self.quant, self.dtype, self.axes = quant, dtype, tuple(axes)
         kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
         self.kernel = param(kernel, self.axes)
-        # Learned quantizer scales (FBI α/β, OneBit g/h), initialised from the kernel.
+        # Learned quantizer scales (FBI α/β, OneBit g/h, E2E-QP's step change), initialised from the kernel.
         self.qparams = nnx.Dict(
             {
-                name: param(value.astype(param_dtype), (self.axes[0] if side == "in" else self.axes[1],))
+                name: param(value.astype(param_dtype), _learned_axes(side, self.axes))
                 for name, (value, side) in quant.init_learned(kernel).items()
             }
         )
@@ -139,7 +145,7 @@ class BitDense(nnx.Module):
         w = self.kernel[...]
         if wq.codes is not None:
             return dict(zip(("codes", "scale", "zero"), wq.codes(w, **kwargs)))
-        if wq.init is not None:
+        if wq.init is not None and wq.sign_codes:
             return {"codes": sign(w).astype(jnp.int8), **{k: v[...] for k, v in self.qparams.items()}}
         raise ValueError(
             f"weight quantizer {self.quant.weight!r} has no integer form (it is full precision or mixes precisions)"

@@ -14,7 +14,9 @@ parameters — every kernel W and the norms, as the reference's weight_parameter
 — together with s and z: AdamW, weight decay 0, lr 1e-4 for (s, z) and 1e-5 for the weights (2e-5 at
 W2, as the reference's w2 scripts), each cosine-annealed to lr/20 over the block's steps; gradient
 norm clipped at 0.3; 2 epochs, batch 2. The written W̃ is the trained W on the trained grid.
-E2E-QP (step sizes trained end to end with the codes frozen) is not implemented.
+E2E-QP (§3.3: the codes and zero points frozen, the step sizes trained end to end with the language-model
+loss) is the weight quantizer ``e2e_qp<k>`` (:func:`e2e_qp`), trained by the ordinary trainer from a Block-AP
+output with only the step changes trainable: configs/e2e_qp.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from bitjax.quant import block_recon
+from bitjax.quant import weights as W
 from bitjax.quant.omniquant import clamp, groups, round_ste
 
 QUANT_LR = 1e-4  # --quant_lr: s and z
@@ -98,3 +101,37 @@ METHOD = block_recon.BlockMethod(
     default_epochs=lambda bits: 2,
     default_batch_size=2,
 )
+
+
+# ----------------------------------------------------------------------------- E2E-QP
+def e2e_qp(w: jax.Array, dstep: jax.Array, bits: int, granularity="channel", rule: str = "identity") -> jax.Array:
+    """EfficientQAT's E2E-QP layer (arXiv 2407.11062 §3.3; reference ``main_e2e_qp.py``, its QuantLinear
+    with the integer weight and zero points frozen and only ``scales`` trainable).
+
+    w (in, out): the kernel, Block-AP's W̃ (a `bitjax.ptq --method efficientqat` output), frozen. Its grid
+    is recovered as Block-AP initialises one (:func:`init_scale_zero`, per channel or per `group<N>`):
+    s₀ = (max W − min W)/(2^k − 1), z = ⌊−min W/s₀⌉, codes C = clip(⌊W/s₀⌉ + z, 0, 2^k − 1). When a
+    group's codes span 0..2^k − 1 (Block-AP's min-max grid), s₀ is its trained step and C, z its codes.
+    dstep (G, out): the learned change of the step size, 0 at initialisation:
+
+        W̃ = (s₀ + Δs)·(C − z),   ∂W̃/∂Δs = C − z;   s₀, z, C constant (no gradient reaches w)
+
+    so Δs trains as the reference's step size does (same lr; Adam is invariant to the shift by s₀),
+    while the codes and zero points stay frozen. `rule` is unused (no rounding is differentiated).
+    """
+    del rule
+    group_size = None if granularity == "channel" else W.parse_granularity(granularity)
+    w = jax.lax.stop_gradient(w)
+    s0, zero = init_scale_zero(w, bits, group_size)
+    wg = groups(w.astype(jnp.float32), group_size)
+    codes = jnp.clip(jnp.round(wg / s0[:, None, :]) + zero[:, None, :], 0, 2**bits - 1)
+    step = s0 + dstep.astype(jnp.float32)
+    return (step[:, None, :] * (codes - zero[:, None, :])).reshape(w.shape).astype(w.dtype)
+
+
+def e2e_qp_init(w: jax.Array, bits: int, granularity="channel") -> dict:
+    """{'dstep': zeros (G, out)}: independent of w, so a run started from a Block-AP output by
+    config.init_from begins exactly at that output's W̃."""
+    del bits
+    group_size = None if granularity == "channel" else W.parse_granularity(granularity)
+    return {"dstep": jnp.zeros((w.shape[0] // (group_size or w.shape[0]), w.shape[1]), jnp.float32)}

@@ -6,7 +6,9 @@ activation quantizer and a gradient rule, each chosen by name, plus options.
 Names (the same in configs, code and docs)
 ------------------------------------------
 weight: ``none`` | ``ternary_absmean`` | ``binary_mean`` | ``fbi`` (option ``axis``) |
-        ``onebit`` | ``pb_llm`` | ``rtn<k>`` (k = 2..8, e.g. ``rtn4``; options ``granularity``, ``sym``)
+        ``onebit`` | ``pb_llm`` | ``rtn<k>`` (k = 2..8, e.g. ``rtn4``; options ``granularity``, ``sym``) |
+        ``e2e_qp<k>`` (EfficientQAT's E2E-QP: the kernel's k-bit codes frozen, the step sizes learned;
+        option ``granularity``)
 act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``) | ``absmean<b>`` (a4.8's INT4, ``absmean4``) |
         ``topk_absmax<b>`` (a4.8's Q_INT8(TopK(x)), option ``keep``) |
         ``absmax_v1_<b>`` (BitNet v1, option ``granularity``)
@@ -39,7 +41,8 @@ from bitjax.quant.ste import get_rule
 class WeightQuantizer:
     """fn(w, **learned, rule=, **options) → W̃; init(w, **options) → learned params (or None).
 
-    learned_axes(**options) says which kernel axis each learned vector runs along ('in' | 'out').
+    learned_axes(**options) says which kernel axis each learned vector runs along ('in' | 'out'), or
+    'group' for a (G, out) matrix of per-group values (G groups of input rows).
     state(w, **options) → frozen, kernel-shaped layer state computed once at init (PB-LLM's mask and
     8-bit salient values), passed to fn as keyword arguments and never trained.
     output_norm: applied by the layer to the matmul's output (OneBit's affine-free LayerNorm).
@@ -52,6 +55,7 @@ class WeightQuantizer:
     codes: Callable[..., tuple] | None = None
     state: Callable[..., dict] | None = None
     output_norm: Callable[[jax.Array], jax.Array] | None = None
+    sign_codes: bool = True  # with `init` and no `codes`: the integer form is sign(W) and the learned params
 
 
 def _identity_weight(w, rule="identity"):
@@ -80,7 +84,10 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
     ),
 }
 
-WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>",)
+WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>", "e2e_qp<k>")
+# learned parameters that start at 0 whatever the kernel (E2E-QP's step change): config.init_from may
+# start a run that has them from one that does not (a Block-AP output), inserting them as initialised
+ZERO_INIT_LEARNED = ("dstep",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +117,18 @@ def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
     m = re.fullmatch(r"rtn([2-8])", name or "")
     if m:
         return WeightQuantizer(W.rtn, options=("granularity", "sym"), codes=W.rtn_codes), {"bits": int(m[1])}
+    m = re.fullmatch(r"e2e_qp([2-8])", name or "")
+    if m:
+        from bitjax.quant import efficientqat  # E2E-QP is EfficientQAT's second stage, in its module
+
+        e2e = WeightQuantizer(
+            efficientqat.e2e_qp,
+            init=efficientqat.e2e_qp_init,
+            options=("granularity",),
+            learned_axes=lambda **_: {"dstep": "group"},
+            sign_codes=False,
+        )
+        return e2e, {"bits": int(m[1])}
     raise ValueError(f"unknown weight quantizer {name!r}; choose one of {WEIGHT_NAMES}")
 
 
@@ -222,7 +241,7 @@ class QuantSpec:
         wq = get_weight_quantizer(self.weight)[0]
         if wq.init is None:
             return {}
-        opts = dict(self.weight_options)
+        wq, opts = self.weight_quantizer()
         axes = wq.learned_axes(**opts)
         return {k: (v, axes[k]) for k, v in wq.init(w, **opts).items()}
 

@@ -35,7 +35,7 @@ from ml_collections import ConfigDict
 from bitjax import errors, models
 from bitjax.data import tokenizers as tok_lib
 from bitjax.nn import layer_stack, sharding
-from bitjax.quant import warmup
+from bitjax.quant import registry, warmup
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
@@ -60,15 +60,20 @@ def adopt_params(params, want, fresh, family: str, who: str) -> tuple[Any, list[
     initial parameters (or None). Per-layer and stacked (scan_layers) layouts are converted. The trees
     must match in paths, shapes and dtypes, but for parameters of the modules family `family` names
     insertable (bitjax.models.insertable: the transformer's attn_sub_norm / ffn_sub_norm, which converting
-    an fp Llama to a BitNet layout adds) that the source lacks: those come from `fresh` (RMSNorm scale 1)
-    and are returned by path. Anything else that differs raises UserError naming `who`.
+    an fp Llama to a BitNet layout adds) and learned quantizer parameters that start at 0 whatever the
+    kernel (bitjax.quant.registry.ZERO_INIT_LEARNED: E2E-QP's step change, absent from the Block-AP output
+    it trains from) that the source lacks: those come from `fresh` (RMSNorm scale 1, zeros) and are
+    returned by path. Anything else that differs raises UserError naming `who`.
     """
     params = layer_stack.layers_like(params, want)
     flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)  # {} (no qparams) kept
     src, dst = flat(params), flat(want)
     insertable = set(models.insertable(family))
+    zero_init = set(registry.ZERO_INIT_LEARNED)
     added = sorted((k for k in dst if k not in src), key=str)
-    refused = [k for k in added if fresh is None or not insertable.intersection(map(str, k))]
+    refused = [
+        k for k in added if fresh is None or not (insertable.intersection(map(str, k)) or str(k[-1]) in zero_init)
+    ]
     refused += sorted((k for k in src if k not in dst), key=str)
     common = [k for k in dst if k in src and dst[k] is not traverse_util.empty_node]
     if refused or not same_tree([src[k] for k in common], [dst[k] for k in common]):

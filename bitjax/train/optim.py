@@ -74,6 +74,7 @@ def default_config() -> ConfigDict:
             grad_clip=1.0,  # global-norm clip; 0 disables
             stage2_frac=0.5,  # two_stage: fraction of total_steps where stage 2 starts
             stage2_lr_ratio=1.0 / 3.0,  # two_stage: stage-2 peak as a fraction of lr
+            trainable="",  # '' = every parameter; else a regex: only params whose dotted path it matches train
         )
     )
 
@@ -113,6 +114,11 @@ def validate_config(opt_cfg, total_steps: int, name: str = "config.optim") -> Co
         f"must be one of {tuple(WD_PARAMS)}",
     )
     need(num(cfg.get("grad_clip")) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
+    need(isinstance(cfg.get("trainable"), str), "trainable", "must be a regex string ('' = every parameter)")
+    try:
+        re.compile(cfg.trainable)
+    except re.error as e:
+        need(False, "trainable", f"is not a regular expression ({e})")
     if cfg.schedule == "two_stage":
         need(num(cfg.get("stage2_frac")) and 0 < cfg.stage2_frac < 1, "stage2_frac", "must be in (0, 1)")
         t1 = round(cfg.stage2_frac * total_steps)
@@ -221,7 +227,9 @@ def make_optimizer(
 
     ``tx = chain(clip_by_global_norm(grad_clip) [if grad_clip > 0],
     adamw(lr_schedule, b1, b2, eps, weight_decay=wd [schedule for two_stage],
-    mask=weight_decay_mask by weight_decay_params))``. Use it directly with ``nnx.Optimizer(model, tx,
+    mask=weight_decay_mask by weight_decay_params))``; with ``trainable`` set, that chain runs on the
+    parameters whose path the regex matches and the others get zero updates (:func:`frozen_mask`;
+    EfficientQAT's E2E-QP trains only its step sizes). Use it directly with ``nnx.Optimizer(model, tx,
     wrt=nnx.Param)``. Raises ``ValueError`` naming the bad ``config.optim`` field.
     """
     opt_cfg = validate_config(opt_cfg, total_steps, name)
@@ -234,7 +242,23 @@ def make_optimizer(
     exclude, min_rank = WD_PARAMS[opt_cfg.weight_decay_params]
     mask = functools.partial(weight_decay_mask, exclude=exclude, min_rank=min_rank)
     parts.append(optax.adamw(lr_fn, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=mask))
+    if opt_cfg.trainable:  # the rest frozen: zero gradients (outside the clip's norm), zero updates (no decay)
+        freeze = optax.masked(optax.set_to_zero(), lambda params: frozen_mask(opt_cfg.trainable, params, name))
+        parts = [freeze, *parts, freeze]
     return optax.chain(*parts), lr_fn
+
+
+def frozen_mask(pattern: str, params, name: str = "config.optim"):
+    """Bool pytree: True (frozen) where regex `pattern` (re.search) does not match the leaf's dotted path
+    (``layers.0.self_attn.q_proj.qparams.dstep``). ValueError if it matches no leaf."""
+    # a Variable is one leaf; so is optax.tree_map_params's placeholder (an empty NamedTuple for the tree)
+    is_leaf = lambda x: isinstance(x, nnx.Variable) or (isinstance(x, tuple) and hasattr(x, "_fields") and not x)
+    paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)[0]
+    dotted = lambda path: ".".join(_key_name(k) for k in path)
+    if paths and paths[0][0] and not any(re.search(pattern, dotted(p)) for p, _ in paths):
+        some = ", ".join(dotted(p) for p, _ in paths[:3])
+        raise ValueError(f"{name}.trainable = {pattern!r} matches no parameter path (they read like {some})")
+    return jax.tree_util.tree_map_with_path(lambda p, _: not re.search(pattern, dotted(p)), params, is_leaf=is_leaf)
 
 
 def train_state(tx: optax.GradientTransformation, params, step=0) -> dict:
