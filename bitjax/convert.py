@@ -23,7 +23,6 @@ A --out that holds anything but an earlier output of this tool is refused, never
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import jax
@@ -39,7 +38,6 @@ from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import plan as plan_lib
 from bitjax.train import optim
 from bitjax.train import workdir as workdir_lib
-from bitjax.train.metrics import jsonable_metrics
 
 # ternary-weight methods whose parameters are the fp model's (learned scales such as FBI's α, β would need
 # an initialisation from the kernel, not the source run)
@@ -125,25 +123,8 @@ def run(
         "source": os.path.abspath(workdir),
         "source_step": int(step),
     }
-    meta = {
-        **meta,
-        "config": config_lib.to_dict(plan.config),
-        "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer),
-        "quant_recipe": plan.quant_table,
-        "convert": info,
-    }
-    plan_lib.store_tokenizer(out, plan.tokenizer)
-    with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
-        ckpt.save(int(step), state, meta, force=True)
-        ckpt.wait()
-    result = {
-        **info,
-        **{k: q_eval[k] for k in ("eval_loss", "eval_bpb", "eval_ppl")},
-        **{f"fp_{k}": fp_eval[k] for k in ("eval_loss", "eval_bpb", "eval_ppl")},
-    }
-    with open(os.path.join(out, "ptq.json"), "w") as f:
-        json.dump(jsonable_metrics(result), f, indent=1)
-    workdir_lib.seal(out, MARKER)
+    meta = {**meta, "config": config_lib.to_dict(plan.config), "quant_recipe": plan.quant_table, "convert": info}
+    result = ptq_lib.write_output_run(out, MARKER, plan, step, state, meta, info, q_eval, fp_eval)
     print(plan.describe())
     print(
         f"{method} without training: eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), "

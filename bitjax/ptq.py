@@ -355,6 +355,27 @@ def fresh_out(out: str) -> None:
     )
 
 
+def write_output_run(out, marker, plan, step, state, meta, info, q_eval, fp_eval, extra=None) -> dict:
+    """Writes a tool's output run (bitjax.ptq's, bitjax.convert's) and returns what OUT/ptq.json holds.
+
+    OUT/checkpoints: `state` at `step` with `meta` (the run's stored config, plus the tool's `info`) and
+    the tokenizer's metadata; OUT/tokenizer: the tokenizer, so OUT restores alone; OUT/ptq.json: `info`,
+    eval_loss / eval_bpb / eval_ppl of `q_eval` and fp_* of `fp_eval`, then `extra`; OUT sealed with
+    `marker` last (a later run of the tool replaces OUT only while it holds just this).
+    """
+    meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer)}
+    plan_lib.store_tokenizer(out, plan.tokenizer)
+    with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
+        ckpt.save(int(step), state, meta, force=True)
+        ckpt.wait()
+    keys = ("eval_loss", "eval_bpb", "eval_ppl")
+    result = {**info, **{k: q_eval[k] for k in keys}, **{f"fp_{k}": fp_eval[k] for k in keys}, **(extra or {})}
+    with open(os.path.join(out, "ptq.json"), "w") as f:
+        json.dump(jsonable_metrics(result), f, indent=1)
+    workdir_lib.seal(out, marker)
+    return result
+
+
 def check_out_apart(workdir: str, out: str) -> None:
     """UserError if --out is --workdir, or one holds the other, compared as real paths (a symlink to the
     run is the run: issue 29.3); replacing --out must never delete the trained run."""
@@ -515,24 +536,8 @@ def run(
         if let:
             ptq["let"] = True
     # the run's own config (its mesh, not this process's) and tokenizer, copied along: OUT restores alone
-    meta = {**meta, "tokenizer": plan_lib.tokenizer_meta(plan.tokenizer), "ptq": ptq}
-    plan_lib.store_tokenizer(out, plan.tokenizer)
-    with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1) as ckpt:
-        ckpt.save(int(step), state, meta, force=True)
-        ckpt.wait()
-    result = {
-        **ptq,
-        "eval_loss": q_eval["eval_loss"],
-        "eval_bpb": q_eval["eval_bpb"],
-        "eval_ppl": q_eval["eval_ppl"],
-        "fp_eval_loss": fp_eval["eval_loss"],
-        "fp_eval_bpb": fp_eval["eval_bpb"],
-        errors_key: errs,
-        **extra,
-    }
-    with open(os.path.join(out, "ptq.json"), "w") as f:
-        json.dump(jsonable_metrics(result), f, indent=1)
-    workdir_lib.seal(out, MARKER)  # a later ptq replaces OUT only while it holds just this (issue 29.2)
+    meta = {**meta, "ptq": ptq}
+    result = write_output_run(out, MARKER, plan, step, state, meta, ptq, q_eval, fp_eval, {errors_key: errs, **extra})
     print(
         f"eval bits/byte {q_eval['eval_bpb']:.4f} (fp {fp_eval['eval_bpb']:.4f}), eval loss "
         f"{q_eval['eval_loss']:.4f} (fp {fp_eval['eval_loss']:.4f}); wrote {out}/checkpoints and {out}/ptq.json"
