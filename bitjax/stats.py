@@ -97,6 +97,11 @@ class Test:
         """|t| < NOISE_T (or untestable: n < 2 on a side)."""
         return not abs(self.t) >= NOISE_T
 
+    @property
+    def differs(self) -> bool:
+        """|t| ≥ NOISE_T and two-sided p < 0.05: the verdict 'differs' (a hint does not count)."""
+        return not self.noise and self.p < 0.05
+
     def verdict(self) -> str:
         if math.isnan(self.t):
             return "untested (n = 1)"
@@ -165,14 +170,15 @@ def paired(a, b, seeds_a=None, seeds_b=None) -> Test:
 
 # ----------------------------------------------------------------------------- orderings
 def groups(values: dict[str, list[float]], test=welch) -> list[list[str]]:
-    """An ordering as groups, lowest mean first: walking the names by mean, one joins the current group when
-    it is within seed noise (|t| < NOISE_T) of every member; the first that differs from any member starts
-    the next group. So inside a group every pair is within noise, and each group's first member differs
-    from at least one member of the group before (not necessarily from all of them)."""
+    """An ordering as groups, lowest mean first: walking the names by mean, one joins the current group
+    unless it differs (|t| ≥ NOISE_T and p < 0.05: `Test.differs`) from a member; the first that differs
+    from any member starts the next group. So no pair inside a group is shown to differ (each is within
+    seed noise or only a hint), and each group's first member differs from at least one member of the
+    group before (not necessarily from all of them)."""
     names = sorted(values, key=lambda k: statistics.mean(_clean(values[k])))
     out: list[list[str]] = []
     for name in names:
-        if out and all(test(values[name], values[m]).noise for m in out[-1]):
+        if out and not any(test(values[name], values[m]).differs for m in out[-1]):
             out[-1].append(name)
         else:
             out.append([name])
@@ -180,5 +186,5 @@ def groups(values: dict[str, list[float]], test=welch) -> list[list[str]]:
 
 
 def ordering(values: dict[str, list[float]], test=welch) -> str:
-    """'{b158 ≈ fp ≈ a48} < {fbi ≈ rtn3} < {bitnet}': `groups` written out (≈: within seed noise)."""
+    """'{b158 ≈ fp ≈ a48} < {fbi ≈ rtn3} < {bitnet}': `groups` written out (≈: not shown to differ)."""
     return " < ".join("{" + " ≈ ".join(g) + "}" for g in groups(values, test))

@@ -81,14 +81,18 @@ def test_groups_split_where_runs_differ():
         "c": [1.50, 1.52, 1.48],  # far from a and b
         "d": [1.51, 1.49, 1.55],  # within noise of c
         "e": [3.0, 3.01, 2.99],
+        "f": [3.1, 3.4, 3.3],  # |t| > 2 from e but p > 0.05 (a hint): not split off
     }
-    # reference: restate the rule with scipy's Welch t
+    # reference: restate the rule with scipy's Welch t (a split needs |t| ≥ 2 and p < 0.05)
+    differs = lambda x, y: (r := scipy_stats.ttest_ind(x, y, equal_var=False)).statistic ** 2 >= 4 and r.pvalue < 0.05
     names = sorted(v, key=lambda k: statistics.mean(v[k]))
     ref = []
     for n in names:
-        if ref and all(abs(scipy_stats.ttest_ind(v[n], v[m], equal_var=False).statistic) < 2 for m in ref[-1]):
+        if ref and not any(differs(v[n], v[m]) for m in ref[-1]):
             ref[-1].append(n)
         else:
             ref.append([n])
-    assert stats.groups(v) == ref == [["a", "b"], ["c", "d"], ["e"]]
-    assert stats.ordering(v) == "{a ≈ b} < {c ≈ d} < {e}"
+    fe = scipy_stats.ttest_ind(v["f"], v["e"], equal_var=False)
+    assert abs(fe.statistic) >= 2 and fe.pvalue >= 0.05  # the case the rule is about
+    assert stats.groups(v) == ref == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert stats.ordering(v) == "{a ≈ b} < {c ≈ d} < {e ≈ f}"

@@ -125,7 +125,7 @@ def main(out=HERE):
             lines.append(f"- {a} − {b}: {stats.welch(bpb(ka), bpb(kb), seeds(ka), seeds(kb)).text()}")
         lines += [
             "",
-            f"Ordering at `{s}` (groups that differ, bitjax.stats.groups: Welch |t| ≥ 2): {order}",
+            f"Ordering at `{s}` (groups that differ, bitjax.stats.groups: Welch |t| ≥ 2 and p < 0.05): {order}",
             "",
             (
                 f"Seed 0 − seeds 1–2 over the {len(METHODS)} methods: {stats.mean_std(bias)} (mean ± std): the "
