@@ -1,7 +1,7 @@
 """Compile a run's step for a TPU topology on a CPU machine (ahead of time; nothing runs).
 
   python -m bitjax.aot --topology v5e:2x2 --config configs/transformer.py:size=small [--config.x=y]
-      [--step train|eval] [--json F]
+      [--step train|eval] [--json F] [--hlo F]
 
 The run is built exactly as `bitjax.main` builds it (bitjax.train.trainer.Setup: the Plan's mesh, axis
 rules and shardings, the same jitted train step), over the devices of
@@ -56,6 +56,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology as libtpu names it: v5e:2x2, v5p:4x4x4, v6e:8x8 …")
 _STEP = flags.DEFINE_enum("step", "train", ["train", "eval"], "Which step to compile.")
 _JSON = flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
+_HLO = flags.DEFINE_string("hlo", None, "Also write the compiled (optimized) HLO text to this file.")
 flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -135,9 +136,11 @@ def _sum_cost(cost, key: str) -> float:
     return float(sum((c or {}).get(key, 0.0) for c in cost))
 
 
-def compile_report(config, topology: str, step: str = "train", num_devices: int | None = None) -> dict:
+def compile_report(
+    config, topology: str, step: str = "train", num_devices: int | None = None, hlo_path: str | None = None
+) -> dict:
     """Compiles `step` of `config` for `topology` (its first `num_devices` chips: libtpu has no 1-chip v5e
-    topology); the report (see the module docstring) as a dict."""
+    topology); the report (see the module docstring) as a dict. `hlo_path`: also write the optimized HLO."""
     from bitjax.train import trainer  # the trainer's own Setup: same mesh, rules, shardings, step
 
     devices = topology_devices(topology)[:num_devices]
@@ -207,6 +210,9 @@ def compile_report(config, topology: str, step: str = "train", num_devices: int 
     t_bytes = bytes_chip / spec["hbm_bw"]
     t_bound = max(t_flops, t_bytes)
     hlo = compiled.as_text()
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(hlo)
     return {
         "topology": topology,
         "chip": chip,
@@ -275,7 +281,7 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEP.value)
+    report = compile_report(_CONFIG.value, _TOPOLOGY.value, _STEP.value, hlo_path=_HLO.value)
     print(format_report(report))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
