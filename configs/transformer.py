@@ -35,6 +35,9 @@ CPU_LR = {
     "rtn2": 1e-3,
     "rtn3": 1e-3,
     "rtn4": 1e-3,
+    # BitNet v2: b158's (not tuned: the same ternary weights; stage 1 differs from b158 only by two Hadamards)
+    "bitnet_v2": 3e-3,
+    "bitnet_v2_a8": 3e-3,
 }
 CPU_SIZES = ("nano", "tiny", "mini")  # short runs on the embedded corpus: frequent eval, float32
 

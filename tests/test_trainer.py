@@ -86,6 +86,26 @@ def test_a48_two_stage_switch_survives_preemption_exactly(make_config, tmp_path,
     assert meta["quant_recipe"]["down_proj"] == "weight=ternary_absmean, act=absmax8"
 
 
+@pytest.mark.slow
+def test_bitnet_v2_trains_through_its_stage_switch(make_config, tmp_path, capsys):
+    """BitNet v2: W1.58A8 with H-BitLinear on o/down first, then INT4 everywhere (the stage mechanism, and its
+    exact resume, is a4.8's: tested above)."""
+    cfg = make_config("bitnet_v2", steps=6, **{"model.quant.stage2_frac": 0.5})
+    setup = trainer.Setup(cfg)
+    assert [(s, c.quant.method) for s, c in setup.stages] == [(0, "bitnet_v2_a8"), (3, "bitnet_v2")]
+    state = setup.init_fn(jax.random.key(0))
+    batch = setup.train_batch(0)
+    l0 = float(setup.train_steps[0](state, batch)[1]["train_loss"])
+    state = setup.init_fn(jax.random.key(0))
+    l1 = float(setup.train_steps[1](state, batch)[1]["train_loss"])
+    assert np.isfinite([l0, l1]).all() and l0 != l1
+    trainer.train(cfg, str(tmp_path / "a"))
+    printed = capsys.readouterr().out
+    assert "o_proj: weight=ternary_absmean, act=hadamard_absmax8" in printed
+    assert "down_proj: weight=ternary_absmean, act=hadamard_absmean4" in printed
+    assert np.isfinite(losses(str(tmp_path / "a"))).all()
+
+
 def test_frozen_quantizer_state_stays_bit_exact_through_training(make_config):
     """PB-LLM's mask and 8-bit salient values: no gradient, no weight decay, no AdamW update."""
     setup = trainer.Setup(make_config("pb_llm", steps=8))

@@ -284,7 +284,7 @@ def test_remat_same_loss_and_grads():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["fp", "a48"])
+@pytest.mark.parametrize("method", ["fp", "a48", "bitnet_v2"])
 def test_kv_cache_decode_matches_full_forward(method):
     model = build(quant_method=method, sub_norm=True)
     x = tokens(l=10)

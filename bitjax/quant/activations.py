@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from bitjax.quant.hadamard import fwht
 from bitjax.quant.select import kth_largest
 from bitjax.quant.ste import straight_through
 
@@ -159,3 +160,20 @@ def absmax_v1_act(x: jax.Array, bits: int = 8, granularity: str = "token", rule:
     gamma = jnp.maximum(jnp.max(jnp.abs(x32), axis=axes, keepdims=True), EPS)
     q = jnp.clip(jnp.round(x32 * (qb / gamma)), -qb, qb - 1) * (gamma / qb)
     return straight_through(x, q.astype(x.dtype), (x32 / gamma).astype(x.dtype), rule)
+
+
+def hadamard_absmax_act(x: jax.Array, bits: int = 8, rule: str = "identity") -> jax.Array:
+    """BitNet v2's H-BitLinear input at 8 bits (Wang, Ma, Wei 2025, arXiv 2504.18415, §2): Q_INT8(H·x).
+
+    x_r = fwht(x) (bitjax.quant.hadamard: the normalised Hadamard transform per token), then per-token
+    absmax quantization (:func:`absmax_act`) of x_r. Returns x̃_r, in the rotated basis the layer's
+    weight is trained in. Gradient: exact through the transform, `rule` (STE) through the rounding.
+    """
+    return absmax_act(fwht(x), bits, rule)
+
+
+def hadamard_absmean_act(x: jax.Array, bits: int = 4, rule: str = "identity") -> jax.Array:
+    """BitNet v2's H-BitLinear input at 4 bits (arXiv 2504.18415, §2): Q_INT4(H·x), Q_INT4 the absmean
+    quantizer of a4.8 (:func:`absmean_act`: β/√7 · RoundClip(√7·x_r/(β + ε), −8, 7), β = mean|x_r|).
+    Gradient: exact through the transform, `rule` (STE) through the rounding."""
+    return absmean_act(fwht(x), bits, rule)

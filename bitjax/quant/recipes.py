@@ -142,6 +142,19 @@ METHODS: dict[str, Method] = {
         "top-50% + INT8 on o_proj's input, INT8 on down_proj's; trained W1.58A8 (b158) for the "
         "first 95% of steps",
     ),
+    "bitnet_v2_a8": Method(
+        "*_proj: weight=ternary_absmean, act=absmax8; o_proj|down_proj: act=hadamard_absmax8",
+        doc="BitNet v2 (Wang, Ma, Wei 2025, arXiv 2504.18415 §2), 8-bit stage: ternary absmean weights, "
+        "per-token INT8 absmax inputs, o_proj's and down_proj's through H-BitLinear (Hadamard, then INT8)",
+    ),
+    "bitnet_v2": Method(
+        "*_proj: weight=ternary_absmean, act=absmean4; o_proj|down_proj: act=hadamard_absmean4",
+        stage1="bitnet_v2_a8",
+        stage2_frac=0.95,
+        doc="BitNet v2 (arXiv 2504.18415 §2), W1.58A4: INT4 absmean inputs to every projection, o_proj's and "
+        "down_proj's after the online Hadamard transform (H-BitLinear); trained as bitnet_v2_a8 first, then "
+        "continued with 4-bit activations (the switch at 95% of the steps is a4.8's split, kept here)",
+    ),
     "fbi": Method(
         "*_proj: weight=fbi",
         doc="FBI-LLM (Ma et al. 2024): α ⊙ sign(W) + β, learnable per input feature; FP activations",

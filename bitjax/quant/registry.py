@@ -11,7 +11,9 @@ weight: ``none`` | ``ternary_absmean`` | ``binary_mean`` | ``fbi`` (option ``axi
         option ``granularity``)
 act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``) | ``absmean<b>`` (a4.8's INT4, ``absmean4``) |
         ``topk_absmax<b>`` (a4.8's Q_INT8(TopK(x)), option ``keep``) |
-        ``absmax_v1_<b>`` (BitNet v1, option ``granularity``)
+        ``absmax_v1_<b>`` (BitNet v1, option ``granularity``) |
+        ``hadamard_absmax<b>`` / ``hadamard_absmean<b>`` (BitNet v2's H-BitLinear: the per-token
+        Hadamard transform, then absmax / absmean; the layer's weight lives in the rotated basis)
 grad:   ``identity`` | ``clipped`` | ``approx_sign``
 norm:   ``none`` | ``rms`` (HF AutoBitLinear's affine RMSNorm) | ``layer`` (BitNet v1's LayerNorm
         without affine parameters), applied to the layer's input inside BitDense.
@@ -104,6 +106,8 @@ _ACTS: dict[str, ActQuantizer] = {
     "absmean": ActQuantizer(A.absmean_act),
     "topk_absmax": ActQuantizer(A.topk_absmax_act, ("keep",)),
     "absmax_v1_": ActQuantizer(A.absmax_v1_act, ("granularity",)),
+    "hadamard_absmax": ActQuantizer(A.hadamard_absmax_act),
+    "hadamard_absmean": ActQuantizer(A.hadamard_absmean_act),
 }
 ACT_NAMES = ("none", *(f"{stem}<b>" for stem in _ACTS))
 NORMS = ("none", "rms", "layer")
