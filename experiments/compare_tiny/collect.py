@@ -1,9 +1,10 @@
 """One results.csv for compare_tiny: the seed-100 LR tuning (the sweep's own csv) and the reported seeds.
 
-    python experiments/compare_tiny/collect.py WORKDIR SCALE_CPU_CSV OUT_CSV
+    python experiments/compare_tiny/collect.py SCALE_CPU_CSV OUT_CSV WORKDIR...
 
-role = tune: WORKDIR/results.csv (fp, b158 × {1e-3, 3e-3, 1e-2}, seed 100); role = report: the `tiny` rows
-of experiments/scale_cpu/results.csv (seeds 0–2 at the configs' LRs, fp 1e-3 and b158 3e-3).
+role = tune: each WORKDIR/results.csv (fp, b158 × {3e-4, 1e-3, 3e-3, 1e-2}, seed 100: run.sh's two sweeps);
+role = report: the `tiny` rows of experiments/scale_cpu/results.csv (seeds 0–2 at the configs' LRs, fp 1e-3
+and b158 3e-3).
 """
 
 import csv
@@ -17,12 +18,15 @@ COLS = ["role", "quant", "lr", "seed", "train_loss", "eval_loss", "eval_bpb"]
 CONFIG_LR = {"fp": "1e-3", "b158": "3e-3"}  # configs/transformer.py's CPU_LR, what scale_cpu ran
 
 
-def main(workdir, scale_csv, out_csv):
-    with open(f"{workdir}/results.csv", newline="") as f:
-        rows = [
-            dict(role="tune", lr=r["optim.lr"], **{k: r[k] for k in COLS if k not in ("role", "lr")})
-            for r in csv.DictReader(f)
-        ]
+def main(scale_csv, out_csv, *workdirs):
+    rows = []
+    for workdir in workdirs:
+        with open(f"{workdir}/results.csv", newline="") as f:
+            rows += [
+                dict(role="tune", lr=r["optim.lr"], **{k: r[k] for k in COLS if k not in ("role", "lr")})
+                for r in csv.DictReader(f)
+            ]
+    rows.sort(key=lambda r: (r["quant"] != "fp", float(r["lr"])))
     with open(scale_csv, newline="") as f:
         rows += [
             dict(role="report", lr=CONFIG_LR[r["quant"]], **{k: r[k] for k in COLS if k not in ("role", "lr")})
@@ -33,4 +37,4 @@ def main(workdir, scale_csv, out_csv):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

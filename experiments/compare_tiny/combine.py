@@ -3,7 +3,7 @@ from results.csv alone.
 
     python experiments/compare_tiny/combine.py [OUT_DIR]      # default: this directory
 
-role = tune: seed 100 over {1e-3, 3e-3, 1e-2}; each method's LR is the lowest eval bits/byte there. role =
+role = tune: seed 100 over {3e-4, 1e-3, 3e-3, 1e-2}; each method's LR is the lowest eval bits/byte there. role =
 report: seeds 0–2 at the configs' LRs; if seed 100 chose another LR the table says so (it would need runs).
 """
 
@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from bitjax import stats, sweep
 
-METHODS, LRS = ["fp", "b158"], ["1e-3", "3e-3", "1e-2"]
+METHODS, LRS = ["fp", "b158"], ["3e-4", "1e-3", "3e-3", "1e-2"]
 
 
 def main(out=HERE):
