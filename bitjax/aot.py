@@ -122,6 +122,23 @@ def full_batch_values(hlo_text: str, batch: int, seq_len: int) -> int:
     return len(re.findall(rf"=\s*\(?[a-z]+\d*\[{batch},{seq_len}[,\]]", hlo_text))
 
 
+_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\(?([a-z]+\d*)\[", re.M)
+_HLO_MATMUL = re.compile(r"=\s*([a-z]+\d*)\[[\d,]*\]\S*\s+(?:dot|convolution)\(([^)]*)\)")
+
+
+def int8_dots(hlo_text: str) -> int:
+    """How many matmuls (dot, or the convolution libtpu lowers a dot_general to) take two s8 operands and
+    give s32: an int8 × int8 → int32 product on the MXU. Operand types come from the operands' own
+    definitions (TPU HLO lists operands by name only, `convolution(%fusion.1, %fusion.2)`, the int8
+    codes made inside those fusions; HLO names are unique in a module)."""
+    types = dict(_HLO_DEF.findall(hlo_text))
+    count = 0
+    for out, operands in _HLO_MATMUL.findall(hlo_text):
+        kinds = [types.get(name) for name in re.findall(r"%([\w.\-]+)", operands)]
+        count += out == "s32" and kinds == ["s8", "s8"]
+    return count
+
+
 def analytic_flops(config, num_params: int, step: str) -> float:
     """6·N·tokens (+ 12·n_layers·L·d·tokens for attention scores) for train; a third of it for eval."""
     tokens = config.batch_size * config.seq_len
@@ -236,7 +253,7 @@ def compile_report(
         "bytes_accessed_per_chip": bytes_chip,
         "analytic_flops_per_step": analytic,
         "collectives": collectives(hlo),
-        "int8_dots": len(re.findall(r"s32\[[\d,]*\][^=\n]*\bdot\(s8\[", hlo)),
+        "int8_dots": int8_dots(hlo),
         "full_batch_values": full_batch_values(hlo, config.batch_size, config.seq_len),
         "roofline_s": t_bound,
         "roofline_bound": "compute" if t_flops >= t_bytes else "hbm",

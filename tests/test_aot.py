@@ -90,6 +90,32 @@ def test_sharding_holds_at_fsdp4_no_activation_is_batch_replicated():
         assert 0.7 * analytic <= r["flops_per_step"] <= 1.5 * analytic
     assert "all-reduce" in four["collectives"] or "reduce-scatter" in four["collectives"]
     assert not one["collectives"]
+    assert one["int8_dots"] == four["int8_dots"] == 0  # b158 without int8_matmul: fake-quantized float dots
+
+
+def test_int8_dots_counted_from_hlo_text():
+    """Operand types from their definitions: TPU HLO names a convolution's operands without their types."""
+    hlo = """
+  %p0 = s8[4,8]{1,0} parameter(0)
+  %p1 = s8[8,16]{1,0} parameter(1)
+  %f = bf16[8,16]{1,0} parameter(2)
+  %d = s32[4,16]{1,0} dot(s8[4,8]{1,0} %p0, s8[8,16]{1,0} %p1), lhs_contracting_dims={1}
+  %e = f32[4,16]{1,0} dot(s8[4,8]{1,0} %p0, bf16[8,16]{1,0} %f), lhs_contracting_dims={1}
+  %fusion.1 = s8[4,8]{1,0:T(8,128)(4,1)} fusion(%f), kind=kLoop, calls=%fused_computation
+  ROOT %c = s32[4,16]{1,0:T(8,128)} convolution(%fusion.1, %p1), window={size=1}, dim_labels=bf_io->bf
+  %g = s32[4,16]{1,0} convolution(%fusion.1, %f), window={size=1}
+"""
+    assert aot.int8_dots(hlo) == 2  # %d and %c; %e has a bf16 operand and f32 output, %g a bf16 operand
+
+
+@needs_tpu
+def test_int8_matmul_is_an_s8_dot_on_the_mxu():
+    """issue 26 item 3: with model.int8_matmul every quantized projection's forward is one s8 × s8 → s32
+    matmul in the compiled TPU program (7 per layer; the backward runs on the rebuilt x̃, W̃ in float)."""
+    cfg = tiny(fsdp=4)
+    cfg.model.int8_matmul = True
+    r = aot.compile_report(cfg, "v5e:2x2")
+    assert r["int8_dots"] == 7 * cfg.model.n_layers, r["int8_dots"]
 
 
 @needs_tpu
