@@ -122,7 +122,7 @@ def full_batch_values(hlo_text: str, batch: int, seq_len: int) -> int:
     return len(re.findall(rf"=\s*\(?[a-z]+\d*\[{batch},{seq_len}[,\]]", hlo_text))
 
 
-_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\(?([a-z]+\d*)\[", re.M)
+_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\(?([a-z]+\d*)\[", re.MULTILINE)
 _HLO_MATMUL = re.compile(r"=\s*([a-z]+\d*)\[[\d,]*\]\S*\s+(?:dot|convolution)\(([^)]*)\)")
 
 
@@ -146,6 +146,15 @@ def analytic_flops(config, num_params: int, step: str) -> float:
     attn = 12 * m.get("n_layers", 0) * config.seq_len * m.get("d_model", 0) * tokens if "n_heads" in m else 0
     total = 6 * num_params * tokens + attn
     return total if step == "train" else total / 3
+
+
+def int8_flops(config, num_params: int) -> float:
+    """The flops `model.int8_matmul` runs on the int8 units: the quantized projections' forward,
+    2·N_proj·tokens, N_proj = the parameters less the embedding table(s) (vocab·d, twice when untied; norms
+    are negligible). The backward (4·N·tokens) and attention stay in bf16."""
+    m = config.model
+    embed = m.get("vocab_size", 0) * m.get("d_model", 0) * (1 if m.get("tie_embeddings", False) else 2)
+    return 2 * max(num_params - embed, 0) * config.batch_size * config.seq_len
 
 
 def _sum_cost(cost, key: str) -> float:
@@ -223,7 +232,9 @@ def compile_report(
     # XLA's cost analysis counts a while loop's body once: with scan_layers (lax.scan over the layers) the
     # compiled flops miss (n_layers − 1) layers, so the roofline then takes the analytic count instead
     scanned = bool(config.model.get("scan_layers", False))
-    t_flops = (analytic / n if scanned else flops_chip) / (spec["int8"] if int8 else spec["bf16"])
+    total = analytic if scanned else flops_chip * n
+    fast = min(int8_flops(config, setup.num_params), total) if int8 else 0.0  # the int8 share, at the int8 rate
+    t_flops = ((total - fast) / spec["bf16"] + fast / spec["int8"]) / n
     t_bytes = bytes_chip / spec["hbm_bw"]
     t_bound = max(t_flops, t_bytes)
     hlo = compiled.as_text()

@@ -108,6 +108,17 @@ def test_int8_dots_counted_from_hlo_text():
     assert aot.int8_dots(hlo) == 2  # %d and %c; %e has a bf16 operand and f32 output, %g a bf16 operand
 
 
+def test_int8_share_of_the_flops_is_the_projections_forward():
+    """2·N_proj·tokens, N_proj = N − the embedding table(s), restated for tiny (untied and tied)."""
+    c = tiny()
+    c.model.vocab_size = 384
+    n, tokens, table = 10_000_000, c.batch_size * c.seq_len, 384 * c.model.d_model
+    c.model.tie_embeddings = False
+    assert aot.int8_flops(c, n) == 2 * (n - 2 * table) * tokens
+    c.model.tie_embeddings = True
+    assert aot.int8_flops(c, n) == 2 * (n - table) * tokens
+
+
 @needs_tpu
 def test_int8_matmul_is_an_s8_dot_on_the_mxu():
     """issue 26 item 3: with model.int8_matmul every quantized projection's forward is one s8 × s8 → s32
