@@ -43,7 +43,8 @@ def main(out=HERE):
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    colors = [sweep.color("fp"), sweep.color("b158"), sweep.color("fbi"), sweep.color("bitnet")]
+    # FP in fp's grey; the Bi-Mamba settings in spare colours (not the transformer methods' own)
+    colors = [sweep.color("fp") if n == "FP Mamba-2" else sweep.color(n, names) for n in names]
     labels = [n.replace(", ", ",\n") for n in names]
     sweep.points_panel(ax, labels, [bpb[n] for n in names], colors, fp=bpb["FP Mamba-2"])
     ax.set(xlabel="Mamba-2 tiny run", ylabel="eval bits/byte (lower is better)")

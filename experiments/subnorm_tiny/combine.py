@@ -45,7 +45,7 @@ def main(out=HERE):
         ax,
         [LABEL[k].replace(" (", "\n(") for k in keys],
         [[r["eval_bpb"] for r in groups[(k,)]] for k in keys],
-        [sweep.color("b158"), "#aec7e8"],  # b158, and a lighter b158 for its variant
+        [sweep.color("b158"), sweep.color("b158 + sub-norms", ["b158 + sub-norms"])],  # a spare colour: no method's
     )
     ax.set(xlabel="b158 tiny, lr 3e-3", ylabel="eval bits/byte (lower is better)")
     ax.set_title(f"sub-norms: mean ± std, dots = seeds (n={len(a)}/{len(b)})", fontsize=10)
