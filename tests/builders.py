@@ -41,6 +41,17 @@ def tiny_config(method="b158", steps=30, data_dir=None, **over):
     return c
 
 
+def reload_eval_loss(workdir):
+    """(plan, params, eval loss) of the run in `workdir` loaded as bitjax.sample / bitjax.eval load it
+    (from the workdir alone) and evaluated on its validation split: what a tool wrote is what it measured."""
+    from bitjax import ptq
+    from bitjax.run import plan as plan_lib
+
+    plan, params = plan_lib.restore_one_device(workdir)
+    _, eval_data = ptq.run_data(plan)
+    return plan, params, plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"]
+
+
 def losses(workdir):
     """The train losses in metrics.jsonl, by step (the last row of a step wins)."""
     by_step = {}

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from builders import FILES
+from builders import FILES, reload_eval_loss
 from flax import nnx
 from test_ptq import fp_run, kernels  # noqa: F401  (the tiny FP run fixture, built once per module)
 
@@ -366,12 +366,9 @@ def test_block_methods_write_a_run_on_the_grid_that_loads_and_evaluates(outs, fp
     assert set(saved["block_errors"]) == {"layers.0", "layers.1"} and "layer_errors" not in saved
     assert all(0 < e["final"] < 1e3 for e in saved["block_errors"].values())
     assert math.isfinite(saved["eval_bpb"]) and saved["eval_bpb"] > 0
-    plan, params = plan_lib.restore_one_device(out)
+    plan, params, loss = reload_eval_loss(out)
     assert plan.config.model.quant.method == "fp"
-    _, eval_data = ptq.run_data(plan)
-    assert plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"] == pytest.approx(
-        saved["eval_loss"], rel=1e-5
-    )
+    assert loss == pytest.approx(saved["eval_loss"], rel=1e-5)
     _, fp_params = plan_lib.restore_one_device(fp_run)
     for (path, q), (_, w) in zip(kernels(params), kernels(fp_params)):
         assert not np.array_equal(q, w), path
@@ -417,12 +414,9 @@ def test_omniquant_on_a_scan_layers_run_writes_the_stacked_layout(data_dir, tmp_
     wd, out = str(tmp_path / "fp_scan"), str(tmp_path / "omni_scan")
     trainer.train(tiny_config("fp", steps=6, data_dir=data_dir, **{"model.scan_layers": True}), wd)
     result = ptq.run(wd, "omniquant", 3, out, calib_sequences=2, epochs=1)
-    plan, params = plan_lib.restore_one_device(out)
+    plan, params, loss = reload_eval_loss(out)
     assert plan.config.model.scan_layers and params["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == 2
-    _, eval_data = ptq.run_data(plan)
-    assert plan_lib.evaluate(plan, plan.eval_step(), params, eval_data)["eval_loss"] == pytest.approx(
-        result["eval_loss"], rel=1e-5
-    )
+    assert loss == pytest.approx(result["eval_loss"], rel=1e-5)
     q = np.asarray(params["layers"]["mlp"]["down_proj"]["kernel"][1])
     assert max(len(np.unique(q[:, o])) for o in range(q.shape[1])) <= 8  # 3 bits per channel
 
