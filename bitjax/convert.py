@@ -91,7 +91,7 @@ def run(
         raise errors.UserError(f"--method {method}{' --sub_norm' * sub_norm}: {e}") from None
     fresh = nnx.to_pure_dict(nnx.state(plan.build(jax.random.key(config.seed)))) if sub_norm else None
     qparams, added = plan_lib.adopt_params(
-        params, nnx.to_pure_dict(plan.abstract_params), fresh, config.model.name, f"--workdir {workdir!r}"
+        params, nnx.to_pure_dict(plan.abstract_params), fresh, config.model.name, f"--workdir {workdir!r}", plan=plan
     )
 
     if eval_files is None:

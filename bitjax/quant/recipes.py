@@ -177,6 +177,15 @@ METHODS: dict[str, Method] = {
         f"rtn{k}": Method(f"*_proj: weight=rtn{k}", doc=f"{k}-bit round-to-nearest weights (GPTQ's grid)")
         for k in (2, 3, 4, 8)
     },
+    **{
+        f"paretoq{k}": Method(
+            f"*_proj: weight=paretoq{k}",
+            doc=f"ParetoQ (Liu et al. 2025, arXiv 2502.02631) at {'1.58' if k == '158' else k} bits: a learned step "
+            "per output channel (SEQ at 1.58 and 2 bits, LSQ at 3 and 4, sign at 1) with the reference's "
+            "gradients; FP activations; meant for QAT from a pretrained fp run (config.init_from)",
+        )
+        for k in ("1", "158", "2", "3", "4")
+    },
 }
 
 

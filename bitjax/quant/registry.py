@@ -8,7 +8,8 @@ Names (the same in configs, code and docs)
 weight: ``none`` | ``ternary_absmean`` | ``binary_mean`` | ``fbi`` (option ``axis``) |
         ``onebit`` | ``pb_llm`` | ``rtn<k>`` (k = 2..8, e.g. ``rtn4``; options ``granularity``, ``sym``) |
         ``e2e_qp<k>`` (EfficientQAT's E2E-QP: the kernel's k-bit codes frozen, the step sizes learned;
-        option ``granularity``)
+        option ``granularity``) | ``paretoq<k>`` (ParetoQ, k = 1, 158 (1.58 bits), 2, 3, 4: a learned
+        step per output channel, SEQ / LSQ with the reference's gradients)
 act:    ``none`` | ``absmax<b>`` (e.g. ``absmax8``) | ``absmean<b>`` (a4.8's INT4, ``absmean4``) |
         ``topk_absmax<b>`` (a4.8's Q_INT8(TopK(x)), option ``keep``) |
         ``absmax_v1_<b>`` (BitNet v1, option ``granularity``) |
@@ -86,10 +87,7 @@ _WEIGHTS: dict[str, WeightQuantizer] = {
     ),
 }
 
-WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>", "e2e_qp<k>")
-# learned parameters that start at 0 whatever the kernel (E2E-QP's step change): config.init_from may
-# start a run that has them from one that does not (a Block-AP output), inserting them as initialised
-ZERO_INIT_LEARNED = ("dstep",)
+WEIGHT_NAMES = tuple(_WEIGHTS) + ("rtn<k>", "e2e_qp<k>", "paretoq<k>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +119,18 @@ def get_weight_quantizer(name: str) -> tuple[WeightQuantizer, dict]:
     m = re.fullmatch(r"rtn([2-8])", name or "")
     if m:
         return WeightQuantizer(W.rtn, options=("granularity", "sym"), codes=W.rtn_codes), {"bits": int(m[1])}
+    m = re.fullmatch(r"paretoq(1|158|2|3|4)", name or "")
+    if m:
+        from bitjax.quant import paretoq  # ParetoQ's quantizers and their custom gradients, in its module
+
+        bits = 1.58 if m[1] == "158" else int(m[1])
+        pq = WeightQuantizer(
+            paretoq.paretoq,
+            init=lambda w, bits, **_: paretoq.paretoq_init(w, bits),
+            learned_axes=lambda **_: {"alpha": "out"},
+            sign_codes=False,
+        )
+        return pq, {"bits": bits}
     m = re.fullmatch(r"e2e_qp([2-8])", name or "")
     if m:
         from bitjax.quant import efficientqat  # E2E-QP is EfficientQAT's second stage, in its module

@@ -35,7 +35,8 @@ from ml_collections import ConfigDict
 from bitjax import errors, models
 from bitjax.data import tokenizers as tok_lib
 from bitjax.nn import layer_stack, sharding
-from bitjax.quant import registry, warmup
+from bitjax.nn.bitdense import BitDense
+from bitjax.quant import warmup
 from bitjax.run import checkpoint as ckpt_lib
 from bitjax.run import config as run_config
 from bitjax.run import mesh as mesh_lib
@@ -53,26 +54,30 @@ def same_tree(a, b) -> bool:
     return jax.tree.structure(a) == jax.tree.structure(b) and shapes(a) == shapes(b)
 
 
-def adopt_params(params, want, fresh, family: str, who: str) -> tuple[Any, list[str]]:
-    """(`params` as a tree like `want`, the paths taken from `fresh`): another run's parameters for this model.
+def adopt_params(params, want, fresh, family: str, who: str, plan: Plan | None = None) -> tuple[Any, list[str]]:
+    """(`params` as a tree like `want`, the paths this model supplied itself): another run's parameters for
+    this model.
 
     params: pure dict of the source run; want: this model's abstract pure dict; fresh: this model's own
     initial parameters (or None). Per-layer and stacked (scan_layers) layouts are converted. The trees
-    must match in paths, shapes and dtypes, but for parameters of the modules family `family` names
-    insertable (bitjax.models.insertable: the transformer's attn_sub_norm / ffn_sub_norm, which converting
-    an fp Llama to a BitNet layout adds) and learned quantizer parameters that start at 0 whatever the
-    kernel (bitjax.quant.registry.ZERO_INIT_LEARNED: E2E-QP's step change, absent from the Block-AP output
-    it trains from) that the source lacks: those come from `fresh` (RMSNorm scale 1, zeros) and are
-    returned by path. Anything else that differs raises UserError naming `who`.
+    must match in paths, shapes and dtypes, but for two kinds of parameters the source may lack:
+    those of the modules family `family` names insertable (bitjax.models.insertable: the transformer's
+    attn_sub_norm / ffn_sub_norm, which converting an fp Llama to a BitNet layout adds), taken from
+    `fresh` (RMSNorm scale 1); and learned quantizer parameters (a BitDense's `qparams`: FBI's α, β,
+    OneBit's g, h, ParetoQ's α, E2E-QP's step change), initialised by the layer's own quantizer from the
+    *adopted* kernel, as a fresh layer initialises them from its kernel (needs `plan`, this run's). Both
+    are returned by path. Anything else that differs raises UserError naming `who`.
     """
     params = layer_stack.layers_like(params, want)
     flat = lambda tree: traverse_util.flatten_dict(tree, keep_empty_nodes=True)  # {} (no qparams) kept
     src, dst = flat(params), flat(want)
     insertable = set(models.insertable(family))
-    zero_init = set(registry.ZERO_INIT_LEARNED)
     added = sorted((k for k in dst if k not in src), key=str)
+    learned = [k for k in added if "qparams" in map(str, k)]
     refused = [
-        k for k in added if fresh is None or not (insertable.intersection(map(str, k)) or str(k[-1]) in zero_init)
+        k
+        for k in added
+        if fresh is None or not (insertable.intersection(map(str, k)) or (k in learned and plan is not None))
     ]
     refused += sorted((k for k in src if k not in dst), key=str)
     common = [k for k in dst if k in src and dst[k] is not traverse_util.empty_node]
@@ -85,7 +90,25 @@ def adopt_params(params, want, fresh, family: str, who: str) -> tuple[Any, list[
     if added:
         fresh = flat(fresh)
         params = traverse_util.unflatten_dict({**src, **{k: fresh[k] for k in added}})
+        if learned:
+            params = learned_from_kernels(plan, params, learned)
     return params, [".".join(map(str, k)) for k in added]
+
+
+def learned_from_kernels(plan: Plan, params, paths):
+    """`params` (a pure dict of `plan`'s model) with the learned quantizer parameters at `paths` (flat
+    keys) recomputed by each BitDense's quantizer init from that layer's kernel in `params`."""
+    model = plan.model(params)
+    want = {tuple(map(str, k)) for k in paths}
+    for path, module in nnx.iter_graph(model):
+        if not isinstance(module, BitDense) or not len(module.qparams):
+            continue
+        names = [n for n in module.qparams if (*map(str, path), "qparams", n) in want]
+        if names:
+            values = module.quant.init_learned(module.kernel[...])
+            for n in names:
+                module.qparams[n][...] = values[n][0].astype(module.qparams[n][...].dtype)
+    return nnx.to_pure_dict(nnx.state(model))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array):

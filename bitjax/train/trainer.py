@@ -232,14 +232,20 @@ def params_from_run(workdir: str, setup: Setup, fresh=None):
     The source run is restored with its own stored config (its optimizer may differ); its parameter
     tree must equal this run's (same model shapes; the quantization method may differ, e.g. QAT of an
     imported fp model); per-layer and stacked (config.model.scan_layers) layouts are converted. The one
-    exception: parameters of the modules the family names insertable (bitjax.models.insertable: the
+    exceptions (plan.adopt_params): parameters of the modules the family names insertable (the
     transformer's attn_sub_norm / ffn_sub_norm, added by converting an fp Llama to a b1.58 run with
-    config.model.sub_norm=True) that the source lacks are taken from `fresh` (this run's own
-    initialisation: RMSNorm scale 1) and their paths returned; anything else that differs is refused.
+    config.model.sub_norm=True), taken from `fresh` (this run's own initialisation: RMSNorm scale 1), and
+    learned quantizer parameters (QAT with FBI, OneBit, ParetoQ … from an fp run), initialised from the
+    adopted kernels; their paths are returned. Anything else that differs is refused.
     """
     params = plan_lib.load_run(workdir, setup.mesh, setup.rules, "config.init_from").params
     params, added = plan_lib.adopt_params(
-        params, setup.abstract_state["params"], fresh, setup.config.model.name, f"config.init_from={workdir!r}"
+        params,
+        setup.abstract_state["params"],
+        fresh,
+        setup.config.model.name,
+        f"config.init_from={workdir!r}",
+        plan=setup.plan,
     )
     return jax.device_put(params, setup.state_sharding["params"]), added
 
