@@ -139,7 +139,7 @@ def test_an_unknown_activation_quantizer_is_refused_naming_the_known_ones(name):
     with pytest.raises(
         ValueError,
         match=rf"unknown activation quantizer '{name}'; choose one of \('none', 'absmax<b>', 'absmean<b>', "
-        r"'topk_absmax<b>', 'absmax_v1_<b>'\) \(b = bits in 2..16\)",
+        r"'topk_absmax<b>', 'absmax_v1_<b>', 'hadamard_absmax<b>', 'hadamard_absmean<b>'\) \(b = bits in 2..16\)",
     ):
         get_act_quantizer(name)
     assert get_act_quantizer("absmax_v1_8")[1:] == ({"bits": 8}, ("granularity",))
