@@ -507,6 +507,9 @@ METHOD_COLORS = {
     "decoupleq": "#ad494a",
     "efficientqat": "#637939",
     "efficientqat_e2e": "#b5cf6b",
+    "bitnet_v2_a8": "#7b4173",
+    "bitnet_v2": "#ce6dbd",
+    "paretoq": "#e6550d",
 }
 _EXTRA_COLORS = ["#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79"]
 
