@@ -39,8 +39,9 @@ from bitjax.run import plan as plan_lib
 from bitjax.train import optim
 from bitjax.train import workdir as workdir_lib
 
-# ternary-weight methods whose parameters are the fp model's (learned scales such as FBI's α, β would need
-# an initialisation from the kernel, not the source run)
+# ternary-weight methods whose parameters are exactly the fp model's (no learned scales): a conversion
+# without training. Learned-scale methods (FBI, OneBit, ParetoQ) start from an fp run by config.init_from,
+# which initialises their scales from its kernels (plan.adopt_params), and then train
 METHODS = ("b158", "a48")
 MARKER = ".bitjax_convert"  # in each --out this tool wrote: only those does it replace
 ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
